@@ -1,0 +1,8 @@
+//! The `cairn` command: the local supervisor (`cairn dev`), run inspection and steering, and
+//! (next) the Kubernetes operator. Both launchers share `lifecycle`, the pure decision module.
+
+pub mod cli;
+pub mod lifecycle;
+pub mod localdb;
+pub mod store;
+pub mod supervisor;

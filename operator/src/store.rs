@@ -1,0 +1,260 @@
+//! Connecting to the engine's database, applying migrations, and the read queries behind
+//! `cairn runs` and `cairn inspect`.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use uuid::Uuid;
+
+use crate::lifecycle::{Phase, RunView};
+use crate::localdb::LocalPostgres;
+
+/// The engine's migrations. Their bookkeeping table lives in the `cairn` schema too: with the
+/// default search path (`"$user", public`) a database user named `cairn` would otherwise see
+/// a different `_sqlx_migrations` before and after the first migration creates the schema.
+pub fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("../sql/migrations");
+    migrator.dangerous_set_table_name("cairn._sqlx_migrations");
+    migrator.create_schema("cairn");
+    migrator
+}
+
+/// The database URL: `CAIRN_DATABASE_URL`, else the private Postgres (started if needed).
+pub fn database_url() -> anyhow::Result<String> {
+    match std::env::var("CAIRN_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Ok(url),
+        _ => LocalPostgres::new(LocalPostgres::default_root(), 5432)?.ensure_running(),
+    }
+}
+
+/// Hides the password of a URL for messages and logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "<unparseable database URL>".into(),
+    }
+}
+
+/// Connects a small pool and applies pending migrations (under sqlx's advisory lock, so
+/// concurrent starts are safe). A database that is down gives one clear error, quickly.
+pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = url.parse().with_context(|| {
+        format!(
+            "CAIRN_DATABASE_URL is not a valid Postgres URL: {}",
+            redact(url)
+        )
+    })?;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "cannot connect to the database at {}: {e}\n\
+                 Is Postgres running and reachable? Set CAIRN_DATABASE_URL, or unset it to use Cairn's private Postgres.",
+                redact(url)
+            )
+        })?;
+    migrator()
+        .run(&pool)
+        .await
+        .context("cannot apply Cairn's database migrations")?;
+    Ok(pool)
+}
+
+/// A run as the supervisors and the CLI see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: Uuid,
+    pub namespace: String,
+    pub name: String,
+    pub flow: String,
+    pub parent_id: Option<Uuid>,
+    pub phase: Phase,
+    pub attempt: i32,
+    pub crashes: i32,
+    pub max_attempts: i32,
+    pub retry_backoff_ms: i64,
+    pub wake_at: Option<DateTime<Utc>>,
+    pub waiting_for: Option<Value>,
+    pub cancel_requested: bool,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub steps: i64,
+    pub usd: f64,
+}
+
+impl RunRecord {
+    pub fn view(&self) -> RunView {
+        RunView {
+            phase: self.phase,
+            attempt: self.attempt,
+            crashes: self.crashes,
+            max_attempts: self.max_attempts,
+            retry_backoff: Duration::from_millis(self.retry_backoff_ms.max(0) as u64),
+        }
+    }
+
+    pub fn error_message(&self) -> Option<&str> {
+        self.error.as_ref()?.get("message")?.as_str()
+    }
+}
+
+macro_rules! select_runs {
+    ($filter:tt $(, $arg:expr)*) => {
+        sqlx::query!(
+            r#"SELECT r.id, r.namespace, r.name, r.flow, r.parent_id, r.state, r.attempt, r.crashes,
+                      r.max_attempts, r.retry_backoff_ms, r.wake_at, r.waiting_for, r.cancel_requested,
+                      r.result, r.error, r.created_at, r.finished_at,
+                      (SELECT count(*) FROM cairn.steps s WHERE s.run_id = r.id) AS "steps!",
+                      (SELECT coalesce(sum(s.usd), 0)::float8 FROM cairn.steps s WHERE s.run_id = r.id) AS "usd!"
+               FROM cairn.runs r "# + $filter
+            $(, $arg)*
+        )
+    };
+}
+
+macro_rules! to_record {
+    ($row:expr) => {{
+        let row = $row;
+        RunRecord {
+            phase: row.state.parse().map_err(|e: String| anyhow!(e))?,
+            id: row.id,
+            namespace: row.namespace,
+            name: row.name,
+            flow: row.flow,
+            parent_id: row.parent_id,
+            attempt: row.attempt,
+            crashes: row.crashes,
+            max_attempts: row.max_attempts,
+            retry_backoff_ms: row.retry_backoff_ms,
+            wake_at: row.wake_at,
+            waiting_for: row.waiting_for,
+            cancel_requested: row.cancel_requested,
+            result: row.result,
+            error: row.error,
+            created_at: row.created_at,
+            finished_at: row.finished_at,
+            steps: row.steps,
+            usd: row.usd,
+        }
+    }};
+}
+
+/// Every run of the tree rooted at `root` (the root, its children, theirs...).
+pub async fn tree(pool: &PgPool, root: Uuid) -> anyhow::Result<Vec<RunRecord>> {
+    let rows = select_runs!("WHERE r.root_id = $1 ORDER BY r.created_at, r.name", root)
+        .fetch_all(pool)
+        .await?;
+    rows.into_iter().map(|row| Ok(to_record!(row))).collect()
+}
+
+pub async fn list(pool: &PgPool, namespace: Option<&str>) -> anyhow::Result<Vec<RunRecord>> {
+    let rows = select_runs!(
+        "WHERE ($1::text IS NULL OR r.namespace = $1) ORDER BY r.created_at, r.name",
+        namespace
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(|row| Ok(to_record!(row))).collect()
+}
+
+/// A run by name (in a namespace) or by id.
+pub async fn find(pool: &PgPool, namespace: &str, name_or_id: &str) -> anyhow::Result<RunRecord> {
+    let id = name_or_id.parse::<Uuid>().ok();
+    let row = select_runs!(
+        "WHERE (r.namespace = $1 AND r.name = $2) OR r.id = $3",
+        namespace,
+        name_or_id,
+        id
+    )
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| {
+        anyhow!("no run named \"{name_or_id}\" in namespace \"{namespace}\" (see `cairn runs`)")
+    })?;
+    Ok(to_record!(row))
+}
+
+/// One checkpointed step, for `cairn inspect`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    pub key: String,
+    pub kind: String,
+    pub attempt: i32,
+    pub tries: i32,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: f64,
+    pub usd: Option<f64>,
+    pub tokens_in: Option<i64>,
+    pub tokens_out: Option<i64>,
+    pub model: Option<String>,
+}
+
+pub async fn steps(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Vec<StepRecord>> {
+    let rows = sqlx::query_as!(
+        StepRecord,
+        r#"SELECT key, kind, attempt, tries, started_at,
+                  (extract(epoch FROM completed_at - started_at) * 1000)::float8 AS "duration_ms!",
+                  usd::float8 AS usd, tokens_in, tokens_out, model
+           FROM cairn.steps WHERE run_id = $1 ORDER BY completed_at, key"#,
+        run_id
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
+}
+
+/// One launched process, for `cairn inspect`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+    pub detail: Option<String>,
+}
+
+pub async fn attempts(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Vec<AttemptRecord>> {
+    Ok(sqlx::query_as!(
+        AttemptRecord,
+        "SELECT attempt, started_at, ended_at, outcome, detail FROM cairn.attempts WHERE run_id = $1 ORDER BY attempt",
+        run_id
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Token and dollar totals of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    pub steps: i64,
+    pub usd: f64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+}
+
+pub async fn totals(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Totals> {
+    Ok(sqlx::query_as!(
+        Totals,
+        r#"SELECT count(*) AS "steps!", coalesce(sum(usd), 0)::float8 AS "usd!",
+                  coalesce(sum(tokens_in), 0)::int8 AS "tokens_in!",
+                  coalesce(sum(tokens_out), 0)::int8 AS "tokens_out!"
+           FROM cairn.steps WHERE run_id = $1"#,
+        run_id
+    )
+    .fetch_one(pool)
+    .await?)
+}

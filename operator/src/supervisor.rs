@@ -1,0 +1,269 @@
+//! `cairn dev`'s local launcher: runs every run of one tree (a root run and the children it
+//! spawns) as local processes of the flow binary. It reacts to the engine's NOTIFY messages,
+//! to its own processes' exits and to the next timer, and asks `lifecycle::decide` what to do.
+
+use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use cairn::engine;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::lifecycle::{Next, Phase, Process, ProcessExit, decide};
+use crate::store::{self, RunRecord};
+
+/// How to launch the flow binary.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    pub binary: PathBuf,
+    pub database_url: String,
+    /// Extra environment for every process (the rest is inherited).
+    pub env: Vec<(String, String)>,
+    /// At most this many processes at once; the rest stay pending.
+    pub max_parallel: usize,
+}
+
+struct Exited {
+    run_id: Uuid,
+    attempt: i32,
+    exit: ProcessExit,
+}
+
+struct Supervisor<'a> {
+    pool: &'a PgPool,
+    launcher: &'a Launcher,
+    alive: HashMap<Uuid, (i32, u32)>, // run → (attempt, pid)
+    exits: HashMap<Uuid, (i32, ProcessExit)>,
+    exit_tx: mpsc::UnboundedSender<Exited>,
+}
+
+/// Supervises the tree rooted at `root` until the root run is finished; returns its record.
+pub async fn supervise(
+    pool: &PgPool,
+    launcher: &Launcher,
+    root: Uuid,
+) -> anyhow::Result<RunRecord> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen("cairn_runs").await?;
+    let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
+    let mut supervisor = Supervisor {
+        pool,
+        launcher,
+        alive: HashMap::new(),
+        exits: HashMap::new(),
+        exit_tx,
+    };
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+
+    loop {
+        let mut conn = pool.acquire().await?;
+        engine::wake_due(&mut conn).await?;
+        let next_wake = engine::next_wake_ms(&mut conn).await?;
+        drop(conn);
+
+        let runs = store::tree(pool, root).await?;
+        let root_record = runs
+            .iter()
+            .find(|r| r.id == root)
+            .cloned()
+            .context("the root run disappeared")?;
+        supervisor.step(&runs).await?;
+        if root_record.phase.is_terminal() && supervisor.alive.is_empty() {
+            return Ok(root_record);
+        }
+
+        let timer = tokio::time::sleep(next_wake.map_or(Duration::from_secs(3600), |ms| {
+            Duration::from_millis(ms as u64)
+        }));
+        tokio::select! {
+            notification = listener.try_recv() => {
+                // `None`: the connection dropped and will be re-established; rescan anyway,
+                // since notifications sent meanwhile are lost.
+                if let Err(e) = notification {
+                    tracing::warn!(error = %e, "lost the notification channel; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            Some(exited) = exit_rx.recv() => {
+                supervisor.exited(exited);
+                while let Ok(more) = exit_rx.try_recv() {
+                    supervisor.exited(more);
+                }
+            }
+            _ = timer => {}
+            _ = &mut interrupted => {
+                supervisor.kill_all();
+                anyhow::bail!(
+                    "interrupted; the run \"{}\" is durable: run the same `cairn dev run` command (same --name) to carry on",
+                    root_record.name
+                );
+            }
+        }
+    }
+}
+
+impl Supervisor<'_> {
+    fn exited(&mut self, exited: Exited) {
+        if self
+            .alive
+            .get(&exited.run_id)
+            .is_some_and(|(attempt, _)| *attempt == exited.attempt)
+        {
+            self.alive.remove(&exited.run_id);
+        }
+        self.exits
+            .insert(exited.run_id, (exited.attempt, exited.exit));
+    }
+
+    fn process(&self, run_id: Uuid) -> Process {
+        if let Some((attempt, _)) = self.alive.get(&run_id) {
+            return Process::Alive { attempt: *attempt };
+        }
+        match self.exits.get(&run_id) {
+            Some((attempt, exit)) => Process::Exited {
+                attempt: *attempt,
+                exit: exit.clone(),
+            },
+            None => Process::Absent,
+        }
+    }
+
+    async fn step(&mut self, runs: &[RunRecord]) -> anyhow::Result<()> {
+        for run in runs {
+            match decide(&run.view(), &self.process(run.id)) {
+                Next::Idle => {}
+                Next::Launch => {
+                    if self.alive.len() < self.launcher.max_parallel {
+                        self.launch(run).await?;
+                    }
+                }
+                Next::RecordCrash {
+                    attempt,
+                    reason,
+                    retry_in,
+                } => {
+                    let mut conn = self.pool.acquire().await?;
+                    let retry_ms = retry_in.map(|d| d.as_millis() as i64);
+                    let state =
+                        engine::record_crash(&mut conn, run.id, attempt, &reason, retry_ms).await?;
+                    match retry_in {
+                        Some(delay) => eprintln!(
+                            "cairn: {} attempt {attempt} crashed ({reason}); retrying in {}",
+                            run.name,
+                            humantime::format_duration(delay)
+                        ),
+                        None => eprintln!(
+                            "cairn: {} attempt {attempt} crashed ({reason}); run is now {state}",
+                            run.name
+                        ),
+                    }
+                    self.exits.remove(&run.id);
+                }
+                Next::Finished(phase) => {
+                    if let Some((_, pid)) = self.alive.get(&run.id) {
+                        // A process outliving its run (cancelled mid-step) is fenced anyway; stop it.
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(*pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    if self.exits.remove(&run.id).is_some() && phase != Phase::Succeeded {
+                        eprintln!(
+                            "cairn: {} is {phase}{}",
+                            run.name,
+                            run.error_message()
+                                .map(|m| format!(": {m}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn launch(&mut self, run: &RunRecord) -> anyhow::Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        let Some(attempt) = engine::start_attempt(&mut conn, run.id).await? else {
+            return Ok(()); // no longer pending
+        };
+        self.exits.remove(&run.id);
+        let label = format!("{}#{attempt}", run.name);
+        let spawned = Command::new(&self.launcher.binary)
+            .envs(self.launcher.env.iter().map(|(k, v)| (k, v)))
+            .env(cairn::env::DATABASE_URL, &self.launcher.database_url)
+            .env(cairn::env::RUN_ID, run.id.to_string())
+            .env(cairn::env::ATTEMPT, attempt.to_string())
+            .env(cairn::env::FLOW, &run.flow)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let exit =
+                    ProcessExit::LaunchFailed(format!("{}: {e}", self.launcher.binary.display()));
+                self.exits.insert(run.id, (attempt, exit));
+                return Ok(());
+            }
+        };
+        eprintln!("cairn: launched {label} ({})", run.flow);
+        let pid = child.id().unwrap_or_default();
+        self.alive.insert(run.id, (attempt, pid));
+        forward_lines(child.stdout.take(), label.clone());
+        forward_lines(child.stderr.take(), label);
+        let exit_tx = self.exit_tx.clone();
+        let run_id = run.id;
+        tokio::spawn(async move {
+            let exit = match child.wait().await {
+                Ok(status) => match (status.code(), status.signal()) {
+                    (Some(code), _) => ProcessExit::Code(code),
+                    (None, Some(signal)) => ProcessExit::Signal(signal),
+                    (None, None) => ProcessExit::Vanished,
+                },
+                Err(_) => ProcessExit::Vanished,
+            };
+            let _ = exit_tx.send(Exited {
+                run_id,
+                attempt,
+                exit,
+            });
+        });
+        Ok(())
+    }
+
+    fn kill_all(&mut self) {
+        for (_, pid) in self.alive.values() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Copies a child's output to our stderr, each line prefixed with `[run#attempt]`, so our
+/// stdout carries only the final result.
+fn forward_lines(
+    stream: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>,
+    label: String,
+) {
+    let Some(stream) = stream else { return };
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("[{label}] {line}");
+        }
+    });
+}

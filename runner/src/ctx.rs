@@ -1,0 +1,745 @@
+//! `Ctx`: what a flow uses to make its work durable.
+//!
+//! Every durable operation has a key: its name plus an occurrence number when the name repeats
+//! (`plan`, `plan#2`). Keys are assigned when the operation is created, in program order, so a
+//! replay that calls the same operations in the same order finds the same checkpoints.
+
+use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow};
+use backon::{ExponentialBuilder, Retryable};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::engine::{self, EngineError, Parked, SleepOutcome};
+use crate::error::{Interrupted, is_permanent, permanent};
+use crate::usage::{STEP_USAGE, Usage, UsageCell};
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The handle a flow receives. Cheap to clone; all clones share one run and one connection.
+#[derive(Clone)]
+pub struct Ctx {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    run_id: Uuid,
+    attempt: i32,
+    namespace: String,
+    run_name: String,
+    conn: tokio::sync::Mutex<PgConnection>,
+    checkpoints: serde_json::Map<String, Value>,
+    occurrences: Mutex<HashMap<String, u32>>,
+    stopped: Mutex<Option<Interrupted>>,
+    replayed: AtomicU32,
+    executed: AtomicU32,
+    inline_sleep_max: Duration,
+}
+
+/// Step-level retries: tries in-process with exponential backoff. Errors marked with
+/// [`permanent`](crate::permanent) are not retried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Total tries, the first included (1 = no retry).
+    pub max_tries: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_tries: 3,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub fn none() -> Self {
+        RetryPolicy {
+            max_tries: 1,
+            ..Default::default()
+        }
+    }
+
+    pub fn exponential(max_tries: u32, initial_backoff: Duration) -> Self {
+        RetryPolicy {
+            max_tries: max_tries.max(1),
+            initial_backoff,
+            ..Default::default()
+        }
+    }
+
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.initial_backoff)
+            .with_max_delay(self.max_backoff)
+            .with_max_times(self.max_tries.saturating_sub(1) as usize)
+            .with_jitter()
+    }
+}
+
+/// A child run started with [`Ctx::spawn`]; join it for its result of type `O`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChildRun<O> {
+    pub run_id: Uuid,
+    pub name: String,
+    #[serde(skip)]
+    _output: PhantomData<fn() -> O>,
+}
+
+impl<O> Clone for ChildRun<O> {
+    fn clone(&self) -> Self {
+        ChildRun {
+            run_id: self.run_id,
+            name: self.name.clone(),
+            _output: PhantomData,
+        }
+    }
+}
+
+/// Result of [`Ctx::begin_step`].
+pub enum StepStart<'c, T> {
+    /// Completed in an earlier attempt: here is its checkpointed value.
+    Replayed(T),
+    /// Not done yet: do the work, then [`PendingStep::complete`] it.
+    Run(PendingStep<'c>),
+}
+
+/// A step begun with [`Ctx::begin_step`] whose result is not stored yet.
+pub struct PendingStep<'c> {
+    ctx: &'c Ctx,
+    key: String,
+    started: Instant,
+}
+
+impl PendingStep<'_> {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Checkpoints the step's value (one database round trip).
+    pub async fn complete<T: Serialize>(
+        self,
+        value: &T,
+        usage: Option<Usage>,
+    ) -> anyhow::Result<()> {
+        let result = to_checkpoint(&self.key, value)?;
+        self.ctx
+            .complete(&self.key, result, self.started, 1, usage)
+            .await
+    }
+}
+
+impl Ctx {
+    pub(crate) fn new(
+        run_id: Uuid,
+        attempt: i32,
+        run: engine::LoadedRun,
+        conn: PgConnection,
+        inline_sleep_max: Duration,
+    ) -> Self {
+        Ctx {
+            inner: Arc::new(Inner {
+                run_id,
+                attempt,
+                namespace: run.namespace,
+                run_name: run.name,
+                conn: tokio::sync::Mutex::new(conn),
+                checkpoints: run.steps,
+                occurrences: Mutex::default(),
+                stopped: Mutex::default(),
+                replayed: AtomicU32::new(0),
+                executed: AtomicU32::new(0),
+                inline_sleep_max,
+            }),
+        }
+    }
+
+    pub fn run_id(&self) -> Uuid {
+        self.inner.run_id
+    }
+
+    pub fn run_name(&self) -> &str {
+        &self.inner.run_name
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// This process's attempt number (1 for the first launch).
+    pub fn attempt(&self) -> i32 {
+        self.inner.attempt
+    }
+
+    /// Steps answered from checkpoints and steps executed, so far in this attempt.
+    pub fn step_counts(&self) -> (u32, u32) {
+        (
+            self.inner.replayed.load(Ordering::Relaxed),
+            self.inner.executed.load(Ordering::Relaxed),
+        )
+    }
+
+    pub(crate) async fn connection(&self) -> tokio::sync::MutexGuard<'_, PgConnection> {
+        self.inner.conn.lock().await
+    }
+
+    pub(crate) fn interruption(&self) -> Option<Interrupted> {
+        *lock(&self.inner.stopped)
+    }
+
+    // ---- steps ---------------------------------------------------------------------------
+
+    /// A durable step: runs `f` (retrying per policy) unless an earlier attempt completed it,
+    /// in which case its checkpointed value is returned without running anything.
+    ///
+    /// ```ignore
+    /// let plan: Plan = ctx.step("plan", || async { llm.plan(&topic).await }).await?;
+    /// ```
+    pub fn step<T, F, Fut>(&self, name: &str, f: F) -> Step<'_, F>
+    where
+        F: FnMut() -> Fut + Send,
+        Fut: Future<Output = anyhow::Result<T>> + Send,
+        T: Serialize + DeserializeOwned + Send,
+    {
+        Step {
+            ctx: self,
+            key: self.next_key(name).0,
+            retry: RetryPolicy::default(),
+            f,
+        }
+    }
+
+    /// The first half of a step, for code that cannot pass a closure (before/after hooks):
+    /// either the checkpointed value, or a [`PendingStep`] to complete once the work is done.
+    pub fn begin_step<T: DeserializeOwned>(&self, name: &str) -> anyhow::Result<StepStart<'_, T>> {
+        self.begin(self.next_key(name).0)
+    }
+
+    fn begin<T: DeserializeOwned>(&self, key: String) -> anyhow::Result<StepStart<'_, T>> {
+        self.check_stopped()?;
+        if let Some(value) = self.replay::<T>(&key)? {
+            return Ok(StepStart::Replayed(value));
+        }
+        Ok(StepStart::Run(PendingStep {
+            ctx: self,
+            key,
+            started: Instant::now(),
+        }))
+    }
+
+    async fn run_step<T, F, Fut>(
+        &self,
+        key: String,
+        retry: RetryPolicy,
+        mut f: F,
+    ) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut + Send,
+        Fut: Future<Output = anyhow::Result<T>> + Send,
+        T: Serialize + DeserializeOwned + Send,
+    {
+        let pending = match self.begin(key)? {
+            StepStart::Replayed(value) => return Ok(value),
+            StepStart::Run(pending) => pending,
+        };
+        let usage = UsageCell::default();
+        let tries = AtomicU32::new(0);
+        let attempt_once = || {
+            tries.fetch_add(1, Ordering::Relaxed);
+            f()
+        };
+        let outcome = STEP_USAGE
+            .scope(
+                usage.clone(),
+                attempt_once
+                    .retry(retry.backoff())
+                    .when(|err| !is_permanent(err))
+                    .notify(|err, delay| {
+                        tracing::warn!(step = %pending.key, error = %format!("{err:#}"), ?delay, "step failed; retrying");
+                    }),
+            )
+            .await;
+        let tries = tries.load(Ordering::Relaxed);
+        let value = outcome.with_context(|| {
+            let tries_word = if tries == 1 { "try" } else { "tries" };
+            format!("step \"{}\" failed after {tries} {tries_word}", pending.key)
+        })?;
+        let usage = lock(&usage).take();
+        let result = to_checkpoint(&pending.key, &value)?;
+        self.complete(&pending.key, result, pending.started, tries, usage)
+            .await?;
+        Ok(value)
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        result: Value,
+        started: Instant,
+        tries: u32,
+        usage: Option<Usage>,
+    ) -> anyhow::Result<()> {
+        self.check_stopped()?;
+        let usage = usage.unwrap_or_default();
+        let step = engine::CompletedStep {
+            key,
+            result: &result,
+            duration_ms: started.elapsed().as_millis() as i64,
+            tries: tries as i32,
+            usage: engine::StepUsage {
+                usd: (usage.usd != 0.0).then_some(usage.usd),
+                tokens_in: (usage.tokens_in != 0).then_some(usage.tokens_in as i64),
+                tokens_out: (usage.tokens_out != 0).then_some(usage.tokens_out as i64),
+                model: usage.model,
+                meta: usage.meta,
+            },
+        };
+        let cancelled = {
+            let mut conn = self.inner.conn.lock().await;
+            engine::complete_step(&mut conn, self.run_id(), self.attempt(), &step).await
+        }
+        .map_err(|e| self.engine_error(e))?;
+        self.inner.executed.fetch_add(1, Ordering::Relaxed);
+        if cancelled {
+            return Err(self.stop(Interrupted::Cancelled));
+        }
+        Ok(())
+    }
+
+    // ---- events --------------------------------------------------------------------------
+
+    /// Waits for the event `name` (in this run's namespace) and returns its payload as `T`.
+    /// The payload must match `T`'s JSON schema, which is checked when the event is emitted.
+    /// While it waits the run is suspended and this process exits.
+    pub fn wait_for_event<T: DeserializeOwned + JsonSchema>(&self, name: &str) -> Wait<'_, T> {
+        let schema = serde_json::to_value(schemars::schema_for!(T)).ok();
+        Wait {
+            ctx: self,
+            key: self.next_key(&format!("event:{name}")).0,
+            event: name.to_owned(),
+            question: None,
+            schema,
+            timeout: None,
+            _payload: PhantomData,
+        }
+    }
+
+    async fn wait_event<T: DeserializeOwned>(
+        &self,
+        wait: &Wait<'_, T>,
+    ) -> anyhow::Result<Option<T>> {
+        self.check_stopped()?;
+        let payload = match self.inner.checkpoints.get(&wait.key) {
+            Some(stored) => {
+                self.inner.replayed.fetch_add(1, Ordering::Relaxed);
+                stored.get("event").cloned()
+            }
+            None => {
+                let request = engine::EventWait {
+                    key: &wait.key,
+                    event: &wait.event,
+                    timeout_ms: wait.timeout.map(|d| d.as_millis() as i64),
+                    question: wait.question.as_deref(),
+                    schema: wait.schema.as_ref(),
+                };
+                let outcome = {
+                    let mut conn = self.inner.conn.lock().await;
+                    engine::await_event(&mut conn, self.run_id(), self.attempt(), &request).await
+                }
+                .map_err(|e| self.engine_error(e))?;
+                match outcome {
+                    Parked::Ready(payload) => {
+                        // An event emitted before anyone waited was not checked against this schema.
+                        if let (Some(schema), Some(payload)) = (&wait.schema, &payload) {
+                            engine::check_payload(schema, payload).map_err(|problems| {
+                                permanent(anyhow!(
+                                    "event \"{}\" was emitted before this wait with a payload that does not match its schema: {problems}",
+                                    wait.event
+                                ))
+                            })?;
+                        }
+                        payload
+                    }
+                    Parked::Suspended => return Err(self.stop(Interrupted::Suspended)),
+                    Parked::Cancelled => return Err(self.acknowledge_cancel().await),
+                }
+            }
+        };
+        payload
+            .map(|payload| decode(payload, &format!("the payload of event \"{}\"", wait.event)))
+            .transpose()
+    }
+
+    /// Emits an event in this run's namespace. Checkpointed: a replay does not emit again.
+    pub async fn emit<T: Serialize>(&self, name: &str, payload: &T) -> anyhow::Result<()> {
+        let key = self.next_key(&format!("emit:{name}")).0;
+        self.check_stopped()?;
+        if self.inner.checkpoints.contains_key(&key) {
+            self.inner.replayed.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let payload = serde_json::to_value(payload)?;
+        let emitter = engine::Emitter::Run {
+            run_id: self.run_id(),
+            attempt: self.attempt(),
+            key: &key,
+        };
+        let outcome = {
+            let mut conn = self.inner.conn.lock().await;
+            engine::emit(&mut conn, emitter, name, &payload).await
+        };
+        outcome.map_err(|e| self.engine_error(e))?;
+        Ok(())
+    }
+
+    // ---- sleep ---------------------------------------------------------------------------
+
+    /// Sleeps durably. Short sleeps stay in-process; longer ones suspend the run and the
+    /// process exits until the wake time (by the database clock).
+    pub async fn sleep(&self, name: &str, duration: Duration) -> anyhow::Result<()> {
+        self.sleep_inner(name, None, duration.as_millis() as i64)
+            .await
+    }
+
+    /// Sleeps durably until a point in time.
+    pub async fn sleep_until(
+        &self,
+        name: &str,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<()> {
+        self.sleep_inner(name, Some(until), 0).await
+    }
+
+    async fn sleep_inner(
+        &self,
+        name: &str,
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        duration_ms: i64,
+    ) -> anyhow::Result<()> {
+        let key = self.next_key(&format!("sleep:{name}")).0;
+        self.check_stopped()?;
+        if self.inner.checkpoints.contains_key(&key) {
+            self.inner.replayed.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let inline_max = self.inner.inline_sleep_max.as_millis() as i64;
+        loop {
+            let outcome = {
+                let mut conn = self.inner.conn.lock().await;
+                engine::sleep(
+                    &mut conn,
+                    self.run_id(),
+                    self.attempt(),
+                    &key,
+                    until,
+                    duration_ms,
+                    inline_max,
+                )
+                .await
+            }
+            .map_err(|e| self.engine_error(e))?;
+            match outcome {
+                SleepOutcome::Done => return Ok(()),
+                SleepOutcome::Inline(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                SleepOutcome::Suspended => return Err(self.stop(Interrupted::Suspended)),
+                SleepOutcome::Cancelled => return Err(self.acknowledge_cancel().await),
+            }
+        }
+    }
+
+    // ---- child flows ---------------------------------------------------------------------
+
+    /// Starts a child run of `flow` (checkpointed: a replay gets the same child). The child is
+    /// named `<this run>-<flow>-<n>` and runs in its own process.
+    pub async fn spawn<O, I: Serialize>(
+        &self,
+        flow: &str,
+        input: &I,
+    ) -> anyhow::Result<ChildRun<O>> {
+        let (key, occurrence) = self.next_key(&format!("spawn:{flow}"));
+        self.check_stopped()?;
+        if let Some(child) = self.replay::<ChildRun<O>>(&key)? {
+            return Ok(child);
+        }
+        let name = format!("{}-{flow}-{occurrence}", self.run_name());
+        let input = serde_json::to_value(input)?;
+        let run_id = {
+            let mut conn = self.inner.conn.lock().await;
+            engine::spawn_child(
+                &mut conn,
+                self.run_id(),
+                self.attempt(),
+                &key,
+                &name,
+                flow,
+                &input,
+            )
+            .await
+        }
+        .map_err(|e| self.engine_error(e))?;
+        self.inner.executed.fetch_add(1, Ordering::Relaxed);
+        Ok(ChildRun {
+            run_id,
+            name,
+            _output: PhantomData,
+        })
+    }
+
+    /// Waits for one child and returns its result; fails if the child failed or was cancelled.
+    pub async fn join<O: DeserializeOwned>(&self, child: &ChildRun<O>) -> anyhow::Result<O> {
+        let mut results = self.join_all(std::slice::from_ref(child)).await?;
+        Ok(results.remove(0))
+    }
+
+    /// Waits until every child has finished (the run suspends meanwhile) and returns their
+    /// results in order; fails naming the first child that did not succeed.
+    pub async fn join_all<O: DeserializeOwned>(
+        &self,
+        children: &[ChildRun<O>],
+    ) -> anyhow::Result<Vec<O>> {
+        let key = self.next_key("join").0;
+        self.check_stopped()?;
+        let outcomes = match self.inner.checkpoints.get(&key) {
+            Some(stored) => {
+                self.inner.replayed.fetch_add(1, Ordering::Relaxed);
+                stored.clone()
+            }
+            None => {
+                let ids: Vec<Uuid> = children.iter().map(|c| c.run_id).collect();
+                let outcome = {
+                    let mut conn = self.inner.conn.lock().await;
+                    engine::join_children(&mut conn, self.run_id(), self.attempt(), &key, &ids)
+                        .await
+                }
+                .map_err(|e| self.engine_error(e))?;
+                match outcome {
+                    Parked::Ready(outcomes) => outcomes,
+                    Parked::Suspended => return Err(self.stop(Interrupted::Suspended)),
+                    Parked::Cancelled => return Err(self.acknowledge_cancel().await),
+                }
+            }
+        };
+        #[derive(Deserialize)]
+        struct Outcome {
+            name: String,
+            state: String,
+            result: Option<Value>,
+            error: Option<Value>,
+        }
+        let outcomes: Vec<Outcome> = decode(outcomes, "the stored join outcome")?;
+        outcomes
+            .into_iter()
+            .map(|child| {
+                if child.state != "succeeded" {
+                    let why = child
+                        .error
+                        .as_ref()
+                        .and_then(|e| e.get("message"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("no error recorded");
+                    return Err(permanent(anyhow!(
+                        "child run \"{}\" {}: {why}",
+                        child.name,
+                        child.state
+                    )));
+                }
+                decode(
+                    child.result.unwrap_or(Value::Null),
+                    &format!("the result of child run \"{}\"", child.name),
+                )
+            })
+            .collect()
+    }
+
+    // ---- plumbing ------------------------------------------------------------------------
+
+    /// The key for the next occurrence of `name`, and that occurrence's number (from 1).
+    fn next_key(&self, name: &str) -> (String, u32) {
+        let mut occurrences = lock(&self.inner.occurrences);
+        let n = occurrences.entry(name.to_owned()).or_insert(0);
+        *n += 1;
+        let key = if *n == 1 {
+            name.to_owned()
+        } else {
+            format!("{name}#{n}")
+        };
+        (key, *n)
+    }
+
+    fn replay<T: DeserializeOwned>(&self, key: &str) -> anyhow::Result<Option<T>> {
+        let Some(stored) = self.inner.checkpoints.get(key) else {
+            return Ok(None);
+        };
+        self.inner.replayed.fetch_add(1, Ordering::Relaxed);
+        decode(stored.clone(), &format!("the checkpoint of \"{key}\"")).map(Some)
+    }
+
+    fn check_stopped(&self) -> anyhow::Result<()> {
+        match self.interruption() {
+            Some(why) => Err(why.into()),
+            None => Ok(()),
+        }
+    }
+
+    fn stop(&self, why: Interrupted) -> anyhow::Error {
+        lock(&self.inner.stopped).get_or_insert(why);
+        why.into()
+    }
+
+    fn engine_error(&self, err: EngineError) -> anyhow::Error {
+        match err {
+            EngineError::Fenced(_) => self.stop(Interrupted::Superseded),
+            EngineError::Database(e) => {
+                tracing::error!(error = %e, "lost the database in the middle of the run");
+                self.stop(Interrupted::Unavailable)
+            }
+            other => permanent(other),
+        }
+    }
+
+    async fn acknowledge_cancel(&self) -> anyhow::Error {
+        let acknowledged = {
+            let mut conn = self.inner.conn.lock().await;
+            engine::acknowledge_cancel(&mut conn, self.run_id(), self.attempt()).await
+        };
+        match acknowledged {
+            Ok(()) => self.stop(Interrupted::Cancelled),
+            Err(e) => self.engine_error(e),
+        }
+    }
+}
+
+fn to_checkpoint<T: Serialize>(key: &str, value: &T) -> anyhow::Result<Value> {
+    serde_json::to_value(value).map_err(|e| {
+        permanent(anyhow!(
+            "the result of step \"{key}\" cannot be stored as JSON: {e}"
+        ))
+    })
+}
+
+/// Deserializes with the path of the first mismatch in the message.
+pub(crate) fn decode<T: DeserializeOwned>(value: Value, what: &str) -> anyhow::Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let at = e.path().to_string();
+        let at = if at == "." {
+            String::new()
+        } else {
+            format!(" at {at}")
+        };
+        permanent(anyhow!(
+            "{what} does not match the type {}{at}: {}",
+            std::any::type_name::<T>(),
+            e.inner()
+        ))
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A step being built; `.await` it to run. See [`Ctx::step`].
+#[must_use = "a step does nothing until awaited"]
+pub struct Step<'c, F> {
+    ctx: &'c Ctx,
+    key: String,
+    retry: RetryPolicy,
+    f: F,
+}
+
+impl<F> Step<'_, F> {
+    /// Sets the step's in-process retry policy (default: 3 tries, backoff from 1 s).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+}
+
+impl<'c, T, F, Fut> IntoFuture for Step<'c, F>
+where
+    F: FnMut() -> Fut + Send + 'c,
+    Fut: Future<Output = anyhow::Result<T>> + Send + 'c,
+    T: Serialize + DeserializeOwned + Send + 'c,
+{
+    type Output = anyhow::Result<T>;
+    type IntoFuture = BoxFuture<'c, anyhow::Result<T>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.ctx.run_step(self.key, self.retry, self.f))
+    }
+}
+
+/// A wait for an event being built; `.await` it. See [`Ctx::wait_for_event`].
+#[must_use = "a wait does nothing until awaited"]
+pub struct Wait<'c, T> {
+    ctx: &'c Ctx,
+    key: String,
+    event: String,
+    question: Option<String>,
+    schema: Option<Value>,
+    timeout: Option<Duration>,
+    _payload: PhantomData<fn() -> T>,
+}
+
+impl<'c, T> Wait<'c, T> {
+    /// A question for the people (or agents) who answer this wait; shown by `inspect`.
+    pub fn question(mut self, question: impl Into<String>) -> Self {
+        self.question = Some(question.into());
+        self
+    }
+
+    /// Replaces the JSON schema derived from `T`.
+    pub fn schema(mut self, schema: Value) -> Self {
+        self.schema = Some(schema);
+        self
+    }
+
+    /// Gives up after `timeout`; the wait then yields `None`. The outcome is checkpointed, so
+    /// a replay sees the same answer.
+    pub fn timeout(mut self, timeout: Duration) -> WaitWithTimeout<'c, T> {
+        self.timeout = Some(timeout);
+        WaitWithTimeout(self)
+    }
+}
+
+impl<'c, T: DeserializeOwned + Send + 'c> IntoFuture for Wait<'c, T> {
+    type Output = anyhow::Result<T>;
+    type IntoFuture = BoxFuture<'c, anyhow::Result<T>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let payload = self.ctx.wait_event(&self).await?;
+            payload.ok_or_else(|| anyhow!("event \"{}\" wait ended without a payload", self.event))
+        })
+    }
+}
+
+/// A wait with a timeout: yields `Some(payload)` or `None` when the time ran out.
+#[must_use = "a wait does nothing until awaited"]
+pub struct WaitWithTimeout<'c, T>(Wait<'c, T>);
+
+impl<'c, T: DeserializeOwned + Send + 'c> IntoFuture for WaitWithTimeout<'c, T> {
+    type Output = anyhow::Result<Option<T>>;
+    type IntoFuture = BoxFuture<'c, anyhow::Result<Option<T>>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move { self.0.ctx.wait_event(&self.0).await })
+    }
+}

@@ -1,0 +1,35 @@
+//! How a flow stops early, and how a step says "don't retry me".
+
+/// A flow was stopped by its run, not by a failure: the SDK returns this from `step`, `wait`,
+/// `sleep` or `join`, and the flow should propagate it with `?`. The runner looks at the run's
+/// own record, not at this value, so a flow that swallows it still exits correctly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Interrupted {
+    #[error("the run is suspended until what it waits for arrives")]
+    Suspended,
+    #[error("the run was cancelled")]
+    Cancelled,
+    #[error("this attempt was superseded by a newer one and must stop")]
+    Superseded,
+    /// The database could not be reached mid-run; the attempt ends as crashed and the
+    /// supervisor retries it. Steps completed so far are kept.
+    #[error("lost the connection to the database")]
+    Unavailable,
+}
+
+/// Wraps an error that retrying cannot fix (bad request, refused by policy): the step fails at
+/// once instead of using its retry budget.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct Permanent(pub anyhow::Error);
+
+/// Marks an error as not retryable: `return Err(cairn::permanent(err))`.
+pub fn permanent(err: impl Into<anyhow::Error>) -> anyhow::Error {
+    anyhow::Error::new(Permanent(err.into()))
+}
+
+/// True when the error (or anything it wraps) was marked permanent or is an interruption.
+pub fn is_permanent(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|cause| cause.is::<Permanent>() || cause.is::<Interrupted>())
+}

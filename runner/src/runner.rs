@@ -1,0 +1,324 @@
+//! The in-process run loop: the binary a supervisor launches registers its flows with a
+//! [`Runner`], which reads the runner contract from the environment, runs the requested flow
+//! against its checkpoints and exits with a code that tells the supervisor what happened.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use backon::{ExponentialBuilder, Retryable};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+use crate::ctx::{Ctx, decode};
+use crate::engine::{self, EngineError};
+use crate::error::Interrupted;
+
+/// The environment a supervisor gives a flow process (the runner contract).
+pub mod env {
+    /// Postgres URL the process checkpoints to.
+    pub const DATABASE_URL: &str = "CAIRN_DATABASE_URL";
+    /// The run to execute (UUID).
+    pub const RUN_ID: &str = "CAIRN_RUN_ID";
+    /// The attempt number this process was launched as (its fencing token).
+    pub const ATTEMPT: &str = "CAIRN_ATTEMPT";
+    /// The flow's name, for logs; the database record is authoritative.
+    pub const FLOW: &str = "CAIRN_FLOW";
+    /// Sleeps at most this long stay in-process (default 10000).
+    pub const INLINE_SLEEP_MAX_MS: &str = "CAIRN_INLINE_SLEEP_MAX_MS";
+    /// When set, the binary prints the flows it registers as JSON and exits.
+    pub const DESCRIBE: &str = "CAIRN_DESCRIBE";
+    /// `json` for JSON log lines.
+    pub const LOG_FORMAT: &str = "CAIRN_LOG_FORMAT";
+    /// Where to write the outcome summary (Kubernetes reads /dev/termination-log).
+    pub const TERMINATION_LOG: &str = "CAIRN_TERMINATION_LOG";
+}
+
+/// How a flow process ended. The database holds the truth; the exit code is a fast hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The flow returned; its result is stored.
+    Completed,
+    /// The flow failed; its error is stored.
+    Failed,
+    /// The run waits (event, timer, children); relaunch when the wait ends.
+    Suspended,
+    Cancelled,
+    /// A newer attempt owns the run; this one wrote nothing further.
+    Superseded,
+    /// The process could not do its job (bad environment, database unreachable): a crash.
+    Crashed,
+}
+
+impl Exit {
+    pub const fn code(self) -> i32 {
+        match self {
+            Exit::Completed => 0,
+            Exit::Failed => 1,
+            Exit::Crashed => 70,
+            Exit::Suspended => 75,
+            Exit::Cancelled => 76,
+            Exit::Superseded => 77,
+        }
+    }
+
+    pub fn from_code(code: i32) -> Option<Exit> {
+        [
+            Exit::Completed,
+            Exit::Failed,
+            Exit::Crashed,
+            Exit::Suspended,
+            Exit::Cancelled,
+            Exit::Superseded,
+        ]
+        .into_iter()
+        .find(|exit| exit.code() == code)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Exit::Completed => "completed",
+            Exit::Failed => "failed",
+            Exit::Suspended => "suspended",
+            Exit::Cancelled => "cancelled",
+            Exit::Superseded => "superseded",
+            Exit::Crashed => "crashed",
+        }
+    }
+}
+
+/// The runner contract read from the environment.
+#[derive(Debug, Clone)]
+pub struct RunnerEnv {
+    pub database_url: String,
+    pub run_id: Uuid,
+    pub attempt: i32,
+    pub inline_sleep_max: Duration,
+}
+
+impl RunnerEnv {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let var = |name: &str| {
+            std::env::var(name).map_err(|_| anyhow!("{name} is not set; this binary is meant to be launched by `cairn dev` or the Cairn operator"))
+        };
+        let run_id = var(env::RUN_ID)?;
+        let attempt = var(env::ATTEMPT)?;
+        let inline_ms = std::env::var(env::INLINE_SLEEP_MAX_MS).unwrap_or_else(|_| "10000".into());
+        Ok(RunnerEnv {
+            database_url: var(env::DATABASE_URL)?,
+            run_id: run_id
+                .parse()
+                .map_err(|e| anyhow!("{}={run_id:?} is not a UUID: {e}", env::RUN_ID))?,
+            attempt: attempt
+                .parse()
+                .map_err(|e| anyhow!("{}={attempt:?} is not a number: {e}", env::ATTEMPT))?,
+            inline_sleep_max: Duration::from_millis(
+                inline_ms
+                    .parse()
+                    .map_err(|e| anyhow!("{}={inline_ms:?}: {e}", env::INLINE_SLEEP_MAX_MS))?,
+            ),
+        })
+    }
+}
+
+type FlowFuture = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<Value>> + Send>>;
+type FlowFn = Arc<dyn Fn(Ctx, Value) -> FlowFuture + Send + Sync>;
+
+/// Registers flows by name and runs the one the environment asks for.
+///
+/// ```ignore
+/// #[tokio::main]
+/// async fn main() {
+///     cairn::Runner::new().flow("research", research).run().await
+/// }
+/// ```
+#[derive(Default)]
+pub struct Runner {
+    flows: BTreeMap<String, FlowFn>,
+}
+
+impl Runner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `f` under `name`. Its input is decoded from the run's JSON input into `I`
+    /// (a mismatch fails the run with a message naming the field); its output is stored as JSON.
+    pub fn flow<I, O, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        I: DeserializeOwned + Send + 'static,
+        O: Serialize + 'static,
+        F: Fn(Ctx, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<O>> + Send + 'static,
+    {
+        let flow_name = name.to_owned();
+        let f = Arc::new(f);
+        let erased: FlowFn = Arc::new(move |ctx, input| {
+            let f = f.clone();
+            let flow_name = flow_name.clone();
+            Box::pin(async move {
+                let input: I = decode(input, &format!("the input of flow \"{flow_name}\""))?;
+                let output = f(ctx, input).await?;
+                Ok(serde_json::to_value(output)?)
+            })
+        });
+        self.flows.insert(name.to_owned(), erased);
+        self
+    }
+
+    pub fn flow_names(&self) -> Vec<&str> {
+        self.flows.keys().map(String::as_str).collect()
+    }
+
+    /// Runs the flow named by the environment and exits the process with its [`Exit`] code.
+    pub async fn run(self) -> ! {
+        init_tracing();
+        if std::env::var_os(env::DESCRIBE).is_some() {
+            println!("{}", json!({ "flows": self.flow_names() }));
+            std::process::exit(0);
+        }
+        let exit = match RunnerEnv::from_env() {
+            Ok(runner_env) => self.execute(&runner_env).await,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                Exit::Crashed
+            }
+        };
+        write_termination_message(exit);
+        std::process::exit(exit.code());
+    }
+
+    /// Executes one attempt of one run. Public so tests and embedders can run flows in-process.
+    pub async fn execute(&self, runner_env: &RunnerEnv) -> Exit {
+        let (run_id, attempt) = (runner_env.run_id, runner_env.attempt);
+        let span = tracing::info_span!("run", %run_id, attempt);
+        let _guard = span.enter();
+        let mut conn = match connect(&runner_env.database_url).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::error!("cannot reach the database: {e}");
+                return Exit::Crashed;
+            }
+        };
+        let run = match engine::load_run(&mut conn, run_id, attempt).await {
+            Ok(run) => run,
+            Err(EngineError::Fenced(why)) => {
+                tracing::warn!("{why}");
+                return Exit::Superseded;
+            }
+            Err(e) => {
+                tracing::error!("cannot load the run: {e}");
+                return Exit::Crashed;
+            }
+        };
+        tracing::info!(run = %run.name, flow = %run.flow, checkpoints = run.steps.len(), "entering flow");
+
+        let Some(flow) = self.flows.get(&run.flow).cloned() else {
+            let message = format!(
+                "flow \"{}\" is not registered in this binary (it registers: {})",
+                run.flow,
+                self.flow_names().join(", ")
+            );
+            return finish_failed(&mut conn, run_id, attempt, &message, "unknown_flow").await;
+        };
+        let input = run.input.clone();
+        let ctx = Ctx::new(run_id, attempt, run, conn, runner_env.inline_sleep_max);
+        let outcome = flow(ctx.clone(), input).await;
+        let (replayed, executed) = ctx.step_counts();
+        tracing::info!(replayed, executed, "flow returned");
+
+        // The run's own record decides, whatever the flow did with the interruption.
+        if let Some(why) = ctx.interruption() {
+            return match why {
+                Interrupted::Suspended => Exit::Suspended,
+                Interrupted::Cancelled => Exit::Cancelled,
+                Interrupted::Superseded => Exit::Superseded,
+                Interrupted::Unavailable => Exit::Crashed,
+            };
+        }
+        let mut conn = ctx.connection().await;
+        match outcome {
+            Ok(result) => match engine::complete_run(&mut conn, run_id, attempt, &result).await {
+                Ok(()) => Exit::Completed,
+                Err(e) => settle_error(e),
+            },
+            Err(err) => {
+                let message = format!("{err:#}");
+                tracing::error!(error = %message, "flow failed");
+                finish_failed(&mut conn, run_id, attempt, &message, "flow_error").await
+            }
+        }
+    }
+}
+
+async fn finish_failed(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    attempt: i32,
+    message: &str,
+    kind: &str,
+) -> Exit {
+    let error = json!({ "message": message, "kind": kind });
+    match engine::fail_run(conn, run_id, attempt, &error).await {
+        Ok(()) => Exit::Failed,
+        Err(e) => settle_error(e),
+    }
+}
+
+fn settle_error(err: EngineError) -> Exit {
+    match err {
+        EngineError::Fenced(why) => {
+            tracing::warn!("{why}");
+            Exit::Superseded
+        }
+        other => {
+            tracing::error!("cannot record the outcome: {other}");
+            Exit::Crashed
+        }
+    }
+}
+
+/// Connects, retrying refused connections with backoff (Postgres restarting, or at its
+/// connection limit) for about half a minute before giving up.
+async fn connect(url: &str) -> Result<PgConnection, sqlx::Error> {
+    (|| PgConnection::connect(url))
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(5))
+                .with_max_times(8)
+                .with_jitter(),
+        )
+        .when(|e| !matches!(e, sqlx::Error::Configuration(_)))
+        .notify(
+            |e, delay| tracing::warn!(error = %e, ?delay, "database not reachable yet; retrying"),
+        )
+        .await
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = if std::env::var(env::LOG_FORMAT).as_deref() == Ok("json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn write_termination_message(exit: Exit) {
+    let path =
+        std::env::var(env::TERMINATION_LOG).unwrap_or_else(|_| "/dev/termination-log".into());
+    if std::path::Path::new(&path).exists() {
+        let _ = std::fs::write(&path, json!({ "outcome": exit.as_str() }).to_string());
+    }
+}

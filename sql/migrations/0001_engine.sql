@@ -1,0 +1,619 @@
+-- Cairn's durable engine: every rule about runs, steps, waits and events lives here, so the
+-- SDK, `cairn dev` and the operator stay thin. Read top to bottom: tables, helpers, then one
+-- function per thing a flow or a supervisor does.
+--
+-- Conventions
+-- * Every write made on behalf of a running flow passes (run_id, attempt) and starts with
+--   cairn.fence(), which rejects a superseded attempt (SQLSTATE CN001).
+-- * Times come from the database clock (now()), never from a client.
+-- * A run's `state` changes only here; each change is broadcast with NOTIFY on `cairn_runs`.
+--
+-- Error codes raised (class CN, "Cairn"):
+--   CN001 fenced: the attempt is not the run's current running attempt
+--   CN002 event conflict: the event exists with a different payload
+--   CN003 run conflict: a run with that name exists with another flow or input
+--   CN004 not found
+--   CN005 invalid request
+
+CREATE SCHEMA IF NOT EXISTS cairn;  -- the migrator creates it first, for its own table
+
+CREATE TABLE cairn.runs (
+    id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    namespace        text NOT NULL,
+    name             text NOT NULL,
+    flow             text NOT NULL,
+    input            jsonb NOT NULL,
+    parent_id        uuid REFERENCES cairn.runs (id) ON DELETE CASCADE,
+    root_id          uuid NOT NULL,
+    state            text NOT NULL DEFAULT 'pending' CHECK (state IN (
+                         'pending', 'running', 'waiting', 'sleeping', 'retrying',
+                         'succeeded', 'failed', 'cancelled')),
+    -- Launch counter: every process started for this run gets the next number (fencing token).
+    attempt          integer NOT NULL DEFAULT 0,
+    -- Crashed launches so far; the retry policy limits these, not suspensions.
+    crashes          integer NOT NULL DEFAULT 0,
+    max_attempts     integer NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+    retry_backoff_ms bigint NOT NULL DEFAULT 1000 CHECK (retry_backoff_ms >= 0),
+    -- When a sleeping, retrying or time-limited waiting run becomes runnable again.
+    wake_at          timestamptz,
+    -- A small description of the current wait, for people and tools (the waits table is the truth).
+    waiting_for      jsonb,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    result           jsonb,
+    error            jsonb,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    finished_at      timestamptz,
+    UNIQUE (namespace, name)
+);
+CREATE INDEX runs_root_idx ON cairn.runs (root_id);
+CREATE INDEX runs_parent_idx ON cairn.runs (parent_id);
+CREATE INDEX runs_wake_idx ON cairn.runs (wake_at) WHERE wake_at IS NOT NULL;
+
+-- One row per launched process.
+CREATE TABLE cairn.attempts (
+    run_id     uuid NOT NULL REFERENCES cairn.runs (id) ON DELETE CASCADE,
+    attempt    integer NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    ended_at   timestamptz,
+    outcome    text CHECK (outcome IN ('completed', 'suspended', 'failed', 'crashed', 'cancelled')),
+    detail     text,
+    PRIMARY KEY (run_id, attempt)
+);
+
+-- Checkpoints: the result of every completed step, keyed by name plus occurrence (`plan`, `plan#2`).
+CREATE TABLE cairn.steps (
+    run_id       uuid NOT NULL REFERENCES cairn.runs (id) ON DELETE CASCADE,
+    key          text NOT NULL,
+    kind         text NOT NULL CHECK (kind IN ('step', 'wait', 'sleep', 'spawn', 'join', 'emit')),
+    result       jsonb NOT NULL,
+    attempt      integer NOT NULL,
+    tries        integer NOT NULL DEFAULT 1,
+    started_at   timestamptz NOT NULL,
+    completed_at timestamptz NOT NULL DEFAULT now(),
+    usd          numeric,
+    tokens_in    bigint,
+    tokens_out   bigint,
+    model        text,
+    usage_meta   jsonb,
+    PRIMARY KEY (run_id, key)
+);
+
+-- What a run is blocked on. A row exists from the moment a wait is first reached until it is
+-- checkpointed; its deadline is computed once, so every replay sees the same one.
+CREATE TABLE cairn.waits (
+    run_id     uuid NOT NULL REFERENCES cairn.runs (id) ON DELETE CASCADE,
+    step_key   text NOT NULL,
+    kind       text NOT NULL CHECK (kind IN ('event', 'sleep', 'children')),
+    namespace  text NOT NULL,
+    event_name text,
+    question   text,
+    schema     jsonb,
+    children   uuid[],
+    deadline   timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, step_key)
+);
+CREATE INDEX waits_event_idx ON cairn.waits (namespace, event_name) WHERE kind = 'event';
+CREATE INDEX waits_children_idx ON cairn.waits USING gin (children) WHERE kind = 'children';
+
+-- Named, durable, write-once events.
+CREATE TABLE cairn.events (
+    namespace   text NOT NULL,
+    name        text NOT NULL,
+    payload     jsonb NOT NULL,
+    emitted_at  timestamptz NOT NULL DEFAULT now(),
+    emitted_by  uuid REFERENCES cairn.runs (id) ON DELETE SET NULL,
+    PRIMARY KEY (namespace, name)
+);
+
+----------------------------------------------------------------------------------------------
+-- Helpers
+
+CREATE FUNCTION cairn.is_terminal(p_state text) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$ SELECT p_state IN ('succeeded', 'failed', 'cancelled') $$;
+
+-- Rejects writes from anything but the current attempt of a running run. The row lock
+-- (FOR SHARE) orders this write against start_attempt, so a superseded attempt can never slip a
+-- checkpoint in after its successor started.
+CREATE FUNCTION cairn.fence(p_run_id uuid, p_attempt integer) RETURNS cairn.runs
+LANGUAGE plpgsql AS $$
+DECLARE
+    r cairn.runs;
+BEGIN
+    SELECT * INTO r FROM cairn.runs WHERE id = p_run_id FOR SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'run % does not exist', p_run_id USING ERRCODE = 'CN004';
+    END IF;
+    IF r.attempt <> p_attempt OR r.state <> 'running' THEN
+        RAISE EXCEPTION 'attempt % of run "%" is no longer current (run is % at attempt %)',
+            p_attempt, r.name, r.state, r.attempt
+            USING ERRCODE = 'CN001',
+                  HINT = 'this process was superseded; it must stop without writing';
+    END IF;
+    RETURN r;
+END $$;
+
+-- Serialises emitting an event with registering a wait for it, so no wake-up is lost.
+CREATE FUNCTION cairn.lock_event(p_namespace text, p_name text) RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_advisory_xact_lock(hashtextextended(p_namespace || '/' || p_name, 0))
+$$;
+
+CREATE FUNCTION cairn.end_attempt(p_run_id uuid, p_attempt integer, p_outcome text, p_detail text)
+RETURNS void LANGUAGE sql AS $$
+    UPDATE cairn.attempts SET ended_at = now(), outcome = p_outcome, detail = p_detail
+    WHERE run_id = p_run_id AND attempt = p_attempt AND ended_at IS NULL
+$$;
+
+CREATE FUNCTION cairn.checkpoint(p_run_id uuid, p_attempt integer, p_key text, p_kind text,
+                                 p_result jsonb, p_started_at timestamptz)
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO cairn.steps (run_id, key, kind, result, attempt, started_at)
+    VALUES (p_run_id, p_key, p_kind, p_result, p_attempt, coalesce(p_started_at, now()))
+    ON CONFLICT (run_id, key) DO NOTHING
+$$;
+
+-- Parks a running run: the process exits after this and a supervisor relaunches it on wake.
+CREATE FUNCTION cairn.suspend(p_run_id uuid, p_attempt integer, p_state text,
+                              p_wake_at timestamptz, p_waiting_for jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE cairn.runs
+    SET state = p_state, wake_at = p_wake_at, waiting_for = p_waiting_for, updated_at = now()
+    WHERE id = p_run_id;
+    PERFORM cairn.end_attempt(p_run_id, p_attempt, 'suspended', p_state);
+END $$;
+
+CREATE FUNCTION cairn.finish(p_run_id uuid, p_state text, p_result jsonb, p_error jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE cairn.runs
+    SET state = p_state, result = p_result, error = p_error, finished_at = now(),
+        updated_at = now(), wake_at = NULL, waiting_for = NULL
+    WHERE id = p_run_id;
+    DELETE FROM cairn.waits WHERE run_id = p_run_id;
+END $$;
+
+----------------------------------------------------------------------------------------------
+-- Creating and launching runs
+
+-- Idempotent by (namespace, name): the same request returns the existing run; a different
+-- flow or input under the same name is a conflict.
+CREATE FUNCTION cairn.create_run(p_namespace text, p_name text, p_flow text, p_input jsonb,
+                                 p_max_attempts integer, p_retry_backoff_ms bigint,
+                                 p_parent_id uuid DEFAULT NULL)
+RETURNS TABLE (run_id uuid, created boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id   uuid := gen_random_uuid();
+    v_root uuid;
+    r      cairn.runs;
+BEGIN
+    IF p_parent_id IS NOT NULL THEN
+        SELECT root_id INTO v_root FROM cairn.runs WHERE id = p_parent_id;
+    END IF;
+    INSERT INTO cairn.runs (id, namespace, name, flow, input, parent_id, root_id,
+                            max_attempts, retry_backoff_ms)
+    VALUES (v_id, p_namespace, p_name, p_flow, p_input, p_parent_id, coalesce(v_root, v_id),
+            p_max_attempts, p_retry_backoff_ms)
+    ON CONFLICT (namespace, name) DO NOTHING;
+    IF FOUND THEN
+        RETURN QUERY SELECT v_id, true;
+        RETURN;
+    END IF;
+    SELECT * INTO r FROM cairn.runs WHERE namespace = p_namespace AND name = p_name;
+    IF r.flow <> p_flow OR r.input <> p_input THEN
+        RAISE EXCEPTION 'run "%" already exists in namespace "%" with a different %',
+            p_name, p_namespace, CASE WHEN r.flow <> p_flow THEN 'flow ("' || r.flow || '")' ELSE 'input' END
+            USING ERRCODE = 'CN003', HINT = 'choose another run name, or repeat the original request';
+    END IF;
+    RETURN QUERY SELECT r.id, false;
+END $$;
+
+-- Claims a pending run for a new process: returns the new attempt number, or nothing when the
+-- run is not pending (someone else launched it, or it was cancelled meanwhile).
+CREATE FUNCTION cairn.start_attempt(p_run_id uuid) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_attempt integer;
+BEGIN
+    UPDATE cairn.runs
+    SET state = 'running', attempt = attempt + 1, wake_at = NULL, waiting_for = NULL,
+        updated_at = now()
+    WHERE id = p_run_id AND state = 'pending'
+    RETURNING attempt INTO v_attempt;
+    IF v_attempt IS NOT NULL THEN
+        INSERT INTO cairn.attempts (run_id, attempt) VALUES (p_run_id, v_attempt);
+    END IF;
+    RETURN v_attempt;
+END $$;
+
+-- Everything a process needs to (re)enter its flow, in one round trip.
+CREATE FUNCTION cairn.load_run(p_run_id uuid, p_attempt integer)
+RETURNS TABLE (namespace text, name text, flow text, input jsonb, steps jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r cairn.runs := cairn.fence(p_run_id, p_attempt);
+BEGIN
+    RETURN QUERY
+    SELECT r.namespace, r.name, r.flow, r.input,
+           coalesce((SELECT jsonb_object_agg(s.key, s.result) FROM cairn.steps s
+                     WHERE s.run_id = p_run_id), '{}'::jsonb);
+END $$;
+
+----------------------------------------------------------------------------------------------
+-- Steps (one round trip each)
+
+-- Stores a completed step (its duration measured by the process, its times by the database).
+-- Returns true when cancellation was requested: the run is then
+-- cancelled here, at the step boundary, and the process must stop.
+CREATE FUNCTION cairn.complete_step(p_run_id uuid, p_attempt integer, p_key text, p_result jsonb,
+                                    p_duration_ms bigint, p_tries integer,
+                                    p_usd double precision, p_tokens_in bigint, p_tokens_out bigint,
+                                    p_model text, p_usage_meta jsonb)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    r cairn.runs := cairn.fence(p_run_id, p_attempt);
+BEGIN
+    INSERT INTO cairn.steps (run_id, key, kind, result, attempt, tries, started_at,
+                             usd, tokens_in, tokens_out, model, usage_meta)
+    VALUES (p_run_id, p_key, 'step', p_result, p_attempt, p_tries,
+            now() - p_duration_ms * interval '1 millisecond',
+            p_usd::numeric, p_tokens_in, p_tokens_out, p_model, p_usage_meta)
+    ON CONFLICT (run_id, key) DO NOTHING;
+    IF r.cancel_requested THEN
+        PERFORM cairn.end_attempt(p_run_id, p_attempt, 'cancelled', NULL);
+        PERFORM cairn.finish(p_run_id, 'cancelled', NULL,
+                             jsonb_build_object('message', 'cancelled at step boundary after "' || p_key || '"'));
+    END IF;
+    RETURN r.cancel_requested;
+END $$;
+
+-- The flow finished: store its result (or error) and end the run.
+CREATE FUNCTION cairn.complete_run(p_run_id uuid, p_attempt integer, p_result jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM cairn.fence(p_run_id, p_attempt);
+    PERFORM cairn.end_attempt(p_run_id, p_attempt, 'completed', NULL);
+    PERFORM cairn.finish(p_run_id, 'succeeded', p_result, NULL);
+END $$;
+
+CREATE FUNCTION cairn.fail_run(p_run_id uuid, p_attempt integer, p_error jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM cairn.fence(p_run_id, p_attempt);
+    PERFORM cairn.end_attempt(p_run_id, p_attempt, 'failed', p_error ->> 'message');
+    PERFORM cairn.finish(p_run_id, 'failed', NULL, p_error);
+END $$;
+
+-- A cancel seen by the process itself (at a wait, sleep or join).
+CREATE FUNCTION cairn.acknowledge_cancel(p_run_id uuid, p_attempt integer)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM cairn.fence(p_run_id, p_attempt);
+    PERFORM cairn.end_attempt(p_run_id, p_attempt, 'cancelled', NULL);
+    PERFORM cairn.finish(p_run_id, 'cancelled', NULL, '{"message": "cancelled"}'::jsonb);
+END $$;
+
+----------------------------------------------------------------------------------------------
+-- Events and waits
+
+-- Reached by a flow at `wait_for_event`. The outcome is checkpointed, including a timeout, so
+-- replays never diverge. An event counts when it was emitted no later than the deadline.
+CREATE FUNCTION cairn.await_event(p_run_id uuid, p_attempt integer, p_key text, p_event text,
+                                  p_timeout_ms bigint, p_question text, p_schema jsonb)
+RETURNS TABLE (outcome text, payload jsonb, deadline timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r cairn.runs := cairn.fence(p_run_id, p_attempt);
+    w cairn.waits;
+    e cairn.events;
+BEGIN
+    IF r.cancel_requested THEN
+        RETURN QUERY SELECT 'cancelled'::text, NULL::jsonb, NULL::timestamptz;
+        RETURN;
+    END IF;
+    PERFORM cairn.lock_event(r.namespace, p_event);
+    INSERT INTO cairn.waits (run_id, step_key, kind, namespace, event_name, question, schema, deadline)
+    VALUES (p_run_id, p_key, 'event', r.namespace, p_event, p_question, p_schema,
+            now() + p_timeout_ms * interval '1 millisecond')
+    ON CONFLICT (run_id, step_key) DO NOTHING;
+    SELECT * INTO w FROM cairn.waits WHERE run_id = p_run_id AND step_key = p_key;
+    SELECT * INTO e FROM cairn.events WHERE namespace = r.namespace AND name = p_event;
+
+    IF e.name IS NOT NULL AND (w.deadline IS NULL OR e.emitted_at <= w.deadline) THEN
+        PERFORM cairn.checkpoint(p_run_id, p_attempt, p_key, 'wait',
+                                 jsonb_build_object('event', e.payload), w.created_at);
+        DELETE FROM cairn.waits WHERE run_id = p_run_id AND step_key = p_key;
+        RETURN QUERY SELECT 'received'::text, e.payload, w.deadline;
+    ELSIF w.deadline IS NOT NULL AND w.deadline <= now() THEN
+        PERFORM cairn.checkpoint(p_run_id, p_attempt, p_key, 'wait',
+                                 jsonb_build_object('timed_out', true), w.created_at);
+        DELETE FROM cairn.waits WHERE run_id = p_run_id AND step_key = p_key;
+        RETURN QUERY SELECT 'timed_out'::text, NULL::jsonb, w.deadline;
+    ELSE
+        PERFORM cairn.suspend(p_run_id, p_attempt, 'waiting', w.deadline,
+            jsonb_strip_nulls(jsonb_build_object('event', p_event, 'question', p_question,
+                                                 'schema', p_schema, 'deadline', w.deadline)));
+        RETURN QUERY SELECT 'suspended'::text, NULL::jsonb, w.deadline;
+    END IF;
+END $$;
+
+-- The waits an emitted payload must satisfy. Call it in the emitting transaction, before
+-- emit_event: it takes the event's lock, so no new wait can appear between check and emit.
+CREATE FUNCTION cairn.event_waiters(p_namespace text, p_name text)
+RETURNS TABLE (run_name text, question text, schema jsonb)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM cairn.lock_event(p_namespace, p_name);
+    RETURN QUERY
+    SELECT r.name, w.question, w.schema
+    FROM cairn.waits w JOIN cairn.runs r ON r.id = w.run_id
+    WHERE w.kind = 'event' AND w.namespace = p_namespace AND w.event_name = p_name
+    ORDER BY r.name;
+END $$;
+
+-- Emits an event (first write wins). Emitting the same payload again is a no-op; another
+-- payload is a conflict. Wakes every run waiting for it whose deadline has not passed.
+CREATE FUNCTION cairn.emit_event(p_namespace text, p_name text, p_payload jsonb,
+                                 p_emitted_by uuid DEFAULT NULL)
+RETURNS TABLE (duplicate boolean, woken integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_existing jsonb;
+    v_woken    integer;
+BEGIN
+    PERFORM cairn.lock_event(p_namespace, p_name);
+    INSERT INTO cairn.events (namespace, name, payload, emitted_by)
+    VALUES (p_namespace, p_name, p_payload, p_emitted_by)
+    ON CONFLICT (namespace, name) DO NOTHING;
+    IF NOT FOUND THEN
+        SELECT payload INTO v_existing FROM cairn.events WHERE namespace = p_namespace AND name = p_name;
+        IF v_existing = p_payload THEN
+            RETURN QUERY SELECT true, 0;
+            RETURN;
+        END IF;
+        RAISE EXCEPTION 'event "%" was already emitted in namespace "%" with a different payload',
+            p_name, p_namespace
+            USING ERRCODE = 'CN002',
+                  HINT = 'events are write-once (the first emit wins); use a new event name to send another value';
+    END IF;
+    WITH woken AS (
+        UPDATE cairn.runs r SET state = 'pending', wake_at = NULL, updated_at = now()
+        FROM cairn.waits w
+        WHERE w.run_id = r.id AND w.kind = 'event' AND w.namespace = p_namespace
+          AND w.event_name = p_name AND (w.deadline IS NULL OR w.deadline >= now())
+          AND r.state = 'waiting'
+        RETURNING r.id)
+    SELECT count(*) INTO v_woken FROM woken;
+    RETURN QUERY SELECT false, v_woken;
+END $$;
+
+-- An emit from inside a flow: checkpointed as a step, so a replay does not emit again.
+CREATE FUNCTION cairn.emit_from_run(p_run_id uuid, p_attempt integer, p_key text,
+                                    p_name text, p_payload jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    r cairn.runs := cairn.fence(p_run_id, p_attempt);
+BEGIN
+    PERFORM cairn.emit_event(r.namespace, p_name, p_payload, p_run_id);
+    PERFORM cairn.checkpoint(p_run_id, p_attempt, p_key, 'emit',
+                             jsonb_build_object('event', p_name), NULL);
+END $$;
+
+----------------------------------------------------------------------------------------------
+-- Durable sleep
+
+-- The wake time is fixed the first time the sleep is reached. Returns 'done' (checkpointed),
+-- 'inline' with the remaining time when it is short enough to sleep in-process, or 'suspended'.
+CREATE FUNCTION cairn.sleep(p_run_id uuid, p_attempt integer, p_key text,
+                            p_until timestamptz, p_duration_ms bigint, p_inline_max_ms bigint)
+RETURNS TABLE (outcome text, remaining_ms bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r cairn.runs := cairn.fence(p_run_id, p_attempt);
+    w cairn.waits;
+    v_remaining bigint;
+BEGIN
+    IF r.cancel_requested THEN
+        RETURN QUERY SELECT 'cancelled'::text, 0::bigint;
+        RETURN;
+    END IF;
+    INSERT INTO cairn.waits (run_id, step_key, kind, namespace, deadline)
+    VALUES (p_run_id, p_key, 'sleep', r.namespace,
+            coalesce(p_until, now() + p_duration_ms * interval '1 millisecond'))
+    ON CONFLICT (run_id, step_key) DO NOTHING;
+    SELECT * INTO w FROM cairn.waits WHERE run_id = p_run_id AND step_key = p_key;
+    v_remaining := ceil(extract(epoch FROM (w.deadline - now())) * 1000)::bigint;
+
+    IF v_remaining <= 0 THEN
+        PERFORM cairn.checkpoint(p_run_id, p_attempt, p_key, 'sleep',
+                                 jsonb_build_object('until', w.deadline), w.created_at);
+        DELETE FROM cairn.waits WHERE run_id = p_run_id AND step_key = p_key;
+        RETURN QUERY SELECT 'done'::text, 0::bigint;
+    ELSIF v_remaining <= p_inline_max_ms THEN
+        RETURN QUERY SELECT 'inline'::text, v_remaining;
+    ELSE
+        PERFORM cairn.suspend(p_run_id, p_attempt, 'sleeping', w.deadline,
+                              jsonb_build_object('sleep', p_key, 'until', w.deadline));
+        RETURN QUERY SELECT 'suspended'::text, v_remaining;
+    END IF;
+END $$;
+
+----------------------------------------------------------------------------------------------
+-- Child flows
+
+-- Spawning is a checkpointed step: the child is created once, by name, whatever the replays.
+CREATE FUNCTION cairn.spawn_child(p_run_id uuid, p_attempt integer, p_key text, p_child_name text,
+                                  p_flow text, p_input jsonb)
+RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    r       cairn.runs := cairn.fence(p_run_id, p_attempt);
+    v_child uuid;
+BEGIN
+    SELECT c.run_id INTO v_child
+    FROM cairn.create_run(r.namespace, p_child_name, p_flow, p_input,
+                          r.max_attempts, r.retry_backoff_ms, p_run_id) c;
+    PERFORM cairn.checkpoint(p_run_id, p_attempt, p_key, 'spawn',
+                             jsonb_build_object('run_id', v_child, 'name', p_child_name), NULL);
+    RETURN v_child;
+END $$;
+
+CREATE FUNCTION cairn.children_outcomes(p_children uuid[]) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(jsonb_agg(jsonb_build_object('run_id', c.id, 'name', c.name, 'state', c.state,
+                                                 'result', c.result, 'error', c.error)
+                              ORDER BY k.ord), '[]'::jsonb)
+    FROM unnest(p_children) WITH ORDINALITY AS k(id, ord)
+    JOIN cairn.runs c ON c.id = k.id
+$$;
+
+-- Returns 'done' with the children's outcomes (checkpointed) when all are finished, else
+-- suspends the run until the last one finishes (see on_run_finished).
+CREATE FUNCTION cairn.join_children(p_run_id uuid, p_attempt integer, p_key text, p_children uuid[])
+RETURNS TABLE (outcome text, results jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r cairn.runs := cairn.fence(p_run_id, p_attempt);
+    v_unfinished integer;
+    v_results jsonb;
+BEGIN
+    IF r.cancel_requested THEN
+        RETURN QUERY SELECT 'cancelled'::text, NULL::jsonb;
+        RETURN;
+    END IF;
+    SELECT count(*) INTO v_unfinished FROM cairn.runs
+    WHERE id = ANY (p_children) AND NOT cairn.is_terminal(state);
+    IF v_unfinished = 0 THEN
+        v_results := cairn.children_outcomes(p_children);
+        PERFORM cairn.checkpoint(p_run_id, p_attempt, p_key, 'join', v_results, NULL);
+        DELETE FROM cairn.waits WHERE run_id = p_run_id AND step_key = p_key;
+        RETURN QUERY SELECT 'done'::text, v_results;
+    ELSE
+        INSERT INTO cairn.waits (run_id, step_key, kind, namespace, children)
+        VALUES (p_run_id, p_key, 'children', r.namespace, p_children)
+        ON CONFLICT (run_id, step_key) DO NOTHING;
+        PERFORM cairn.suspend(p_run_id, p_attempt, 'waiting', NULL,
+            jsonb_build_object('children', cardinality(p_children), 'unfinished', v_unfinished));
+        RETURN QUERY SELECT 'suspended'::text, NULL::jsonb;
+    END IF;
+END $$;
+
+----------------------------------------------------------------------------------------------
+-- Supervisor operations
+
+-- A launched process died while its run was still running (crash, kill, OOM, lost pod).
+-- The supervisor's lifecycle policy passes the retry delay, or NULL to give up.
+CREATE FUNCTION cairn.record_crash(p_run_id uuid, p_attempt integer, p_reason text,
+                                   p_retry_delay_ms bigint)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    r cairn.runs;
+BEGIN
+    SELECT * INTO r FROM cairn.runs WHERE id = p_run_id FOR UPDATE;
+    IF NOT FOUND OR r.attempt <> p_attempt OR r.state <> 'running' THEN
+        RETURN coalesce(r.state, 'missing');   -- already settled by someone else
+    END IF;
+    PERFORM cairn.end_attempt(p_run_id, p_attempt, 'crashed', p_reason);
+    UPDATE cairn.runs SET crashes = crashes + 1 WHERE id = p_run_id;
+    IF r.cancel_requested THEN
+        PERFORM cairn.finish(p_run_id, 'cancelled', NULL, '{"message": "cancelled"}'::jsonb);
+    ELSIF p_retry_delay_ms IS NOT NULL THEN
+        UPDATE cairn.runs
+        SET state = 'retrying', wake_at = now() + p_retry_delay_ms * interval '1 millisecond',
+            waiting_for = jsonb_build_object('retry_after', p_reason), updated_at = now()
+        WHERE id = p_run_id;
+    ELSE
+        PERFORM cairn.finish(p_run_id, 'failed', NULL, jsonb_build_object(
+            'message', format('gave up after %s crashed attempts; last: %s', r.crashes + 1, p_reason),
+            'kind', 'crashed'));
+    END IF;
+    RETURN (SELECT state FROM cairn.runs WHERE id = p_run_id);
+END $$;
+
+-- Makes every sleeping, retrying or timed-out waiting run whose time has come runnable.
+CREATE FUNCTION cairn.wake_due() RETURNS integer
+LANGUAGE sql AS $$
+    WITH woken AS (
+        UPDATE cairn.runs SET state = 'pending', wake_at = NULL, updated_at = now()
+        WHERE wake_at <= now() AND state IN ('sleeping', 'retrying', 'waiting')
+        RETURNING id)
+    SELECT count(*)::integer FROM woken
+$$;
+
+-- Milliseconds until the next wake-up among unfinished runs (NULL when none), by the database clock.
+CREATE FUNCTION cairn.next_wake_ms() RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT greatest(0, ceil(extract(epoch FROM (min(wake_at) - now())) * 1000))::bigint
+    FROM cairn.runs WHERE wake_at IS NOT NULL AND state IN ('sleeping', 'retrying', 'waiting')
+$$;
+
+-- Cancels a run and its unfinished descendants. Parked runs end at once (their waits and timers
+-- are cleared); a running one is flagged and stops at its next step boundary.
+CREATE FUNCTION cairn.cancel_run(p_run_id uuid) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    r cairn.runs;
+    v_child uuid;
+BEGIN
+    -- Children first: every path locks a child before its parent, so none can deadlock.
+    FOR v_child IN SELECT id FROM cairn.runs WHERE parent_id = p_run_id AND NOT cairn.is_terminal(state) LOOP
+        PERFORM cairn.cancel_run(v_child);
+    END LOOP;
+    SELECT * INTO r FROM cairn.runs WHERE id = p_run_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'run % does not exist', p_run_id USING ERRCODE = 'CN004';
+    END IF;
+    IF cairn.is_terminal(r.state) THEN
+        RETURN r.state;
+    END IF;
+    IF r.state = 'running' THEN
+        UPDATE cairn.runs SET cancel_requested = true, updated_at = now() WHERE id = p_run_id;
+    ELSE
+        UPDATE cairn.runs SET cancel_requested = true WHERE id = p_run_id;
+        PERFORM cairn.finish(p_run_id, 'cancelled', NULL, '{"message": "cancelled"}'::jsonb);
+    END IF;
+    RETURN (SELECT state FROM cairn.runs WHERE id = p_run_id);
+END $$;
+
+----------------------------------------------------------------------------------------------
+-- Triggers: wake a joining parent, and broadcast every state change.
+
+-- When a child finishes and it was the last unfinished child a parent's join waits for, the
+-- parent becomes runnable. Locking the parent row orders this against join_children.
+CREATE FUNCTION cairn.on_run_finished() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM cairn.runs WHERE id = NEW.parent_id FOR UPDATE;
+    UPDATE cairn.runs p SET state = 'pending', updated_at = now()
+    WHERE p.id = NEW.parent_id AND p.state = 'waiting'
+      AND EXISTS (
+          SELECT 1 FROM cairn.waits w
+          WHERE w.run_id = p.id AND w.kind = 'children' AND NEW.id = ANY (w.children)
+            AND NOT EXISTS (SELECT 1 FROM cairn.runs c
+                            WHERE c.id = ANY (w.children) AND NOT cairn.is_terminal(c.state)));
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER runs_finished AFTER UPDATE OF state ON cairn.runs
+FOR EACH ROW
+WHEN (NEW.parent_id IS NOT NULL AND cairn.is_terminal(NEW.state) AND NOT cairn.is_terminal(OLD.state))
+EXECUTE FUNCTION cairn.on_run_finished();
+
+CREATE FUNCTION cairn.notify_run() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('cairn_runs', json_build_object(
+        'id', NEW.id, 'root_id', NEW.root_id, 'namespace', NEW.namespace, 'name', NEW.name,
+        'state', NEW.state, 'attempt', NEW.attempt)::text);
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER runs_notify AFTER INSERT OR UPDATE OF state ON cairn.runs
+FOR EACH ROW
+WHEN (pg_trigger_depth() < 8)
+EXECUTE FUNCTION cairn.notify_run();

@@ -1,0 +1,64 @@
+# Shared settings for the tests/cluster scripts. Source it; do not run it.
+# Everything can be overridden from the environment.
+
+CLUSTER_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$CLUSTER_DIR/../.." && pwd)"
+
+# Built binaries are cached by version here, outside the repository.
+CAIRN_CACHE_DIR="${CAIRN_CACHE_DIR:-$HOME/.cache/cairn}"
+CLUSTER_CACHE="$CAIRN_CACHE_DIR/cluster"
+# Runtime state (PKI, configs, pid files, logs, etcd and Postgres data).
+STATE_DIR="${CAIRN_CLUSTER_STATE:-/var/lib/cairn-cluster}"
+RUN_DIR="$STATE_DIR/run"   # pid files
+LOG_DIR="$STATE_DIR/logs"  # one log per component
+BIN_DIR="$STATE_DIR/bin"   # symlinks: kubectl, helm, ctr wrappers... (tests put this on PATH)
+
+# Versions. K8S_SERIES picks the latest patch the Go module proxy has, unless
+# K8S_VERSION pins one. Same for helm (major v3) and CoreDNS.
+K8S_SERIES="${K8S_SERIES:-v1.33}"
+HELM_SERIES="${HELM_SERIES:-v3}"
+COREDNS_SERIES="${COREDNS_SERIES:-v1.14}"
+
+# Network layout. Everything stays on loopback, the pod bridge and the service range.
+NODE_NAME="${NODE_NAME:-cairn-node}"
+BRIDGE=cni0
+POD_CIDR=10.88.0.0/16
+NODE_IP=10.88.0.1
+SERVICE_CIDR=10.96.0.0/16
+SERVICE_API_IP=10.96.0.1
+CLUSTER_DNS_IP=10.88.0.1    # CoreDNS runs on the host, bound to the bridge address
+PG_PORT="${CAIRN_CLUSTER_PG_PORT:-5432}"
+
+CONTAINERD_SOCK=/run/cairn-containerd/containerd.sock
+
+export PATH="/usr/local/go/bin:/usr/lib/postgresql/15/bin:$HOME/.cargo/bin:$PATH"
+
+log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf '[cluster] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# Newest version in SERIES (e.g. v1.33) of Go module MOD, from the Go module proxy.
+# If the proxy cannot be asked, fall back to the newest version already cached in CACHE_PREFIX*.
+latest_version() {
+    local mod="$1" series="$2" cache_prefix="$3" v
+    # A version prefix query ("mod@v1.33") resolves to the newest release with that prefix.
+    v="$(cd /tmp && GOTOOLCHAIN=local go list -m -f '{{.Version}}' "$mod@$series" 2>/dev/null || true)"
+    if [[ -z "$v" ]]; then
+        v="$(ls -d "${cache_prefix}"v* 2>/dev/null | sed "s|^${cache_prefix}||" | grep -E "^${series//./\\.}\." | sort -V | tail -1 || true)"
+    fi
+    [[ -n "$v" ]] || die "cannot find a $series version of $mod (Go module proxy unreachable and nothing cached)"
+    echo "$v"
+}
+
+# wait_for DESCRIPTION TIMEOUT_SECONDS LOGFILE COMMAND...: poll COMMAND once a second.
+wait_for() {
+    local what="$1" timeout="$2" logfile="$3"; shift 3
+    local i
+    for ((i = 0; i < timeout; i++)); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 1
+    done
+    [[ -f "$logfile" ]] && { echo "--- last lines of $logfile ---" >&2; tail -n 25 "$logfile" >&2; }
+    die "timed out after ${timeout}s waiting for $what (see $logfile)"
+}
+
+pid_alive() { [[ -f "$RUN_DIR/$1.pid" ]] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
