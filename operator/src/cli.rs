@@ -85,7 +85,7 @@ enum DevCommand {
     /// Start a run (or resume the one with this --name) and supervise it until it finishes.
     /// Prints the result JSON as the last line; exits 0 only when the run succeeded.
     Run(DevRun),
-    /// Print the private Postgres URL (starting it if needed).
+    /// Print the private Postgres URL (starting and migrating it if needed).
     DbUrl,
     /// Stop the private Postgres.
     DbStop,
@@ -140,10 +140,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Dev(DevCommand::Run(args)) => dev_run(args).await,
         Command::Dev(DevCommand::DbUrl) => {
-            println!(
-                "{}",
-                LocalPostgres::new(LocalPostgres::default_root(), 5432)?.ensure_running()?
-            );
+            let url = LocalPostgres::new(LocalPostgres::default_root(), 5432)?.ensure_running()?;
+            store::connect(&url).await?; // applies migrations
+            println!("{url}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev(DevCommand::DbStop) => {
@@ -366,7 +365,15 @@ async fn wait_for(
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen("cairn_runs").await?;
     loop {
-        let record = store::find(pool, namespace, run).await?;
+        // A run that does not exist yet may be about to: keep waiting (until the timeout).
+        let record = match store::find(pool, namespace, run).await {
+            Ok(record) => record,
+            Err(e) if e.is::<store::NotFound>() => {
+                listener.try_recv().await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let waits_for_event = |name: &str| {
             let waiting = record.waiting_for.as_ref().and_then(|w| w.get("event"));
             waiting.and_then(Value::as_str) == Some(name)

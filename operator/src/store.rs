@@ -182,11 +182,13 @@ pub async fn find(pool: &PgPool, namespace: &str, name_or_id: &str) -> anyhow::R
     )
     .fetch_optional(pool)
     .await?
-    .ok_or_else(|| {
-        anyhow!("no run named \"{name_or_id}\" in namespace \"{namespace}\" (see `cairn runs`)")
-    })?;
+    .ok_or_else(|| NotFound(format!("no run named \"{name_or_id}\" in namespace \"{namespace}\" (see `cairn runs`)")))?;
     Ok(to_record!(row))
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotFound(String);
 
 /// One checkpointed step, for `cairn inspect`.
 #[derive(Debug, Clone, Serialize)]

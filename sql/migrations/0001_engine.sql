@@ -113,15 +113,21 @@ CREATE TABLE cairn.events (
 CREATE FUNCTION cairn.is_terminal(p_state text) RETURNS boolean
 LANGUAGE sql IMMUTABLE AS $$ SELECT p_state IN ('succeeded', 'failed', 'cancelled') $$;
 
--- Rejects writes from anything but the current attempt of a running run. The row lock
--- (FOR SHARE) orders this write against start_attempt, so a superseded attempt can never slip a
--- checkpoint in after its successor started.
+-- A run's attempt lock: every write of a running attempt holds it shared (in fence); taking a
+-- run away from its attempt (start_attempt, record_crash) holds it exclusively. So a superseded
+-- attempt can never slip a write in after its successor started. Advisory locks live in memory:
+-- unlike a row lock, they add no tuple write to the per-step round trip.
+CREATE FUNCTION cairn.attempt_lock_key(p_run_id uuid) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$ SELECT hashtextextended(p_run_id::text, 1) $$;
+
+-- Rejects writes from anything but the current attempt of a running run.
 CREATE FUNCTION cairn.fence(p_run_id uuid, p_attempt integer) RETURNS cairn.runs
 LANGUAGE plpgsql AS $$
 DECLARE
     r cairn.runs;
 BEGIN
-    SELECT * INTO r FROM cairn.runs WHERE id = p_run_id FOR SHARE;
+    PERFORM pg_advisory_xact_lock_shared(cairn.attempt_lock_key(p_run_id));
+    SELECT * INTO r FROM cairn.runs WHERE id = p_run_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'run % does not exist', p_run_id USING ERRCODE = 'CN004';
     END IF;
@@ -218,6 +224,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_attempt integer;
 BEGIN
+    PERFORM pg_advisory_xact_lock(cairn.attempt_lock_key(p_run_id));
     UPDATE cairn.runs
     SET state = 'running', attempt = attempt + 1, wake_at = NULL, waiting_for = NULL,
         updated_at = now()
@@ -485,11 +492,15 @@ BEGIN
         RETURN QUERY SELECT 'cancelled'::text, NULL::jsonb;
         RETURN;
     END IF;
+    -- Lock our row before counting: a child finishing concurrently (on_run_finished locks it
+    -- too) then either is counted as finished here or sees our wait and wakes us.
+    PERFORM 1 FROM cairn.runs WHERE id = p_run_id FOR UPDATE;
     SELECT count(*) INTO v_unfinished FROM cairn.runs
     WHERE id = ANY (p_children) AND NOT cairn.is_terminal(state);
     IF v_unfinished = 0 THEN
         v_results := cairn.children_outcomes(p_children);
-        PERFORM cairn.checkpoint(p_run_id, p_attempt, p_key, 'join', v_results, NULL);
+        PERFORM cairn.checkpoint(p_run_id, p_attempt, p_key, 'join', v_results,
+            (SELECT created_at FROM cairn.waits WHERE run_id = p_run_id AND step_key = p_key));
         DELETE FROM cairn.waits WHERE run_id = p_run_id AND step_key = p_key;
         RETURN QUERY SELECT 'done'::text, v_results;
     ELSE
@@ -514,6 +525,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     r cairn.runs;
 BEGIN
+    PERFORM pg_advisory_xact_lock(cairn.attempt_lock_key(p_run_id));
     SELECT * INTO r FROM cairn.runs WHERE id = p_run_id FOR UPDATE;
     IF NOT FOUND OR r.attempt <> p_attempt OR r.state <> 'running' THEN
         RETURN coalesce(r.state, 'missing');   -- already settled by someone else
@@ -584,7 +596,8 @@ END $$;
 -- Triggers: wake a joining parent, and broadcast every state change.
 
 -- When a child finishes and it was the last unfinished child a parent's join waits for, the
--- parent becomes runnable. Locking the parent row orders this against join_children.
+-- parent becomes runnable. Locking the parent row orders this against join_children, which
+-- locks it before counting unfinished children.
 CREATE FUNCTION cairn.on_run_finished() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
