@@ -493,6 +493,7 @@ async fn inspect(pool: &PgPool, namespace: &str, name: &str, output: Output) -> 
     let mut table = table([
         "STEP",
         "KIND",
+        "STATUS",
         "ATTEMPT",
         "TRIES",
         "DURATION",
@@ -504,8 +505,9 @@ async fn inspect(pool: &PgPool, namespace: &str, name: &str, output: Output) -> 
         table.add_row([
             step.key.clone(),
             step.kind.clone(),
-            step.attempt.to_string(),
-            step.tries.to_string(),
+            step.status.clone(),
+            step.attempt.map(|a| a.to_string()).unwrap_or_default(),
+            step.tries.map(|t| t.to_string()).unwrap_or_default(),
             format!("{:.0} ms", step.duration_ms),
             match (step.tokens_in, step.tokens_out) {
                 (None, None) => String::new(),

@@ -182,7 +182,11 @@ pub async fn find(pool: &PgPool, namespace: &str, name_or_id: &str) -> anyhow::R
     )
     .fetch_optional(pool)
     .await?
-    .ok_or_else(|| NotFound(format!("no run named \"{name_or_id}\" in namespace \"{namespace}\" (see `cairn runs`)")))?;
+    .ok_or_else(|| {
+        NotFound(format!(
+            "no run named \"{name_or_id}\" in namespace \"{namespace}\" (see `cairn runs`)"
+        ))
+    })?;
     Ok(to_record!(row))
 }
 
@@ -190,13 +194,16 @@ pub async fn find(pool: &PgPool, namespace: &str, name_or_id: &str) -> anyhow::R
 #[error("{0}")]
 pub struct NotFound(String);
 
-/// One checkpointed step, for `cairn inspect`.
+/// One step of a run for `cairn inspect`: a checkpoint (`completed`), or the wait, sleep or
+/// join the run is blocked on (`waiting`).
 #[derive(Debug, Clone, Serialize)]
 pub struct StepRecord {
     pub key: String,
     pub kind: String,
-    pub attempt: i32,
-    pub tries: i32,
+    pub status: String,
+    /// The attempt that completed it.
+    pub attempt: Option<i32>,
+    pub tries: Option<i32>,
     pub started_at: DateTime<Utc>,
     pub duration_ms: f64,
     pub usd: Option<f64>,
@@ -208,10 +215,23 @@ pub struct StepRecord {
 pub async fn steps(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Vec<StepRecord>> {
     let rows = sqlx::query_as!(
         StepRecord,
-        r#"SELECT key, kind, attempt, tries, started_at,
-                  (extract(epoch FROM completed_at - started_at) * 1000)::float8 AS "duration_ms!",
-                  usd::float8 AS usd, tokens_in, tokens_out, model
-           FROM cairn.steps WHERE run_id = $1 ORDER BY completed_at, key"#,
+        r#"SELECT key AS "key!", kind AS "kind!", status AS "status!", attempt, tries,
+                  started_at AS "started_at!", duration_ms AS "duration_ms!",
+                  usd, tokens_in, tokens_out, model
+           FROM (SELECT key, kind, 'completed' AS status, attempt, tries, started_at,
+                        (extract(epoch FROM completed_at - started_at) * 1000)::float8 AS duration_ms,
+                        usd::float8 AS usd, tokens_in, tokens_out, model
+                 FROM cairn.steps WHERE run_id = $1
+                 UNION ALL
+                 SELECT w.step_key, CASE w.kind WHEN 'event' THEN 'wait' WHEN 'children' THEN 'join' ELSE w.kind END,
+                        'waiting', NULL, NULL, w.created_at,
+                        (extract(epoch FROM now() - w.created_at) * 1000)::float8,
+                        NULL, NULL, NULL, NULL
+                 FROM cairn.waits w
+                 WHERE w.run_id = $1
+                   AND NOT EXISTS (SELECT 1 FROM cairn.steps s WHERE s.run_id = w.run_id AND s.key = w.step_key)
+                ) all_steps
+           ORDER BY started_at, key"#,
         run_id
     )
     .fetch_all(pool)

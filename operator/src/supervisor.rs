@@ -14,6 +14,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -61,8 +62,8 @@ pub async fn supervise(
         exits: HashMap::new(),
         exit_tx,
     };
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
 
     loop {
         let mut conn = pool.acquire().await?;
@@ -100,13 +101,8 @@ pub async fn supervise(
                 }
             }
             _ = timer => {}
-            _ = &mut interrupted => {
-                supervisor.kill_all();
-                anyhow::bail!(
-                    "interrupted; the run \"{}\" is durable: run the same `cairn dev run` command (same --name) to carry on",
-                    root_record.name
-                );
-            }
+            _ = interrupt.recv() => return Err(supervisor.abandon(&root_record)),
+            _ = terminate.recv() => return Err(supervisor.abandon(&root_record)),
         }
     }
 }
@@ -171,10 +167,7 @@ impl Supervisor<'_> {
                 Next::Finished(phase) => {
                     if let Some((_, pid)) = self.alive.get(&run.id) {
                         // A process outliving its run (cancelled mid-step) is fenced anyway; stop it.
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(*pid as i32),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
+                        kill(*pid);
                     }
                     if self.exits.remove(&run.id).is_some() && phase != Phase::Succeeded {
                         eprintln!(
@@ -243,14 +236,24 @@ impl Supervisor<'_> {
         Ok(())
     }
 
-    fn kill_all(&mut self) {
+    /// Stops on a signal. The processes are killed (their runs are durable: a later
+    /// `cairn dev run` with the same name records the crashes and carries on).
+    fn abandon(&mut self, root: &RunRecord) -> anyhow::Error {
         for (_, pid) in self.alive.values() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            kill(*pid);
         }
+        anyhow::anyhow!(
+            "interrupted; the run \"{}\" is durable: run the same `cairn dev run` command (same --name) to carry on",
+            root.name
+        )
     }
+}
+
+fn kill(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 /// Copies a child's output to our stderr, each line prefixed with `[run#attempt]`, so our

@@ -54,12 +54,23 @@ async fn main() -> anyhow::Result<()> {
 async fn bench(url: &str) -> anyhow::Result<()> {
     let pool = cairn_operator::store::connect(url).await?;
     let mut conn = PgConnection::connect(url).await?;
-    let version: String = sqlx::query_scalar("SHOW server_version").fetch_one(&mut conn).await?;
-    let sync: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&mut conn).await?;
-    let fsync: String = sqlx::query_scalar("SHOW fsync").fetch_one(&mut conn).await?;
-    let kind = if url.contains("host=/") { "Unix socket" } else { "TCP" };
+    let version: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(&mut conn)
+        .await?;
+    let sync: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&mut conn)
+        .await?;
+    let fsync: String = sqlx::query_scalar("SHOW fsync")
+        .fetch_one(&mut conn)
+        .await?;
+    let kind = if url.contains("host=/") {
+        "Unix socket"
+    } else {
+        "TCP"
+    };
     println!(
-        "bench-steps: {} durable steps vs {} raw INSERT+COMMIT, PostgreSQL {version} over a {kind}, fsync={fsync}, synchronous_commit={sync}",
+        "bench-steps: {} durable steps, {} engine calls and {} raw INSERT+COMMIT, PostgreSQL {version} over a {kind}, fsync={fsync}, synchronous_commit={sync}",
+        ROUNDS * PER_ROUND,
         ROUNDS * PER_ROUND,
         ROUNDS * PER_ROUND
     );
@@ -76,18 +87,35 @@ async fn bench(url: &str) -> anyhow::Result<()> {
     run_steps(&pool, &runner, url, WARMUP).await?;
     STEP_SAMPLES.lock().unwrap().clear();
 
-    let mut raw = Vec::new();
+    engine_calls(&pool, &mut conn, WARMUP).await?;
+
+    let (mut raw, mut calls) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         raw.extend(raw_inserts(&mut conn, PER_ROUND).await?);
+        calls.extend(engine_calls(&pool, &mut conn, PER_ROUND).await?);
         run_steps(&pool, &runner, url, PER_ROUND).await?;
     }
     let steps = std::mem::take(&mut *STEP_SAMPLES.lock().unwrap());
 
     let step_stats = Stats::of(steps);
+    let call_stats = Stats::of(calls);
     let raw_stats = Stats::of(raw);
-    println!("{:<12} {:>10} {:>10} {:>10}", "", "p50", "p99", "mean");
-    for (name, s) in [("per-step", &step_stats), ("raw insert", &raw_stats)] {
-        println!("{name:<12} {:>7.3} ms {:>7.3} ms {:>7.3} ms", s.p50, s.p99, s.mean);
+    println!(
+        "{:<22} {:>10} {:>10} {:>10} {:>8}",
+        "", "p50", "p99", "mean", "p50 ×raw"
+    );
+    for (name, s) in [
+        ("raw INSERT+COMMIT", &raw_stats),
+        ("complete_step call", &call_stats),
+        ("SDK step (per-step)", &step_stats),
+    ] {
+        println!(
+            "{name:<22} {:>7.3} ms {:>7.3} ms {:>7.3} ms {:>8.2}",
+            s.p50,
+            s.p99,
+            s.mean,
+            s.p50 / raw_stats.p50
+        );
     }
     println!(
         "per-step p50 {:.3} ms | raw insert p50 {:.3} ms | ratio {:.2}",
@@ -104,32 +132,76 @@ async fn raw_inserts(conn: &mut PgConnection, n: usize) -> anyhow::Result<Vec<Du
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
         let started = Instant::now();
-        sqlx::query("INSERT INTO public.bench_raw_inserts (run_id, key, result) VALUES ($1, $2, $3)")
-            .bind(run_id)
-            .bind(format!("s#{i}"))
-            .bind(serde_json::json!(i))
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO public.bench_raw_inserts (run_id, key, result) VALUES ($1, $2, $3)",
+        )
+        .bind(run_id)
+        .bind(format!("s#{i}"))
+        .bind(serde_json::json!(i))
+        .execute(&mut *conn)
+        .await?;
         samples.push(started.elapsed());
     }
     Ok(samples)
 }
 
-/// One run of `n` trivial steps through the SDK.
-async fn run_steps(pool: &sqlx::PgPool, runner: &Runner, url: &str, n: usize) -> anyhow::Result<()> {
+/// The engine alone: `cairn.complete_step` called directly, without the SDK around it.
+async fn engine_calls(
+    pool: &sqlx::PgPool,
+    conn: &mut PgConnection,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let (run_id, attempt) = started_run(pool, "engine", 0).await?;
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = format!("s#{i}");
+        let result = serde_json::json!(i);
+        let step = engine::CompletedStep {
+            key: &key,
+            result: &result,
+            duration_ms: 0,
+            tries: 1,
+            usage: engine::StepUsage::default(),
+        };
+        let started = Instant::now();
+        engine::complete_step(conn, run_id, attempt, &step).await?;
+        samples.push(started.elapsed());
+    }
+    Ok(samples)
+}
+
+/// A new run, claimed for attempt 1: `(run id, attempt)`.
+async fn started_run(
+    pool: &sqlx::PgPool,
+    flow: &str,
+    input: usize,
+) -> anyhow::Result<(uuid::Uuid, i32)> {
     let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let input = serde_json::json!(n);
+    let input = serde_json::json!(input);
     let mut conn = pool.acquire().await?;
     let request = engine::NewRun {
         namespace: "bench",
         name: &name,
-        flow: "steps",
+        flow,
         input: &input,
         max_attempts: 1,
         retry_backoff_ms: 0,
     };
     let (run_id, _) = engine::create_run(&mut conn, &request).await?;
-    let attempt = engine::start_attempt(&mut conn, run_id).await?.context("run not pending")?;
+    let attempt = engine::start_attempt(&mut conn, run_id)
+        .await?
+        .context("run not pending")?;
+    Ok((run_id, attempt))
+}
+
+/// One run of `n` trivial steps through the SDK.
+async fn run_steps(
+    pool: &sqlx::PgPool,
+    runner: &Runner,
+    url: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    let (run_id, attempt) = started_run(pool, "steps", n).await?;
     let env = RunnerEnv {
         database_url: url.to_owned(),
         run_id,
