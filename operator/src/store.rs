@@ -7,8 +7,8 @@ use anyhow::{Context, anyhow};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::lifecycle::{Phase, RunView};
@@ -53,18 +53,20 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
             redact(url)
         )
     })?;
+    // One direct connection first: a pool would retry until its timeout and then report only
+    // "timed out", hiding the cause (refused, unknown host, bad password).
+    let probe = PgConnection::connect_with(&options).await.map_err(|e| {
+        anyhow!(
+            "cannot connect to the database at {}: {e}\n\
+             Is Postgres running and reachable? Set CAIRN_DATABASE_URL, or unset it to use Cairn's private Postgres.",
+            redact(url)
+        )
+    })?;
+    probe.close().await?;
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "cannot connect to the database at {}: {e}\n\
-                 Is Postgres running and reachable? Set CAIRN_DATABASE_URL, or unset it to use Cairn's private Postgres.",
-                redact(url)
-            )
-        })?;
+        .connect_lazy_with(options);
     migrator()
         .run(&pool)
         .await

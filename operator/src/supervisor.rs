@@ -165,6 +165,14 @@ impl Supervisor<'_> {
                     self.exits.remove(&run.id);
                 }
                 Next::Finished(phase) => {
+                    // Children do not outlive their parent: cancel_run cascades to the
+                    // unfinished ones (and leaves the finished parent as it is).
+                    let orphans = runs
+                        .iter()
+                        .any(|c| c.parent_id == Some(run.id) && !c.phase.is_terminal());
+                    if orphans {
+                        engine::cancel_run(&mut *self.pool.acquire().await?, run.id).await?;
+                    }
                     if let Some((_, pid)) = self.alive.get(&run.id) {
                         // A process outliving its run (cancelled mid-step) is fenced anyway; stop it.
                         kill(*pid);

@@ -1,0 +1,936 @@
+//! Issue 2, the durable core: the engine (real Postgres) and the `cairn dev` supervisor
+//! launching the real flow processes of `test-flows`. Side effects are counted from the flows'
+//! effect log, never from logs of the system under test.
+
+use std::time::Duration;
+
+use cairn::engine::{self, EngineError, Parked};
+use cairn_operator::lifecycle::Phase;
+use cairn_operator::store;
+use cairn_tests::{NS, TestDb, sigkill};
+use serde_json::{Value, json};
+
+const FLOWS: &str = env!("CARGO_BIN_EXE_test-flows");
+
+fn ms(delta: chrono::TimeDelta) -> i64 {
+    delta.num_milliseconds()
+}
+
+async fn emit(db: &TestDb, event: &str, payload: Value) -> Result<engine::Emitted, EngineError> {
+    engine::emit(
+        &mut *db.conn().await,
+        engine::Emitter::External { namespace: NS },
+        event,
+        &payload,
+    )
+    .await
+}
+
+fn outcomes(attempts: &[store::AttemptRecord]) -> Vec<String> {
+    attempts
+        .iter()
+        .map(|a| a.outcome.as_deref().unwrap_or("running").to_owned())
+        .collect()
+}
+
+// ---- 1. SIGKILL -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn sigkill_inside_a_step_relaunches_and_completed_steps_run_once() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let id = db
+        .create_run("kill-inside", "steps", json!({ "hang": "inside:b" }))
+        .await;
+    let supervisor = db.supervise_in_background(&db.launcher(FLOWS, &log, &[]), id);
+
+    let hung = log.wait_for("hang:inside:b").await;
+    assert_eq!(hung.attempt, 1);
+    sigkill(hung.pid);
+    let run = supervisor.await.unwrap();
+
+    assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
+    assert_eq!(run.result, Some(json!(["a done", "b done", "c done"])));
+    assert_eq!((run.attempt, run.crashes), (2, 1));
+    // `a` completed before the kill: never again. `b` never completed in attempt 1, so it ran
+    // again in attempt 2 (exactly twice). `c` once.
+    assert_eq!(log.count("step:a"), 1, "{:?}", log.summary());
+    assert_eq!(log.count("step:b"), 2, "{:?}", log.summary());
+    assert_eq!(log.count("step:c"), 1, "{:?}", log.summary());
+    let steps: Vec<(String, Option<i32>)> = db
+        .steps(id)
+        .await
+        .into_iter()
+        .map(|s| (s.key, s.attempt))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("a".into(), Some(1)),
+            ("b".into(), Some(2)),
+            ("c".into(), Some(2))
+        ],
+        "checkpoints (key, attempt)"
+    );
+    let attempts = db.attempts(id).await;
+    assert_eq!(outcomes(&attempts), ["crashed", "completed"]);
+    let detail = attempts[0].detail.as_deref().unwrap_or_default();
+    assert!(detail.contains("SIGKILL"), "crash detail: {detail}");
+}
+
+#[tokio::test]
+async fn sigkill_between_steps_relaunches_and_every_step_runs_once() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let id = db
+        .create_run("kill-between", "steps", json!({ "hang": "before:b" }))
+        .await;
+    let supervisor = db.supervise_in_background(&db.launcher(FLOWS, &log, &[]), id);
+
+    let hung = log.wait_for("hang:before:b").await;
+    assert_eq!(hung.attempt, 1);
+    assert_eq!(
+        db.checkpoint(id, "a").await,
+        Some(json!("a done")),
+        "a is checkpointed before the kill"
+    );
+    sigkill(hung.pid);
+    let run = supervisor.await.unwrap();
+
+    assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
+    assert_eq!(run.result, Some(json!(["a done", "b done", "c done"])));
+    assert_eq!((run.attempt, run.crashes), (2, 1));
+    for step in ["step:a", "step:b", "step:c"] {
+        assert_eq!(log.count(step), 1, "{step}: {:?}", log.summary());
+    }
+    let attempts: Vec<i32> = log
+        .effects()
+        .iter()
+        .filter(|e| e.what.starts_with("step:"))
+        .map(|e| e.attempt)
+        .collect();
+    assert_eq!(
+        attempts,
+        [1, 2, 2],
+        "a ran in attempt 1, b and c in attempt 2"
+    );
+    assert_eq!(outcomes(&db.attempts(id).await), ["crashed", "completed"]);
+}
+
+// ---- 2. Fencing ------------------------------------------------------------------------------
+
+fn step<'a>(key: &'a str, result: &'a Value) -> engine::CompletedStep<'a> {
+    engine::CompletedStep {
+        key,
+        result,
+        duration_ms: 1,
+        tries: 1,
+        usage: Default::default(),
+    }
+}
+
+fn assert_fenced<T: std::fmt::Debug>(what: &str, outcome: Result<T, EngineError>) {
+    match outcome {
+        Err(EngineError::Fenced(message)) => assert!(
+            message.contains("attempt 1") && message.contains("no longer current"),
+            "{what}: unclear message {message:?}"
+        ),
+        other => panic!("{what} by a superseded attempt was not fenced: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn fencing_rejects_every_write_of_a_superseded_attempt() {
+    let db = TestDb::new().await;
+    let id = db.create_run("fenced", "steps", json!({})).await;
+    let mut conn = db.conn().await;
+
+    assert_eq!(engine::start_attempt(&mut conn, id).await.unwrap(), Some(1));
+    assert_eq!(
+        engine::start_attempt(&mut conn, id).await.unwrap(),
+        None,
+        "a running run cannot be claimed twice"
+    );
+    engine::load_run(&mut conn, id, 1).await.unwrap();
+    let done = json!("a done");
+    assert!(
+        !engine::complete_step(&mut conn, id, 1, &step("a", &done))
+            .await
+            .unwrap()
+    );
+
+    // The supervisor loses attempt 1 (a partition, a pod it gave up on) and relaunches at once.
+    let state = engine::record_crash(&mut conn, id, 1, "lost", Some(0))
+        .await
+        .unwrap();
+    assert_eq!(state, "retrying");
+    assert!(engine::wake_due(&mut conn).await.unwrap() >= 1);
+    assert_eq!(engine::start_attempt(&mut conn, id).await.unwrap(), Some(2));
+
+    // Attempt 1 is a zombie: everything it tries to write is refused.
+    let late = json!("b from the zombie");
+    assert_fenced(
+        "complete_step",
+        engine::complete_step(&mut conn, id, 1, &step("b", &late)).await,
+    );
+    assert_fenced(
+        "complete_run",
+        engine::complete_run(&mut conn, id, 1, &json!("zombie result")).await,
+    );
+    assert_fenced(
+        "fail_run",
+        engine::fail_run(&mut conn, id, 1, &json!({ "message": "zombie" })).await,
+    );
+    assert_fenced("load_run", engine::load_run(&mut conn, id, 1).await);
+    let wait = engine::EventWait {
+        key: "event:x",
+        event: "x",
+        timeout_ms: None,
+        question: None,
+        schema: None,
+    };
+    assert_fenced(
+        "await_event",
+        engine::await_event(&mut conn, id, 1, &wait).await,
+    );
+    assert_fenced(
+        "sleep",
+        engine::sleep(&mut conn, id, 1, "sleep:s", None, 60_000, 0).await,
+    );
+    assert_fenced(
+        "spawn_child",
+        engine::spawn_child(&mut conn, id, 1, "spawn:echo", "child", "echo", &json!(1)).await,
+    );
+    let emitter = engine::Emitter::Run {
+        run_id: id,
+        attempt: 1,
+        key: "emit:e",
+    };
+    assert_fenced(
+        "emit",
+        engine::emit(&mut conn, emitter, "e", &json!(1)).await,
+    );
+    drop(conn);
+
+    // Nothing of the zombie's was written.
+    let run = db.run(id).await;
+    assert_eq!((run.phase, run.attempt), (Phase::Running, 2));
+    assert_eq!((run.result, run.error), (None, None));
+    let keys: Vec<String> = db.steps(id).await.into_iter().map(|s| s.key).collect();
+    assert_eq!(keys, ["a"]);
+    assert_eq!(db.waits(id).await, 0);
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM cairn.runs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, 1, "no child was created");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM cairn.events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 0, "no event was emitted");
+    assert_eq!(
+        outcomes(&db.attempts(id).await),
+        ["crashed", "running"],
+        "the zombie did not end anyone's attempt"
+    );
+
+    // The current attempt writes normally, and finishes the run.
+    let mut conn = db.conn().await;
+    let b = json!("b done");
+    engine::complete_step(&mut conn, id, 2, &step("b", &b))
+        .await
+        .unwrap();
+    engine::complete_run(&mut conn, id, 2, &json!("ok"))
+        .await
+        .unwrap();
+    assert_fenced(
+        "complete_run after the end",
+        engine::complete_run(&mut conn, id, 1, &json!("zombie")).await,
+    );
+    let run = db.run(id).await;
+    assert_eq!(
+        (run.phase, run.result),
+        (Phase::Succeeded, Some(json!("ok")))
+    );
+}
+
+#[tokio::test]
+async fn a_superseded_flow_process_exits_without_running_or_writing_anything() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let id = db.create_run("zombie", "steps", json!({})).await;
+    let mut conn = db.conn().await;
+    assert_eq!(engine::start_attempt(&mut conn, id).await.unwrap(), Some(1));
+    engine::record_crash(&mut conn, id, 1, "lost", Some(0))
+        .await
+        .unwrap();
+    engine::wake_due(&mut conn).await.unwrap();
+    assert_eq!(engine::start_attempt(&mut conn, id).await.unwrap(), Some(2));
+    drop(conn);
+
+    let launch = |attempt: i32| {
+        std::process::Command::new(FLOWS)
+            .env(cairn::env::DATABASE_URL, &db.url)
+            .env(cairn::env::RUN_ID, id.to_string())
+            .env(cairn::env::ATTEMPT, attempt.to_string())
+            .env("CAIRN_TEST_LOG", &log.path)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run test-flows")
+    };
+    // A late process of attempt 1 (the runner contract's exit code 77: superseded).
+    let zombie = launch(1);
+    assert_eq!(
+        zombie.status.code(),
+        Some(cairn::Exit::Superseded.code()),
+        "{}",
+        String::from_utf8_lossy(&zombie.stderr)
+    );
+    assert!(log.effects().is_empty(), "{:?}", log.summary());
+    assert!(db.steps(id).await.is_empty());
+    assert_eq!(db.run(id).await.phase, Phase::Running);
+
+    // The current attempt runs the flow.
+    let current = launch(2);
+    assert_eq!(
+        current.status.code(),
+        Some(cairn::Exit::Completed.code()),
+        "{}",
+        String::from_utf8_lossy(&current.stderr)
+    );
+    assert_eq!(db.run(id).await.phase, Phase::Succeeded);
+    assert_eq!(log.summary(), ["step:a@2", "step:b@2", "step:c@2"]);
+}
+
+// ---- 3. Events -------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_event_emitted_before_the_wait_completes_the_run_without_suspending() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let payload = json!({ "approved": true, "by": "ann" });
+    let emitted = emit(&db, "go", payload.clone()).await.unwrap();
+    assert_eq!(
+        emitted,
+        engine::Emitted {
+            duplicate: false,
+            woken: 0
+        }
+    );
+
+    let id = db
+        .create_run("early", "approval", json!({ "event": "go" }))
+        .await;
+    let run = db.supervise(&db.launcher(FLOWS, &log, &[]), id).await;
+
+    assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
+    assert_eq!(run.result, Some(json!({ "got": payload })));
+    assert_eq!(run.attempt, 1, "one process, never suspended");
+    assert_eq!(outcomes(&db.attempts(id).await), ["completed"]);
+    assert_eq!(
+        log.summary(),
+        [
+            "step:before@1".to_owned(),
+            format!("saw:{payload}@1"),
+            "step:after@1".to_owned()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_event_emitted_during_the_suspension_wakes_the_run() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let id = db
+        .create_run("suspended", "approval", json!({ "event": "go" }))
+        .await;
+    let supervisor = db.supervise_in_background(&db.launcher(FLOWS, &log, &[]), id);
+
+    let waiting = db.wait_for_phase(id, Phase::Waiting).await;
+    let waiting_for = waiting.waiting_for.expect("waiting_for");
+    assert_eq!(waiting_for["event"], "go");
+    assert_eq!(waiting_for["question"], "Approve?");
+    assert!(waiting_for["schema"].is_object(), "{waiting_for}");
+    assert_eq!(outcomes(&db.attempts(id).await), ["suspended"]);
+
+    let payload = json!({ "approved": false, "by": "bob" });
+    let emitted = emit(&db, "go", payload.clone()).await.unwrap();
+    assert_eq!(
+        emitted,
+        engine::Emitted {
+            duplicate: false,
+            woken: 1
+        }
+    );
+    let run = supervisor.await.unwrap();
+
+    assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
+    assert_eq!(run.result, Some(json!({ "got": payload })));
+    assert_eq!(run.attempt, 2);
+    assert_eq!(
+        log.summary(),
+        [
+            "step:before@1".to_owned(),
+            format!("saw:{payload}@2"),
+            "step:after@2".to_owned()
+        ]
+    );
+    assert_eq!(db.waits(id).await, 0);
+}
+
+#[tokio::test]
+async fn a_duplicate_emit_is_a_no_op_and_a_different_payload_is_a_conflict() {
+    let db = TestDb::new().await;
+    let first = json!({ "approved": true, "by": "ann" });
+    assert!(!emit(&db, "e", first.clone()).await.unwrap().duplicate);
+
+    // Same payload (key order does not matter): nothing changes.
+    let again = emit(&db, "e", json!({ "by": "ann", "approved": true }))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        engine::Emitted {
+            duplicate: true,
+            woken: 0
+        }
+    );
+
+    match emit(&db, "e", json!({ "approved": false, "by": "ann" })).await {
+        Err(EngineError::EventConflict(message)) => {
+            assert!(
+                message.contains("\"e\"")
+                    && message.contains("already emitted")
+                    && message.contains("different payload"),
+                "unclear conflict message: {message}"
+            );
+        }
+        other => panic!("expected an event conflict, got {other:?}"),
+    }
+    let stored: Vec<Value> =
+        sqlx::query_scalar("SELECT payload FROM cairn.events WHERE name = 'e'")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, [first], "the first write wins");
+}
+
+#[tokio::test]
+async fn an_emit_failing_the_waits_schema_is_refused_and_changes_nothing() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let id = db
+        .create_run("strict", "approval", json!({ "event": "go" }))
+        .await;
+    let supervisor = db.supervise_in_background(&db.launcher(FLOWS, &log, &[]), id);
+    db.wait_for_phase(id, Phase::Waiting).await;
+
+    for (payload, problem) in [
+        (
+            json!({ "approved": "yes", "by": "bob" }),
+            r#""yes" is not of type "boolean""#,
+        ),
+        (
+            json!({ "approved": true }),
+            r#""by" is a required property"#,
+        ),
+    ] {
+        match emit(&db, "go", payload.clone()).await {
+            Err(EngineError::InvalidPayload(message)) => {
+                assert!(
+                    message.contains(problem)
+                        && message.contains("\"go\"")
+                        && message.contains("strict"),
+                    "{payload}: message should name the event, the run and the problem: {message}"
+                );
+            }
+            other => panic!("{payload} should be refused, got {other:?}"),
+        }
+    }
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM cairn.events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 0, "a refused payload is not stored");
+    // Give a wrongly woken run time to be relaunched, then check it was not.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let run = db.run(id).await;
+    assert_eq!((run.phase, run.attempt), (Phase::Waiting, 1));
+    assert_eq!(db.waits(id).await, 1);
+    assert_eq!(log.summary(), ["step:before@1"]);
+
+    let good = json!({ "approved": true, "by": "carol" });
+    assert_eq!(emit(&db, "go", good.clone()).await.unwrap().woken, 1);
+    let run = supervisor.await.unwrap();
+    assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
+    assert_eq!(run.result, Some(json!({ "got": good })));
+}
+
+// ---- 4. Wait timeouts --------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_timed_out_wait_stays_timed_out_after_a_late_emit_and_a_crash() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let id = db
+        .create_run(
+            "timeout",
+            "approval",
+            json!({ "event": "late", "timeout_ms": 500, "hang": "after-wait" }),
+        )
+        .await;
+    let supervisor = db.supervise_in_background(&db.launcher(FLOWS, &log, &[]), id);
+
+    // Attempt 1 suspends; at the deadline attempt 2 sees the timeout, then hangs.
+    let hung = log.wait_for("hang:after-wait").await;
+    assert_eq!(hung.attempt, 2);
+    assert_eq!(
+        db.checkpoint(id, "event:late").await,
+        Some(json!({ "timed_out": true }))
+    );
+    // The event arrives too late: stored, but it wakes nothing and changes no outcome.
+    let emitted = emit(&db, "late", json!({ "approved": true, "by": "dan" }))
+        .await
+        .unwrap();
+    assert_eq!(emitted.woken, 0);
+    // The process dies after the timeout; the replay must see the same outcome.
+    sigkill(hung.pid);
+    let run = supervisor.await.unwrap();
+
+    assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
+    assert_eq!(run.result, Some(json!({ "got": null })));
+    assert_eq!(run.attempt, 3);
+    let saw: Vec<(String, i32)> = log
+        .effects()
+        .into_iter()
+        .filter(|e| e.what.starts_with("saw:"))
+        .map(|e| (e.what, e.attempt))
+        .collect();
+    assert_eq!(
+        saw,
+        [("saw:null".into(), 2), ("saw:null".into(), 3)],
+        "every pass after the wait saw the timeout"
+    );
+    assert_eq!(log.count("step:before"), 1);
+    assert_eq!(log.count("step:after"), 1);
+    assert_eq!(
+        db.checkpoint(id, "event:late").await,
+        Some(json!({ "timed_out": true }))
+    );
+    assert_eq!(
+        outcomes(&db.attempts(id).await),
+        ["suspended", "crashed", "completed"]
+    );
+}
+
+#[tokio::test]
+async fn an_event_emitted_after_the_deadline_does_not_count_even_before_the_relaunch() {
+    let db = TestDb::new().await;
+    let id = db.create_run("deadline", "approval", json!({})).await;
+    let mut conn = db.conn().await;
+    assert_eq!(engine::start_attempt(&mut conn, id).await.unwrap(), Some(1));
+    let wait = engine::EventWait {
+        key: "event:x",
+        event: "x",
+        timeout_ms: Some(300),
+        question: None,
+        schema: None,
+    };
+    assert_eq!(
+        engine::await_event(&mut conn, id, 1, &wait).await.unwrap(),
+        Parked::Suspended
+    );
+    // This test is about time: the emit comes after the deadline (database clock), while the
+    // run still waits to be relaunched.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let emitted = emit(&db, "x", json!("too late")).await.unwrap();
+    assert_eq!(emitted.woken, 0, "the deadline has passed");
+    assert!(engine::wake_due(&mut conn).await.unwrap() >= 1);
+    assert_eq!(engine::start_attempt(&mut conn, id).await.unwrap(), Some(2));
+    assert_eq!(
+        engine::await_event(&mut conn, id, 2, &wait).await.unwrap(),
+        Parked::Ready(None),
+        "timed out, although the event exists now"
+    );
+    assert_eq!(
+        db.checkpoint(id, "event:x").await,
+        Some(json!({ "timed_out": true }))
+    );
+}
+
+// ---- 5. Durable sleep --------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_durable_sleep_suspends_the_process_and_wakes_no_earlier_than_its_deadline() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let launcher = db.launcher(FLOWS, &log, &[(cairn::env::INLINE_SLEEP_MAX_MS, "0")]);
+    let id = db.create_run("nap", "sleeper", json!({ "ms": 2000 })).await;
+    let supervisor = db.supervise_in_background(&launcher, id);
+
+    let sleeping = db.wait_for_phase(id, Phase::Sleeping).await;
+    assert!(sleeping.wake_at.is_some());
+    assert_eq!(outcomes(&db.attempts(id).await), ["suspended"]);
+    let run = supervisor.await.unwrap();
+
+    assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
+    assert_eq!(run.attempt, 2, "the sleep ended the first process");
+    let attempts = db.attempts(id).await;
+    assert_eq!(outcomes(&attempts), ["suspended", "completed"]);
+    assert_eq!(attempts[0].detail.as_deref(), Some("sleeping"));
+    let nap = db
+        .steps(id)
+        .await
+        .into_iter()
+        .find(|s| s.key == "sleep:nap")
+        .expect("the sleep is checkpointed");
+    // nap.started_at: when the flow first reached the sleep (database clock).
+    let slept = ms(attempts[1].started_at - nap.started_at);
+    assert!(
+        (2000..15_000).contains(&slept),
+        "the flow went on {slept} ms after it started sleeping"
+    );
+    assert_eq!(log.summary(), ["step:before@1", "step:after@2"]);
+}
+
+#[tokio::test]
+async fn a_short_sleep_stays_in_process() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let id = db.create_run("doze", "sleeper", json!({ "ms": 300 })).await;
+    let run = db.supervise(&db.launcher(FLOWS, &log, &[]), id).await;
+    assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
+    assert_eq!(run.attempt, 1, "no suspension");
+    let nap = db
+        .steps(id)
+        .await
+        .into_iter()
+        .find(|s| s.key == "sleep:nap")
+        .expect("the sleep is checkpointed");
+    assert!(nap.duration_ms >= 300.0, "slept {} ms", nap.duration_ms);
+    assert_eq!(log.summary(), ["step:before@1", "step:after@1"]);
+}
+
+// ---- 6. Fan-out ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn fan_out_of_twenty_children_joins_all_results_in_order() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let id = db.create_run("fan", "fanout", json!({ "n": 20 })).await;
+    let run = db.supervise(&db.launcher(FLOWS, &log, &[]), id).await;
+
+    assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
+    let expected: Vec<u64> = (0..20).map(|i| i * i).collect();
+    assert_eq!(run.result, Some(json!(expected)));
+    for i in 0..20 {
+        assert_eq!(
+            log.count(&format!("work:{i}")),
+            1,
+            "child {i}: {:?}",
+            log.summary()
+        );
+    }
+    assert_eq!(log.effects().len(), 20);
+    let tree = store::tree(&db.pool, id).await.unwrap();
+    assert_eq!(tree.len(), 21, "the root and its 20 children");
+    for child in tree.iter().filter(|r| r.id != id) {
+        assert_eq!(child.parent_id, Some(id));
+        assert_eq!(child.phase, Phase::Succeeded, "{}", child.name);
+        assert_eq!(child.attempt, 1, "{} ran once", child.name);
+    }
+}
+
+// ---- 7. Cancellation -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn cancelling_a_waiting_run_ends_it_at_once_and_clears_its_wait() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let id = db
+        .create_run("cancel-waiting", "approval", json!({ "event": "never" }))
+        .await;
+    let supervisor = db.supervise_in_background(&db.launcher(FLOWS, &log, &[]), id);
+    db.wait_for_phase(id, Phase::Waiting).await;
+    assert_eq!(db.waits(id).await, 1);
+
+    let state = engine::cancel_run(&mut *db.conn().await, id).await.unwrap();
+    assert_eq!(state, "cancelled", "a parked run is cancelled immediately");
+    let run = db.run(id).await;
+    assert_eq!(run.phase, Phase::Cancelled);
+    assert_eq!((run.wake_at, run.waiting_for), (None, None));
+    assert_eq!(db.waits(id).await, 0, "its wait is cleared");
+    assert_eq!(supervisor.await.unwrap().phase, Phase::Cancelled);
+
+    let emitted = emit(&db, "never", json!({ "approved": true, "by": "eve" }))
+        .await
+        .unwrap();
+    assert_eq!(emitted.woken, 0, "a later emit wakes nothing");
+    let run = db.run(id).await;
+    assert_eq!((run.phase, run.attempt), (Phase::Cancelled, 1));
+    assert_eq!(log.summary(), ["step:before@1"]);
+}
+
+#[tokio::test]
+async fn cancelling_a_running_run_stops_it_at_the_next_step_boundary() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let id = db
+        .create_run(
+            "cancel-running",
+            "looper",
+            json!({ "n": 1000, "step_ms": 30 }),
+        )
+        .await;
+    let supervisor = db.supervise_in_background(&db.launcher(FLOWS, &log, &[]), id);
+    let is_tick = |e: &cairn_tests::Effect| e.what.starts_with("tick:");
+    log.wait_for_count(3, is_tick).await;
+
+    let state = engine::cancel_run(&mut *db.conn().await, id).await.unwrap();
+    assert_eq!(state, "running", "a running run is only flagged");
+    let ticks_at_cancel = log.effects().iter().filter(|e| is_tick(e)).count();
+    let run = supervisor.await.unwrap();
+
+    assert_eq!(run.phase, Phase::Cancelled, "{:?}", run.error);
+    let message = run.error_message().unwrap_or_default().to_owned();
+    assert!(
+        message.contains("cancelled at step boundary"),
+        "error: {message}"
+    );
+    let ticks = log.effects().iter().filter(|e| is_tick(e)).count();
+    // At most the step already under way when the flag was set completes; nothing after it.
+    assert!(
+        (ticks_at_cancel..=ticks_at_cancel + 1).contains(&ticks),
+        "{ticks_at_cancel} ticks when cancelled, {ticks} in the end"
+    );
+    assert_eq!(
+        db.steps(id).await.len(),
+        ticks,
+        "every tick that ran is checkpointed, no more"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        log.effects().iter().filter(|e| is_tick(e)).count(),
+        ticks,
+        "no step ran after the cancellation"
+    );
+    assert_eq!(outcomes(&db.attempts(id).await), ["cancelled"]);
+}
+
+// ---- 8. Retries ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_step_failing_twice_succeeds_on_its_third_try() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let id = db
+        .create_run("flaky", "flaky", json!({ "fail_times": 2, "max_tries": 3 }))
+        .await;
+    let run = db.supervise(&db.launcher(FLOWS, &log, &[]), id).await;
+
+    assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
+    assert_eq!(run.result, Some(json!(3)));
+    assert_eq!(run.attempt, 1, "step retries stay in-process");
+    assert_eq!(log.summary(), ["try:1@1", "try:2@1", "try:3@1"]);
+    let steps = db.steps(id).await;
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0].tries, Some(3));
+}
+
+#[tokio::test]
+async fn a_permanent_step_error_is_not_retried() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let id = db
+        .create_run(
+            "permanent",
+            "flaky",
+            json!({ "fail_times": 0, "max_tries": 3, "permanent": true }),
+        )
+        .await;
+    let run = db.supervise(&db.launcher(FLOWS, &log, &[]), id).await;
+
+    assert_eq!(run.phase, Phase::Failed);
+    let message = run.error_message().unwrap_or_default();
+    assert!(
+        message.contains("bad request") && message.contains("after 1 try"),
+        "error: {message}"
+    );
+    assert_eq!(log.summary(), ["try:1@1"]);
+    assert_eq!((run.attempt, run.crashes), (1, 0), "no run-level retry");
+    assert!(db.steps(id).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_step_that_always_fails_fails_the_run_after_its_tries() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let id = db
+        .create_run(
+            "hopeless",
+            "flaky",
+            json!({ "fail_times": 99, "max_tries": 3 }),
+        )
+        .await;
+    let run = db.supervise(&db.launcher(FLOWS, &log, &[]), id).await;
+
+    assert_eq!(run.phase, Phase::Failed);
+    let message = run.error_message().unwrap_or_default();
+    assert!(
+        message.contains("step \"flaky\" failed after 3 tries")
+            && message.contains("transient failure on try 3"),
+        "error: {message}"
+    );
+    assert_eq!(log.summary(), ["try:1@1", "try:2@1", "try:3@1"]);
+    assert_eq!(
+        (run.attempt, run.crashes),
+        (1, 0),
+        "a flow error is not a crash"
+    );
+    assert_eq!(outcomes(&db.attempts(id).await), ["failed"]);
+}
+
+#[tokio::test]
+async fn a_flow_crashing_every_time_fails_after_max_attempts_with_growing_backoff() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let id = db
+        .create_run_with("crasher", "crasher", json!(null), 3, 200)
+        .await;
+    let run = db.supervise(&db.launcher(FLOWS, &log, &[]), id).await;
+
+    assert_eq!(run.phase, Phase::Failed);
+    assert_eq!((run.attempt, run.crashes), (3, 3));
+    let message = run.error_message().unwrap_or_default();
+    assert!(
+        message.contains("gave up after 3 crashed attempts") && message.contains("SIGABRT"),
+        "error: {message}"
+    );
+    assert_eq!(run.error.as_ref().unwrap()["kind"], "crashed");
+    assert_eq!(log.summary(), ["start@1", "start@2", "start@3"]);
+    let attempts = db.attempts(id).await;
+    assert_eq!(outcomes(&attempts), ["crashed", "crashed", "crashed"]);
+    // Relaunches wait for the backoff (database clock): 200 ms, then 400 ms.
+    for (i, backoff) in [(1, 200), (2, 400)] {
+        let gap = ms(attempts[i].started_at - attempts[i - 1].ended_at.expect("ended"));
+        assert!(
+            (backoff..10_000).contains(&gap),
+            "attempt {} started {gap} ms after attempt {i} crashed; backoff is {backoff} ms",
+            i + 1
+        );
+    }
+}
+
+// ---- 9. Malformed input ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn malformed_input_fails_the_run_once_naming_the_field() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let launcher = db.launcher(FLOWS, &log, &[]);
+    for (name, input, problem) in [
+        (
+            "wrong-type",
+            json!({ "topic": 5, "count": 1 }),
+            "invalid type: integer `5`, expected a string",
+        ),
+        ("missing", json!({ "topic": "x" }), "missing field `count`"),
+    ] {
+        let id = db.create_run(name, "typed", input).await;
+        let run = db.supervise(&launcher, id).await;
+        assert_eq!(run.phase, Phase::Failed, "{name}");
+        let message = run.error_message().unwrap_or_default();
+        assert!(
+            message.contains("the input of flow \"typed\"") && message.contains(problem),
+            "{name}: error {message}"
+        );
+        if name == "wrong-type" {
+            assert!(message.contains("at topic"), "names the field: {message}");
+        }
+        assert_eq!((run.attempt, run.crashes), (1, 0), "{name}: no crash loop");
+        assert_eq!(outcomes(&db.attempts(id).await), ["failed"], "{name}");
+    }
+    assert!(log.effects().is_empty(), "{:?}", log.summary());
+}
+
+// ---- 10. Idempotent creation -----------------------------------------------------------------
+
+#[tokio::test]
+async fn creating_a_run_twice_by_name_is_idempotent_and_a_different_request_conflicts() {
+    let db = TestDb::new().await;
+    let mut conn = db.conn().await;
+    let input = json!({ "topic": "x", "count": 1 });
+    let request = engine::NewRun {
+        namespace: NS,
+        name: "once",
+        flow: "typed",
+        input: &input,
+        max_attempts: 3,
+        retry_backoff_ms: 100,
+    };
+    let (id, created) = engine::create_run(&mut conn, &request).await.unwrap();
+    assert!(created);
+    let (again, created) = engine::create_run(&mut conn, &request).await.unwrap();
+    assert_eq!((again, created), (id, false));
+
+    let other_input = json!({ "topic": "y", "count": 1 });
+    let different_input = engine::NewRun {
+        input: &other_input,
+        ..request.clone()
+    };
+    match engine::create_run(&mut conn, &different_input).await {
+        Err(EngineError::RunConflict(message)) => assert!(
+            message.contains("\"once\"") && message.contains("different input"),
+            "{message}"
+        ),
+        other => panic!("expected a run conflict, got {other:?}"),
+    }
+    let different_flow = engine::NewRun {
+        flow: "echo",
+        ..request.clone()
+    };
+    match engine::create_run(&mut conn, &different_flow).await {
+        Err(EngineError::RunConflict(message)) => {
+            assert!(message.contains("different flow"), "{message}")
+        }
+        other => panic!("expected a run conflict, got {other:?}"),
+    }
+    // Another namespace is another name.
+    let elsewhere = engine::NewRun {
+        namespace: "other",
+        ..request.clone()
+    };
+    let (other_id, created) = engine::create_run(&mut conn, &elsewhere).await.unwrap();
+    assert!(created && other_id != id);
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM cairn.runs")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(runs, 2);
+}
+
+// ---- 11. Cost and usage ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn usage_recorded_by_steps_is_summed_per_run() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let id = db.create_run("costly", "costly", json!(null)).await;
+    let run = db.supervise(&db.launcher(FLOWS, &log, &[]), id).await;
+    assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
+
+    let totals = store::totals(&db.pool, id).await.unwrap();
+    assert_eq!(totals.steps, 4);
+    // plan 0.25; draft 0.5 + 0.25; free 0; retried 2 tries × 0.125 (the failed try was paid).
+    assert!((totals.usd - 1.25).abs() < 1e-9, "usd {}", totals.usd);
+    assert_eq!(totals.tokens_in, 100 + 210 + 2000);
+    assert_eq!(totals.tokens_out, 20 + 45 + 200);
+    assert!((run.usd - 1.25).abs() < 1e-9, "run record usd {}", run.usd);
+
+    let steps = db.steps(id).await;
+    let by_key = |key: &str| steps.iter().find(|s| s.key == key).expect(key);
+    assert_eq!(by_key("draft").model.as_deref(), Some("model-b"));
+    assert_eq!(by_key("free").usd, None);
+    assert_eq!(by_key("retried").tries, Some(2));
+}

@@ -1,0 +1,354 @@
+//! Flows made for the integration tests. Each one records its side effects so tests count
+//! what really ran instead of trusting logs:
+//!
+//! - `CAIRN_TEST_LOG=<file>`: every side effect appends one line `run<TAB>what<TAB>attempt<TAB>pid`
+//!   (a single `write` on a file opened for appending, so concurrent processes do not interleave).
+//! - Hang points (`"hang": "<point>"` in an input): the first time a run reaches that point it
+//!   records `hang:<point>` (with its pid) and sleeps, so a test can SIGKILL it right there.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::anyhow;
+use cairn::{Ctx, RetryPolicy, Runner, Usage};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// How long a hung process sleeps: far longer than any test waits for it.
+const HANG: Duration = Duration::from_secs(120);
+
+/// Appends `run<TAB>what<TAB>attempt<TAB>pid` to `$CAIRN_TEST_LOG`.
+fn effect(ctx: &Ctx, what: &str) {
+    let Some(path) = std::env::var_os("CAIRN_TEST_LOG") else {
+        return;
+    };
+    let line = format!(
+        "{}\t{what}\t{}\t{}\n",
+        ctx.run_name(),
+        ctx.attempt(),
+        std::process::id()
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("cannot open CAIRN_TEST_LOG");
+    file.write_all(line.as_bytes())
+        .expect("cannot append to CAIRN_TEST_LOG");
+}
+
+/// Whether this run already recorded `what` (in any attempt).
+fn seen(ctx: &Ctx, what: &str) -> bool {
+    let Some(path) = std::env::var_os("CAIRN_TEST_LOG") else {
+        return false;
+    };
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .any(|line| {
+            let mut fields = line.split('\t');
+            fields.next() == Some(ctx.run_name()) && fields.next() == Some(what)
+        })
+}
+
+/// Hangs (until killed) the first time this run reaches `point`, when the input asks for it.
+async fn hang_once(ctx: &Ctx, hang: Option<&str>, point: &str) {
+    let marker = format!("hang:{point}");
+    if hang == Some(point) && !seen(ctx, &marker) {
+        effect(ctx, &marker);
+        tokio::time::sleep(HANG).await;
+    }
+}
+
+// ---- steps: a, b, c with kill points -------------------------------------------------------
+
+#[derive(Deserialize)]
+struct StepsInput {
+    /// `inside:<step>` (after the step's side effect, before it completes) or
+    /// `before:<step>` (between the previous step and this one).
+    hang: Option<String>,
+}
+
+async fn steps(ctx: Ctx, input: StepsInput) -> anyhow::Result<Vec<String>> {
+    let mut results = Vec::new();
+    for name in ["a", "b", "c"] {
+        hang_once(&ctx, input.hang.as_deref(), &format!("before:{name}")).await;
+        let hang = input.hang.clone();
+        let c = ctx.clone();
+        let result: String = ctx
+            .step(name, move || {
+                let (ctx, hang) = (c.clone(), hang.clone());
+                async move {
+                    effect(&ctx, &format!("step:{name}"));
+                    hang_once(&ctx, hang.as_deref(), &format!("inside:{name}")).await;
+                    Ok(format!("{name} done"))
+                }
+            })
+            .retry(RetryPolicy::none())
+            .await?;
+        results.push(result);
+    }
+    Ok(results)
+}
+
+// ---- echo ----------------------------------------------------------------------------------
+
+async fn echo(ctx: Ctx, input: Value) -> anyhow::Result<Value> {
+    let c = ctx.clone();
+    let echoed: Value = ctx
+        .step("echo", move || {
+            let (ctx, input) = (c.clone(), input.clone());
+            async move {
+                effect(&ctx, "step:echo");
+                Ok(json!({ "echo": input }))
+            }
+        })
+        .await?;
+    Ok(echoed)
+}
+
+// ---- approval: a wait for an event with a schema, optionally with a timeout ----------------
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+struct Approval {
+    approved: bool,
+    by: String,
+}
+
+#[derive(Deserialize)]
+struct ApprovalInput {
+    event: String,
+    timeout_ms: Option<u64>,
+    /// `after-wait`: hang the first time the flow gets past the wait.
+    hang: Option<String>,
+}
+
+async fn approval(ctx: Ctx, input: ApprovalInput) -> anyhow::Result<Value> {
+    let c = ctx.clone();
+    ctx.step("before", move || {
+        let ctx = c.clone();
+        async move {
+            effect(&ctx, "step:before");
+            Ok(())
+        }
+    })
+    .await?;
+    let wait = ctx
+        .wait_for_event::<Approval>(&input.event)
+        .question("Approve?");
+    let got = match input.timeout_ms {
+        Some(ms) => wait.timeout(Duration::from_millis(ms)).await?,
+        None => Some(wait.await?),
+    };
+    // Plain code after the wait: runs on every attempt that gets here, and says what it saw.
+    effect(&ctx, &format!("saw:{}", serde_json::to_string(&got)?));
+    hang_once(&ctx, input.hang.as_deref(), "after-wait").await;
+    let c = ctx.clone();
+    ctx.step("after", move || {
+        let ctx = c.clone();
+        async move {
+            effect(&ctx, "step:after");
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(json!({ "got": got }))
+}
+
+// ---- sleeper -------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct SleepInput {
+    ms: u64,
+}
+
+async fn sleeper(ctx: Ctx, input: SleepInput) -> anyhow::Result<()> {
+    let c = ctx.clone();
+    ctx.step("before", move || {
+        let ctx = c.clone();
+        async move {
+            effect(&ctx, "step:before");
+            Ok(())
+        }
+    })
+    .await?;
+    ctx.sleep("nap", Duration::from_millis(input.ms)).await?;
+    let c = ctx.clone();
+    ctx.step("after", move || {
+        let ctx = c.clone();
+        async move {
+            effect(&ctx, "step:after");
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+// ---- fan-out -------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct FanoutInput {
+    n: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SquareInput {
+    i: u64,
+}
+
+async fn fanout(ctx: Ctx, input: FanoutInput) -> anyhow::Result<Vec<u64>> {
+    let mut children = Vec::new();
+    for i in 0..input.n {
+        children.push(ctx.spawn::<u64, _>("square", &SquareInput { i }).await?);
+    }
+    ctx.join_all(&children).await
+}
+
+async fn square(ctx: Ctx, input: SquareInput) -> anyhow::Result<u64> {
+    let c = ctx.clone();
+    ctx.step("work", move || {
+        let ctx = c.clone();
+        let i = input.i;
+        async move {
+            effect(&ctx, &format!("work:{i}"));
+            Ok(i * i)
+        }
+    })
+    .await
+}
+
+// ---- looper: many short steps (cancellation while running) ---------------------------------
+
+#[derive(Deserialize)]
+struct LoopInput {
+    n: u64,
+    step_ms: u64,
+}
+
+async fn looper(ctx: Ctx, input: LoopInput) -> anyhow::Result<u64> {
+    for i in 0..input.n {
+        let c = ctx.clone();
+        ctx.step("tick", move || {
+            let ctx = c.clone();
+            async move {
+                effect(&ctx, &format!("tick:{i}"));
+                tokio::time::sleep(Duration::from_millis(input.step_ms)).await;
+                Ok(i)
+            }
+        })
+        .await?;
+    }
+    Ok(input.n)
+}
+
+// ---- flaky: step-level retries -------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct FlakyInput {
+    /// The first `fail_times` tries fail with an ordinary (retryable) error.
+    fail_times: u32,
+    max_tries: u32,
+    /// Fail with a permanent error instead (never retried).
+    #[serde(default)]
+    permanent: bool,
+}
+
+static TRIES: AtomicU32 = AtomicU32::new(0);
+
+async fn flaky(ctx: Ctx, input: FlakyInput) -> anyhow::Result<u32> {
+    let c = ctx.clone();
+    ctx.step("flaky", move || {
+        let ctx = c.clone();
+        let try_number = TRIES.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            effect(&ctx, &format!("try:{try_number}"));
+            if input.permanent {
+                return Err(cairn::permanent(anyhow!(
+                    "bad request: the service refused the input"
+                )));
+            }
+            if try_number <= input.fail_times {
+                return Err(anyhow!("transient failure on try {try_number}"));
+            }
+            Ok(try_number)
+        }
+    })
+    .retry(RetryPolicy::exponential(
+        input.max_tries,
+        Duration::from_millis(20),
+    ))
+    .await
+}
+
+// ---- crasher: dies on every attempt --------------------------------------------------------
+
+async fn crasher(ctx: Ctx, _input: Value) -> anyhow::Result<()> {
+    effect(&ctx, "start");
+    std::process::abort();
+}
+
+// ---- typed: strict input -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct TypedInput {
+    topic: String,
+    count: u32,
+}
+
+async fn typed(ctx: Ctx, input: TypedInput) -> anyhow::Result<String> {
+    effect(&ctx, "entered");
+    Ok(format!("{} x{}", input.topic, input.count))
+}
+
+// ---- costly: usage recorded by steps -------------------------------------------------------
+
+static COSTLY_TRIES: AtomicU32 = AtomicU32::new(0);
+
+async fn costly(ctx: Ctx, _input: Value) -> anyhow::Result<()> {
+    ctx.step("plan", || async {
+        cairn::record_usage(Usage::llm("model-a", 100, 20, 0.25));
+        Ok(())
+    })
+    .await?;
+    // Two records in one step add up.
+    ctx.step("draft", || async {
+        cairn::record_usage(Usage::llm("model-a", 200, 40, 0.5));
+        cairn::record_usage(Usage::llm("model-b", 10, 5, 0.25));
+        Ok(())
+    })
+    .await?;
+    // A step that records nothing.
+    ctx.step("free", || async { Ok(()) }).await?;
+    // The failed try was paid for too.
+    ctx.step("retried", || async {
+        cairn::record_usage(Usage::llm("model-a", 1000, 100, 0.125));
+        if COSTLY_TRIES.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(anyhow!("rate limited"));
+        }
+        Ok(())
+    })
+    .retry(RetryPolicy::exponential(2, Duration::from_millis(10)))
+    .await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    Runner::new()
+        .flow("steps", steps)
+        .flow("echo", echo)
+        .flow("approval", approval)
+        .flow("sleeper", sleeper)
+        .flow("fanout", fanout)
+        .flow("square", square)
+        .flow("looper", looper)
+        .flow("flaky", flaky)
+        .flow("crasher", crasher)
+        .flow("typed", typed)
+        .flow("costly", costly)
+        .run()
+        .await
+}
