@@ -1,0 +1,305 @@
+//! Cairn's custom resources (API group `cairn.dev`, version `v1alpha1`):
+//!
+//! - [`FlowRun`] — one execution of a flow; the operator runs it in pods, one per attempt.
+//! - [`Flow`] — a reusable template (image, flow name, defaults) that FlowRuns refer to.
+//! - [`FlowEvent`] — delivers a named event; creating one is governed by Kubernetes RBAC, so
+//!   who may approve a run is decided by who may create FlowEvents.
+//! - [`ResourceProfile`] — cluster-wide pod resources and placement for flows.
+//!
+//! Status stays small: history (steps, attempts, costs) lives in Postgres.
+
+// kube's `printcolumn(name = .., type_ = ..)` repeats keys across columns by design.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+mod phase;
+pub use phase::Phase;
+
+pub const GROUP: &str = "cairn.dev";
+pub const VERSION: &str = "v1alpha1";
+
+/// Any JSON value, kept as is by the API server.
+fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
+}
+
+/// Crash retries of a whole run (a step's own retries are set in code).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Crashed attempts (crash, OOM kill, eviction, deleted pod) before the run fails. Default 3.
+    #[schemars(range(min = 1, max = 100))]
+    pub max_attempts: Option<i32>,
+    /// Delay before the first relaunch; doubles per crash, capped at 5 minutes. Default 10.
+    #[schemars(range(min = 0, max = 3600))]
+    pub backoff_seconds: Option<i32>,
+}
+
+/// One execution of a flow.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[kube(
+    group = "cairn.dev",
+    version = "v1alpha1",
+    kind = "FlowRun",
+    namespaced,
+    shortname = "fr",
+    category = "cairn",
+    status = "FlowRunStatus",
+    doc = "One execution of a flow, run by the Cairn operator in pods pinned to one image digest.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Steps",
+        type_ = "integer",
+        json_path = ".status.stepsCompleted"
+    ),
+    printcolumn(
+        name = "Waiting For",
+        type_ = "string",
+        json_path = ".status.waitingFor.event"
+    ),
+    printcolumn(name = "Attempt", type_ = "integer", json_path = ".status.attempt"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("has(self.flowRef) != (has(self.image) || has(self.flow))")
+    .message("set either spec.flowRef (a Flow in this namespace) or spec.image and spec.flow"))]
+#[x_kube(validation = Rule::new("has(self.flowRef) || (has(self.image) && has(self.flow))")
+    .message("an inline flow needs both spec.image and spec.flow"))]
+#[serde(rename_all = "camelCase")]
+pub struct FlowRunSpec {
+    /// A Flow in this namespace to run.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.flowRef is immutable"))]
+    pub flow_ref: Option<String>,
+    /// Container image of the flow binary (inline alternative to flowRef). The first pod pins
+    /// its digest; every later pod of this run uses that digest.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.image is immutable"))]
+    pub image: Option<String>,
+    /// The flow's name inside the image (inline alternative to flowRef).
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.flow is immutable"))]
+    pub flow: Option<String>,
+    /// The flow's input (JSON).
+    #[schemars(schema_with = "any_json")]
+    pub input: Option<Value>,
+    /// A ResourceProfile name (overrides the Flow's default).
+    pub profile: Option<String>,
+    /// Crash retries (overrides the Flow's).
+    pub retry: Option<RetryPolicy>,
+    /// Fail the run if it has not finished this many seconds after it was created.
+    #[schemars(range(min = 1))]
+    pub deadline_seconds: Option<i64>,
+    /// Delete the FlowRun (and its database rows) this long after it finished.
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i32>,
+    /// Set to true to cancel the run: a parked run ends at once, a running one at its next
+    /// step boundary.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel: bool,
+}
+
+/// What a waiting run waits for.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WaitingFor {
+    /// The event name (deliver it with a FlowEvent of that name).
+    pub event: Option<String>,
+    /// The question for whoever answers.
+    pub question: Option<String>,
+    /// JSON schema the event payload must satisfy.
+    #[schemars(schema_with = "any_json")]
+    pub schema: Option<Value>,
+    /// When the wait times out.
+    pub deadline: Option<Time>,
+    /// Unfinished child runs being joined.
+    pub children: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowRunStatus {
+    pub phase: Option<Phase>,
+    /// The run's id in the engine's database.
+    pub run_id: Option<String>,
+    /// Current attempt (one pod per attempt).
+    pub attempt: Option<i32>,
+    /// The current or last pod.
+    pub pod: Option<String>,
+    /// The image digest every pod of this run uses (`repo@sha256:…`).
+    pub image_digest: Option<String>,
+    pub waiting_for: Option<WaitingFor>,
+    /// When a sleeping or retrying run wakes up.
+    pub wake_at: Option<Time>,
+    pub steps_completed: Option<i64>,
+    /// The result, when small (see the database for large ones).
+    #[schemars(schema_with = "any_json")]
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    /// Total cost recorded by the run's steps, in US dollars.
+    pub cost_usd: Option<String>,
+    pub started_at: Option<Time>,
+    pub finished_at: Option<Time>,
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A reusable flow template.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[kube(
+    group = "cairn.dev",
+    version = "v1alpha1",
+    kind = "Flow",
+    namespaced,
+    category = "cairn",
+    doc = "A flow FlowRuns can refer to: its image, its name inside the image, and defaults.",
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
+    printcolumn(name = "Flow", type_ = "string", json_path = ".spec.flow"),
+    printcolumn(name = "Profile", type_ = "string", json_path = ".spec.profile"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowSpec {
+    /// Container image of the flow binary.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// The flow's name inside the image.
+    #[schemars(length(min = 1))]
+    pub flow: String,
+    /// Default ResourceProfile.
+    pub profile: Option<String>,
+    /// Extra environment for the flow's pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Service account of the flow's pods (default: the chart's flow account, which has no
+    /// Kubernetes API rights).
+    pub service_account_name: Option<String>,
+    pub retry: Option<RetryPolicy>,
+}
+
+/// Delivers a named event to the runs waiting for it.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[kube(
+    group = "cairn.dev",
+    version = "v1alpha1",
+    kind = "FlowEvent",
+    namespaced,
+    shortname = "fe",
+    category = "cairn",
+    status = "FlowEventStatus",
+    doc = "A named event with a JSON payload. Creating one delivers it (once; events are write-once).",
+    printcolumn(name = "Event", type_ = "string", json_path = ".spec.event"),
+    printcolumn(name = "Delivered", type_ = "string", json_path = ".status.delivered"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self == oldSelf").message("a FlowEvent is immutable: events are write-once"))]
+#[serde(rename_all = "camelCase")]
+pub struct FlowEventSpec {
+    /// The event name, e.g. `approve-<run name>`.
+    #[schemars(length(min = 1, max = 253))]
+    pub event: String,
+    /// The payload (JSON); checked against the schema of the waits for this event.
+    #[schemars(schema_with = "any_json")]
+    pub payload: Option<Value>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowEventStatus {
+    pub delivered: Option<bool>,
+    pub delivered_at: Option<Time>,
+    /// Runs this delivery woke.
+    pub woken: Option<i32>,
+    /// Why it was refused (payload failing a wait's schema, conflict with an earlier event).
+    pub message: Option<String>,
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Resources and placement for flow pods.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[kube(
+    group = "cairn.dev",
+    version = "v1alpha1",
+    kind = "ResourceProfile",
+    shortname = "rp",
+    category = "cairn",
+    doc = "Requests, limits and placement applied to the pods of flows that choose this profile.",
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceProfileSpec {
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    pub runtime_class_name: Option<String>,
+    pub priority_class_name: Option<String>,
+}
+
+/// Every CRD, in a stable order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        FlowRun::crd(),
+        Flow::crd(),
+        FlowEvent::crd(),
+        ResourceProfile::crd(),
+    ]
+}
+
+/// The CRDs as one multi-document YAML file (what `crdgen` prints and `crds/generated/` holds).
+pub fn crds_yaml() -> String {
+    crds()
+        .iter()
+        .map(|crd| serde_yaml::to_string(crd).expect("a CRD serializes to YAML"))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed YAML is what `kubectl apply` and the chart install; it must match the types.
+    #[test]
+    fn committed_crd_yaml_matches_the_types() {
+        let committed = include_str!("../generated/crds.yaml");
+        assert!(
+            committed == crds_yaml(),
+            "crds/generated/crds.yaml is stale: run `cargo run -p cairn-crds --bin crdgen > crds/generated/crds.yaml`"
+        );
+    }
+
+    #[test]
+    fn json_fields_keep_unknown_fields_and_status_is_a_subresource() {
+        let yaml = crds_yaml();
+        assert!(yaml.contains("x-kubernetes-preserve-unknown-fields: true"));
+        let flowrun = serde_json::to_value(FlowRun::crd()).unwrap();
+        let version = &flowrun["spec"]["versions"][0];
+        assert!(version["subresources"]["status"].is_object());
+        assert_eq!(flowrun["spec"]["names"]["shortNames"][0], "fr");
+    }
+}
