@@ -934,3 +934,31 @@ async fn usage_recorded_by_steps_is_summed_per_run() {
     assert_eq!(by_key("free").usd, None);
     assert_eq!(by_key("retried").tries, Some(2));
 }
+
+#[tokio::test]
+async fn deleting_a_run_removes_its_children_and_every_row_they_own() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let id = db.create_run("fan-del", "fanout", json!({ "n": 3 })).await;
+    let run = db.supervise(&db.launcher(FLOWS, &log, &[]), id).await;
+    assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
+
+    let count = async |table: &str| -> i64 {
+        let sql = format!("SELECT count(*) FROM cairn.{table}");
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(count("runs").await, 4, "the parent and its 3 children");
+    assert!(count("steps").await > 0 && count("attempts").await > 0);
+
+    sqlx::query("DELETE FROM cairn.runs WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    for table in ["runs", "steps", "attempts", "waits"] {
+        assert_eq!(count(table).await, 0, "rows left in cairn.{table}");
+    }
+}

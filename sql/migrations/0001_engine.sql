@@ -62,8 +62,11 @@ CREATE TABLE cairn.attempts (
 );
 
 -- Checkpoints: the result of every completed step, keyed by name plus occurrence (`plan`, `plan#2`).
+-- No foreign key: the insert is the hot path (one per step), a foreign key check would add a
+-- trigger and a row lock on the run to every step, and fence() has just proved the run exists.
+-- runs_delete_steps removes a run's steps with it.
 CREATE TABLE cairn.steps (
-    run_id       uuid NOT NULL REFERENCES cairn.runs (id) ON DELETE CASCADE,
+    run_id       uuid NOT NULL,
     key          text NOT NULL,
     kind         text NOT NULL CHECK (kind IN ('step', 'wait', 'sleep', 'spawn', 'join', 'emit')),
     result       jsonb NOT NULL,
@@ -78,6 +81,16 @@ CREATE TABLE cairn.steps (
     usage_meta   jsonb,
     PRIMARY KEY (run_id, key)
 );
+
+CREATE FUNCTION cairn.delete_steps() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM cairn.steps WHERE run_id = OLD.id;
+    RETURN OLD;
+END $$;
+
+CREATE TRIGGER runs_delete_steps BEFORE DELETE ON cairn.runs
+FOR EACH ROW EXECUTE FUNCTION cairn.delete_steps();
 
 -- What a run is blocked on. A row exists from the moment a wait is first reached until it is
 -- checkpointed; its deadline is computed once, so every replay sees the same one.

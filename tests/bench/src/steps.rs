@@ -1,10 +1,14 @@
 //! `make bench-steps`: what a durable step costs, next to the physical floor measured in the
 //! same run — a single-row INSERT + COMMIT over the same kind of connection to the same Postgres.
 //!
-//! Each step goes through the real SDK path (`Runner::execute` → `Ctx::step` → one call of
-//! `cairn.complete_step`). Samples alternate between the two in rounds so drift (autovacuum,
-//! page cache, the other core) hits both alike. Uses CAIRN_DATABASE_URL when set, else a
-//! private Postgres in a temporary directory (Unix socket, default durability settings).
+//! Every iteration takes three samples back to back, so drift (autovacuum, page cache, whatever
+//! else the machine does) hits them alike:
+//! - `raw`: one INSERT + COMMIT of a checkpoint-shaped row (the floor);
+//! - `engine`: one call of `cairn.complete_step` (the engine alone);
+//! - `step`: one `Ctx::step` through the SDK inside a real run (`Runner::execute`).
+//!
+//! Uses CAIRN_DATABASE_URL when set, else a private Postgres in a temporary directory (Unix
+//! socket, default durability settings: fsync and synchronous_commit on).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -13,18 +17,64 @@ use anyhow::Context as _;
 use cairn::{Ctx, Exit, Runner, RunnerEnv, engine};
 use cairn_operator::localdb::LocalPostgres;
 use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
 
-const ROUNDS: usize = 4;
-const PER_ROUND: usize = 750;
+const STEPS: usize = 3000;
 const WARMUP: usize = 200;
 
-static STEP_SAMPLES: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
+/// The samples, and the connection and run the `raw` and `engine` samples use.
+struct Probe {
+    conn: PgConnection,
+    engine_run: (Uuid, i32),
+    raw: Vec<Duration>,
+    engine: Vec<Duration>,
+    step: Vec<Duration>,
+}
 
-async fn trivial_steps(ctx: Ctx, steps: usize) -> anyhow::Result<usize> {
+static PROBE: Mutex<Option<Probe>> = Mutex::new(None);
+
+fn take_probe() -> Probe {
+    PROBE.lock().unwrap().take().expect("probe installed")
+}
+
+fn put_probe(probe: Probe) {
+    *PROBE.lock().unwrap() = Some(probe);
+}
+
+/// The flow under test: `steps` trivial steps, each preceded by a raw insert and an engine call.
+async fn interleaved(ctx: Ctx, steps: usize) -> anyhow::Result<usize> {
     for i in 0..steps {
+        let mut probe = take_probe();
+        let key = format!("s#{i}");
+        let value = serde_json::json!(i);
+
+        let started = Instant::now();
+        sqlx::query(
+            "INSERT INTO public.bench_raw_inserts (run_id, key, result) VALUES ($1, $2, $3)",
+        )
+        .bind(ctx.run_id())
+        .bind(&key)
+        .bind(&value)
+        .execute(&mut probe.conn)
+        .await?;
+        probe.raw.push(started.elapsed());
+
+        let (run_id, attempt) = probe.engine_run;
+        let step = engine::CompletedStep {
+            key: &format!("{}/{key}", ctx.run_id()),
+            result: &value,
+            duration_ms: 0,
+            tries: 1,
+            usage: engine::StepUsage::default(),
+        };
+        let started = Instant::now();
+        engine::complete_step(&mut probe.conn, run_id, attempt, &step).await?;
+        probe.engine.push(started.elapsed());
+
         let started = Instant::now();
         let _: usize = ctx.step("s", || async move { Ok(i) }).await?;
-        STEP_SAMPLES.lock().unwrap().push(started.elapsed());
+        probe.step.push(started.elapsed());
+        put_probe(probe);
     }
     Ok(steps)
 }
@@ -54,26 +104,27 @@ async fn main() -> anyhow::Result<()> {
 async fn bench(url: &str) -> anyhow::Result<()> {
     let pool = cairn_operator::store::connect(url).await?;
     let mut conn = PgConnection::connect(url).await?;
-    let version: String = sqlx::query_scalar("SHOW server_version")
-        .fetch_one(&mut conn)
-        .await?;
-    let sync: String = sqlx::query_scalar("SHOW synchronous_commit")
-        .fetch_one(&mut conn)
-        .await?;
-    let fsync: String = sqlx::query_scalar("SHOW fsync")
-        .fetch_one(&mut conn)
-        .await?;
+    let mut setting = async |name: &str| -> anyhow::Result<String> {
+        Ok(sqlx::query_scalar("SELECT current_setting($1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?)
+    };
+    let version = setting("server_version").await?;
+    let durability = format!(
+        "fsync={}, synchronous_commit={}",
+        setting("fsync").await?,
+        setting("synchronous_commit").await?
+    );
     let kind = if url.contains("host=/") {
         "Unix socket"
     } else {
         "TCP"
     };
     println!(
-        "bench-steps: {} durable steps, {} engine calls and {} raw INSERT+COMMIT, PostgreSQL {version} over a {kind}, fsync={fsync}, synchronous_commit={sync}",
-        ROUNDS * PER_ROUND,
-        ROUNDS * PER_ROUND,
-        ROUNDS * PER_ROUND
+        "bench-steps: {STEPS} iterations of raw INSERT+COMMIT, complete_step call and SDK step, back to back"
     );
+    println!("PostgreSQL {version} over a {kind}, {durability}; one connection each, no pool");
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS public.bench_raw_inserts (
              run_id uuid NOT NULL, key text NOT NULL, result jsonb NOT NULL,
@@ -82,101 +133,53 @@ async fn bench(url: &str) -> anyhow::Result<()> {
     .execute(&mut conn)
     .await?;
 
-    let runner = Runner::new().flow("steps", trivial_steps);
-    raw_inserts(&mut conn, WARMUP).await?;
-    run_steps(&pool, &runner, url, WARMUP).await?;
-    STEP_SAMPLES.lock().unwrap().clear();
+    let engine_run = started_run(&pool, "engine", 0).await?;
+    put_probe(Probe {
+        conn,
+        engine_run,
+        raw: vec![],
+        engine: vec![],
+        step: vec![],
+    });
+    let runner = Runner::new().flow("interleaved", interleaved);
+    run_flow(&pool, &runner, url, WARMUP).await?;
+    let mut probe = take_probe();
+    (probe.raw, probe.engine, probe.step) = (vec![], vec![], vec![]);
+    put_probe(probe);
+    run_flow(&pool, &runner, url, STEPS).await?;
+    let probe = take_probe();
 
-    engine_calls(&pool, &mut conn, WARMUP).await?;
-
-    let (mut raw, mut calls) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        raw.extend(raw_inserts(&mut conn, PER_ROUND).await?);
-        calls.extend(engine_calls(&pool, &mut conn, PER_ROUND).await?);
-        run_steps(&pool, &runner, url, PER_ROUND).await?;
-    }
-    let steps = std::mem::take(&mut *STEP_SAMPLES.lock().unwrap());
-
-    let step_stats = Stats::of(steps);
-    let call_stats = Stats::of(calls);
-    let raw_stats = Stats::of(raw);
+    let raw = Stats::of(probe.raw);
     println!(
-        "{:<22} {:>10} {:>10} {:>10} {:>8}",
-        "", "p50", "p99", "mean", "p50 ×raw"
+        "{:<22} {:>10} {:>10} {:>10} {:>9}",
+        "", "p50", "p99", "mean", "p50/raw"
     );
     for (name, s) in [
-        ("raw INSERT+COMMIT", &raw_stats),
-        ("complete_step call", &call_stats),
-        ("SDK step (per-step)", &step_stats),
+        ("raw INSERT+COMMIT", &raw),
+        ("complete_step call", &Stats::of(probe.engine)),
+        ("SDK step (per-step)", &Stats::of(probe.step.clone())),
     ] {
         println!(
-            "{name:<22} {:>7.3} ms {:>7.3} ms {:>7.3} ms {:>8.2}",
+            "{name:<22} {:>7.3} ms {:>7.3} ms {:>7.3} ms {:>9.2}",
             s.p50,
             s.p99,
             s.mean,
-            s.p50 / raw_stats.p50
+            s.p50 / raw.p50
         );
     }
+    let step = Stats::of(probe.step);
     println!(
         "per-step p50 {:.3} ms | raw insert p50 {:.3} ms | ratio {:.2}",
-        step_stats.p50,
-        raw_stats.p50,
-        step_stats.p50 / raw_stats.p50
+        step.p50,
+        raw.p50,
+        step.p50 / raw.p50
     );
     Ok(())
 }
 
-/// The floor: one row, one commit, per iteration.
-async fn raw_inserts(conn: &mut PgConnection, n: usize) -> anyhow::Result<Vec<Duration>> {
-    let run_id = uuid::Uuid::new_v4();
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n {
-        let started = Instant::now();
-        sqlx::query(
-            "INSERT INTO public.bench_raw_inserts (run_id, key, result) VALUES ($1, $2, $3)",
-        )
-        .bind(run_id)
-        .bind(format!("s#{i}"))
-        .bind(serde_json::json!(i))
-        .execute(&mut *conn)
-        .await?;
-        samples.push(started.elapsed());
-    }
-    Ok(samples)
-}
-
-/// The engine alone: `cairn.complete_step` called directly, without the SDK around it.
-async fn engine_calls(
-    pool: &sqlx::PgPool,
-    conn: &mut PgConnection,
-    n: usize,
-) -> anyhow::Result<Vec<Duration>> {
-    let (run_id, attempt) = started_run(pool, "engine", 0).await?;
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n {
-        let key = format!("s#{i}");
-        let result = serde_json::json!(i);
-        let step = engine::CompletedStep {
-            key: &key,
-            result: &result,
-            duration_ms: 0,
-            tries: 1,
-            usage: engine::StepUsage::default(),
-        };
-        let started = Instant::now();
-        engine::complete_step(conn, run_id, attempt, &step).await?;
-        samples.push(started.elapsed());
-    }
-    Ok(samples)
-}
-
 /// A new run, claimed for attempt 1: `(run id, attempt)`.
-async fn started_run(
-    pool: &sqlx::PgPool,
-    flow: &str,
-    input: usize,
-) -> anyhow::Result<(uuid::Uuid, i32)> {
-    let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
+async fn started_run(pool: &sqlx::PgPool, flow: &str, input: usize) -> anyhow::Result<(Uuid, i32)> {
+    let name = format!("bench-{}", Uuid::new_v4().simple());
     let input = serde_json::json!(input);
     let mut conn = pool.acquire().await?;
     let request = engine::NewRun {
@@ -194,14 +197,9 @@ async fn started_run(
     Ok((run_id, attempt))
 }
 
-/// One run of `n` trivial steps through the SDK.
-async fn run_steps(
-    pool: &sqlx::PgPool,
-    runner: &Runner,
-    url: &str,
-    n: usize,
-) -> anyhow::Result<()> {
-    let (run_id, attempt) = started_run(pool, "steps", n).await?;
+/// One run of the interleaved flow with `n` steps, through the SDK's run loop.
+async fn run_flow(pool: &sqlx::PgPool, runner: &Runner, url: &str, n: usize) -> anyhow::Result<()> {
+    let (run_id, attempt) = started_run(pool, "interleaved", n).await?;
     let env = RunnerEnv {
         database_url: url.to_owned(),
         run_id,
