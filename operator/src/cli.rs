@@ -64,6 +64,19 @@ enum Command {
         #[arg(long, short = 'n', default_value = "default")]
         namespace: String,
     },
+    /// Run the Kubernetes operator against the current kube context (or in-cluster config).
+    /// The database is CAIRN_DATABASE_URL.
+    Operator {
+        /// The database URL as flow pods reach it, if not the operator's own.
+        #[arg(long, env = "CAIRN_RUNNER_DATABASE_URL")]
+        runner_database_url: Option<String>,
+        /// Per-namespace Secret the operator keeps the runner's database URL in.
+        #[arg(long, default_value = "cairn-runner-db")]
+        runner_secret: String,
+        /// Service account for flow pods (their Flow may name another).
+        #[arg(long, env = "CAIRN_FLOW_SERVICE_ACCOUNT")]
+        flow_service_account: Option<String>,
+    },
     /// Wait until a run reaches a phase (or any final phase), like `kubectl wait`.
     Wait {
         run: String,
@@ -126,7 +139,7 @@ enum Output {
 /// Exit codes: 0 success, 1 the run failed or was cancelled, 2 a usage or input error.
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(matches!(cli.command, Command::Operator { .. }));
     match run(cli.command).await {
         Ok(code) => code,
         Err(e) => {
@@ -147,6 +160,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Dev(DevCommand::DbStop) => {
             LocalPostgres::new(LocalPostgres::default_root(), 5432)?.stop()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Operator {
+            runner_database_url,
+            runner_secret,
+            flow_service_account,
+        } => {
+            let url = std::env::var("CAIRN_DATABASE_URL").map_err(|_| {
+                anyhow!("the operator needs CAIRN_DATABASE_URL (a Postgres flow pods can reach)")
+            })?;
+            let config = crate::controller::Config {
+                runner_database_url: runner_database_url.unwrap_or_else(|| url.clone()),
+                runner_secret,
+                flow_service_account,
+            };
+            crate::controller::run(&url, config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Emit {
@@ -542,11 +571,17 @@ async fn inspect(pool: &PgPool, namespace: &str, name: &str, output: Output) -> 
     Ok(())
 }
 
-fn init_tracing() {
+/// Commands log warnings to stderr; the operator logs JSON lines at info.
+fn init_tracing(operator: bool) {
+    let default = if operator { "info" } else { "warn" };
     let filter =
-        tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt()
+        tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| default.into());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if operator {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }

@@ -2,6 +2,7 @@
 //! (next) the Kubernetes operator. Both launchers share `lifecycle`, the pure decision module.
 
 pub mod cli;
+pub mod controller;
 pub mod lifecycle;
 pub mod localdb;
 pub mod store;

@@ -282,3 +282,29 @@ pub async fn totals(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Totals> {
     .fetch_one(pool)
     .await?)
 }
+
+/// A child run, as the operator mirrors it into a FlowRun.
+#[derive(Debug, Clone)]
+pub struct ChildRecord {
+    pub name: String,
+    pub flow: String,
+    pub input: Value,
+}
+
+pub async fn children(pool: &PgPool, parent: Uuid) -> anyhow::Result<Vec<ChildRecord>> {
+    Ok(sqlx::query_as!(
+        ChildRecord,
+        "SELECT name, flow, input FROM cairn.runs WHERE parent_id = $1 ORDER BY created_at, name",
+        parent
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Deletes a run with everything it owns (children, steps, attempts, waits).
+pub async fn delete_run(pool: &PgPool, run_id: Uuid) -> anyhow::Result<()> {
+    sqlx::query!("DELETE FROM cairn.runs WHERE id = $1", run_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

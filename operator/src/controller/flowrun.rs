@@ -1,0 +1,541 @@
+//! FlowRun reconciliation, in the Stackable shape: fetch → resolve (pure) → act on the engine
+//! and pods as `lifecycle::decide` says → write status (built purely from what was read).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn::engine::{self, EngineError, NewRun};
+use cairn_crds::{
+    Flow, FlowRun, FlowRunSpec, FlowRunStatus, ResourceProfile, ResourceProfileSpec, WaitingFor,
+};
+use k8s_openapi::api::core::v1::{EnvVar, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::pod::{self, FlowPod, LABEL_RUN};
+use super::{Context, Error, FIELD_MANAGER};
+use crate::lifecycle::{Next, Phase, decide};
+use crate::store::{self, RunRecord};
+
+pub const FINALIZER: &str = "cairn.dev/cleanup";
+/// Results larger than this stay in the database only (status must stay small).
+const MAX_STATUS_RESULT_BYTES: usize = 4096;
+
+/// A FlowRun with its Flow and profile looked up and defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub image: String,
+    pub flow: String,
+    pub profile: Option<ResourceProfileSpec>,
+    pub env: Vec<EnvVar>,
+    pub service_account: Option<String>,
+    pub max_attempts: i32,
+    pub retry_backoff: Duration,
+}
+
+/// Why a FlowRun cannot run as written; the message says what to fix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invalid {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Resolves a FlowRun against its Flow and ResourceProfile (looked up by the caller).
+pub fn resolve(
+    spec: &FlowRunSpec,
+    namespace: &str,
+    flow: Option<&Flow>,
+    profile: Option<&ResourceProfile>,
+) -> Result<Resolved, Invalid> {
+    let template = match (&spec.flow_ref, flow) {
+        (Some(name), None) => {
+            return Err(Invalid {
+                reason: "FlowNotFound",
+                message: format!(
+                    "Flow \"{name}\" not found in namespace \"{namespace}\"; create it or fix spec.flowRef"
+                ),
+            });
+        }
+        (Some(_), Some(flow)) => Some(&flow.spec),
+        (None, _) => None,
+    };
+    let (image, flow_name) = match (template, &spec.image, &spec.flow) {
+        (Some(t), _, _) => (t.image.clone(), t.flow.clone()),
+        (None, Some(image), Some(flow)) => (image.clone(), flow.clone()),
+        _ => {
+            return Err(Invalid {
+                reason: "InvalidSpec",
+                message: "set spec.flowRef, or both spec.image and spec.flow".into(),
+            });
+        }
+    };
+    let profile_name = spec
+        .profile
+        .as_ref()
+        .or(template.and_then(|t| t.profile.as_ref()));
+    let profile = match (profile_name, profile) {
+        (Some(name), None) => {
+            return Err(Invalid {
+                reason: "ProfileNotFound",
+                message: format!(
+                    "ResourceProfile \"{name}\" not found; create it or fix spec.profile"
+                ),
+            });
+        }
+        (_, found) => found.map(|p| p.spec.clone()),
+    };
+    let retry = spec
+        .retry
+        .clone()
+        .or_else(|| template.and_then(|t| t.retry.clone()))
+        .unwrap_or_default();
+    Ok(Resolved {
+        image,
+        flow: flow_name,
+        profile,
+        env: template.map(|t| t.env.clone()).unwrap_or_default(),
+        service_account: template.and_then(|t| t.service_account_name.clone()),
+        max_attempts: retry.max_attempts.unwrap_or(3).max(1),
+        retry_backoff: Duration::from_secs(retry.backoff_seconds.unwrap_or(10).max(0) as u64),
+    })
+}
+
+pub async fn reconcile(run: Arc<FlowRun>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = run.namespace().unwrap_or_default();
+    let api: Api<FlowRun> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, run, |event| async {
+        match event {
+            Finalizer::Apply(run) => apply(&run, &ctx).await,
+            Finalizer::Cleanup(run) => cleanup(&run, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
+    let namespace = run.namespace().unwrap_or_default();
+    let name = run.name_any();
+    let client = &ctx.client;
+
+    // Fetch what the run refers to, then resolve it without I/O.
+    let flow = match &run.spec.flow_ref {
+        Some(flow_ref) => {
+            Api::<Flow>::namespaced(client.clone(), &namespace)
+                .get_opt(flow_ref)
+                .await?
+        }
+        None => None,
+    };
+    let profile_name = run
+        .spec
+        .profile
+        .clone()
+        .or_else(|| flow.as_ref().and_then(|f| f.spec.profile.clone()));
+    let profile = match &profile_name {
+        Some(p) => {
+            Api::<ResourceProfile>::all(client.clone())
+                .get_opt(p)
+                .await?
+        }
+        None => None,
+    };
+    let resolved = match resolve(&run.spec, &namespace, flow.as_ref(), profile.as_ref()) {
+        Ok(resolved) => resolved,
+        Err(invalid) => {
+            // Not a crash loop: report once, look again when something changes or in a minute.
+            ctx.warn(run, invalid.reason, &invalid.message).await;
+            let status = invalid_status(run, &invalid);
+            patch_status(ctx, run, &status).await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+    };
+
+    // The engine's run, created once by (namespace, name). Timers that came due (this
+    // reconcile may be the requeue at a wake time) make their runs runnable first.
+    ctx.ensure_runner_secret(&namespace).await?;
+    engine::wake_due(&mut *ctx.pool.acquire().await?).await?;
+    let input = run.spec.input.clone().unwrap_or(serde_json::Value::Null);
+    let request = NewRun {
+        namespace: &namespace,
+        name: &name,
+        flow: &resolved.flow,
+        input: &input,
+        max_attempts: resolved.max_attempts,
+        retry_backoff_ms: resolved.retry_backoff.as_millis() as i64,
+    };
+    let mut conn = ctx.pool.acquire().await?;
+    match engine::create_run(&mut conn, &request).await {
+        Ok((_, true)) => {
+            ctx.event(run, "Created", "run registered in the engine")
+                .await
+        }
+        Ok((_, false)) => {}
+        Err(EngineError::RunConflict(message)) => {
+            let invalid = Invalid {
+                reason: "RunConflict",
+                message,
+            };
+            patch_status(ctx, run, &invalid_status(run, &invalid)).await?;
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let record = store::find(&ctx.pool, &namespace, &name).await?;
+    if run.spec.cancel && !record.phase.is_terminal() {
+        engine::cancel_run(&mut conn, record.id).await?;
+    }
+    drop(conn);
+
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let pods = pods_api
+        .list(&ListParams::default().labels(&format!("{LABEL_RUN}={}", record.id)))
+        .await?
+        .items;
+    // Pin the digest the first pod ran; every later pod of this run uses it.
+    let pinned = run
+        .status
+        .as_ref()
+        .and_then(|s| s.image_digest.clone())
+        .or_else(|| pods.iter().find_map(pod::pinned_image));
+
+    super::children::ensure_child_flowruns(
+        ctx,
+        run,
+        &record,
+        pinned.as_deref().unwrap_or(&resolved.image),
+    )
+    .await?;
+
+    let record = store::find(&ctx.pool, &namespace, &name).await?;
+    match decide(&record.view(), &pod::process_of(&pods, record.attempt)) {
+        Next::Idle | Next::Finished(_) => {}
+        Next::Launch => {
+            let mut conn = ctx.pool.acquire().await?;
+            if let Some(attempt) = engine::start_attempt(&mut conn, record.id).await? {
+                let run_id = record.id.to_string();
+                let pod = pod::build_pod(&FlowPod {
+                    run,
+                    run_id: &run_id,
+                    attempt,
+                    image: pinned.as_deref().unwrap_or(&resolved.image),
+                    flow: &resolved.flow,
+                    profile: resolved.profile.as_ref(),
+                    extra_env: &resolved.env,
+                    service_account: resolved
+                        .service_account
+                        .as_deref()
+                        .or(ctx.config.flow_service_account.as_deref()),
+                    db_secret: &ctx.config.runner_secret,
+                });
+                match pods_api.create(&PostParams::default(), &pod).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => {
+                        let reason = format!("could not create the pod: {e}");
+                        let retry = crate::lifecycle::retry_delay(&record.view())
+                            .map(|d| d.as_millis() as i64);
+                        engine::record_crash(&mut conn, record.id, attempt, &reason, retry).await?;
+                    }
+                }
+                let verb = if attempt == 1 { "Launched" } else { "Resumed" };
+                ctx.event(
+                    run,
+                    verb,
+                    &format!(
+                        "attempt {attempt} in pod {}",
+                        pod.metadata.name.unwrap_or_default()
+                    ),
+                )
+                .await;
+            }
+        }
+        Next::RecordCrash {
+            attempt,
+            reason,
+            retry_in,
+        } => {
+            let mut conn = ctx.pool.acquire().await?;
+            engine::record_crash(
+                &mut conn,
+                record.id,
+                attempt,
+                &reason,
+                retry_in.map(|d| d.as_millis() as i64),
+            )
+            .await?;
+            ctx.warn(run, "Crashed", &format!("attempt {attempt}: {reason}"))
+                .await;
+        }
+    }
+
+    // Status from what the engine now says.
+    let record = store::find(&ctx.pool, &namespace, &name).await?;
+    let status = build_status(run, &record, &pods, pinned);
+    patch_status(ctx, run, &status).await?;
+
+    if record.phase.is_terminal() {
+        if let (Some(ttl), Some(finished)) =
+            (run.spec.ttl_seconds_after_finished, record.finished_at)
+        {
+            let expires = finished + chrono::Duration::seconds(ttl as i64);
+            let left = expires - chrono::Utc::now();
+            if left <= chrono::Duration::zero() {
+                Api::<FlowRun>::namespaced(client.clone(), &namespace)
+                    .delete(&name, &Default::default())
+                    .await?;
+                return Ok(Action::await_change());
+            }
+            return Ok(Action::requeue(left.to_std().unwrap_or_default()));
+        }
+        return Ok(Action::await_change());
+    }
+    // Timers wake runs through the engine (wake_due), which then notifies; the requeue at the
+    // wake time is what calls wake_due.
+    Ok(match record.wake_at {
+        Some(at) => Action::requeue((at - chrono::Utc::now()).to_std().unwrap_or_default()),
+        None => Action::await_change(),
+    })
+}
+
+/// On deletion: cancel the run (clearing its waits and timers) and delete its rows.
+async fn cleanup(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
+    let namespace = run.namespace().unwrap_or_default();
+    if let Ok(record) = store::find(&ctx.pool, &namespace, &run.name_any()).await {
+        let mut conn = ctx.pool.acquire().await?;
+        engine::cancel_run(&mut conn, record.id).await?;
+        store::delete_run(&ctx.pool, record.id).await?;
+    }
+    Ok(Action::await_change())
+}
+
+fn invalid_status(run: &FlowRun, invalid: &Invalid) -> FlowRunStatus {
+    let mut status = run.status.clone().unwrap_or_default();
+    status.phase = Some(status.phase.unwrap_or(Phase::Pending));
+    status.error = Some(invalid.message.clone());
+    status.observed_generation = run.meta().generation;
+    status.conditions = vec![condition(
+        run,
+        "Ready",
+        false,
+        invalid.reason,
+        &invalid.message,
+    )];
+    status
+}
+
+/// The status the FlowRun should show, from the engine's record and the pods.
+pub fn build_status(
+    run: &FlowRun,
+    record: &RunRecord,
+    pods: &[Pod],
+    pinned: Option<String>,
+) -> FlowRunStatus {
+    let waiting_for = record.waiting_for.as_ref().map(|w| WaitingFor {
+        event: w.get("event").and_then(|v| v.as_str()).map(str::to_owned),
+        question: w
+            .get("question")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+        schema: w.get("schema").cloned(),
+        deadline: w
+            .get("deadline")
+            .and_then(|v| v.as_str())
+            .and_then(parse_time),
+        children: w
+            .get("unfinished")
+            .and_then(|v| v.as_i64())
+            .map(|n| n as i32),
+    });
+    let result = record.result.clone().filter(|r| {
+        serde_json::to_string(r)
+            .map(|s| s.len() <= MAX_STATUS_RESULT_BYTES)
+            .unwrap_or(false)
+    });
+    let current_pod = pods
+        .iter()
+        .filter(|p| pod::attempt_of(p) == Some(record.attempt))
+        .find_map(|p| p.metadata.name.clone());
+    let (ready, reason, message) = match record.phase {
+        Phase::Succeeded => (true, "Succeeded", "the flow completed".to_owned()),
+        Phase::Failed => (
+            false,
+            "Failed",
+            record.error_message().unwrap_or("failed").to_owned(),
+        ),
+        Phase::Cancelled => (false, "Cancelled", "the run was cancelled".to_owned()),
+        Phase::Waiting => (
+            false,
+            "Waiting",
+            "waiting; no pod runs meanwhile".to_owned(),
+        ),
+        Phase::Sleeping => (
+            false,
+            "Sleeping",
+            "sleeping; no pod runs meanwhile".to_owned(),
+        ),
+        Phase::Retrying => (false, "Retrying", "relaunching after a crash".to_owned()),
+        Phase::Running => (
+            false,
+            "Running",
+            format!("attempt {} is running", record.attempt),
+        ),
+        Phase::Pending => (false, "Pending", "about to launch".to_owned()),
+    };
+    FlowRunStatus {
+        phase: Some(record.phase),
+        run_id: Some(record.id.to_string()),
+        attempt: Some(record.attempt),
+        pod: current_pod.or_else(|| run.status.as_ref().and_then(|s| s.pod.clone())),
+        image_digest: pinned,
+        waiting_for,
+        wake_at: record.wake_at.map(to_time),
+        steps_completed: Some(record.steps),
+        result,
+        error: record.error_message().map(str::to_owned),
+        cost_usd: Some(format!("{:.6}", record.usd)),
+        started_at: Some(to_time(record.created_at)),
+        finished_at: record.finished_at.map(to_time),
+        observed_generation: run.meta().generation,
+        conditions: vec![condition(run, "Ready", ready, reason, &message)],
+    }
+}
+
+fn condition(run: &FlowRun, type_: &str, ok: bool, reason: &str, message: &str) -> Condition {
+    // Keep the transition time while the condition does not change, as conditions should.
+    let previous = run
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.reason == reason && c.status == if ok { "True" } else { "False" });
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: run.meta().generation,
+        last_transition_time: previous
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| to_time(chrono::Utc::now())),
+    }
+}
+
+fn to_time(at: chrono::DateTime<chrono::Utc>) -> Time {
+    Time(at.to_rfc3339().parse().unwrap_or_else(|_| jiff_now()))
+}
+
+fn jiff_now() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::now()
+}
+
+fn parse_time(text: &str) -> Option<Time> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| to_time(t.to_utc()))
+}
+
+async fn patch_status(ctx: &Context, run: &FlowRun, status: &FlowRunStatus) -> Result<(), Error> {
+    if run.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<FlowRun> =
+        Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": "cairn.dev/v1alpha1",
+        "kind": "FlowRun",
+        "status": status,
+    });
+    api.patch_status(
+        &run.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_crds::{FlowSpec, RetryPolicy};
+
+    fn flow(profile: Option<&str>) -> Flow {
+        Flow::new(
+            "agent",
+            FlowSpec {
+                image: "localhost/agent:dev".into(),
+                flow: "research".into(),
+                profile: profile.map(str::to_owned),
+                retry: Some(RetryPolicy {
+                    max_attempts: Some(5),
+                    backoff_seconds: Some(2),
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn by_ref(profile: Option<&str>) -> FlowRunSpec {
+        FlowRunSpec {
+            flow_ref: Some("agent".into()),
+            profile: profile.map(str::to_owned),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_flow_reference_takes_image_flow_and_defaults_from_the_flow() {
+        let resolved = resolve(&by_ref(None), "ns", Some(&flow(None)), None).unwrap();
+        assert_eq!(
+            (resolved.image.as_str(), resolved.flow.as_str()),
+            ("localhost/agent:dev", "research")
+        );
+        assert_eq!(
+            (resolved.max_attempts, resolved.retry_backoff),
+            (5, Duration::from_secs(2))
+        );
+        assert_eq!(resolved.profile, None);
+    }
+
+    #[test]
+    fn an_inline_spec_needs_image_and_flow() {
+        let inline = FlowRunSpec {
+            image: Some("img:1".into()),
+            flow: Some("f".into()),
+            ..Default::default()
+        };
+        let resolved = resolve(&inline, "ns", None, None).unwrap();
+        assert_eq!(
+            (resolved.max_attempts, resolved.retry_backoff),
+            (3, Duration::from_secs(10))
+        );
+        let half = FlowRunSpec {
+            image: Some("img:1".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(&half, "ns", None, None).unwrap_err().reason,
+            "InvalidSpec"
+        );
+    }
+
+    #[test]
+    fn missing_references_say_what_to_fix() {
+        let missing_flow = resolve(&by_ref(None), "team-a", None, None).unwrap_err();
+        assert_eq!(missing_flow.reason, "FlowNotFound");
+        assert!(
+            missing_flow.message.contains("\"agent\"") && missing_flow.message.contains("team-a")
+        );
+        let missing_profile =
+            resolve(&by_ref(Some("huge")), "ns", Some(&flow(None)), None).unwrap_err();
+        assert_eq!(missing_profile.reason, "ProfileNotFound");
+        // The Flow's default profile is looked up too.
+        let default_missing =
+            resolve(&by_ref(None), "ns", Some(&flow(Some("small"))), None).unwrap_err();
+        assert!(default_missing.message.contains("\"small\""));
+    }
+}

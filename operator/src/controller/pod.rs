@@ -1,0 +1,457 @@
+//! Flow pods, built and read without I/O: the pod for one attempt of a run, and what a pod's
+//! status says about that attempt's process.
+
+use std::collections::BTreeMap;
+
+use cairn_crds::{FlowRun, ResourceProfileSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, EnvVarSource, Pod, PodSecurityContext, PodSpec,
+    SeccompProfile, SecretKeySelector, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+
+use crate::lifecycle::{Process, ProcessExit};
+
+pub const LABEL_RUN: &str = "cairn.dev/run";
+pub const LABEL_ATTEMPT: &str = "cairn.dev/attempt";
+pub const LABEL_MANAGED: &str = "app.kubernetes.io/managed-by";
+/// The key, in the per-namespace runner Secret, holding the database URL flow pods use.
+pub const DB_SECRET_KEY: &str = "database-url";
+
+/// Everything a flow pod is made of.
+pub struct FlowPod<'a> {
+    pub run: &'a FlowRun,
+    pub run_id: &'a str,
+    pub attempt: i32,
+    /// The image as given, or `repo@sha256:…` once the run's digest is pinned.
+    pub image: &'a str,
+    pub flow: &'a str,
+    pub profile: Option<&'a ResourceProfileSpec>,
+    pub extra_env: &'a [EnvVar],
+    pub service_account: Option<&'a str>,
+    /// The Secret (in the run's namespace) holding the runner's database URL.
+    pub db_secret: &'a str,
+}
+
+/// Pod names: `<run>-a<attempt>`, kept within the 63 characters a hostname allows.
+pub fn pod_name(run_name: &str, attempt: i32) -> String {
+    let suffix = format!("-a{attempt}");
+    let keep = 63 - suffix.len();
+    let base = run_name
+        .get(..keep.min(run_name.len()))
+        .unwrap_or(run_name)
+        .trim_end_matches(['-', '.']);
+    format!("{base}{suffix}")
+}
+
+pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
+    let run_name = spec.run.meta().name.clone().unwrap_or_default();
+    let labels = BTreeMap::from([
+        (LABEL_RUN.to_owned(), label_value(spec.run_id)),
+        (LABEL_ATTEMPT.to_owned(), spec.attempt.to_string()),
+        (LABEL_MANAGED.to_owned(), "cairn".to_owned()),
+    ]);
+    let mut env = vec![
+        EnvVar {
+            name: cairn::env::DATABASE_URL.into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: spec.db_secret.into(),
+                    key: DB_SECRET_KEY.into(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        plain_env(cairn::env::RUN_ID, spec.run_id),
+        plain_env(cairn::env::ATTEMPT, &spec.attempt.to_string()),
+        plain_env(cairn::env::FLOW, spec.flow),
+        plain_env(cairn::env::LOG_FORMAT, "json"),
+    ];
+    env.extend(spec.extra_env.iter().cloned());
+    let profile = spec.profile.cloned().unwrap_or_default();
+
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name(&run_name, spec.attempt)),
+            namespace: spec.run.meta().namespace.clone(),
+            labels: Some(labels),
+            owner_references: spec.run.controller_owner_ref(&()).map(|owner| vec![owner]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            // Flow code gets no Kubernetes API rights: no token, and its own account.
+            automount_service_account_token: Some(false),
+            service_account_name: spec.service_account.map(str::to_owned),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(65532),
+                run_as_group: Some(65532),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            containers: vec![Container {
+                name: "flow".into(),
+                image: Some(spec.image.into()),
+                image_pull_policy: Some("IfNotPresent".into()),
+                env: Some(env),
+                resources: profile.resources,
+                termination_message_policy: Some("FallbackToLogsOnError".into()),
+                security_context: Some(SecurityContext {
+                    allow_privilege_escalation: Some(false),
+                    read_only_root_filesystem: Some(true),
+                    capabilities: Some(Capabilities {
+                        drop: Some(vec!["ALL".into()]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            node_selector: (!profile.node_selector.is_empty()).then_some(profile.node_selector),
+            tolerations: (!profile.tolerations.is_empty()).then_some(profile.tolerations),
+            runtime_class_name: profile.runtime_class_name,
+            priority_class_name: profile.priority_class_name,
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn plain_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// Label values are at most 63 characters; run ids (UUIDs) fit.
+fn label_value(value: &str) -> String {
+    value.chars().take(63).collect()
+}
+
+/// The attempt a pod was launched for.
+pub fn attempt_of(pod: &Pod) -> Option<i32> {
+    pod.metadata
+        .labels
+        .as_ref()?
+        .get(LABEL_ATTEMPT)?
+        .parse()
+        .ok()
+}
+
+/// What the pods of a run say about the process of `attempt`.
+pub fn process_of(pods: &[Pod], attempt: i32) -> Process {
+    let Some(pod) = pods
+        .iter()
+        .find(|p| attempt_of(p) == Some(attempt) && p.metadata.deletion_timestamp.is_none())
+    else {
+        return Process::Absent;
+    };
+    match exit_of(pod) {
+        Some(exit) => Process::Exited { attempt, exit },
+        None => Process::Alive { attempt },
+    }
+}
+
+/// How a pod's process ended, or `None` while it may still run.
+pub fn exit_of(pod: &Pod) -> Option<ProcessExit> {
+    let status = pod.status.as_ref()?;
+    if status.reason.as_deref() == Some("Evicted") {
+        return Some(ProcessExit::Evicted(
+            status.message.clone().unwrap_or_default(),
+        ));
+    }
+    let container = status
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == "flow")?;
+    let state = container.state.as_ref()?;
+    if let Some(terminated) = &state.terminated {
+        if terminated.reason.as_deref() == Some("OOMKilled") {
+            return Some(ProcessExit::OutOfMemory);
+        }
+        return Some(match terminated.signal {
+            Some(signal) if signal != 0 => ProcessExit::Signal(signal),
+            _ => ProcessExit::Code(terminated.exit_code),
+        });
+    }
+    // A container that can never start is as good as a failed launch.
+    let waiting = state.waiting.as_ref()?;
+    match waiting.reason.as_deref() {
+        Some(
+            reason @ ("ErrImagePull"
+            | "ImagePullBackOff"
+            | "InvalidImageName"
+            | "CreateContainerConfigError"
+            | "CreateContainerError"),
+        ) => Some(ProcessExit::LaunchFailed(format!(
+            "{reason}: {}",
+            waiting
+                .message
+                .as_deref()
+                .unwrap_or("the container cannot start")
+        ))),
+        _ => None,
+    }
+}
+
+/// The exact image the kubelet ran, as a reference later pods can use: the repo digest
+/// (`repo@sha256:…`) when the image came from a registry, else the local image id
+/// (`sha256:…`, what containerd reports for imported images), which it resolves by id.
+pub fn pinned_image(pod: &Pod) -> Option<String> {
+    let status = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == "flow")?;
+    let image_id = status.image_id.trim_start_matches("docker-pullable://");
+    (image_id.starts_with("sha256:") || image_id.contains("@sha256:")).then(|| image_id.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_crds::FlowRunSpec;
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
+        PodStatus, ResourceRequirements, Toleration,
+    };
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn flowrun() -> FlowRun {
+        let mut run = FlowRun::new("research-1", FlowRunSpec::default());
+        run.metadata.namespace = Some("team-a".into());
+        run.metadata.uid = Some("0f3c".into());
+        run
+    }
+
+    fn pod_spec_for(profile: Option<&ResourceProfileSpec>) -> Pod {
+        let run = flowrun();
+        build_pod(&FlowPod {
+            run: &run,
+            run_id: "6b1e5a2c-0000-4000-8000-000000000001",
+            attempt: 3,
+            image: "localhost/agent@sha256:abc",
+            flow: "research",
+            profile,
+            extra_env: &[],
+            service_account: Some("cairn-flow"),
+            db_secret: "cairn-runner-db",
+        })
+    }
+
+    #[test]
+    fn the_pod_carries_the_runner_contract_and_no_api_rights() {
+        let pod = pod_spec_for(None);
+        assert_eq!(pod.metadata.name.as_deref(), Some("research-1-a3"));
+        assert_eq!(pod.metadata.namespace.as_deref(), Some("team-a"));
+        let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("FlowRun", Some(true))
+        );
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.service_account_name.as_deref(), Some("cairn-flow"));
+        let container = &spec.containers[0];
+        assert_eq!(
+            container.image.as_deref(),
+            Some("localhost/agent@sha256:abc")
+        );
+        let env: BTreeMap<_, _> = container
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.as_str(), e))
+            .collect();
+        assert_eq!(env["CAIRN_ATTEMPT"].value.as_deref(), Some("3"));
+        assert_eq!(env["CAIRN_FLOW"].value.as_deref(), Some("research"));
+        assert_eq!(
+            env["CAIRN_RUN_ID"].value.as_deref(),
+            Some("6b1e5a2c-0000-4000-8000-000000000001")
+        );
+        // The database URL is a Secret reference, never a literal in the pod spec.
+        let db = env["CAIRN_DATABASE_URL"];
+        assert_eq!(db.value, None);
+        let secret = db
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (secret.name.as_str(), secret.key.as_str()),
+            ("cairn-runner-db", DB_SECRET_KEY)
+        );
+    }
+
+    #[test]
+    fn the_pod_meets_the_restricted_pod_security_standard() {
+        let spec = pod_spec_for(None).spec.unwrap();
+        let pod_security = spec.security_context.unwrap();
+        assert_eq!(pod_security.run_as_non_root, Some(true));
+        assert_eq!(
+            pod_security.seccomp_profile.unwrap().type_,
+            "RuntimeDefault"
+        );
+        let container = spec.containers[0].security_context.clone().unwrap();
+        assert_eq!(container.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            container.capabilities.unwrap().drop,
+            Some(vec!["ALL".to_owned()])
+        );
+    }
+
+    #[test]
+    fn the_profile_sets_resources_and_placement() {
+        let profile = ResourceProfileSpec {
+            resources: Some(ResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "memory".to_owned(),
+                    Quantity("256Mi".into()),
+                )])),
+                ..Default::default()
+            }),
+            node_selector: BTreeMap::from([("pool".to_owned(), "agents".to_owned())]),
+            tolerations: vec![Toleration {
+                key: Some("dedicated".into()),
+                operator: Some("Exists".into()),
+                ..Default::default()
+            }],
+            runtime_class_name: Some("gvisor".into()),
+            priority_class_name: Some("batch".into()),
+        };
+        let spec = pod_spec_for(Some(&profile)).spec.unwrap();
+        assert_eq!(spec.containers[0].resources, profile.resources);
+        assert_eq!(spec.node_selector, Some(profile.node_selector.clone()));
+        assert_eq!(spec.tolerations, Some(profile.tolerations.clone()));
+        assert_eq!(spec.runtime_class_name.as_deref(), Some("gvisor"));
+        assert_eq!(spec.priority_class_name.as_deref(), Some("batch"));
+    }
+
+    #[test]
+    fn pod_names_fit_a_hostname() {
+        let long = "x".repeat(80);
+        assert_eq!(pod_name(&long, 12).len(), 63);
+        assert!(pod_name(&long, 12).ends_with("-a12"));
+        assert_eq!(pod_name("run", 1), "run-a1");
+    }
+
+    fn pod_with(attempt: i32, state: ContainerState, reason: Option<&str>) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                labels: Some(BTreeMap::from([(
+                    LABEL_ATTEMPT.to_owned(),
+                    attempt.to_string(),
+                )])),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                reason: reason.map(str::to_owned),
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "flow".into(),
+                    state: Some(state),
+                    image_id: "localhost/agent@sha256:d1".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn terminated(exit_code: i32, reason: Option<&str>) -> ContainerState {
+        ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code,
+                reason: reason.map(str::to_owned),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pod_status_becomes_a_process_state() {
+        let running = ContainerState::default();
+        assert_eq!(
+            process_of(&[pod_with(2, running, None)], 2),
+            Process::Alive { attempt: 2 }
+        );
+        assert_eq!(process_of(&[], 2), Process::Absent);
+        // Only the current attempt's pod counts.
+        assert_eq!(
+            process_of(&[pod_with(1, terminated(75, None), None)], 2),
+            Process::Absent
+        );
+        assert_eq!(
+            process_of(&[pod_with(2, terminated(75, None), None)], 2),
+            Process::Exited {
+                attempt: 2,
+                exit: ProcessExit::Code(75)
+            }
+        );
+        assert_eq!(
+            exit_of(&pod_with(2, terminated(137, Some("OOMKilled")), None)),
+            Some(ProcessExit::OutOfMemory)
+        );
+        assert!(matches!(
+            exit_of(&pod_with(2, ContainerState::default(), Some("Evicted"))),
+            Some(ProcessExit::Evicted(_))
+        ));
+        let pull_failed = ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("ErrImagePull".into()),
+                message: Some("not found".into()),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            exit_of(&pod_with(2, pull_failed, None)),
+            Some(ProcessExit::LaunchFailed("ErrImagePull: not found".into()))
+        );
+    }
+
+    #[test]
+    fn the_digest_that_ran_pins_later_pods() {
+        let pod = pod_with(1, ContainerState::default(), None);
+        assert_eq!(
+            pinned_image(&pod).as_deref(),
+            Some("localhost/agent@sha256:d1")
+        );
+        let mut imported = pod.clone();
+        imported
+            .status
+            .as_mut()
+            .unwrap()
+            .container_statuses
+            .as_mut()
+            .unwrap()[0]
+            .image_id = "sha256:c0ffee".into();
+        assert_eq!(pinned_image(&imported).as_deref(), Some("sha256:c0ffee"));
+        // Not yet known (container still being created).
+        imported
+            .status
+            .as_mut()
+            .unwrap()
+            .container_statuses
+            .as_mut()
+            .unwrap()[0]
+            .image_id = String::new();
+        assert_eq!(pinned_image(&imported), None);
+    }
+}
