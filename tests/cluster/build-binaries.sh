@@ -18,15 +18,17 @@ build_kubernetes() {
     local v="$1" out="$CLUSTER_CACHE/kubernetes-$1"
     if [[ -f "$out/.complete" ]]; then echo "$out"; return; fi
     log "building Kubernetes $v from the Go module proxy into $out (cold: tens of minutes on 2 cores)"
-    local work="$CLUSTER_CACHE/build/kubernetes-$v"
-    rm -rf "$work" "$out"; mkdir -p "$work" "$out.tmp"
+    local work="$CLUSTER_CACHE/build/kubernetes-$v" build_log="$CLUSTER_CACHE/build-kubernetes-$v.log"
+    rm -rf "$work" "$out" "$out.tmp"; mkdir -p "$work" "$out.tmp"
+    log "build output: $build_log"
+    # Run in the background and wait: a subshell tested with || would run with `set -e` disabled.
     (
         cd "$work"
         # k8s.io/kubernetes replaces its ~30 staging modules (k8s.io/api, ...) with ./staging paths at
         # v0.0.0, and replace directives only work in the main module. So we make a wrapper main module
         # that requires k8s.io/kubernetes and maps each staging module to its published v0.Y.Z,
         # generated from that release's own go.mod.
-        go mod download -json "k8s.io/kubernetes@$v" >download.json
+        go mod download -json "k8s.io/kubernetes@$v" >download.json || { cat download.json; exit 1; }
         local upstream_mod
         upstream_mod="$(sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p' download.json)"
         [[ -f "$upstream_mod" ]] || die "could not download k8s.io/kubernetes@$v go.mod"
@@ -59,7 +61,8 @@ EOF
             ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
         done
         go build -trimpath -ldflags "$ldflags" -o "$out.tmp/" "${pkgs[@]}"
-    )
+    ) >"$build_log" 2>&1 &
+    wait $! || { tail -n 40 "$build_log" >&2; die "building Kubernetes $v failed (see $build_log)"; }
     touch "$out.tmp/.complete"
     mv "$out.tmp" "$out"
     rm -rf "$work"
@@ -71,8 +74,10 @@ build_go_install() {
     local name="$1" pkg="$2" v="$3" ldflags="$4" out="$CLUSTER_CACHE/$1-$3"
     if [[ -f "$out/.complete" ]]; then echo "$out"; return; fi
     log "building $name $v from the Go module proxy into $out"
+    local build_log="$CLUSTER_CACHE/build-$name-$v.log"
     rm -rf "$out" "$out.tmp"; mkdir -p "$out.tmp"
-    GOBIN="$out.tmp" go install -trimpath -ldflags "$ldflags" "$pkg@$v"
+    GOBIN="$out.tmp" go install -trimpath -ldflags "$ldflags" "$pkg@$v" >"$build_log" 2>&1 \
+        || { tail -n 40 "$build_log" >&2; die "building $name $v failed (see $build_log)"; }
     touch "$out.tmp/.complete"
     mv "$out.tmp" "$out"
     echo "$out"

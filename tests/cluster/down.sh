@@ -15,7 +15,7 @@ stop() {
     if kill -0 "$pid" 2>/dev/null; then
         log "stopping $name (pid $pid)"
         kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 20; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+        for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
         if kill -0 "$pid" 2>/dev/null; then
             log "$name did not stop in 20s, killing it"
             kill -KILL "$pid" 2>/dev/null || true
@@ -44,10 +44,21 @@ stop containerd
 # containerd-shim processes outlive containerd by design; ours carry our socket path on their
 # command line. Kill exactly those, by pid.
 for proc in /proc/[0-9]*; do
-    if tr '\0' ' ' <"$proc/cmdline" 2>/dev/null | grep -q -- "-address $CONTAINERD_SOCK"; then
+    if { tr '\0' ' ' <"$proc/cmdline"; } 2>/dev/null | grep -q -- "-address $CONTAINERD_SOCK"; then
         kill -KILL "${proc#/proc/}" 2>/dev/null || true
     fi
 done
+
+# Any pod process still alive (e.g. containerd had crashed, so its tasks could not be killed)
+# sits in kubelet's kubepods cgroups: kill those pids, then remove the empty cgroups.
+find /sys/fs/cgroup/pids/kubepods /sys/fs/cgroup/unified/kubepods -name cgroup.procs 2>/dev/null \
+    | while read -r procs; do
+        while read -r pid; do kill -KILL "$pid" 2>/dev/null || true; done <"$procs"
+    done || true
+sleep 0.5
+find /sys/fs/cgroup/*/kubepods -depth -type d 2>/dev/null | while read -r dir; do
+    rmdir "$dir" 2>/dev/null || true
+done || true
 
 stop kube-scheduler
 stop kube-controller-manager
@@ -77,19 +88,22 @@ for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^cni-/ {print $1}'); do
     ip netns delete "$ns" 2>/dev/null || true
 done
 
-# iptables: chains kube-proxy (KUBE-*) and the CNI bridge/portmap plugins (CNI-*) created.
+# iptables: chains kube-proxy and kubelet (KUBE-*), the CNI bridge/portmap plugins (CNI-*) and
+# up.sh's pod egress guard (CAIRN-EGRESS) created.
 clean_iptables() {
     local ipt="$1" table chain rule
     command -v "$ipt" >/dev/null || return 0
     for table in filter nat mangle; do
         # First the rules in any chain that jump to our chains, then our chains themselves.
-        "$ipt" -t "$table" -S 2>/dev/null | grep -E -- '-j (KUBE|CNI)-' | grep -E '^-A ' | while read -r rule; do
-            eval "$ipt -t $table ${rule/-A /-D }" 2>/dev/null || true
-        done
-        for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^(KUBE|CNI)-/ {print $2}'); do
+        local rules
+        rules="$("$ipt" -t "$table" -S 2>/dev/null | grep -E -- '^-A .*-j (KUBE|CNI|CAIRN)-' || true)"
+        while read -r rule; do
+            if [[ -n "$rule" ]]; then eval "$ipt -t $table ${rule/-A /-D }" 2>/dev/null || true; fi
+        done <<<"$rules"
+        for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^(KUBE|CNI|CAIRN)-/ {print $2}'); do
             "$ipt" -t "$table" -F "$chain" 2>/dev/null || true
         done
-        for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^(KUBE|CNI)-/ {print $2}'); do
+        for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^(KUBE|CNI|CAIRN)-/ {print $2}'); do
             "$ipt" -t "$table" -X "$chain" 2>/dev/null || true
         done
     done
@@ -101,5 +115,7 @@ clean_iptables ip6tables
 ip route del "$SERVICE_CIDR" dev "$BRIDGE" 2>/dev/null || true
 ip link delete "$BRIDGE" 2>/dev/null || true
 
+# libcni caches each attachment under /var/lib/cni/results/<network>-<container>-<if>; ours is "cairn".
+rm -f /var/lib/cni/results/cairn-*
 rm -rf "$STATE_DIR" "$(dirname "$CONTAINERD_SOCK")"
 log "cluster down; state $STATE_DIR removed (build cache $CLUSTER_CACHE kept)"

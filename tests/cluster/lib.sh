@@ -1,8 +1,15 @@
+# shellcheck shell=bash disable=SC2034  # variables are used by the scripts that source this file
 # Shared settings for the tests/cluster scripts. Source it; do not run it.
 # Everything can be overridden from the environment.
 
+# Command substitutions keep `set -e` (bash >= 4.4), so failures inside $(...) stop the scripts too.
+shopt -s inherit_errexit
+
 CLUSTER_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$CLUSTER_DIR/../.." && pwd)"
+
+# CI may run with a bare environment: the caches below and Go's own need HOME.
+if [[ -z "${HOME:-}" ]]; then HOME="$(getent passwd "$(id -u)" | cut -d: -f6)"; export HOME; fi
 
 # Built binaries are cached by version here, outside the repository.
 CAIRN_CACHE_DIR="${CAIRN_CACHE_DIR:-$HOME/.cache/cairn}"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cluster smoke test: brings the cluster up if needed (tests/cluster/up.sh), imports a locally
 # built image (pg-smoke, from tests/cluster/tools), runs it as a pod that inserts a row into the
-# cluster's Postgres at 10.88.0.1:5432, then checks the pod phase is Succeeded and the row exists.
+# cluster's Postgres (10.88.0.1:5432, reached by its Service name cairn-postgres.default, so DNS and
+# kube-proxy are exercised too), then checks the pod phase is Succeeded and the row exists.
 # Ends with "1 passed, 0 failed" (or "0 passed, 1 failed" and exit 1).
 # The cluster is left running (tests/cluster/down.sh stops it) unless CAIRN_CLUSTER_DOWN_AFTER=1.
 set -euo pipefail
@@ -41,8 +42,8 @@ kubeconfig="$("$CLUSTER_DIR/up.sh" | tail -n 1)"
 source "$STATE_DIR/env"
 [[ "$KUBECONFIG" == "$kubeconfig" ]] || die "up.sh printed $kubeconfig, env file says $KUBECONFIG"
 
-tools="$("$CLUSTER_DIR/build-tools.sh")"
-"$CLUSTER_DIR/image.sh" "$IMAGE" "$tools/pg-smoke" >&2
+# up.sh has just built the tools crate (pg-smoke included); no second cargo run needed.
+"$CLUSTER_DIR/image.sh" "$IMAGE" "$CAIRN_CLUSTER_TOOLS/pg-smoke" >&2
 
 token="smoke-$(date +%s)-$RANDOM"
 kubectl delete pod "$POD" --ignore-not-found --wait=true >/dev/null
@@ -58,8 +59,9 @@ spec:
       image: $IMAGE
       imagePullPolicy: Never
       env:
+        # Through the Service name: exercises CoreDNS, kube-proxy and the host Postgres at once.
         - name: PG_SMOKE_URL
-          value: "$CAIRN_CLUSTER_PG_URL"
+          value: "$CAIRN_CLUSTER_PG_URL_DNS"
         - name: PG_SMOKE_TOKEN
           value: "$token"
       resources:

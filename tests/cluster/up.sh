@@ -59,6 +59,29 @@ EOF
 chmod +x "$BIN_DIR/ctr"
 KUBECTL="$BIN_DIR/kubectl"
 
+# write_file PATH < content: replaces PATH only if the content changed. kube-proxy exits when its
+# config file is rewritten, so re-runs must leave unchanged files untouched.
+FILE_CHANGED=0
+write_file() {
+    local tmp="$1.new"
+    cat >"$tmp"
+    FILE_CHANGED=0
+    if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; FILE_CHANGED=1; fi
+}
+
+# restart_if_changed NAME: after write_file changed NAME's config, stop the running daemon (by pid)
+# so that start() runs it again with the new config.
+restart_if_changed() {
+    [[ $FILE_CHANGED -eq 1 ]] && pid_alive "$1" || return 0
+    local pid i
+    pid="$(cat "$RUN_DIR/$1.pid")"
+    log "configuration of $1 changed: restarting it"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null || true
+    return 0
+}
+
 # start NAME COMMAND...: runs COMMAND in its own session, logs to $LOG_DIR/NAME.log, pid file in $RUN_DIR.
 start() {
     local name="$1"; shift
@@ -87,12 +110,22 @@ ip link set "$BRIDGE" up
 # Service IPs must never leave through eth0, even before kube-proxy has its rules in place.
 ip route replace "$SERVICE_CIDR" dev "$BRIDGE"
 
+# Guard rail: pods may only reach the pod range (and, through kube-proxy's DNAT, Services). Any
+# forwarded packet from a pod to another destination is rejected here and never leaves the machine.
+iptables -N CAIRN-EGRESS 2>/dev/null || true
+iptables -F CAIRN-EGRESS
+iptables -A CAIRN-EGRESS -s "$POD_CIDR" -d "$POD_CIDR" -j RETURN
+iptables -A CAIRN-EGRESS -s "$POD_CIDR" -j REJECT --reject-with icmp-net-prohibited
+iptables -C FORWARD -j CAIRN-EGRESS 2>/dev/null || iptables -I FORWARD 1 -j CAIRN-EGRESS
+
 # ---------------------------------------------------------------------------------------------
 # 4. PKI (once per state dir): one CA, the API server's serving cert, client certs, SA key pair.
+# ECDSA P-256 keys: generating ten RSA keys takes long on a busy 2-core machine.
+genkey() { openssl ecparam -name prime256v1 -genkey -noout -out "$1" 2>/dev/null; }
 cert() { # cert NAME SUBJECT KIND(server|client) [SANS]
     local name="$1" subj="$2" kind="$3" sans="${4:-}"
     [[ -f "$PKI/$name.crt" ]] && return
-    openssl genrsa -out "$PKI/$name.key" 2048 2>/dev/null
+    genkey "$PKI/$name.key"
     openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
     {
         echo "basicConstraints=CA:FALSE"
@@ -106,7 +139,8 @@ cert() { # cert NAME SUBJECT KIND(server|client) [SANS]
 }
 if [[ ! -f "$PKI/ca.crt" ]]; then
     log "creating PKI in $PKI"
-    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$PKI/ca.key" -out "$PKI/ca.crt" \
+    genkey "$PKI/ca.key"
+    openssl req -x509 -new -key "$PKI/ca.key" -out "$PKI/ca.crt" \
         -days 3650 -subj "/CN=cairn-cluster-ca" 2>/dev/null
 fi
 cert apiserver "/CN=kube-apiserver" server \
@@ -120,8 +154,8 @@ cert kube-proxy "/CN=system:kube-proxy" client
 cert kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" client
 cert kubelet-serving "/CN=$NODE_NAME" server "DNS:$NODE_NAME,DNS:localhost,IP:$NODE_IP,IP:127.0.0.1"
 if [[ ! -f "$PKI/sa.key" ]]; then
-    openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
-    openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+    genkey "$PKI/sa.key"
+    openssl ec -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
 fi
 chmod 600 "$PKI"/*.key
 
@@ -233,7 +267,7 @@ start kube-scheduler "$K8S_BIN/kube-scheduler" \
 # 8. containerd + runc + CNI bridge. Own socket, root and state dirs, so it never meets another
 # containerd on this machine.
 mkdir -p "$STATE_DIR/cni/net.d" "$(dirname "$CONTAINERD_SOCK")"
-cat >"$STATE_DIR/cni/net.d/10-cairn.conflist" <<EOF
+write_file "$STATE_DIR/cni/net.d/10-cairn.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "cairn",
@@ -256,7 +290,7 @@ cat >"$STATE_DIR/cni/net.d/10-cairn.conflist" <<EOF
   ]
 }
 EOF
-cat >"$CONF/containerd.toml" <<EOF
+write_file "$CONF/containerd.toml" <<EOF
 version = 2
 root = "$STATE_DIR/containerd"
 state = "$(dirname "$CONTAINERD_SOCK")/state"
@@ -279,6 +313,7 @@ state = "$(dirname "$CONTAINERD_SOCK")/state"
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE_DIR/cni/net.d"
 EOF
+restart_if_changed containerd
 start containerd /usr/bin/containerd --config "$CONF/containerd.toml"
 wait_for "containerd" 60 "$LOG_DIR/containerd.log" /usr/bin/ctr --address "$CONTAINERD_SOCK" version
 
@@ -296,7 +331,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # 9. kubelet.
-cat >"$CONF/kubelet.yaml" <<EOF
+write_file "$CONF/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 # cgroup v1 host: kubelet >= 1.35 would refuse it; 1.33 warns unless this is false.
@@ -306,7 +341,7 @@ containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
 # No CAP_SYS_RESOURCE on this VM: kubelet must not lower its own oom_score_adj.
 oomScoreAdj: 0
 readOnlyPort: 0
-address: 0.0.0.0
+address: $NODE_IP
 port: 10250
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
@@ -334,6 +369,7 @@ evictionHard:
 serializeImagePulls: false
 maxPods: 110
 EOF
+restart_if_changed kubelet
 mkdir -p "$STATE_DIR/kubelet"
 start kubelet "$K8S_BIN/kubelet" \
     --config="$CONF/kubelet.yaml" --kubeconfig="$CONF/kubelet.kubeconfig" \
@@ -342,7 +378,7 @@ start kubelet "$K8S_BIN/kubelet" \
 
 # ---------------------------------------------------------------------------------------------
 # 10. kube-proxy (iptables mode) for ClusterIP Services, including kubernetes.default.
-cat >"$CONF/kube-proxy.yaml" <<EOF
+write_file "$CONF/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: iptables
@@ -362,12 +398,13 @@ conntrack:
   tcpCloseWaitTimeout: 0s
 nodePortAddresses: ["$NODE_IP/32"]
 EOF
+restart_if_changed kube-proxy
 start kube-proxy "$K8S_BIN/kube-proxy" --config="$CONF/kube-proxy.yaml"
 
 # ---------------------------------------------------------------------------------------------
 # 11. CoreDNS as a host process on 10.88.0.1:53, serving cluster.local from the API.
 # No `forward`: names outside the cluster are not resolved, so no DNS query ever leaves the machine.
-cat >"$CONF/Corefile" <<EOF
+write_file "$CONF/Corefile" <<EOF
 cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
     bind $CLUSTER_DNS_IP
     errors
@@ -387,6 +424,7 @@ cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
     }
 }
 EOF
+restart_if_changed coredns
 start coredns "$COREDNS_BIN/coredns" -conf "$CONF/Corefile"
 
 # ---------------------------------------------------------------------------------------------
@@ -400,11 +438,41 @@ wait_for "serviceaccount default" 120 "$LOG_DIR/kube-controller-manager.log" \
     "$KUBECTL" -n default get serviceaccount default
 wait_for "CoreDNS ready" 60 "$LOG_DIR/coredns.log" bash -c 'exec 3<>/dev/tcp/127.0.0.1/8181'
 
+# Every daemon must still be running (a crash right after start would otherwise go unnoticed).
+for c in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns; do
+    pid_alive "$c" || die "$c is not running (see $LOG_DIR/$c.log)"
+done
+
+# A DNS name for the cluster Postgres: Service default/cairn-postgres (ClusterIP, no selector) whose
+# EndpointSlice points at 10.88.0.1:5432. Pods can use cairn-postgres.default.svc.cluster.local:5432.
+"$KUBECTL" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Service
+metadata:
+  name: cairn-postgres
+  namespace: default
+spec:
+  ports: [{name: postgres, port: $PG_PORT, targetPort: $PG_PORT, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: cairn-postgres-host
+  namespace: default
+  labels: {kubernetes.io/service-name: cairn-postgres}
+addressType: IPv4
+ports: [{name: postgres, port: $PG_PORT, protocol: TCP}]
+endpoints: [{addresses: ["$NODE_IP"]}]
+EOF
+sed "s|@$NODE_IP:|@cairn-postgres.default.svc.cluster.local:|" "$PG_URL_FILE" >"$PG_URL_FILE-dns"
+
 # An env file tests can source: PATH (kubectl, helm, ctr), KUBECONFIG, the Postgres URL.
-cat >"$STATE_DIR/env" <<EOF
+write_file "$STATE_DIR/env" <<EOF
 export PATH="$BIN_DIR:\$PATH"
 export KUBECONFIG="$ADMIN_KUBECONFIG"
 export CAIRN_CLUSTER_PG_URL="$(cat "$PG_URL_FILE")"
+export CAIRN_CLUSTER_PG_URL_DNS="$(cat "$PG_URL_FILE-dns")"
+export CAIRN_CLUSTER_TOOLS="$TOOLS_BIN"
 export CAIRN_CLUSTER_BIN="$BIN_DIR"
 export CONTAINERD_ADDRESS="$CONTAINERD_SOCK"
 EOF

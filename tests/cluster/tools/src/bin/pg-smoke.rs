@@ -18,7 +18,10 @@ fn main() -> Result<()> {
         match postgres::Client::connect(&url, postgres::NoTls) {
             Ok(client) => break client,
             Err(e) if Instant::now() < deadline => {
-                eprintln!("pg-smoke: connect failed, retrying: {e}");
+                eprintln!(
+                    "pg-smoke: connect failed, retrying: {:#}",
+                    anyhow::Error::from(e)
+                );
                 std::thread::sleep(Duration::from_secs(2));
             }
             Err(e) => return Err(e).context("connecting to Postgres"),
