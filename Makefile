@@ -18,8 +18,10 @@ test: build test-core test-cluster
 test-core:
 	$(CARGO) test --workspace
 
+# The real one-node cluster (built on first use): its smoke test, then the operator's end-to-end tests.
 test-cluster:
 	tests/cluster/smoke-test.sh
+	tests/cluster/operator-e2e.sh
 
 lint:
 	$(CARGO) fmt --all --check

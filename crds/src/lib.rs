@@ -90,6 +90,7 @@ pub struct FlowRunSpec {
     pub flow: Option<String>,
     /// The flow's input (JSON).
     #[schemars(schema_with = "any_json")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<Value>,
     /// A ResourceProfile name (overrides the Flow's default).
     pub profile: Option<String>,
@@ -117,6 +118,7 @@ pub struct WaitingFor {
     pub question: Option<String>,
     /// JSON schema the event payload must satisfy.
     #[schemars(schema_with = "any_json")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<Value>,
     /// When the wait times out.
     pub deadline: Option<Time>,
@@ -142,6 +144,7 @@ pub struct FlowRunStatus {
     pub steps_completed: Option<i64>,
     /// The result, when small (see the database for large ones).
     #[schemars(schema_with = "any_json")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
     pub error: Option<String>,
     /// Total cost recorded by the run's steps, in US dollars.
@@ -217,6 +220,7 @@ pub struct FlowEventSpec {
     pub event: String,
     /// The payload (JSON); checked against the schema of the waits for this event.
     #[schemars(schema_with = "any_json")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
 }
 
@@ -290,6 +294,18 @@ mod tests {
         assert!(
             committed == crds_yaml(),
             "crds/generated/crds.yaml is stale: run `cargo run -p cairn-crds --bin crdgen > crds/generated/crds.yaml`"
+        );
+    }
+
+    #[test]
+    fn json_fields_are_optional() {
+        let flowrun = serde_json::to_value(FlowRun::crd()).unwrap();
+        let spec =
+            &flowrun["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let required = spec["required"].as_array().cloned().unwrap_or_default();
+        assert!(
+            !required.contains(&"input".into()),
+            "spec.input must be optional: {required:?}"
         );
     }
 

@@ -36,8 +36,8 @@ pub enum ProcessExit {
 impl fmt::Display for ProcessExit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProcessExit::Code(code) => match cairn::Exit::from_code(*code) {
-                Some(hint) => write!(f, "exited with code {code} ({})", hint.as_str()),
+            ProcessExit::Code(code) => match cairn::Exit::describe_code(*code) {
+                Some(meaning) => write!(f, "exited with code {code} ({meaning})"),
                 None => write!(f, "exited with code {code}"),
             },
             ProcessExit::Signal(9) => write!(f, "killed by signal 9 (SIGKILL)"),
@@ -100,7 +100,7 @@ pub fn decide(run: &RunView, process: &Process) -> Next {
             let reason = match exit {
                 // A clean exit always moves the run off `running` first; if it did not, the
                 // process lied or lost its last write.
-                ProcessExit::Code(code @ (0 | 1 | 75 | 76)) => {
+                ProcessExit::Code(code @ (0 | 1)) => {
                     format!("exited with code {code} but the run was still running in the database")
                 }
                 other => other.to_string(),
@@ -187,7 +187,7 @@ mod tests {
             Next::Idle
         );
         assert_eq!(
-            decide(&run(Phase::Pending), &exited(2, ProcessExit::Code(75))),
+            decide(&run(Phase::Pending), &exited(2, ProcessExit::Code(0))),
             Next::Launch
         );
     }
@@ -197,7 +197,7 @@ mod tests {
         for phase in [Phase::Waiting, Phase::Sleeping, Phase::Retrying] {
             for process in [
                 Process::Absent,
-                exited(2, ProcessExit::Code(75)),
+                exited(2, ProcessExit::Code(0)),
                 Process::Alive { attempt: 2 },
             ] {
                 assert_eq!(

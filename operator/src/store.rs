@@ -47,6 +47,11 @@ pub fn redact(url: &str) -> String {
 /// Connects a small pool and applies pending migrations (under sqlx's advisory lock, so
 /// concurrent starts are safe). A database that is down gives one clear error, quickly.
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
+    connect_with_pool_size(url, 4).await
+}
+
+/// [`connect`] with a larger pool, for the operator's concurrent reconciles.
+pub async fn connect_with_pool_size(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = url.parse().with_context(|| {
         format!(
             "CAIRN_DATABASE_URL is not a valid Postgres URL: {}",
@@ -64,7 +69,7 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
     })?;
     probe.close().await?;
     let pool = PgPoolOptions::new()
-        .max_connections(4)
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect_lazy_with(options);
     migrator()

@@ -56,28 +56,26 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// Parking and cancelling exit 0 like completing: none of them is an error, and Kubernetes
+    /// shows a pod that exited 0 as Completed rather than Error.
     pub const fn code(self) -> i32 {
         match self {
-            Exit::Completed => 0,
+            Exit::Completed | Exit::Suspended | Exit::Cancelled => 0,
             Exit::Failed => 1,
             Exit::Crashed => 70,
-            Exit::Suspended => 75,
-            Exit::Cancelled => 76,
             Exit::Superseded => 77,
         }
     }
 
-    pub fn from_code(code: i32) -> Option<Exit> {
-        [
-            Exit::Completed,
-            Exit::Failed,
-            Exit::Crashed,
-            Exit::Suspended,
-            Exit::Cancelled,
-            Exit::Superseded,
-        ]
-        .into_iter()
-        .find(|exit| exit.code() == code)
+    /// What an exit code means under the runner contract, for messages.
+    pub fn describe_code(code: i32) -> Option<&'static str> {
+        match code {
+            0 => Some("completed, suspended or cancelled"),
+            1 => Some("the flow failed"),
+            70 => Some("crashed: could not do its job"),
+            77 => Some("superseded by a newer attempt"),
+            _ => None,
+        }
     }
 
     pub fn as_str(self) -> &'static str {

@@ -168,8 +168,10 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
         max_attempts: resolved.max_attempts,
         retry_backoff_ms: resolved.retry_backoff.as_millis() as i64,
     };
-    let mut conn = ctx.pool.acquire().await?;
-    match engine::create_run(&mut conn, &request).await {
+    // Connections are taken per call and never held across another acquire: reconciles run
+    // concurrently and must not starve the pool.
+    let created = engine::create_run(&mut *ctx.pool.acquire().await?, &request).await;
+    match created {
         Ok((_, true)) => {
             ctx.event(run, "Created", "run registered in the engine")
                 .await
@@ -187,9 +189,8 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
     }
     let record = store::find(&ctx.pool, &namespace, &name).await?;
     if run.spec.cancel && !record.phase.is_terminal() {
-        engine::cancel_run(&mut conn, record.id).await?;
+        engine::cancel_run(&mut *ctx.pool.acquire().await?, record.id).await?;
     }
-    drop(conn);
 
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let pods = pods_api
@@ -306,8 +307,7 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
 async fn cleanup(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
     let namespace = run.namespace().unwrap_or_default();
     if let Ok(record) = store::find(&ctx.pool, &namespace, &run.name_any()).await {
-        let mut conn = ctx.pool.acquire().await?;
-        engine::cancel_run(&mut conn, record.id).await?;
+        engine::cancel_run(&mut *ctx.pool.acquire().await?, record.id).await?;
         store::delete_run(&ctx.pool, record.id).await?;
     }
     Ok(Action::await_change())

@@ -111,7 +111,7 @@ impl Context {
 /// Runs the operator until SIGINT/SIGTERM.
 pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
-    let pool = crate::store::connect(database_url).await?;
+    let pool = crate::store::connect_with_pool_size(database_url, 16).await?;
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
