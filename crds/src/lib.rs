@@ -94,6 +94,9 @@ pub struct FlowRunSpec {
     pub input: Option<Value>,
     /// A ResourceProfile name (overrides the Flow's default).
     pub profile: Option<String>,
+    /// Extra environment for this run's pods (added to the Flow's; child runs inherit it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
     /// Crash retries (overrides the Flow's).
     pub retry: Option<RetryPolicy>,
     /// Fail the run if it has not finished this many seconds after it was created.

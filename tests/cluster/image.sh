@@ -7,8 +7,8 @@
 #        tests/cluster/image.sh localhost/cairn-agent:dev target/release/cairn-agent --label variant=2
 #
 # Importing another image under the same tag moves the tag; pods already created keep the digest
-# they started with. Prints name=, manifest_digest=, config_digest= lines (pods' status imageID
-# shows the config digest, as sha256:...). Needs the cluster up (tests/cluster/up.sh).
+# they started with. Prints name=, manifest_digest=, config_digest= lines; the image is also named
+# NAME@MANIFEST_DIGEST, which pods' status imageID then shows. Needs the cluster up (tests/cluster/up.sh).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -24,5 +24,11 @@ tool="$BIN_DIR/cairn-oci-image"
 mkdir -p "$STATE_DIR/images"
 archive="$(mktemp "$STATE_DIR/images/image-XXXXXX.tar")"
 trap 'rm -f "$archive"' EXIT
-"$tool" --name "$name" --binary "$binary" --output "$archive" "$@" | grep -v '^archive='
+built="$("$tool" --name "$name" --binary "$binary" --output "$archive" "$@" | grep -v '^archive=')"
+echo "$built"
 /usr/bin/ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$archive" >&2
+# Also name the image by its manifest digest (repo@sha256:...), as a registry pull would: the
+# kubelet then reports that repo digest as the pod's imageID, and the digest keeps naming this
+# image after the tag moves on, so a run pinned to it can still start pods.
+manifest="$(sed -n 's/^manifest_digest=//p' <<<"$built")"
+/usr/bin/ctr --address "$CONTAINERD_SOCK" -n k8s.io images tag --force "$name" "${name%:*}@$manifest" >/dev/null

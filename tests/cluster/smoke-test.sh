@@ -83,7 +83,7 @@ echo "pod $POD: phase $phase, imageID $(kubectl get pod "$POD" -o jsonpath='{.st
 kubectl logs "$POD" >&2
 
 rows="$(cd / && runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -h "$STATE_DIR/postgres/socket" -p "$PG_PORT" -U postgres -d cairn -tAc \
-    "SELECT count(*) FROM cluster_smoke WHERE token = '$token'")"
+    "SELECT count(*) FROM public.cluster_smoke WHERE token = '$token'")"
 [[ "$rows" == 1 ]] || die "expected 1 row with token $token in cluster_smoke, found '$rows'"
 echo "row with token $token found in the cluster Postgres" >&2
 kubectl delete pod "$POD" --wait=false >/dev/null

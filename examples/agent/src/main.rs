@@ -4,7 +4,8 @@
 //!
 //! Demo hooks:
 //! - `CAIRN_EXAMPLE_LEDGER=<file>`: every LLM call that runs is appended as `paid`, every call
-//!   answered from a checkpoint as `replayed`, so nothing paid twice is visible at a glance.
+//!   answered from a checkpoint as `replayed`, so nothing paid twice is visible at a glance
+//!   (`-` writes the lines to stderr, prefixed `ledger`, for pods).
 //! - `CAIRN_EXAMPLE_CRASH_AT=<step>`: the first attempt to execute that step aborts inside it,
 //!   mid-call (before the call's result exists).
 
@@ -189,6 +190,11 @@ fn ledger(ctx: &Ctx, what: &str, step: &str, usd: f64) {
         ctx.run_name(),
         ctx.attempt()
     );
+    // In a pod the ledger goes to the log ("-"): pods are kept until the run is deleted.
+    if path == "-" {
+        eprint!("ledger\t{line}");
+        return;
+    }
     let appended = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -202,21 +208,21 @@ fn ledger(ctx: &Ctx, what: &str, step: &str, usd: f64) {
     }
 }
 
-/// Aborts the process inside `step` the first time any attempt of this run executes it. The
-/// ledger remembers that the crash happened (without a ledger: only in attempt 1).
+/// Aborts the process inside `step` the first time any attempt of this run executes it. A ledger
+/// file remembers that the crash happened (without one, or with `-`: only in attempt 1).
 fn crash_if_asked(ctx: &Ctx, step: &str) {
     if std::env::var("CAIRN_EXAMPLE_CRASH_AT").ok().as_deref() != Some(step) {
         return;
     }
     let first_time = match std::env::var_os("CAIRN_EXAMPLE_LEDGER") {
-        Some(path) => {
+        Some(path) if path != "-" => {
             let marker = format!("crash\t{}\t{step}\t", ctx.run_name());
             !std::fs::read_to_string(path)
                 .unwrap_or_default()
                 .lines()
                 .any(|l| l.starts_with(&marker))
         }
-        None => ctx.attempt() == 1,
+        _ => ctx.attempt() == 1,
     };
     if first_time {
         ledger(ctx, "crash", step, 0.0);

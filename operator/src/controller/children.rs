@@ -2,6 +2,7 @@
 //! they show up in kubectl and are deleted with it) and running the parent's pinned image.
 
 use cairn_crds::{FlowRun, FlowRunSpec};
+use k8s_openapi::api::core::v1::EnvVar;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -16,6 +17,7 @@ pub async fn ensure_child_flowruns(
     parent: &FlowRun,
     record: &RunRecord,
     image: &str,
+    env: &[EnvVar],
 ) -> Result<(), Error> {
     let children = store::children(&ctx.pool, record.id).await?;
     if children.is_empty() {
@@ -38,6 +40,7 @@ pub async fn ensure_child_flowruns(
             flow: Some(child.flow.clone()),
             input: Some(child.input.clone()),
             profile: parent.spec.profile.clone(),
+            env: env.to_vec(),
             retry: parent.spec.retry.clone(),
             ..Default::default()
         };

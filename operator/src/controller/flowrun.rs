@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::pod::{self, FlowPod, LABEL_RUN};
 use super::{Context, Error, FIELD_MANAGER};
-use crate::lifecycle::{Next, Phase, decide};
+use crate::lifecycle::{Next, Phase, ProcessExit, decide};
 use crate::store::{self, RunRecord};
 
 pub const FINALIZER: &str = "cairn.dev/cleanup";
@@ -97,7 +97,12 @@ pub fn resolve(
         image,
         flow: flow_name,
         profile,
-        env: template.map(|t| t.env.clone()).unwrap_or_default(),
+        env: template
+            .map(|t| t.env.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(spec.env.iter().cloned())
+            .collect(),
         service_account: template.and_then(|t| t.service_account_name.clone()),
         max_attempts: retry.max_attempts.unwrap_or(3).max(1),
         retry_backoff: Duration::from_secs(retry.backoff_seconds.unwrap_or(10).max(0) as u64),
@@ -204,13 +209,8 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
         .and_then(|s| s.image_digest.clone())
         .or_else(|| pods.iter().find_map(pod::pinned_image));
 
-    super::children::ensure_child_flowruns(
-        ctx,
-        run,
-        &record,
-        pinned.as_deref().unwrap_or(&resolved.image),
-    )
-    .await?;
+    let image = pinned.as_deref().unwrap_or(&resolved.image);
+    super::children::ensure_child_flowruns(ctx, run, &record, image, &resolved.env).await?;
 
     let record = store::find(&ctx.pool, &namespace, &name).await?;
     match decide(&record.view(), &pod::process_of(&pods, record.attempt)) {
@@ -260,6 +260,17 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
             reason,
             retry_in,
         } => {
+            // A pod whose container can never start (image pull failures) would go on trying:
+            // remove it. Pods whose process ran are kept for `kubectl logs`.
+            let never_started = |p: &&Pod| {
+                pod::attempt_of(p) == Some(attempt)
+                    && matches!(pod::exit_of(p), Some(ProcessExit::LaunchFailed(_)))
+            };
+            for stuck in pods.iter().filter(never_started) {
+                if let Some(pod_name) = &stuck.metadata.name {
+                    let _ = pods_api.delete(pod_name, &Default::default()).await;
+                }
+            }
             let mut conn = ctx.pool.acquire().await?;
             engine::record_crash(
                 &mut conn,
@@ -499,6 +510,25 @@ mod tests {
             (5, Duration::from_secs(2))
         );
         assert_eq!(resolved.profile, None);
+    }
+
+    #[test]
+    fn the_runs_env_adds_to_the_flows() {
+        let mut template = flow(None);
+        template.spec.env = vec![EnvVar {
+            name: "A".into(),
+            value: Some("flow".into()),
+            ..Default::default()
+        }];
+        let mut spec = by_ref(None);
+        spec.env = vec![EnvVar {
+            name: "B".into(),
+            value: Some("run".into()),
+            ..Default::default()
+        }];
+        let resolved = resolve(&spec, "ns", Some(&template), None).unwrap();
+        let names: Vec<&str> = resolved.env.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["A", "B"]);
     }
 
     #[test]

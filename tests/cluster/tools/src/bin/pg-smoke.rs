@@ -1,5 +1,7 @@
 //! Smoke-test payload for the test cluster: connects to Postgres with the URL in `PG_SMOKE_URL`
-//! (falls back to `DATABASE_URL`), inserts one row carrying `PG_SMOKE_TOKEN` into `cluster_smoke`,
+//! (falls back to `DATABASE_URL`), inserts one row carrying `PG_SMOKE_TOKEN` into `public.cluster_smoke`
+//! (schema-qualified: the engine creates a `cairn` schema, which a user named cairn would
+//! otherwise get first on its search path),
 //! and exits 0. Retries the connection for up to 60 s (the pod network may need a moment).
 
 use std::time::{Duration, Instant};
@@ -28,14 +30,14 @@ fn main() -> Result<()> {
         }
     };
     client.batch_execute(
-        "CREATE TABLE IF NOT EXISTS cluster_smoke (
+        "CREATE TABLE IF NOT EXISTS public.cluster_smoke (
              id bigserial PRIMARY KEY,
              token text NOT NULL,
              pod text NOT NULL,
              inserted_at timestamptz NOT NULL DEFAULT now())",
     )?;
     client.execute(
-        "INSERT INTO cluster_smoke (token, pod) VALUES ($1, $2)",
+        "INSERT INTO public.cluster_smoke (token, pod) VALUES ($1, $2)",
         &[&token, &host],
     )?;
     println!("pg-smoke: inserted token {token} from pod {host}");
