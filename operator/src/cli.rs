@@ -76,6 +76,9 @@ enum Command {
         /// Service account for flow pods (their Flow may name another).
         #[arg(long, env = "CAIRN_FLOW_SERVICE_ACCOUNT")]
         flow_service_account: Option<String>,
+        /// Address of /livez, /readyz and /metrics.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
     },
     /// Wait until a run reaches a phase (or any final phase), like `kubectl wait`.
     Wait {
@@ -166,6 +169,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             runner_database_url,
             runner_secret,
             flow_service_account,
+            listen,
         } => {
             let url = std::env::var("CAIRN_DATABASE_URL").map_err(|_| {
                 anyhow!("the operator needs CAIRN_DATABASE_URL (a Postgres flow pods can reach)")
@@ -174,6 +178,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 runner_database_url: runner_database_url.unwrap_or_else(|| url.clone()),
                 runner_secret,
                 flow_service_account,
+                listen,
             };
             crate::controller::run(&url, config).await?;
             Ok(ExitCode::SUCCESS)

@@ -98,6 +98,8 @@ pub struct RunRecord {
     pub result: Option<Value>,
     pub error: Option<Value>,
     pub created_at: DateTime<Utc>,
+    /// Last change of state (or of the wait).
+    pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub steps: i64,
     pub usd: f64,
@@ -124,7 +126,7 @@ macro_rules! select_runs {
         sqlx::query!(
             r#"SELECT r.id, r.namespace, r.name, r.flow, r.parent_id, r.state, r.attempt, r.crashes,
                       r.max_attempts, r.retry_backoff_ms, r.wake_at, r.waiting_for, r.cancel_requested,
-                      r.result, r.error, r.created_at, r.finished_at,
+                      r.result, r.error, r.created_at, r.updated_at, r.finished_at,
                       (SELECT count(*) FROM cairn.steps s WHERE s.run_id = r.id) AS "steps!",
                       (SELECT coalesce(sum(s.usd), 0)::float8 FROM cairn.steps s WHERE s.run_id = r.id) AS "usd!"
                FROM cairn.runs r "# + $filter
@@ -153,6 +155,7 @@ macro_rules! to_record {
             result: row.result,
             error: row.error,
             created_at: row.created_at,
+            updated_at: row.updated_at,
             finished_at: row.finished_at,
             steps: row.steps,
             usd: row.usd,
@@ -312,4 +315,14 @@ pub async fn delete_run(pool: &PgPool, run_id: Uuid) -> anyhow::Result<()> {
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// How many runs are in each phase (the engine's spelling).
+pub async fn count_by_phase(pool: &PgPool) -> anyhow::Result<Vec<(String, i64)>> {
+    let rows = sqlx::query!(
+        r#"SELECT state, count(*) AS "count!" FROM cairn.runs GROUP BY state ORDER BY state"#
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.state, r.count)).collect())
 }

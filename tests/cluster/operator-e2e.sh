@@ -43,7 +43,8 @@ kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
 kubectl create namespace "$NS" >/dev/null
 
 log "starting the operator (log: $LOG_DIR/operator.log)"
-CAIRN_DATABASE_URL="$CAIRN_CLUSTER_PG_URL" "$REPO_ROOT/target/release/cairn" operator >"$LOG_DIR/operator.log" 2>&1 &
+ENDPOINTS=127.0.0.1:18080
+CAIRN_DATABASE_URL="$CAIRN_CLUSTER_PG_URL" "$REPO_ROOT/target/release/cairn" operator --listen "$ENDPOINTS" >"$LOG_DIR/operator.log" 2>&1 &
 operator_pid=$!
 
 # --- the example: runs, waits with no pod running, is approved, succeeds -----------------------
@@ -230,7 +231,7 @@ EOF
 kubectl -n "$NS" wait pod/restarted-a1 --for=create --timeout=60s >/dev/null 2>&1 || true
 kill "$operator_pid"
 wait "$operator_pid" 2>/dev/null || true
-CAIRN_DATABASE_URL="$CAIRN_CLUSTER_PG_URL" "$REPO_ROOT/target/release/cairn" operator >>"$LOG_DIR/operator.log" 2>&1 &
+CAIRN_DATABASE_URL="$CAIRN_CLUSTER_PG_URL" "$REPO_ROOT/target/release/cairn" operator --listen "$ENDPOINTS" >>"$LOG_DIR/operator.log" 2>&1 &
 operator_pid=$!
 name="after an operator restart the run carries on with one pod per attempt"
 if wait_jsonpath fr/restarted '{.status.waitingFor.event}' approve-restarted 180s; then
@@ -240,4 +241,16 @@ if wait_jsonpath fr/restarted '{.status.waitingFor.event}' approve-restarted 180
     if [[ "$pods" == "$attempt" ]]; then pass "$name"; else fail "$name" "$pods pods for $attempt attempts"; fi
 else
     fail "$name" "status: $(kubectl -n "$NS" get fr restarted -o jsonpath='{.status}')"
+fi
+
+# --- health and metrics ---------------------------------------------------------------------
+name="the operator serves /livez, /readyz and /metrics with run counts and launches"
+livez=$(curl -fsS "http://$ENDPOINTS/livez" || true)
+readyz=$(curl -fsS "http://$ENDPOINTS/readyz" || true)
+metrics=$(curl -fsS "http://$ENDPOINTS/metrics" || true)
+launches=$(sed -n 's/^cairn_pod_launches_total \([0-9]*\).*/\1/p' <<<"$metrics")
+if [[ "$livez" == ok && "$readyz" == ok && "$metrics" == *'cairn_runs{phase="succeeded"}'* && "${launches:-0}" -gt 0 ]]; then
+    pass "$name"
+else
+    fail "$name" "livez '$livez', readyz '$readyz', launches '$launches' since the restart"
 fi

@@ -234,7 +234,14 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
                     db_secret: &ctx.config.runner_secret,
                 });
                 match pods_api.create(&PostParams::default(), &pod).await {
-                    Ok(_) => {}
+                    Ok(_) => {
+                        ctx.metrics.launches.inc();
+                        if attempt > 1 {
+                            let waited = chrono::Utc::now() - record.updated_at;
+                            ctx.metrics
+                                .observe_resume(waited.to_std().unwrap_or_default());
+                        }
+                    }
                     Err(kube::Error::Api(e)) if e.code == 409 => {}
                     Err(e) => {
                         let reason = format!("could not create the pod: {e}");

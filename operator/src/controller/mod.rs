@@ -7,6 +7,7 @@ mod children;
 mod flowevent;
 pub mod flowrun;
 pub mod pod;
+mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,12 +39,15 @@ pub struct Config {
     pub runner_secret: String,
     /// Service account for flow pods whose Flow names none.
     pub flow_service_account: Option<String>,
+    /// Where `/livez`, `/readyz` and `/metrics` are served.
+    pub listen: std::net::SocketAddr,
 }
 
 pub struct Context {
     pub client: Client,
     pub pool: PgPool,
     pub config: Config,
+    pub metrics: telemetry::Metrics,
     recorder: Recorder,
 }
 
@@ -119,12 +123,15 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
             instance: std::env::var("HOSTNAME").ok(),
         },
     );
+    let listen = config.listen;
     let ctx = Arc::new(Context {
         client: client.clone(),
         pool: pool.clone(),
         config,
+        metrics: telemetry::Metrics::default(),
         recorder,
     });
+    let endpoints = tokio::spawn(telemetry::serve(listen, ctx.clone()));
 
     let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
     tokio::spawn(forward_notifications(pool, wake_tx));
@@ -152,14 +159,17 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
             }
         });
     tracing::info!("cairn operator started");
-    futures::join!(flowruns, flowevents);
-    Ok(())
+    tokio::select! {
+        _ = async { futures::join!(flowruns, flowevents) } => Ok(()),
+        served = endpoints => Err(anyhow::anyhow!("the HTTP endpoints stopped: {:?}", served?.err())),
+    }
 }
 
-fn error_policy<K>(object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action
+fn error_policy<K>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
 where
     K: Resource<DynamicType = ()>,
 {
+    ctx.metrics.reconcile_errors.inc();
     tracing::warn!(object = %ObjectRef::from_obj(object.as_ref()), error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }

@@ -1,0 +1,111 @@
+//! The operator's HTTP endpoints: `/livez` (the process serves), `/readyz` (it can reach the
+//! database), `/metrics` (Prometheus text format).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use super::Context;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    runs: Family<PhaseLabel, Gauge>,
+    pub launches: Counter,
+    pub reconcile_errors: Counter,
+    /// From a run becoming runnable (an event, a timer, a finished child) to its pod's creation.
+    pub resume_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("cairn");
+        let runs = Family::<PhaseLabel, Gauge>::default();
+        registry.register("runs", "Runs by phase", runs.clone());
+        let launches = Counter::default();
+        registry.register("pod_launches", "Flow pods created", launches.clone());
+        let reconcile_errors = Counter::default();
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed and were retried",
+            reconcile_errors.clone(),
+        );
+        let resume_latency = Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
+        registry.register(
+            "resume_latency_seconds",
+            "From a run becoming runnable to its pod being created",
+            resume_latency.clone(),
+        );
+        Metrics {
+            registry,
+            runs,
+            launches,
+            reconcile_errors,
+            resume_latency,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn observe_resume(&self, waited: Duration) {
+        self.resume_latency.observe(waited.as_secs_f64());
+    }
+}
+
+pub async fn serve(listen: std::net::SocketAddr, ctx: Arc<Context>) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(ctx);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(%listen, "serving /livez, /readyz and /metrics");
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn readyz(State(ctx): State<Arc<Context>>) -> (StatusCode, String) {
+    match sqlx::query("SELECT 1").execute(&ctx.pool).await {
+        Ok(_) => (StatusCode::OK, "ok".into()),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unreachable: {e}"),
+        ),
+    }
+}
+
+async fn metrics(State(ctx): State<Arc<Context>>) -> (StatusCode, String) {
+    // Run counts come from the engine at scrape time: the database is the truth, and it keeps
+    // the operator's memory flat whatever the number of runs.
+    match crate::store::count_by_phase(&ctx.pool).await {
+        Ok(counts) => {
+            ctx.metrics.runs.clear();
+            for (phase, count) in counts {
+                ctx.metrics
+                    .runs
+                    .get_or_create(&PhaseLabel { phase })
+                    .set(count);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot count runs for /metrics"),
+    }
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &ctx.metrics.registry) {
+        Ok(()) => (StatusCode::OK, text),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
