@@ -162,7 +162,6 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
 
     // The engine's run, created once by (namespace, name). Timers that came due (this
     // reconcile may be the requeue at a wake time) make their runs runnable first.
-    ctx.ensure_runner_secret(&namespace).await?;
     engine::wake_due(&mut *ctx.pool.acquire().await?).await?;
     let input = run.spec.input.clone().unwrap_or(serde_json::Value::Null);
     let request = NewRun {
@@ -216,6 +215,8 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
     match decide(&record.view(), &pod::process_of(&pods, record.attempt)) {
         Next::Idle | Next::Finished(_) => {}
         Next::Launch => {
+            // Only launching needs the Secret pods read the database URL from.
+            ctx.ensure_runner_secret(&namespace).await?;
             let mut conn = ctx.pool.acquire().await?;
             if let Some(attempt) = engine::start_attempt(&mut conn, record.id).await? {
                 let run_id = record.id.to_string();
