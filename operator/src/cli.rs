@@ -268,8 +268,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn open() -> anyhow::Result<PgPool> {
+    Ok(open_with_url().await?.1)
+}
+
+/// The database (`CAIRN_DATABASE_URL` or the private Postgres), migrated, and its URL.
+async fn open_with_url() -> anyhow::Result<(String, PgPool)> {
     let url = tokio::task::spawn_blocking(store::database_url).await??;
-    store::connect(&url).await
+    let pool = store::connect(&url).await?;
+    Ok((url, pool))
 }
 
 async fn dev_run(args: DevRun) -> anyhow::Result<ExitCode> {
@@ -284,8 +290,7 @@ async fn dev_run(args: DevRun) -> anyhow::Result<ExitCode> {
             flows.join(", ")
         );
     }
-    let url = tokio::task::spawn_blocking(store::database_url).await??;
-    let pool = store::connect(&url).await?;
+    let (url, pool) = open_with_url().await?;
     let name = args.name.unwrap_or_else(|| {
         format!(
             "{}-{}",

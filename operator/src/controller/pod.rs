@@ -433,25 +433,24 @@ mod tests {
             pinned_image(&pod).as_deref(),
             Some("localhost/agent@sha256:d1")
         );
-        let mut imported = pod.clone();
-        imported
-            .status
-            .as_mut()
-            .unwrap()
-            .container_statuses
-            .as_mut()
-            .unwrap()[0]
-            .image_id = "sha256:c0ffee".into();
-        assert_eq!(pinned_image(&imported).as_deref(), Some("sha256:c0ffee"));
+        let with_image_id = |id: &str| {
+            let mut pod = pod.clone();
+            pod.status
+                .as_mut()
+                .unwrap()
+                .container_statuses
+                .as_mut()
+                .unwrap()[0]
+                .image_id = id.into();
+            pod
+        };
+        // An imported image without a repo digest: the local image id.
+        assert_eq!(
+            pinned_image(&with_image_id("sha256:c0ffee")).as_deref(),
+            Some("sha256:c0ffee")
+        );
         // Not yet known (container still being created).
-        imported
-            .status
-            .as_mut()
-            .unwrap()
-            .container_statuses
-            .as_mut()
-            .unwrap()[0]
-            .image_id = String::new();
+        let imported = with_image_id("");
         assert_eq!(pinned_image(&imported), None);
     }
 }
