@@ -962,3 +962,83 @@ async fn deleting_a_run_removes_its_children_and_every_row_they_own() {
         assert_eq!(count(table).await, 0, "rows left in cairn.{table}");
     }
 }
+
+// ---- Deadlines and retrying a failed run ------------------------------------------------------
+
+#[tokio::test]
+async fn a_run_past_its_deadline_fails_and_its_running_attempt_is_fenced_off() {
+    let db = TestDb::new().await;
+    let id = db.create_run("late", "steps", json!({})).await;
+    let mut conn = db.conn().await;
+    assert_eq!(engine::start_attempt(&mut conn, id).await.unwrap(), Some(1));
+    let done = json!("a done");
+    engine::complete_step(&mut conn, id, 1, &step("a", &done))
+        .await
+        .unwrap();
+
+    // Inside its deadline (by the database clock) nothing happens.
+    assert_eq!(
+        engine::expire_run(&mut conn, id, 3600).await.unwrap(),
+        "running"
+    );
+    assert_eq!(
+        engine::expire_run(&mut conn, id, 0).await.unwrap(),
+        "failed"
+    );
+    // The attempt that was running can no longer write: it pays for nothing more.
+    let late = json!("b done");
+    assert_fenced(
+        "complete_step",
+        engine::complete_step(&mut conn, id, 1, &step("b", &late)).await,
+    );
+    let run = db.run(id).await;
+    assert_eq!(run.phase, Phase::Failed);
+    assert_eq!(run.error.as_ref().unwrap()["kind"], "deadline");
+    assert!(
+        run.error_message()
+            .unwrap_or_default()
+            .contains("did not finish within 0 seconds")
+    );
+    assert_eq!(outcomes(&db.attempts(id).await), ["failed"]);
+    // Expiring a finished run changes nothing.
+    assert_eq!(
+        engine::expire_run(&mut conn, id, 0).await.unwrap(),
+        "failed"
+    );
+}
+
+#[tokio::test]
+async fn retrying_a_failed_run_resumes_from_its_last_checkpoint_and_only_failed_runs_retry() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let id = db.create_run("retried", "steps", json!({})).await;
+    {
+        // Attempt 1 completes `a`, then the flow fails.
+        let mut conn = db.conn().await;
+        engine::start_attempt(&mut conn, id).await.unwrap();
+        let done = json!("a done");
+        engine::complete_step(&mut conn, id, 1, &step("a", &done))
+            .await
+            .unwrap();
+        engine::fail_run(&mut conn, id, 1, &json!({ "message": "the API was down" }))
+            .await
+            .unwrap();
+        assert_eq!(engine::retry_run(&mut conn, id).await.unwrap(), "pending");
+    }
+    let run = db.supervise(&db.launcher(FLOWS, &log, &[]), id).await;
+
+    assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
+    assert_eq!(run.result, Some(json!(["a done", "b done", "c done"])));
+    assert_eq!(run.attempt, 2);
+    // `a` came back from its checkpoint; only `b` and `c` ran.
+    assert_eq!(log.summary(), ["step:b@2", "step:c@2"]);
+    assert_eq!(outcomes(&db.attempts(id).await), ["failed", "completed"]);
+
+    let refused = engine::retry_run(&mut *db.conn().await, id).await;
+    match refused {
+        Err(EngineError::WrongState(message)) => {
+            assert!(message.contains("only a failed run"), "{message}")
+        }
+        other => panic!("retrying a succeeded run: {other:?}"),
+    }
+}

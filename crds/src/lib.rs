@@ -154,10 +154,16 @@ pub struct FlowRunStatus {
     pub cost_usd: Option<String>,
     pub started_at: Option<Time>,
     pub finished_at: Option<Time>,
+    /// The value of the `cairn.dev/retry` annotation last acted on: setting that annotation to
+    /// a new value retries a failed run from its last checkpoint (`kubectl cairn retry`).
+    pub retried: Option<String>,
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
+
+/// Set this annotation on a failed FlowRun to a new value to retry it from its last checkpoint.
+pub const RETRY_ANNOTATION: &str = "cairn.dev/retry";
 
 /// A reusable flow template.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]

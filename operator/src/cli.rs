@@ -66,20 +66,7 @@ enum Command {
     },
     /// Run the Kubernetes operator against the current kube context (or in-cluster config).
     /// The database is CAIRN_DATABASE_URL.
-    Operator {
-        /// The database URL as flow pods reach it, if not the operator's own.
-        #[arg(long, env = "CAIRN_RUNNER_DATABASE_URL")]
-        runner_database_url: Option<String>,
-        /// Per-namespace Secret the operator keeps the runner's database URL in.
-        #[arg(long, default_value = "cairn-runner-db")]
-        runner_secret: String,
-        /// Service account for flow pods (their Flow may name another).
-        #[arg(long, env = "CAIRN_FLOW_SERVICE_ACCOUNT")]
-        flow_service_account: Option<String>,
-        /// Address of /livez, /readyz and /metrics.
-        #[arg(long, default_value = "0.0.0.0:8080")]
-        listen: std::net::SocketAddr,
-    },
+    Operator(crate::controller::Config),
     /// Wait until a run reaches a phase (or any final phase), like `kubectl wait`.
     Wait {
         run: String,
@@ -142,7 +129,7 @@ enum Output {
 /// Exit codes: 0 success, 1 the run failed or was cancelled, 2 a usage or input error.
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Operator { .. }));
+    init_tracing(matches!(cli.command, Command::Operator(_)));
     match run(cli.command).await {
         Ok(code) => code,
         Err(e) => {
@@ -165,21 +152,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             LocalPostgres::new(LocalPostgres::default_root(), 5432)?.stop()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Operator {
-            runner_database_url,
-            runner_secret,
-            flow_service_account,
-            listen,
-        } => {
+        Command::Operator(config) => {
             let url = std::env::var("CAIRN_DATABASE_URL").map_err(|_| {
                 anyhow!("the operator needs CAIRN_DATABASE_URL (a Postgres flow pods can reach)")
             })?;
-            let config = crate::controller::Config {
-                runner_database_url: runner_database_url.unwrap_or_else(|| url.clone()),
-                runner_secret,
-                flow_service_account,
-                listen,
-            };
             crate::controller::run(&url, config).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -18,6 +18,9 @@ pub enum EngineError {
     RunConflict(String),
     #[error("{0}")]
     NotFound(String),
+    /// The run is not in a state that allows the operation (e.g. retrying a run that did not fail).
+    #[error("{0}")]
+    WrongState(String),
     /// An emitted payload does not satisfy the schema of a wait for that event.
     #[error("{0}")]
     InvalidPayload(String),
@@ -41,6 +44,7 @@ impl EngineError {
             Some("CN002") => EngineError::EventConflict(message),
             Some("CN003") => EngineError::RunConflict(message),
             Some("CN004") => EngineError::NotFound(message),
+            Some("CN005") => EngineError::WrongState(message),
             _ => EngineError::Database(err),
         }
     }
@@ -512,6 +516,31 @@ pub async fn wake_due(conn: &mut PgConnection) -> Result<i32> {
 /// Milliseconds until the next timer, by the database clock.
 pub async fn next_wake_ms(conn: &mut PgConnection) -> Result<Option<i64>> {
     sqlx::query_scalar!("SELECT cairn.next_wake_ms()")
+        .fetch_one(conn)
+        .await
+        .engine()
+}
+
+/// Fails the run if it has outlived `deadline_seconds` (by the database clock), fencing off a
+/// running attempt; returns its state afterwards.
+pub async fn expire_run(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    deadline_seconds: i64,
+) -> Result<String> {
+    sqlx::query_scalar!(
+        r#"SELECT cairn.expire_run($1, $2) AS "state!""#,
+        run_id,
+        deadline_seconds
+    )
+    .fetch_one(conn)
+    .await
+    .engine()
+}
+
+/// Makes a failed run runnable again from its last checkpoint, with a fresh crash budget.
+pub async fn retry_run(conn: &mut PgConnection, run_id: Uuid) -> Result<String> {
+    sqlx::query_scalar!(r#"SELECT cairn.retry_run($1) AS "state!""#, run_id)
         .fetch_one(conn)
         .await
         .engine()

@@ -10,12 +10,16 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 IMAGE=localhost/cairn-agent:dev
 NS="e2e-$(date +%s)"
 passed=0 failed=0
-operator_pid=""
+operator_pid="" standby_pid=""
+# Cluster-scoped, so named for this run (the Helm chart installs its own `small`).
+PROFILE="small-$NS"
 
 finish() {
     local rc=$?
     [[ -n "$operator_pid" ]] && kill "$operator_pid" 2>/dev/null || true
+    [[ -n "$standby_pid" ]] && kill "$standby_pid" 2>/dev/null || true
     kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
+    kubectl delete resourceprofile "$PROFILE" --wait=false >/dev/null 2>&1 || true
     (( rc == 0 && failed == 0 )) || { echo "--- operator log (last 40 lines) ---" >&2; tail -n 40 "$LOG_DIR/operator.log" >&2 || true; }
     echo "$passed passed, $failed failed"
     (( failed == 0 && rc == 0 )) || exit 1
@@ -42,13 +46,35 @@ kubectl apply -f "$REPO_ROOT/crds/generated/crds.yaml" >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
 kubectl create namespace "$NS" >/dev/null
 
+# start_operator LISTEN LOG: an operator for this test's namespace only (other tests may run
+# operators of their own), electing its leader through this test's own Lease.
+start_operator() {
+    CAIRN_DATABASE_URL="$CAIRN_CLUSTER_PG_URL" "$REPO_ROOT/target/release/cairn" operator --listen "$1" \
+        --watch-namespaces "$NS" --lease-namespace "$NS" --lease-name cairn-e2e >>"$2" 2>&1 &
+}
+# wait_log FILE TEXT SECONDS: until the operator's log says TEXT.
+wait_log() {
+    local deadline=$((SECONDS + $3))
+    until grep -qF "$2" "$1"; do (( SECONDS < deadline )) || return 1; sleep 0.5; done
+}
+# wait_pod_log POD TEXT SECONDS: until a flow pod's log says TEXT.
+wait_pod_log() {
+    local deadline=$((SECONDS + $3))
+    kubectl -n "$NS" wait "pod/$1" --for=create --timeout="$3s" >/dev/null 2>&1 || return 1
+    until kubectl -n "$NS" logs "$1" 2>/dev/null | grep -qF "$2"; do (( SECONDS < deadline )) || return 1; sleep 0.5; done
+}
+# ledger POD...: the example's ledger lines from these pods' logs.
+ledger_of() { for pod in "$@"; do kubectl -n "$NS" logs "$pod" 2>/dev/null; done | grep $'^ledger\t' || true; }
+
 log "starting the operator (log: $LOG_DIR/operator.log)"
 ENDPOINTS=127.0.0.1:18080
-CAIRN_DATABASE_URL="$CAIRN_CLUSTER_PG_URL" "$REPO_ROOT/target/release/cairn" operator --listen "$ENDPOINTS" >"$LOG_DIR/operator.log" 2>&1 &
+: >"$LOG_DIR/operator.log"
+start_operator "$ENDPOINTS" "$LOG_DIR/operator.log"
 operator_pid=$!
 
 # --- the example: runs, waits with no pod running, is approved, succeeds -----------------------
-kubectl apply -n "$NS" -f "$REPO_ROOT/examples/agent/k8s/flow.yaml" >/dev/null
+sed "s/name: small/name: $PROFILE/" "$REPO_ROOT/examples/agent/k8s/profile.yaml" | kubectl apply -f - >/dev/null
+sed "s/profile: small/profile: $PROFILE/" "$REPO_ROOT/examples/agent/k8s/flow.yaml" | kubectl apply -n "$NS" -f - >/dev/null
 kubectl apply -n "$NS" -f "$REPO_ROOT/examples/agent/k8s/flowrun.yaml" >/dev/null
 name="example FlowRun waits for approval with no pod running"
 if wait_jsonpath fr/research-demo '{.status.waitingFor.event}' approve-research-demo 180s; then
@@ -62,10 +88,9 @@ else
     fail "$name" "status: $(kubectl -n "$NS" get fr research-demo -o jsonpath='{.status}')"
 fi
 
-name="ResourceProfile requests reach the flow pod"
-requests=$(kubectl -n "$NS" get pods -l "cairn.dev/run=$(kubectl -n "$NS" get fr research-demo -o jsonpath='{.status.runId}')" \
-    -o jsonpath='{.items[0].spec.containers[0].resources.requests.cpu}')
-if [[ "$requests" == 50m ]]; then pass "$name"; else fail "$name" "cpu request '$requests'"; fi
+name="the ResourceProfile's requests, node selector and tolerations reach the flow pod"
+placed=$(kubectl -n "$NS" get pod research-demo-a1 -o jsonpath='{.spec.containers[0].resources.requests.cpu} {.spec.nodeSelector.kubernetes\.io/os} {.spec.tolerations[?(@.key=="cairn.dev/flows")].effect}')
+if [[ "$placed" == "50m linux NoSchedule" ]]; then pass "$name"; else fail "$name" "cpu request, node selector, toleration: '$placed'"; fi
 
 # While it waits, the tag moves to a different image: the run must stay on the digest it began with.
 first_image=$(kubectl -n "$NS" get pod research-demo-a1 -o jsonpath='{.status.containerStatuses[0].imageID}')
@@ -221,7 +246,106 @@ else
     fail "$name" "status: $(kubectl -n "$NS" get fr wrong-input -o jsonpath='{.status}')"
 fi
 
-# --- restarting the operator mid-run loses nothing and duplicates nothing ----------------------
+# --- a flow pod killed mid-call, a running run cancelled, a deadline, a retry -----------------
+# `slow` makes every LLM call take 4 s, so the test can act while a call is in flight.
+kubectl apply -n "$NS" -f - >/dev/null <<EOF
+apiVersion: cairn.dev/v1alpha1
+kind: Flow
+metadata: { name: slow }
+spec:
+  image: $IMAGE
+  flow: research
+  retry: { maxAttempts: 3, backoffSeconds: 1 }
+  env:
+    - { name: CAIRN_EXAMPLE_LLM_MS, value: "4000" }
+    - { name: CAIRN_EXAMPLE_LEDGER, value: "-" }
+---
+apiVersion: cairn.dev/v1alpha1
+kind: FlowRun
+metadata: { name: killed }
+spec: { flowRef: slow, input: { topic: pods that vanish, breadth: 1 } }
+---
+apiVersion: cairn.dev/v1alpha1
+kind: FlowEvent
+metadata: { name: approve-killed }
+spec: { event: approve-killed, payload: true }
+---
+apiVersion: cairn.dev/v1alpha1
+kind: FlowRun
+metadata: { name: cancel-running }
+spec: { flowRef: slow, input: { topic: second thoughts, breadth: 1 } }
+---
+apiVersion: cairn.dev/v1alpha1
+kind: FlowRun
+metadata: { name: too-late }
+spec: { flowRef: research, input: { topic: deadlines, breadth: 1 }, deadlineSeconds: 20 }
+EOF
+
+name="cancelling a running run stops it at the next step boundary"
+# Attempt 1 is inside its first call (plan) when the cancel arrives: the call finishes and is
+# kept, and nothing after it runs.
+if wait_pod_log cancel-running-a1 $'calling\tcancel-running\tplan' 90 &&
+    kubectl -n "$NS" patch fr cancel-running --type merge -p '{"spec":{"cancel":true}}' >/dev/null &&
+    wait_jsonpath fr/cancel-running '{.status.phase}' Cancelled 60s; then
+    kubectl -n "$NS" wait pod/cancel-running-a1 --for=jsonpath='{.status.phase}'=Succeeded --timeout=60s >/dev/null || true
+    ledger=$(ledger_of cancel-running-a1)
+    children=$(kubectl -n "$NS" get fr -l cairn.dev/parent=cancel-running -o name | wc -l)
+    pods=$(kubectl -n "$NS" get pods -o name | grep -c '/cancel-running-' || true)
+    if grep -q $'^ledger\tpaid\tcancel-running\tplan' <<<"$ledger" && ! grep -q 'draft' <<<"$ledger" && [[ "$children" == 0 && "$pods" == 1 ]]; then
+        pass "$name"
+    else
+        fail "$name" "$children children, $pods pods; ledger: $(tr '\n\t' '| ' <<<"$ledger")"
+    fi
+else
+    fail "$name" "status: $(kubectl -n "$NS" get fr cancel-running -o jsonpath='{.status}')"
+fi
+
+name="a flow pod deleted in the middle of a call is relaunched; completed steps do not run again"
+# Attempt 1 plans and parks on its child; attempt 2 replays the plan and is drafting when its
+# pod is deleted; attempt 3 replays the plan, drafts, is already approved, and finishes.
+if wait_pod_log killed-a2 $'calling\tkilled\tdraft' 120 &&
+    kubectl -n "$NS" delete pod killed-a2 --wait=false >/dev/null &&
+    wait_jsonpath fr/killed '{.status.phase}' Succeeded 180s; then
+    kubectl -n "$NS" wait pod/killed-a3 --for=jsonpath='{.status.phase}'=Succeeded --timeout=60s >/dev/null || true
+    ledger=$(ledger_of killed-a1 killed-a3)
+    plan_paid=$(grep -c $'^ledger\tpaid\tkilled\tplan' <<<"$ledger" || true)
+    plan_replayed=$(grep -c $'^ledger\treplayed\tkilled\tplan' <<<"$ledger" || true)
+    draft_paid=$(grep -c $'^ledger\tpaid\tkilled\tdraft' <<<"$ledger" || true)
+    attempt=$(kubectl -n "$NS" get fr killed -o jsonpath='{.status.attempt}')
+    if [[ "$plan_paid" == 1 && "$plan_replayed" == 1 && "$draft_paid" == 1 && "$attempt" == 3 ]]; then
+        pass "$name"
+    else
+        fail "$name" "attempt $attempt; plan paid $plan_paid, replayed $plan_replayed; draft paid $draft_paid; ledger: $(tr '\n\t' '| ' <<<"$ledger")"
+    fi
+else
+    fail "$name" "status: $(kubectl -n "$NS" get fr killed -o jsonpath='{.status}')"
+fi
+
+name="a run past spec.deadlineSeconds fails saying so, and its pods carry the deadline"
+if wait_jsonpath fr/too-late '{.status.phase}' Failed 90s; then
+    error=$(kubectl -n "$NS" get fr too-late -o jsonpath='{.status.error}')
+    active=$(kubectl -n "$NS" get pod too-late-a1 -o jsonpath='{.spec.activeDeadlineSeconds}')
+    children=$(kubectl -n "$NS" get fr -l cairn.dev/parent=too-late -o jsonpath='{.items[*].status.phase}')
+    if [[ "$error" == *"deadline exceeded"* && "$active" -ge 1 && "$active" -le 20 && "$children" != *Running* ]]; then
+        pass "$name"
+    else
+        fail "$name" "error '$error', activeDeadlineSeconds '$active', children '$children'"
+    fi
+else
+    fail "$name" "status: $(kubectl -n "$NS" get fr too-late -o jsonpath='{.status}')"
+fi
+
+name="the cairn.dev/retry annotation retries a failed run once per value"
+kubectl -n "$NS" annotate fr wrong-input cairn.dev/retry=first >/dev/null
+if wait_jsonpath fr/wrong-input '{.status.retried}' first 60s &&
+    wait_jsonpath fr/wrong-input '{.status.attempt}' 2 60s &&
+    wait_jsonpath fr/wrong-input '{.status.phase}' Failed 60s; then
+    pass "$name"
+else
+    fail "$name" "status: $(kubectl -n "$NS" get fr wrong-input -o jsonpath='{.status}')"
+fi
+
+# --- two operators: one acts, the other stands by and takes over; nothing lost or doubled ---------
 kubectl apply -n "$NS" -f - >/dev/null <<EOF
 apiVersion: cairn.dev/v1alpha1
 kind: FlowRun
@@ -229,18 +353,30 @@ metadata: { name: restarted }
 spec: { flowRef: research, input: { topic: operator restarts, breadth: 2 } }
 EOF
 kubectl -n "$NS" wait pod/restarted-a1 --for=create --timeout=60s >/dev/null 2>&1 || true
+STANDBY=127.0.0.1:18081
+: >"$LOG_DIR/operator-standby.log"
+start_operator "$STANDBY" "$LOG_DIR/operator-standby.log"
+standby_pid=$!
+name="a second operator stands by while the Lease is held"
+if wait_log "$LOG_DIR/operator-standby.log" "waiting to hold the Lease" 30 && sleep 3 &&
+    ! grep -q "holding the Lease" "$LOG_DIR/operator-standby.log" &&
+    [[ "$(curl -fsS "http://$STANDBY/readyz" || true)" == ok ]]; then
+    pass "$name"
+else
+    fail "$name" "standby log: $(tail -n 5 "$LOG_DIR/operator-standby.log")"
+fi
 kill "$operator_pid"
 wait "$operator_pid" 2>/dev/null || true
-CAIRN_DATABASE_URL="$CAIRN_CLUSTER_PG_URL" "$REPO_ROOT/target/release/cairn" operator --listen "$ENDPOINTS" >>"$LOG_DIR/operator.log" 2>&1 &
-operator_pid=$!
-name="after an operator restart the run carries on with one pod per attempt"
-if wait_jsonpath fr/restarted '{.status.waitingFor.event}' approve-restarted 180s; then
+operator_pid=$standby_pid standby_pid="" ENDPOINTS=$STANDBY
+name="when the leader stops, the standby takes over and the run carries on with one pod per attempt"
+if wait_log "$LOG_DIR/operator-standby.log" "holding the Lease" 60 &&
+    wait_jsonpath fr/restarted '{.status.waitingFor.event}' approve-restarted 180s; then
     attempt=$(kubectl -n "$NS" get fr restarted -o jsonpath='{.status.attempt}')
     run_id=$(kubectl -n "$NS" get fr restarted -o jsonpath='{.status.runId}')
     pods=$(kubectl -n "$NS" get pods -l "cairn.dev/run=$run_id" -o name | wc -l)
     if [[ "$pods" == "$attempt" ]]; then pass "$name"; else fail "$name" "$pods pods for $attempt attempts"; fi
 else
-    fail "$name" "status: $(kubectl -n "$NS" get fr restarted -o jsonpath='{.status}')"
+    fail "$name" "status: $(kubectl -n "$NS" get fr restarted -o jsonpath='{.status}'); standby log: $(tail -n 5 "$LOG_DIR/operator-standby.log")"
 fi
 
 # --- health and metrics ---------------------------------------------------------------------

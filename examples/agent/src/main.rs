@@ -8,6 +8,9 @@
 //!   (`-` writes the lines to stderr, prefixed `ledger`, for pods).
 //! - `CAIRN_EXAMPLE_CRASH_AT=<step>`: the first attempt to execute that step aborts inside it,
 //!   mid-call (before the call's result exists).
+//! - `CAIRN_EXAMPLE_LLM_MS=<ms>`: how long a fake LLM call takes (default 100; real ones take
+//!   seconds, which is when killing a pod mid-call matters). The ledger notes `calling` as a
+//!   call starts.
 
 use std::io::Write;
 use std::time::Duration;
@@ -137,6 +140,7 @@ async fn llm_step(ctx: &Ctx, name: &str, prompt: String) -> anyhow::Result<Strin
             Ok(text)
         }
         StepStart::Run(pending) => {
+            ledger(ctx, "calling", name, 0.0);
             crash_if_asked(ctx, name);
             let (text, usage) = fake_llm(&prompt).await;
             ledger(ctx, "paid", name, usage.usd);
@@ -146,10 +150,14 @@ async fn llm_step(ctx: &Ctx, name: &str, prompt: String) -> anyhow::Result<Strin
     }
 }
 
-/// A deterministic stand-in for a model: ~100 ms, tokens counted from the text, priced like a
+/// A deterministic stand-in for a model: ~100 ms (`CAIRN_EXAMPLE_LLM_MS`), tokens counted from the text, priced like a
 /// mid-size model ($3 / $15 per million tokens in / out).
 async fn fake_llm(prompt: &str) -> (String, Usage) {
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let latency = std::env::var("CAIRN_EXAMPLE_LLM_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(100);
+    tokio::time::sleep(Duration::from_millis(latency)).await;
     let words: Vec<&str> = prompt.split_whitespace().collect();
     let text = if prompt.starts_with("List") {
         let topic = words.iter().skip(4).copied().collect::<Vec<_>>().join(" ");

@@ -12,17 +12,22 @@ use crate::store::{self, RunRecord};
 
 pub const LABEL_PARENT: &str = "cairn.dev/parent";
 
+/// Creates the FlowRuns of the children the run spawned. They run the parent's pinned digest,
+/// so nothing is created before it is known: returns false when that deferred the children.
 pub async fn ensure_child_flowruns(
     ctx: &Context,
     parent: &FlowRun,
     record: &RunRecord,
-    image: &str,
+    image: Option<&str>,
     env: &[EnvVar],
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let children = store::children(&ctx.pool, record.id).await?;
     if children.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
+    let Some(image) = image else {
+        return Ok(false);
+    };
     let namespace = parent.namespace().unwrap_or_default();
     let api: Api<FlowRun> = Api::namespaced(ctx.client.clone(), &namespace);
     let known = parent
@@ -61,5 +66,5 @@ pub async fn ensure_child_flowruns(
         )
         .await?;
     }
-    Ok(())
+    Ok(true)
 }

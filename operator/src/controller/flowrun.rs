@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use cairn::engine::{self, EngineError, NewRun};
 use cairn_crds::{
-    Flow, FlowRun, FlowRunSpec, FlowRunStatus, ResourceProfile, ResourceProfileSpec, WaitingFor,
+    Flow, FlowRun, FlowRunSpec, FlowRunStatus, RETRY_ANNOTATION, ResourceProfile,
+    ResourceProfileSpec, WaitingFor,
 };
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -15,6 +16,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
+use tracing::Instrument;
 
 use super::pod::{self, FlowPod, LABEL_RUN};
 use super::{Context, Error, FIELD_MANAGER};
@@ -111,6 +113,13 @@ pub fn resolve(
 
 pub async fn reconcile(run: Arc<FlowRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = run.namespace().unwrap_or_default();
+    // Every log line of this reconcile carries the run, its namespace and (once read) attempt.
+    let span = tracing::info_span!(
+        "flowrun",
+        namespace = %namespace,
+        run = %run.name_any(),
+        attempt = tracing::field::Empty
+    );
     let api: Api<FlowRun> = Api::namespaced(ctx.client.clone(), &namespace);
     finalizer(&api, FINALIZER, run, |event| async {
         match event {
@@ -118,6 +127,7 @@ pub async fn reconcile(run: Arc<FlowRun>, ctx: Arc<Context>) -> Result<Action, E
             Finalizer::Cleanup(run) => cleanup(&run, &ctx).await,
         }
     })
+    .instrument(span)
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
@@ -160,9 +170,7 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
         }
     };
 
-    // The engine's run, created once by (namespace, name). Timers that came due (this
-    // reconcile may be the requeue at a wake time) make their runs runnable first.
-    engine::wake_due(&mut *ctx.pool.acquire().await?).await?;
+    // The engine's run, created once by (namespace, name).
     let input = run.spec.input.clone().unwrap_or(serde_json::Value::Null);
     let request = NewRun {
         namespace: &namespace,
@@ -192,8 +200,30 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
         Err(e) => return Err(e.into()),
     }
     let record = store::find(&ctx.pool, &namespace, &name).await?;
+    tracing::Span::current().record("attempt", record.attempt);
     if run.spec.cancel && !record.phase.is_terminal() {
         engine::cancel_run(&mut *ctx.pool.acquire().await?, record.id).await?;
+    }
+    let retried = retry_if_asked(ctx, run, &record).await?;
+    let deadline = run
+        .spec
+        .deadline_seconds
+        .map(|seconds| record.created_at + chrono::Duration::seconds(seconds));
+    if let (Some(at), Some(seconds)) = (deadline, run.spec.deadline_seconds)
+        && at <= chrono::Utc::now()
+        && !record.phase.is_terminal()
+    {
+        // The database clock has the last word; a running attempt is fenced off, and the
+        // kubelet stops its pod (activeDeadlineSeconds).
+        let state = engine::expire_run(&mut *ctx.pool.acquire().await?, record.id, seconds).await?;
+        if state == "failed" {
+            ctx.warn(
+                run,
+                "DeadlineExceeded",
+                &format!("the run did not finish within {seconds} seconds"),
+            )
+            .await;
+        }
     }
 
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
@@ -208,15 +238,22 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
         .and_then(|s| s.image_digest.clone())
         .or_else(|| pods.iter().find_map(pod::pinned_image));
 
-    let image = pinned.as_deref().unwrap_or(&resolved.image);
-    super::children::ensure_child_flowruns(ctx, run, &record, image, &resolved.env).await?;
+    // Children run the parent's pinned digest; until the kubelet reports it, they wait.
+    let children_deferred = !super::children::ensure_child_flowruns(
+        ctx,
+        run,
+        &record,
+        pinned.as_deref(),
+        &resolved.env,
+    )
+    .await?;
 
     let record = store::find(&ctx.pool, &namespace, &name).await?;
     match decide(&record.view(), &pod::process_of(&pods, record.attempt)) {
         Next::Idle | Next::Finished(_) => {}
         Next::Launch => {
             // Only launching needs the Secret pods read the database URL from.
-            ctx.ensure_runner_secret(&namespace).await?;
+            ctx.prepare_namespace(&namespace).await?;
             let mut conn = ctx.pool.acquire().await?;
             if let Some(attempt) = engine::start_attempt(&mut conn, record.id).await? {
                 let run_id = record.id.to_string();
@@ -233,6 +270,7 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
                         .as_deref()
                         .or(ctx.config.flow_service_account.as_deref()),
                     db_secret: &ctx.config.runner_secret,
+                    deadline_in: deadline.map(|at| (at - chrono::Utc::now()).num_seconds()),
                 });
                 match pods_api.create(&PostParams::default(), &pod).await {
                     Ok(_) => {
@@ -295,31 +333,70 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
 
     // Status from what the engine now says.
     let record = store::find(&ctx.pool, &namespace, &name).await?;
-    let status = build_status(run, &record, &pods, pinned);
+    let status = build_status(run, &record, &pods, pinned, retried);
     patch_status(ctx, run, &status).await?;
 
-    if record.phase.is_terminal() {
-        if let (Some(ttl), Some(finished)) =
-            (run.spec.ttl_seconds_after_finished, record.finished_at)
-        {
-            let expires = finished + chrono::Duration::seconds(ttl as i64);
-            let left = expires - chrono::Utc::now();
-            if left <= chrono::Duration::zero() {
-                Api::<FlowRun>::namespaced(client.clone(), &namespace)
-                    .delete(&name, &Default::default())
-                    .await?;
-                return Ok(Action::await_change());
+    // Look again at the next thing due here (timers are the engine's: see `wake_timers`).
+    let now = chrono::Utc::now();
+    let next = if record.phase.is_terminal() {
+        match (run.spec.ttl_seconds_after_finished, record.finished_at) {
+            (Some(ttl), Some(finished)) => {
+                let expires = finished + chrono::Duration::seconds(ttl as i64);
+                if expires <= now {
+                    Api::<FlowRun>::namespaced(client.clone(), &namespace)
+                        .delete(&name, &Default::default())
+                        .await?;
+                    return Ok(Action::await_change());
+                }
+                Some(expires)
             }
-            return Ok(Action::requeue(left.to_std().unwrap_or_default()));
+            _ => None,
         }
-        return Ok(Action::await_change());
-    }
-    // Timers wake runs through the engine (wake_due), which then notifies; the requeue at the
-    // wake time is what calls wake_due.
-    Ok(match record.wake_at {
-        Some(at) => Action::requeue((at - chrono::Utc::now()).to_std().unwrap_or_default()),
+    } else {
+        deadline
+    };
+    let soon = children_deferred.then(|| now + chrono::Duration::seconds(1));
+    Ok(match next.into_iter().chain(soon).min() {
+        Some(at) => Action::requeue((at - now).to_std().unwrap_or_default()),
         None => Action::await_change(),
     })
+}
+
+/// Acts on the retry annotation once per value: a failed run is made runnable again from its
+/// last checkpoint; a value set on a run that has not failed is noted and ignored. Returns the
+/// value acted on last, for the status.
+async fn retry_if_asked(
+    ctx: &Context,
+    run: &FlowRun,
+    record: &RunRecord,
+) -> Result<Option<String>, Error> {
+    let done = run.status.as_ref().and_then(|s| s.retried.clone());
+    let Some(asked) = run.annotations().get(RETRY_ANNOTATION) else {
+        return Ok(done);
+    };
+    if done.as_ref() == Some(asked) {
+        return Ok(done);
+    }
+    if record.phase == Phase::Failed {
+        engine::retry_run(&mut *ctx.pool.acquire().await?, record.id).await?;
+        ctx.event(
+            run,
+            "Retried",
+            "retrying the failed run from its last checkpoint",
+        )
+        .await;
+    } else {
+        ctx.warn(
+            run,
+            "RetryIgnored",
+            &format!(
+                "only a failed run can be retried; this one is {}",
+                record.phase
+            ),
+        )
+        .await;
+    }
+    Ok(Some(asked.clone()))
 }
 
 /// On deletion: cancel the run (clearing its waits and timers) and delete its rows.
@@ -353,6 +430,7 @@ pub fn build_status(
     record: &RunRecord,
     pods: &[Pod],
     pinned: Option<String>,
+    retried: Option<String>,
 ) -> FlowRunStatus {
     let waiting_for = record.waiting_for.as_ref().map(|w| WaitingFor {
         event: w.get("event").and_then(|v| v.as_str()).map(str::to_owned),
@@ -419,6 +497,7 @@ pub fn build_status(
         cost_usd: Some(format!("{:.6}", record.usd)),
         started_at: Some(to_time(record.created_at)),
         finished_at: record.finished_at.map(to_time),
+        retried,
         observed_generation: run.meta().generation,
         conditions: vec![condition(run, "Ready", ready, reason, &message)],
     }

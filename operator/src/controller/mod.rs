@@ -3,50 +3,86 @@
 //! the engine's NOTIFY messages — never polls — and decides with the same `lifecycle` module
 //! as `cairn dev`.
 
+pub mod api;
 mod children;
 mod flowevent;
 pub mod flowrun;
 pub mod pod;
 mod telemetry;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn::engine::EngineError;
+use cairn::engine::{self, EngineError};
 use cairn_crds::{FlowEvent, FlowRun};
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use futures::channel::mpsc::UnboundedSender;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
+use kube_lease_manager::LeaseManagerBuilder;
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
 
 pub const FIELD_MANAGER: &str = "cairn-operator";
 
-/// How the operator runs flows.
-#[derive(Debug, Clone)]
+/// How the operator runs flows (the `cairn operator` flags; each can also be set by environment,
+/// which is how the Helm chart configures it).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// The database URL flow pods use (as they reach the database, which may differ from the
-    /// operator's own address). Handed to pods through a Secret, never inline.
-    pub runner_database_url: String,
-    /// Name of the per-namespace Secret holding it.
+    /// The database URL as flow pods reach it, if not the operator's own. Handed to pods
+    /// through a Secret, never inline.
+    #[arg(long, env = "CAIRN_RUNNER_DATABASE_URL", hide_env_values = true)]
+    pub runner_database_url: Option<String>,
+    /// Name of the per-namespace Secret the operator keeps the runner's database URL in.
+    #[arg(long, env = "CAIRN_RUNNER_SECRET", default_value = "cairn-runner-db")]
     pub runner_secret: String,
-    /// Service account for flow pods whose Flow names none.
+    /// Service account for flow pods whose Flow names none. The operator creates it (without
+    /// an API token) in each namespace it launches pods in.
+    #[arg(long, env = "CAIRN_FLOW_SERVICE_ACCOUNT")]
     pub flow_service_account: Option<String>,
-    /// Where `/livez`, `/readyz` and `/metrics` are served.
+    /// Namespaces whose FlowRuns and FlowEvents this operator manages, comma-separated
+    /// (default: all namespaces).
+    #[arg(long, env = "CAIRN_WATCH_NAMESPACES", value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
+    /// Namespace of the Lease that elects the one active replica (in a pod: its own namespace).
+    #[arg(long, env = "CAIRN_LEASE_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of that Lease; operators sharing it never act at the same time.
+    #[arg(long, env = "CAIRN_LEASE_NAME", default_value = "cairn-operator")]
+    pub lease_name: String,
+    /// Address of /livez, /readyz, /metrics and the read API.
+    #[arg(long, env = "CAIRN_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: std::net::SocketAddr,
+}
+
+impl Config {
+    /// The namespaces to watch; `None` means all.
+    fn namespaces(&self) -> Option<Vec<String>> {
+        let named: Vec<String> = self
+            .watch_namespaces
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        (!named.is_empty()).then_some(named)
+    }
 }
 
 pub struct Context {
     pub client: Client,
     pub pool: PgPool,
     pub config: Config,
+    /// `config.runner_database_url`, defaulted to the operator's own.
+    runner_database_url: String,
     pub metrics: telemetry::Metrics,
     recorder: Recorder,
 }
@@ -93,26 +129,37 @@ impl Context {
         self.publish(object, EventType::Warning, reason, note).await;
     }
 
-    /// The Secret flow pods of this namespace read their database URL from.
-    async fn ensure_runner_secret(&self, namespace: &str) -> Result<(), Error> {
+    /// What flow pods of a namespace need before one launches: the Secret they read their
+    /// database URL from and, when configured, their service account (with no API token).
+    async fn prepare_namespace(&self, namespace: &str) -> Result<(), Error> {
+        let apply = PatchParams::apply(FIELD_MANAGER).force();
+        let labels = json!({ pod::LABEL_MANAGED: "cairn" });
         let secret = json!({
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": { "name": self.config.runner_secret, "labels": { pod::LABEL_MANAGED: "cairn" } },
-            "stringData": { pod::DB_SECRET_KEY: self.config.runner_database_url },
+            "metadata": { "name": self.config.runner_secret, "labels": labels },
+            "stringData": { pod::DB_SECRET_KEY: self.runner_database_url },
         });
         Api::<Secret>::namespaced(self.client.clone(), namespace)
-            .patch(
-                &self.config.runner_secret,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&secret),
-            )
+            .patch(&self.config.runner_secret, &apply, &Patch::Apply(&secret))
             .await?;
+        if let Some(account) = &self.config.flow_service_account {
+            let service_account = json!({
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": { "name": account, "labels": labels },
+                "automountServiceAccountToken": false,
+            });
+            Api::<ServiceAccount>::namespaced(self.client.clone(), namespace)
+                .patch(account, &apply, &Patch::Apply(&service_account))
+                .await?;
+        }
         Ok(())
     }
 }
 
-/// Runs the operator until SIGINT/SIGTERM.
+/// Runs the operator until SIGINT/SIGTERM. Every replica serves `/livez` and `/readyz`; only the
+/// one holding the Lease acts, so two replicas (a rollout, a stray process) never both launch pods.
 pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let pool = crate::store::connect_with_pool_size(database_url, 16).await?;
@@ -123,26 +170,130 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
             instance: std::env::var("HOSTNAME").ok(),
         },
     );
-    let listen = config.listen;
     let ctx = Arc::new(Context {
         client: client.clone(),
-        pool: pool.clone(),
+        pool,
+        runner_database_url: config
+            .runner_database_url
+            .clone()
+            .unwrap_or_else(|| database_url.to_owned()),
         config,
         metrics: telemetry::Metrics::default(),
         recorder,
     });
-    let endpoints = tokio::spawn(telemetry::serve(listen, ctx.clone()));
+    let mut endpoints = tokio::spawn(telemetry::serve(ctx.config.listen, ctx.clone()));
 
-    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
-    tokio::spawn(forward_notifications(pool, wake_tx));
+    let identity = format!(
+        "{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "cairn".into()),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let lease = LeaseManagerBuilder::new(client, &ctx.config.lease_name)
+        .with_namespace(&ctx.config.lease_namespace)
+        .with_identity(&identity)
+        .with_duration(LEASE_SECONDS)
+        .with_grace(LEASE_GRACE_SECONDS)
+        .build()
+        .await?;
+    let (mut leading, lease_task) = lease.watch().await;
+    tracing::info!(
+        %identity,
+        lease = %format!("{}/{}", ctx.config.lease_namespace, ctx.config.lease_name),
+        "waiting to hold the Lease"
+    );
+    let acquired = tokio::select! {
+        held = leading.wait_for(|held| *held) => held.map(|_| true).map_err(|_| anyhow::anyhow!("the Lease manager stopped")),
+        _ = shutdown_signal() => Ok(false),
+        served = &mut endpoints => Err(anyhow::anyhow!("the HTTP endpoints stopped: {:?}", served?.err())),
+    };
+    let outcome = match acquired {
+        Ok(true) => {
+            tracing::info!(%identity, "holding the Lease: acting");
+            tokio::select! {
+                _ = act(ctx.clone()) => Ok(()),
+                _ = leading.wait_for(|held| !*held) => Err(anyhow::anyhow!(
+                    "lost the Lease; exiting so that a restart rejoins as a standby"
+                )),
+                served = &mut endpoints => Err(anyhow::anyhow!("the HTTP endpoints stopped: {:?}", served?.err())),
+            }
+        }
+        other => other.map(|_| ()),
+    };
+    // Closing the channel releases the Lease, so a standby takes over at once.
+    drop(leading);
+    if let Err(e) = lease_task.await {
+        tracing::warn!(error = %e, "could not release the Lease");
+    }
+    outcome
+}
 
+/// How long a held Lease lasts without renewal, and the slack for clock skew.
+const LEASE_SECONDS: u64 = 15;
+const LEASE_GRACE_SECONDS: u64 = 5;
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut interrupt), Ok(mut terminate)) => {
+            tokio::select! {
+                _ = interrupt.recv() => {},
+                _ = terminate.recv() => {},
+            }
+        }
+        _ => futures::future::pending().await,
+    }
+}
+
+/// The leader's work: the controllers (one pair per watched namespace, or one for all), the
+/// engine's notifications routed to them, and the engine's timers. Ends on SIGINT/SIGTERM.
+async fn act(ctx: Arc<Context>) {
+    let scopes: Vec<Option<String>> = match ctx.config.namespaces() {
+        Some(named) => named.into_iter().map(Some).collect(),
+        None => vec![None],
+    };
+    let timers = Arc::new(Notify::new());
+    let mut wakers = HashMap::new();
+    let mut controllers = Vec::new();
+    for scope in scopes {
+        let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
+        wakers.insert(scope.clone(), wake_tx);
+        controllers.push(run_controllers(ctx.clone(), scope, wake_rx).boxed());
+    }
+    tokio::spawn(forward_notifications(
+        ctx.pool.clone(),
+        wakers,
+        timers.clone(),
+    ));
+    tokio::spawn(wake_timers(ctx.pool.clone(), timers));
+    futures::future::join_all(controllers).await;
+}
+
+fn scoped<K>(client: &Client, scope: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match scope {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn run_controllers(
+    ctx: Arc<Context>,
+    scope: Option<String>,
+    wake: futures::channel::mpsc::UnboundedReceiver<ObjectRef<FlowRun>>,
+) {
+    let client = &ctx.client;
     let pods = watcher::Config::default().labels(&format!("{}=cairn", pod::LABEL_MANAGED));
     let flowruns = Controller::new(
-        Api::<FlowRun>::all(client.clone()),
+        scoped::<FlowRun>(client, &scope),
         watcher::Config::default(),
     )
-    .owns(Api::<Pod>::all(client.clone()), pods)
-    .reconcile_on(wake_rx)
+    .owns(scoped::<Pod>(client, &scope), pods)
+    .reconcile_on(wake)
     .shutdown_on_signal()
     .run(flowrun::reconcile, error_policy, ctx.clone())
     .for_each(|outcome| async move {
@@ -150,19 +301,22 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
             tracing::debug!(error = %e, "flowrun reconcile");
         }
     });
-    let flowevents = Controller::new(Api::<FlowEvent>::all(client), watcher::Config::default())
-        .shutdown_on_signal()
-        .run(flowevent::reconcile, error_policy, ctx)
-        .for_each(|outcome| async move {
-            if let Err(e) = outcome {
-                tracing::debug!(error = %e, "flowevent reconcile");
-            }
-        });
-    tracing::info!("cairn operator started");
-    tokio::select! {
-        _ = async { futures::join!(flowruns, flowevents) } => Ok(()),
-        served = endpoints => Err(anyhow::anyhow!("the HTTP endpoints stopped: {:?}", served?.err())),
-    }
+    let flowevents = Controller::new(
+        scoped::<FlowEvent>(client, &scope),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(flowevent::reconcile, error_policy, ctx.clone())
+    .for_each(|outcome| async move {
+        if let Err(e) = outcome {
+            tracing::debug!(error = %e, "flowevent reconcile");
+        }
+    });
+    tracing::info!(
+        namespace = scope.as_deref().unwrap_or("(all)"),
+        "controllers started"
+    );
+    futures::join!(flowruns, flowevents);
 }
 
 fn error_policy<K>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
@@ -174,24 +328,38 @@ where
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Turns the engine's `cairn_runs` notifications into reconciles of the FlowRuns concerned.
+/// Turns the engine's `cairn_runs` notifications into reconciles of the FlowRuns concerned (by
+/// the controller of their namespace), and tells the timer task when a run parks with a timer.
 async fn forward_notifications(
     pool: PgPool,
-    wake: futures::channel::mpsc::UnboundedSender<ObjectRef<FlowRun>>,
+    wakers: HashMap<Option<String>, UnboundedSender<ObjectRef<FlowRun>>>,
+    timers: Arc<Notify>,
 ) {
     #[derive(Deserialize)]
     struct Changed {
         namespace: String,
         name: String,
+        state: String,
     }
     loop {
         let listening = async {
             let mut listener = PgListener::connect_with(&pool).await?;
             listener.listen("cairn_runs").await?;
+            // Anything may have changed while not listening.
+            timers.notify_one();
             loop {
                 let notification = listener.recv().await?;
-                if let Ok(changed) = serde_json::from_str::<Changed>(notification.payload()) {
-                    let _ = wake
+                let Ok(changed) = serde_json::from_str::<Changed>(notification.payload()) else {
+                    continue;
+                };
+                if matches!(changed.state.as_str(), "sleeping" | "retrying" | "waiting") {
+                    timers.notify_one();
+                }
+                let waker = wakers
+                    .get(&Some(changed.namespace.clone()))
+                    .or_else(|| wakers.get(&None));
+                if let Some(waker) = waker {
+                    let _ = waker
                         .unbounded_send(ObjectRef::new(&changed.name).within(&changed.namespace));
                 }
             }
@@ -201,6 +369,33 @@ async fn forward_notifications(
         if let Err(e) = listening.await {
             tracing::warn!(error = %e, "lost the engine's notifications; reconnecting");
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// The engine's timers (sleeps, retry backoffs, wait deadlines): one task sleeps until the
+/// next one is due, by the database clock, and makes due runs runnable; the engine's NOTIFY
+/// then brings their reconciles. New timers cut the sleep short through `poke`.
+async fn wake_timers(pool: PgPool, poke: Arc<Notify>) {
+    loop {
+        let next = async {
+            let mut conn = pool.acquire().await?;
+            engine::wake_due(&mut conn).await?;
+            engine::next_wake_ms(&mut conn).await
+        }
+        .await;
+        let pause = match next {
+            Ok(Some(ms)) => Duration::from_millis(ms.max(0) as u64),
+            // Nothing scheduled: only a poke (or the hourly safety check) wakes this task.
+            Ok(None) => Duration::from_secs(3600),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the engine's timers; retrying");
+                Duration::from_secs(5)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = poke.notified() => {}
         }
     }
 }

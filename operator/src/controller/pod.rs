@@ -32,6 +32,9 @@ pub struct FlowPod<'a> {
     pub service_account: Option<&'a str>,
     /// The Secret (in the run's namespace) holding the runner's database URL.
     pub db_secret: &'a str,
+    /// Seconds left before the run's deadline: the kubelet stops the pod then (keeping it,
+    /// and its logs), while the engine fails the run.
+    pub deadline_in: Option<i64>,
 }
 
 /// Pod names: `<run>-a<attempt>`, kept within the 63 characters a hostname allows.
@@ -83,6 +86,7 @@ pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
         },
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
+            active_deadline_seconds: spec.deadline_in.map(|s| s.max(1)),
             // Flow code gets no Kubernetes API rights: no token, and its own account.
             automount_service_account_token: Some(false),
             service_account_name: spec.service_account.map(str::to_owned),
@@ -248,6 +252,7 @@ mod tests {
             extra_env: &[],
             service_account: Some("cairn-flow"),
             db_secret: "cairn-runner-db",
+            deadline_in: None,
         })
     }
 

@@ -1,5 +1,5 @@
 //! The operator's HTTP endpoints: `/livez` (the process serves), `/readyz` (it can reach the
-//! database), `/metrics` (Prometheus text format).
+//! database), `/metrics` (Prometheus text format), and the read API under `/api/v1` (see `api`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,9 +71,13 @@ pub async fn serve(listen: std::net::SocketAddr, ctx: Arc<Context>) -> anyhow::R
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(ctx);
+        .with_state(ctx.clone())
+        .merge(super::api::router(super::api::ApiState::new(
+            ctx.pool.clone(),
+            &ctx.config.watch_namespaces,
+        )));
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(%listen, "serving /livez, /readyz and /metrics");
+    tracing::info!(%listen, "serving /livez, /readyz, /metrics and the read API (/api/v1)");
     axum::serve(listener, app).await?;
     Ok(())
 }

@@ -1,0 +1,698 @@
+//! The operator's read API: runs with their steps, attempts, costs and current wait, read from
+//! the engine's database. JSON only, no writes (events are FlowEvents, cancellation is the
+//! FlowRun's `spec.cancel`). Users reach it through the API server's service proxy, so their
+//! kubectl credentials and RBAC on `services/proxy` govern it:
+//!
+//! ```text
+//! GET /api/v1/namespaces/<operator-ns>/services/cairn-operator:http/proxy/api/v1/namespaces/{ns}/runs?phase=&flow=
+//! GET /api/v1/namespaces/<operator-ns>/services/cairn-operator:http/proxy/api/v1/namespaces/{ns}/runs/{name}
+//! ```
+//!
+//! Errors are `{"error": "..."}`: 404 for an unknown run or a namespace this operator does not
+//! manage, 400 for a bad filter, 503 when the database is unreachable.
+
+use std::collections::{BTreeSet, HashMap};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::lifecycle::Phase;
+use crate::store::{self, AttemptRecord, RunRecord, StepRecord};
+
+/// What the read API needs: the engine's database and the namespaces it may show.
+#[derive(Clone)]
+pub struct ApiState {
+    pool: PgPool,
+    /// `None`: every namespace.
+    namespaces: Option<BTreeSet<String>>,
+}
+
+impl ApiState {
+    /// `watch_namespaces` as the operator's flag gives it (empty entries ignored; none = all).
+    pub fn new(pool: PgPool, watch_namespaces: &[String]) -> ApiState {
+        let named: BTreeSet<String> = watch_namespaces
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        ApiState {
+            pool,
+            namespaces: (!named.is_empty()).then_some(named),
+        }
+    }
+
+    fn check_namespace(&self, namespace: &str) -> Result<(), ApiError> {
+        match &self.namespaces {
+            Some(managed) if !managed.contains(namespace) => Err(ApiError::not_found(format!(
+                "namespace \"{namespace}\" is not managed by this operator (it manages: {})",
+                managed.iter().cloned().collect::<Vec<_>>().join(", ")
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The read API's routes, under `/api/v1`; anything else under `/api/` is a JSON 404.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/namespaces/{namespace}/runs", get(list_runs))
+        .route("/api/v1/namespaces/{namespace}/runs/{name}", get(get_run))
+        .route("/api/{*rest}", get(no_route))
+        .with_state(state)
+}
+
+/// Serves the read API alone (no controller, no Kubernetes): for tests, and for looking at a
+/// database's runs the way `kubectl cairn inspect --api-url` does.
+pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).await
+}
+
+// ---- the wire format (also what `kubectl cairn` reads) ---------------------------------------
+
+/// `GET .../runs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunList {
+    pub runs: Vec<RunSummary>,
+}
+
+/// One run in a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub id: Uuid,
+    pub namespace: String,
+    pub name: String,
+    pub flow: String,
+    pub phase: Phase,
+    pub attempt: i32,
+    /// Completed steps.
+    pub steps: i64,
+    /// Cost recorded by its steps, in US dollars.
+    pub usd: f64,
+    /// The event it waits for, if it waits for one.
+    pub waiting_for_event: Option<String>,
+    /// What it waits for, in words (`event approve-x`, `2 child run(s)`, `timer ...`).
+    pub waiting: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The parent run's name, for a child run.
+    pub parent: Option<String>,
+    pub parent_id: Option<Uuid>,
+}
+
+/// `GET .../runs/{name}`: what `cairn inspect` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunDetail {
+    pub run: RunInfo,
+    pub steps: Vec<Step>,
+    pub attempts: Vec<Attempt>,
+    pub totals: Totals,
+    pub children: Vec<RunSummary>,
+    /// The current wait (event, children, sleep or crash backoff), if the run is parked.
+    pub wait: Option<Wait>,
+}
+
+/// A run's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub id: Uuid,
+    pub namespace: String,
+    pub name: String,
+    pub flow: String,
+    pub parent_id: Option<Uuid>,
+    pub parent: Option<String>,
+    pub phase: Phase,
+    pub attempt: i32,
+    pub crashes: i32,
+    pub max_attempts: i32,
+    pub cancel_requested: bool,
+    pub wake_at: Option<DateTime<Utc>>,
+    /// The engine's description of the wait (see `wait` for the parsed form).
+    pub waiting_for: Option<Value>,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub steps: i64,
+    pub usd: f64,
+}
+
+impl RunInfo {
+    pub fn error_message(&self) -> Option<&str> {
+        self.error.as_ref()?.get("message")?.as_str()
+    }
+}
+
+/// A checkpointed step, or the wait, sleep or join the run is blocked on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub key: String,
+    pub kind: String,
+    /// `completed` or `waiting`.
+    pub status: String,
+    /// The attempt that completed it.
+    pub attempt: Option<i32>,
+    pub tries: Option<i32>,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: f64,
+    pub usd: Option<f64>,
+    pub tokens_in: Option<i64>,
+    pub tokens_out: Option<i64>,
+    pub model: Option<String>,
+}
+
+/// One launched process (a pod on Kubernetes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// `None` while it runs.
+    pub outcome: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub steps: i64,
+    pub usd: f64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+}
+
+/// What a parked run waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Wait {
+    /// `event`, `children`, `sleep` or `retry` (the backoff after a crash).
+    pub kind: String,
+    pub event: Option<String>,
+    pub question: Option<String>,
+    /// The JSON schema an event's payload must satisfy.
+    pub schema: Option<Value>,
+    /// When an event wait times out.
+    pub deadline: Option<DateTime<Utc>>,
+    /// When a sleep (or a crash backoff) ends.
+    pub until: Option<DateTime<Utc>>,
+    /// Children being joined, and how many of them are unfinished.
+    pub children: Option<i64>,
+    pub unfinished: Option<i64>,
+    /// Why the run is backing off (the crash).
+    pub reason: Option<String>,
+}
+
+impl Wait {
+    /// Parses the engine's `waiting_for`.
+    pub fn from_engine(waiting_for: &Value, wake_at: Option<DateTime<Utc>>) -> Option<Wait> {
+        let text = |key: &str| waiting_for.get(key).and_then(Value::as_str).map(str::to_owned);
+        let time = |key: &str| {
+            waiting_for
+                .get(key)
+                .and_then(Value::as_str)
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc))
+        };
+        let number = |key: &str| waiting_for.get(key).and_then(Value::as_i64);
+        let kind = if waiting_for.get("event").is_some() {
+            "event"
+        } else if waiting_for.get("unfinished").is_some() {
+            "children"
+        } else if waiting_for.get("retry_after").is_some() {
+            "retry"
+        } else if waiting_for.get("until").is_some() || waiting_for.get("sleep").is_some() {
+            "sleep"
+        } else {
+            return None;
+        };
+        Some(Wait {
+            kind: kind.into(),
+            event: text("event"),
+            question: text("question"),
+            schema: waiting_for.get("schema").cloned(),
+            deadline: time("deadline"),
+            until: time("until").or(if kind == "event" { None } else { wake_at }),
+            children: number("children"),
+            unfinished: number("unfinished"),
+            reason: text("retry_after"),
+        })
+    }
+
+    /// In words, for tables: `event approve-x`, `2 of 3 child run(s)`, `timer ...`.
+    pub fn summary(&self) -> String {
+        match self.kind.as_str() {
+            "event" => format!("event {}", self.event.as_deref().unwrap_or("?")),
+            "children" => match (self.unfinished, self.children) {
+                (Some(u), Some(c)) => format!("{u} of {c} child run(s)"),
+                (Some(u), None) => format!("{u} child run(s)"),
+                _ => "child runs".into(),
+            },
+            "sleep" => match self.until {
+                Some(until) => format!("timer {}", until.format("%Y-%m-%d %H:%M:%SZ")),
+                None => "timer".into(),
+            },
+            "retry" => "retry backoff".into(),
+            other => other.into(),
+        }
+    }
+}
+
+impl RunSummary {
+    pub fn from_record(record: &RunRecord, parent: Option<String>) -> RunSummary {
+        let wait = record
+            .waiting_for
+            .as_ref()
+            .and_then(|w| Wait::from_engine(w, record.wake_at));
+        RunSummary {
+            id: record.id,
+            namespace: record.namespace.clone(),
+            name: record.name.clone(),
+            flow: record.flow.clone(),
+            phase: record.phase,
+            attempt: record.attempt,
+            steps: record.steps,
+            usd: record.usd,
+            waiting_for_event: wait.as_ref().and_then(|w| w.event.clone()),
+            waiting: wait.as_ref().map(Wait::summary),
+            created_at: record.created_at,
+            finished_at: record.finished_at,
+            parent,
+            parent_id: record.parent_id,
+        }
+    }
+}
+
+impl RunInfo {
+    fn from_record(record: &RunRecord, parent: Option<String>) -> RunInfo {
+        RunInfo {
+            id: record.id,
+            namespace: record.namespace.clone(),
+            name: record.name.clone(),
+            flow: record.flow.clone(),
+            parent_id: record.parent_id,
+            parent,
+            phase: record.phase,
+            attempt: record.attempt,
+            crashes: record.crashes,
+            max_attempts: record.max_attempts,
+            cancel_requested: record.cancel_requested,
+            wake_at: record.wake_at,
+            waiting_for: record.waiting_for.clone(),
+            result: record.result.clone(),
+            error: record.error.clone(),
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            finished_at: record.finished_at,
+            steps: record.steps,
+            usd: record.usd,
+        }
+    }
+}
+
+impl From<StepRecord> for Step {
+    fn from(s: StepRecord) -> Step {
+        Step {
+            key: s.key,
+            kind: s.kind,
+            status: s.status,
+            attempt: s.attempt,
+            tries: s.tries,
+            started_at: s.started_at,
+            duration_ms: s.duration_ms,
+            usd: s.usd,
+            tokens_in: s.tokens_in,
+            tokens_out: s.tokens_out,
+            model: s.model,
+        }
+    }
+}
+
+impl From<AttemptRecord> for Attempt {
+    fn from(a: AttemptRecord) -> Attempt {
+        Attempt {
+            attempt: a.attempt,
+            started_at: a.started_at,
+            ended_at: a.ended_at,
+            outcome: a.outcome,
+            detail: a.detail,
+        }
+    }
+}
+
+impl From<store::Totals> for Totals {
+    fn from(t: store::Totals) -> Totals {
+        Totals {
+            steps: t.steps,
+            usd: t.usd,
+            tokens_in: t.tokens_in,
+            tokens_out: t.tokens_out,
+        }
+    }
+}
+
+// ---- queries (shared with `cairn dev runs` / `cairn dev inspect`) -----------------------------
+
+/// Runs of a namespace, oldest first, optionally of some phases and of one flow.
+pub async fn list(
+    pool: &PgPool,
+    namespace: &str,
+    phases: &[Phase],
+    flow: Option<&str>,
+) -> anyhow::Result<Vec<RunSummary>> {
+    let records = store::list(pool, Some(namespace)).await?;
+    let names: HashMap<Uuid, String> = records.iter().map(|r| (r.id, r.name.clone())).collect();
+    Ok(records
+        .iter()
+        .filter(|r| phases.is_empty() || phases.contains(&r.phase))
+        .filter(|r| flow.is_none_or(|f| r.flow == f))
+        .map(|r| {
+            let parent = r.parent_id.and_then(|p| names.get(&p).cloned());
+            RunSummary::from_record(r, parent)
+        })
+        .collect())
+}
+
+/// A run of a namespace (by name, or by id) with its steps, attempts, totals, children and wait.
+pub async fn detail(
+    pool: &PgPool,
+    namespace: &str,
+    name_or_id: &str,
+) -> Result<RunDetail, ApiError> {
+    let unknown = || {
+        ApiError::not_found(format!(
+            "run \"{name_or_id}\" not found in namespace \"{namespace}\""
+        ))
+    };
+    let run = match store::find(pool, namespace, name_or_id).await {
+        Ok(run) => run,
+        Err(e) if e.is::<store::NotFound>() => return Err(unknown()),
+        Err(e) => return Err(e.into()),
+    };
+    // `find` also matches an id in any namespace: stay within the one asked for.
+    if run.namespace != namespace {
+        return Err(unknown());
+    }
+    let steps = store::steps(pool, run.id).await?;
+    let attempts = store::attempts(pool, run.id).await?;
+    let totals = store::totals(pool, run.id).await?;
+    // The root of the run's tree, then the tree: children with their phases, and the parent.
+    let mut root = run.clone();
+    let mut parent = None;
+    while let Some(up) = root.parent_id {
+        root = store::find(pool, namespace, &up.to_string()).await?;
+        parent.get_or_insert_with(|| root.name.clone());
+    }
+    let children = if store::children(pool, run.id).await?.is_empty() {
+        vec![]
+    } else {
+        store::tree(pool, root.id)
+            .await?
+            .iter()
+            .filter(|r| r.parent_id == Some(run.id))
+            .map(|r| RunSummary::from_record(r, Some(run.name.clone())))
+            .collect()
+    };
+    let wait = run
+        .waiting_for
+        .as_ref()
+        .and_then(|w| Wait::from_engine(w, run.wake_at));
+    Ok(RunDetail {
+        run: RunInfo::from_record(&run, parent),
+        steps: steps.into_iter().map(Step::from).collect(),
+        attempts: attempts.into_iter().map(Attempt::from).collect(),
+        totals: totals.into(),
+        children,
+        wait,
+    })
+}
+
+// ---- handlers -----------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Comma-separated phases.
+    phase: Option<String>,
+    flow: Option<String>,
+}
+
+/// Parses `phase=waiting,failed` (case-insensitive; empty = any).
+pub fn parse_phases(text: &str) -> Result<Vec<Phase>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::parse::<Phase>)
+        .collect()
+}
+
+async fn list_runs(
+    State(state): State<ApiState>,
+    Path(namespace): Path<String>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<RunList>, ApiError> {
+    let Query(query) = query.map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad filter: {} (the filters are phase=<phase>[,<phase>...] and flow=<name>)",
+            e.body_text()
+        ))
+    })?;
+    let phases = parse_phases(query.phase.as_deref().unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(format!("bad phase filter: {e}")))?;
+    let flow = query.flow.as_deref().filter(|f| !f.is_empty());
+    state.check_namespace(&namespace)?;
+    let runs = list(&state.pool, &namespace, &phases, flow).await?;
+    Ok(Json(RunList { runs }))
+}
+
+async fn get_run(
+    State(state): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<RunDetail>, ApiError> {
+    state.check_namespace(&namespace)?;
+    Ok(Json(detail(&state.pool, &namespace, &name).await?))
+}
+
+async fn no_route(Path(rest): Path<String>) -> ApiError {
+    ApiError::not_found(format!(
+        "no such route: /api/{rest} (routes: /api/v1/namespaces/{{namespace}}/runs[?phase=&flow=], /api/v1/namespaces/{{namespace}}/runs/{{name}})"
+    ))
+}
+
+/// An error answer: `{"error": "..."}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    fn not_found(message: String) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message,
+        }
+    }
+
+    fn bad_request(message: String) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// Database errors: 503 when the database cannot be reached, 500 otherwise.
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> ApiError {
+        let unreachable = e.chain().any(|cause| {
+            matches!(
+                cause.downcast_ref::<sqlx::Error>(),
+                Some(
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::Tls(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::WorkerCrashed
+                )
+            )
+        });
+        if unreachable {
+            tracing::warn!(error = %format!("{e:#}"), "read API: database unreachable");
+            ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!("the database is unreachable: {e:#}"),
+            }
+        } else {
+            tracing::warn!(error = %format!("{e:#}"), "read API: query failed");
+            ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: format!("{e:#}"),
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    /// A pool whose database cannot be reached (nothing listens on port 1).
+    fn unreachable_pool() -> PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(std::time::Duration::from_millis(500))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/nothing")
+            .unwrap()
+    }
+
+    async fn get(state: ApiState, uri: &str) -> (StatusCode, Value) {
+        let response = router(state)
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            content_type.as_deref(),
+            Some("application/json"),
+            "{uri}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn state(namespaces: &[&str]) -> ApiState {
+        let names: Vec<String> = namespaces.iter().map(|n| n.to_string()).collect();
+        ApiState::new(unreachable_pool(), &names)
+    }
+
+    #[tokio::test]
+    async fn runs_of_an_unmanaged_namespace_are_not_found() {
+        for uri in [
+            "/api/v1/namespaces/other/runs",
+            "/api/v1/namespaces/other/runs/some-run",
+        ] {
+            let (status, body) = get(state(&["team-a", " team-b "]), uri).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+            let error = body["error"].as_str().unwrap();
+            assert!(
+                error.contains("\"other\" is not managed") && error.contains("team-a, team-b"),
+                "{error}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_filters_are_refused_with_400() {
+        let (status, body) = get(state(&[]), "/api/v1/namespaces/a/runs?phase=done").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["error"].as_str().unwrap().contains("unknown phase \"done\""),
+            "{body}"
+        );
+        let (status, body) = get(state(&[]), "/api/v1/namespaces/a/runs?state=failed").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["error"].as_str().unwrap().contains("state"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_gives_503() {
+        let (status, body) = get(state(&["a"]), "/api/v1/namespaces/a/runs?phase=Waiting").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("the database is unreachable"),
+            "{body}"
+        );
+        let (status, _) = get(state(&[]), "/api/v1/namespaces/a/runs/r").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_are_json_404s() {
+        let (status, body) = get(state(&[]), "/api/v2/runs").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(
+            body["error"].as_str().unwrap().contains("no such route"),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn phases_parse_comma_separated_and_case_insensitive() {
+        assert_eq!(
+            parse_phases("Waiting, failed,").unwrap(),
+            vec![Phase::Waiting, Phase::Failed]
+        );
+        assert_eq!(parse_phases("").unwrap(), vec![]);
+        assert!(parse_phases("waiting,nope").is_err());
+    }
+
+    #[test]
+    fn engine_waits_are_parsed() {
+        let event = json!({
+            "event": "approve-x",
+            "question": "Publish?",
+            "schema": { "type": "boolean" },
+            "deadline": "2030-01-02T03:04:05.123456+00:00",
+        });
+        let wait = Wait::from_engine(&event, None).unwrap();
+        assert_eq!(wait.kind, "event");
+        assert_eq!(wait.event.as_deref(), Some("approve-x"));
+        assert_eq!(wait.schema, Some(json!({ "type": "boolean" })));
+        assert_eq!(
+            wait.deadline.unwrap().to_rfc3339(),
+            "2030-01-02T03:04:05.123456+00:00"
+        );
+        assert_eq!(wait.summary(), "event approve-x");
+
+        let join = Wait::from_engine(&json!({ "children": 3, "unfinished": 2 }), None).unwrap();
+        assert_eq!(join.summary(), "2 of 3 child run(s)");
+        let sleep = Wait::from_engine(
+            &json!({ "sleep": "nap", "until": "2030-01-02T03:04:05+00:00" }),
+            None,
+        )
+        .unwrap();
+        assert_eq!(sleep.summary(), "timer 2030-01-02 03:04:05Z");
+        let retry = Wait::from_engine(&json!({ "retry_after": "SIGKILL" }), None).unwrap();
+        assert_eq!(
+            (retry.kind.as_str(), retry.reason.as_deref()),
+            ("retry", Some("SIGKILL"))
+        );
+        assert!(Wait::from_engine(&json!({}), None).is_none());
+    }
+}
