@@ -1042,3 +1042,76 @@ async fn retrying_a_failed_run_resumes_from_its_last_checkpoint_and_only_failed_
         other => panic!("retrying a succeeded run: {other:?}"),
     }
 }
+
+// ---- The running budget ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_running_budget_holds_runs_pending_until_a_slot_frees_globally_and_per_namespace() {
+    let db = TestDb::new().await;
+    let mut conn = db.conn().await;
+    let input = json!({});
+    let mut create = async |namespace: &str, name: &str| {
+        let run = engine::NewRun {
+            namespace,
+            name,
+            flow: "steps",
+            input: &input,
+            max_attempts: 3,
+            retry_backoff_ms: 100,
+        };
+        engine::create_run(&mut *db.conn().await, &run)
+            .await
+            .unwrap()
+            .0
+    };
+    let (a1, a2, b1) = (
+        create("a", "a1").await,
+        create("a", "a2").await,
+        create("b", "b1").await,
+    );
+    use engine::Claim;
+
+    // Two slots in all, one per namespace.
+    let claim = async |conn: &mut sqlx::PgConnection, id| {
+        engine::start_attempt_within(conn, id, Some(2), Some(1))
+            .await
+            .unwrap()
+    };
+    assert_eq!(claim(&mut conn, a1).await, Claim::Started(1));
+    match claim(&mut conn, a2).await {
+        Claim::Refused(why) => assert!(
+            why.contains("1 of 1 flow pods are running in namespace \"a\""),
+            "{why}"
+        ),
+        other => panic!("a2 got {other:?}"),
+    }
+    assert_eq!(
+        db.run(a2).await.phase,
+        Phase::Pending,
+        "a refused run stays pending"
+    );
+    assert_eq!(claim(&mut conn, b1).await, Claim::Started(1));
+    // The global cap now binds too.
+    let c1 = create("c", "c1").await;
+    match claim(&mut conn, c1).await {
+        Claim::Refused(why) => assert!(why.contains("2 of 2 flow pods are running"), "{why}"),
+        other => panic!("c1 got {other:?}"),
+    }
+    // a1 parks: its slot frees, and a2 takes it.
+    let done = json!("a done");
+    engine::complete_step(&mut conn, a1, 1, &step("a", &done))
+        .await
+        .unwrap();
+    engine::complete_run(&mut conn, a1, 1, &json!("finished"))
+        .await
+        .unwrap();
+    assert_eq!(claim(&mut conn, a2).await, Claim::Started(1));
+    assert_eq!(claim(&mut conn, a2).await, Claim::NotPending);
+    // No cap at all: everything starts.
+    assert_eq!(
+        engine::start_attempt_within(&mut conn, c1, None, None)
+            .await
+            .unwrap(),
+        Claim::Started(1)
+    );
+}

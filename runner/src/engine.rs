@@ -99,6 +99,41 @@ pub async fn start_attempt(conn: &mut PgConnection, run_id: Uuid) -> Result<Opti
         .engine()
 }
 
+/// The outcome of claiming a run under a running budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The run is now running this attempt: launch its process.
+    Started(i32),
+    /// The run is not pending any more (someone else claimed it, or it ended).
+    NotPending,
+    /// The budget is used up; the run stays pending. Says why, for the run's status.
+    Refused(String),
+}
+
+/// Claims a pending run for a new process, like [`start_attempt`], if fewer than `max_running`
+/// runs are running in all and fewer than `max_in_namespace` in its namespace (`None`: no cap).
+pub async fn start_attempt_within(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    max_running: Option<i32>,
+    max_in_namespace: Option<i32>,
+) -> Result<Claim> {
+    let row = sqlx::query!(
+        "SELECT attempt, refused FROM cairn.start_attempt_within($1, $2, $3)",
+        run_id,
+        max_running,
+        max_in_namespace
+    )
+    .fetch_one(conn)
+    .await
+    .engine()?;
+    Ok(match (row.attempt, row.refused) {
+        (Some(attempt), _) => Claim::Started(attempt),
+        (None, Some(why)) => Claim::Refused(why),
+        (None, None) => Claim::NotPending,
+    })
+}
+
 /// What a process needs to enter its flow.
 #[derive(Debug)]
 pub struct LoadedRun {

@@ -46,11 +46,12 @@ kubectl apply -f "$REPO_ROOT/crds/generated/crds.yaml" >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
 kubectl create namespace "$NS" >/dev/null
 
-# start_operator LISTEN LOG: an operator for this test's namespace only (other tests may run
-# operators of their own), electing its leader through this test's own Lease.
+# start_operator LISTEN LOG [FLAGS...]: an operator for this test's namespace only (other tests
+# may run operators of their own), electing its leader through this test's own Lease.
 start_operator() {
-    CAIRN_DATABASE_URL="$CAIRN_CLUSTER_PG_URL" "$REPO_ROOT/target/release/cairn" operator --listen "$1" \
-        --watch-namespaces "$NS" --lease-namespace "$NS" --lease-name cairn-e2e >>"$2" 2>&1 &
+    local listen=$1 log=$2; shift 2
+    CAIRN_DATABASE_URL="$CAIRN_CLUSTER_PG_URL" "$REPO_ROOT/target/release/cairn" operator --listen "$listen" \
+        --watch-namespaces "$NS" --lease-namespace "$NS" --lease-name cairn-e2e "$@" >>"$log" 2>&1 &
 }
 # wait_log FILE TEXT SECONDS: until the operator's log says TEXT.
 wait_log() {
@@ -355,7 +356,8 @@ EOF
 kubectl -n "$NS" wait pod/restarted-a1 --for=create --timeout=60s >/dev/null 2>&1 || true
 STANDBY=127.0.0.1:18081
 : >"$LOG_DIR/operator-standby.log"
-start_operator "$STANDBY" "$LOG_DIR/operator-standby.log"
+# The standby runs with a small running budget, tried once it leads.
+start_operator "$STANDBY" "$LOG_DIR/operator-standby.log" --max-running-per-namespace 2
 standby_pid=$!
 name="a second operator stands by while the Lease is held"
 if wait_log "$LOG_DIR/operator-standby.log" "waiting to hold the Lease" 30 && sleep 3 &&
@@ -369,8 +371,16 @@ kill "$operator_pid"
 wait "$operator_pid" 2>/dev/null || true
 operator_pid=$standby_pid standby_pid="" ENDPOINTS=$STANDBY
 name="when the leader stops, the standby takes over and the run carries on with one pod per attempt"
+# A run created after the handover is the new leader's from the start.
+kubectl apply -n "$NS" -f - >/dev/null <<EOF
+apiVersion: cairn.dev/v1alpha1
+kind: FlowRun
+metadata: { name: after-handover }
+spec: { flowRef: research, input: { topic: new leaders, breadth: 1 } }
+EOF
 if wait_log "$LOG_DIR/operator-standby.log" "holding the Lease" 60 &&
-    wait_jsonpath fr/restarted '{.status.waitingFor.event}' approve-restarted 180s; then
+    wait_jsonpath fr/restarted '{.status.waitingFor.event}' approve-restarted 180s &&
+    wait_jsonpath fr/after-handover '{.status.waitingFor.event}' approve-after-handover 180s; then
     attempt=$(kubectl -n "$NS" get fr restarted -o jsonpath='{.status.attempt}')
     run_id=$(kubectl -n "$NS" get fr restarted -o jsonpath='{.status.runId}')
     pods=$(kubectl -n "$NS" get pods -l "cairn.dev/run=$run_id" -o name | wc -l)
@@ -379,14 +389,48 @@ else
     fail "$name" "status: $(kubectl -n "$NS" get fr restarted -o jsonpath='{.status}'); standby log: $(tail -n 5 "$LOG_DIR/operator-standby.log")"
 fi
 
+# --- the running budget: at most 2 flow pods of this namespace at once (the standby's flag) -------
+for i in 1 2 3 4 5; do
+    cat <<EOF
+---
+apiVersion: cairn.dev/v1alpha1
+kind: FlowRun
+metadata: { name: budget-$i }
+spec:
+  image: $IMAGE
+  flow: research
+  input: { topic: budgets, breadth: 1 }
+  env: [ { name: CAIRN_EXAMPLE_LLM_MS, value: "1500" } ]
+EOF
+done | kubectl apply -n "$NS" -f - >/dev/null
+name="over the running budget, runs wait Pending with the reason, and all get their turn"
+most=0 held=""
+deadline=$((SECONDS + 240))
+while (( SECONDS < deadline )); do
+    running=$(psql "$CAIRN_CLUSTER_PG_URL" -tAc "SELECT count(*) FROM cairn.runs WHERE namespace = '$NS' AND state = 'running'")
+    (( running > most )) && most=$running
+    reasons=$(kubectl -n "$NS" get fr -o jsonpath='{range .items[*]}{.status.conditions[0].reason}{"\n"}{end}')
+    grep -q WaitingForSlot <<<"$reasons" && held=yes
+    waiting=$(kubectl -n "$NS" get fr -o jsonpath='{range .items[*]}{.metadata.name} {.status.phase}{"\n"}{end}' | grep -c '^budget-[0-9] Waiting' || true)
+    (( waiting == 5 )) && break
+    sleep 1
+done
+if [[ "$waiting" == 5 && "$most" -le 2 && "$held" == yes ]]; then
+    pass "$name (at most $most running; all 5 reached Waiting)"
+else
+    fail "$name" "$waiting of 5 waiting, at most $most running at once, held back: ${held:-never seen}"
+fi
+
 # --- health and metrics ---------------------------------------------------------------------
 name="the operator serves /livez, /readyz and /metrics with run counts and launches"
 livez=$(curl -fsS "http://$ENDPOINTS/livez" || true)
 readyz=$(curl -fsS "http://$ENDPOINTS/readyz" || true)
 metrics=$(curl -fsS "http://$ENDPOINTS/metrics" || true)
 launches=$(sed -n 's/^cairn_pod_launches_total \([0-9]*\).*/\1/p' <<<"$metrics")
+resumes=$(awk '/^cairn_resume_latency_seconds_sum/ { s = $2 } /^cairn_resume_latency_seconds_count/ { n = $2 }
+    END { if (n > 0) printf "resume latency (runnable -> pod created) mean %.0f ms over %d resumes", 1000 * s / n, n }' <<<"$metrics")
 if [[ "$livez" == ok && "$readyz" == ok && "$metrics" == *'cairn_runs{phase="succeeded"}'* && "${launches:-0}" -gt 0 ]]; then
-    pass "$name"
+    pass "$name (${resumes:-no resumes since the handover})"
 else
     fail "$name" "livez '$livez', readyz '$readyz', launches '$launches' since the restart"
 fi

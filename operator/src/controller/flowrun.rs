@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn::engine::{self, EngineError, NewRun};
+use cairn::engine::{self, Claim, EngineError, NewRun};
 use cairn_crds::{
     Flow, FlowRun, FlowRunSpec, FlowRunStatus, RETRY_ANNOTATION, ResourceProfile,
     ResourceProfileSpec, WaitingFor,
@@ -249,57 +249,18 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
     .await?;
 
     let record = store::find(&ctx.pool, &namespace, &name).await?;
+    let mut waiting_for_slot = None;
     match decide(&record.view(), &pod::process_of(&pods, record.attempt)) {
         Next::Idle | Next::Finished(_) => {}
         Next::Launch => {
-            // Only launching needs the Secret pods read the database URL from.
-            ctx.prepare_namespace(&namespace).await?;
-            let mut conn = ctx.pool.acquire().await?;
-            if let Some(attempt) = engine::start_attempt(&mut conn, record.id).await? {
-                let run_id = record.id.to_string();
-                let pod = pod::build_pod(&FlowPod {
-                    run,
-                    run_id: &run_id,
-                    attempt,
-                    image: pinned.as_deref().unwrap_or(&resolved.image),
-                    flow: &resolved.flow,
-                    profile: resolved.profile.as_ref(),
-                    extra_env: &resolved.env,
-                    service_account: resolved
-                        .service_account
-                        .as_deref()
-                        .or(ctx.config.flow_service_account.as_deref()),
-                    db_secret: &ctx.config.runner_secret,
-                    deadline_in: deadline.map(|at| (at - chrono::Utc::now()).num_seconds()),
-                });
-                match pods_api.create(&PostParams::default(), &pod).await {
-                    Ok(_) => {
-                        ctx.metrics.launches.inc();
-                        if attempt > 1 {
-                            let waited = chrono::Utc::now() - record.updated_at;
-                            ctx.metrics
-                                .observe_resume(waited.to_std().unwrap_or_default());
-                        }
-                    }
-                    Err(kube::Error::Api(e)) if e.code == 409 => {}
-                    Err(e) => {
-                        let reason = format!("could not create the pod: {e}");
-                        let retry = crate::lifecycle::retry_delay(&record.view())
-                            .map(|d| d.as_millis() as i64);
-                        engine::record_crash(&mut conn, record.id, attempt, &reason, retry).await?;
-                    }
-                }
-                let verb = if attempt == 1 { "Launched" } else { "Resumed" };
-                ctx.event(
-                    run,
-                    verb,
-                    &format!(
-                        "attempt {attempt} in pod {}",
-                        pod.metadata.name.unwrap_or_default()
-                    ),
-                )
-                .await;
-            }
+            let launch = Launch {
+                run,
+                record: &record,
+                resolved: &resolved,
+                image: pinned.as_deref().unwrap_or(&resolved.image),
+                deadline,
+            };
+            waiting_for_slot = launch.run(ctx).await?;
         }
         Next::RecordCrash {
             attempt,
@@ -331,9 +292,19 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
+    // A run the budget held back queues for a slot; any other leaves the queue.
+    ctx.queue_for_slot(run, waiting_for_slot.is_some());
+
     // Status from what the engine now says.
     let record = store::find(&ctx.pool, &namespace, &name).await?;
-    let status = build_status(run, &record, &pods, pinned, retried);
+    let status = build_status(
+        run,
+        &record,
+        &pods,
+        pinned,
+        retried,
+        waiting_for_slot.as_deref(),
+    );
     patch_status(ctx, run, &status).await?;
 
     // Look again at the next thing due here (timers are the engine's: see `wake_timers`).
@@ -356,7 +327,9 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
         deadline
     };
     let soon = children_deferred.then(|| now + chrono::Duration::seconds(1));
-    Ok(match next.into_iter().chain(soon).min() {
+    // A freed slot wakes queued runs; this look is only the safety net.
+    let slot_check = waiting_for_slot.map(|_| now + chrono::Duration::seconds(30));
+    Ok(match next.into_iter().chain(soon).chain(slot_check).min() {
         Some(at) => Action::requeue((at - now).to_std().unwrap_or_default()),
         None => Action::await_change(),
     })
@@ -399,9 +372,88 @@ async fn retry_if_asked(
     Ok(Some(asked.clone()))
 }
 
+/// What launching the next attempt needs.
+struct Launch<'a> {
+    run: &'a FlowRun,
+    record: &'a RunRecord,
+    resolved: &'a Resolved,
+    image: &'a str,
+    deadline: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Launch<'_> {
+    /// Claims the next attempt within the running budget and creates its pod. Returns why the
+    /// run must wait when the budget is used up; the run then queues for a slot.
+    async fn run(&self, ctx: &Context) -> Result<Option<String>, Error> {
+        let (run, record) = (self.run, self.record);
+        let namespace = run.namespace().unwrap_or_default();
+        // Only launching needs the Secret pods read the database URL from.
+        ctx.prepare_namespace(&namespace).await?;
+        let (max_running, max_in_namespace) = ctx.config.budget();
+        let mut conn = ctx.pool.acquire().await?;
+        let attempt =
+            match engine::start_attempt_within(&mut conn, record.id, max_running, max_in_namespace)
+                .await?
+            {
+                Claim::Started(attempt) => attempt,
+                Claim::NotPending => return Ok(None),
+                Claim::Refused(why) => return Ok(Some(why)),
+            };
+        let run_id = record.id.to_string();
+        let pod = pod::build_pod(&FlowPod {
+            run,
+            run_id: &run_id,
+            attempt,
+            image: self.image,
+            flow: &self.resolved.flow,
+            profile: self.resolved.profile.as_ref(),
+            extra_env: &self.resolved.env,
+            service_account: self
+                .resolved
+                .service_account
+                .as_deref()
+                .or(ctx.config.flow_service_account.as_deref()),
+            db_secret: &ctx.config.runner_secret,
+            deadline_in: self
+                .deadline
+                .map(|at| (at - chrono::Utc::now()).num_seconds()),
+        });
+        let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+        match pods_api.create(&PostParams::default(), &pod).await {
+            Ok(_) => {
+                ctx.metrics.launches.inc();
+                if attempt > 1 {
+                    let waited = chrono::Utc::now() - record.updated_at;
+                    ctx.metrics
+                        .observe_resume(waited.to_std().unwrap_or_default());
+                }
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => {
+                let reason = format!("could not create the pod: {e}");
+                let retry =
+                    crate::lifecycle::retry_delay(&record.view()).map(|d| d.as_millis() as i64);
+                engine::record_crash(&mut conn, record.id, attempt, &reason, retry).await?;
+            }
+        }
+        let verb = if attempt == 1 { "Launched" } else { "Resumed" };
+        ctx.event(
+            run,
+            verb,
+            &format!(
+                "attempt {attempt} in pod {}",
+                pod.metadata.name.unwrap_or_default()
+            ),
+        )
+        .await;
+        Ok(None)
+    }
+}
+
 /// On deletion: cancel the run (clearing its waits and timers) and delete its rows.
 async fn cleanup(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
     let namespace = run.namespace().unwrap_or_default();
+    ctx.queue_for_slot(run, false);
     if let Ok(record) = store::find(&ctx.pool, &namespace, &run.name_any()).await {
         engine::cancel_run(&mut *ctx.pool.acquire().await?, record.id).await?;
         store::delete_run(&ctx.pool, record.id).await?;
@@ -431,6 +483,7 @@ pub fn build_status(
     pods: &[Pod],
     pinned: Option<String>,
     retried: Option<String>,
+    waiting_for_slot: Option<&str>,
 ) -> FlowRunStatus {
     let waiting_for = record.waiting_for.as_ref().map(|w| WaitingFor {
         event: w.get("event").and_then(|v| v.as_str()).map(str::to_owned),
@@ -481,7 +534,10 @@ pub fn build_status(
             "Running",
             format!("attempt {} is running", record.attempt),
         ),
-        Phase::Pending => (false, "Pending", "about to launch".to_owned()),
+        Phase::Pending => match waiting_for_slot {
+            Some(why) => (false, "WaitingForSlot", why.to_owned()),
+            None => (false, "Pending", "about to launch".to_owned()),
+        },
     };
     FlowRunStatus {
         phase: Some(record.phase),

@@ -10,7 +10,7 @@ pub mod flowrun;
 pub mod pod;
 mod telemetry;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,12 +59,25 @@ pub struct Config {
     /// Name of that Lease; operators sharing it never act at the same time.
     #[arg(long, env = "CAIRN_LEASE_NAME", default_value = "cairn-operator")]
     pub lease_name: String,
+    /// Flow pods running at once, in all. Each holds a database connection: keep this well
+    /// under the database's max_connections (or put PgBouncer in front of it).
+    #[arg(long, env = "CAIRN_MAX_RUNNING", default_value_t = 50)]
+    pub max_running: i32,
+    /// Flow pods running at once in any one namespace (0: only the global cap applies).
+    #[arg(long, env = "CAIRN_MAX_RUNNING_PER_NAMESPACE", default_value_t = 0)]
+    pub max_running_per_namespace: i32,
     /// Address of /livez, /readyz, /metrics and the read API.
     #[arg(long, env = "CAIRN_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: std::net::SocketAddr,
 }
 
 impl Config {
+    /// The caps as the engine takes them (`None`: no cap).
+    pub fn budget(&self) -> (Option<i32>, Option<i32>) {
+        let cap = |n: i32| (n > 0).then_some(n);
+        (cap(self.max_running), cap(self.max_running_per_namespace))
+    }
+
     /// The namespaces to watch; `None` means all.
     fn namespaces(&self) -> Option<Vec<String>> {
         let named: Vec<String> = self
@@ -83,6 +96,8 @@ pub struct Context {
     pub config: Config,
     /// `config.runner_database_url`, defaulted to the operator's own.
     runner_database_url: String,
+    /// Runs refused a launch by the running budget, oldest first; woken as slots free.
+    pub waiting_for_slot: std::sync::Mutex<VecDeque<ObjectRef<FlowRun>>>,
     pub metrics: telemetry::Metrics,
     recorder: Recorder,
 }
@@ -127,6 +142,22 @@ impl Context {
 
     pub async fn warn(&self, object: &impl Resource<DynamicType = ()>, reason: &str, note: &str) {
         self.publish(object, EventType::Warning, reason, note).await;
+    }
+
+    /// Puts a run the running budget held back at the end of the queue for a slot (once), or
+    /// takes it out of the queue.
+    fn queue_for_slot(&self, run: &FlowRun, waiting: bool) {
+        let me = ObjectRef::from_obj(run);
+        let mut queue = self
+            .waiting_for_slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let queued = queue.contains(&me);
+        if waiting && !queued {
+            queue.push_back(me);
+        } else if !waiting && queued {
+            queue.retain(|other| other != &me);
+        }
     }
 
     /// What flow pods of a namespace need before one launches: the Secret they read their
@@ -180,6 +211,7 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
         config,
         metrics: telemetry::Metrics::default(),
         recorder,
+        waiting_for_slot: Default::default(),
     });
     let mut endpoints = tokio::spawn(telemetry::serve(ctx.config.listen, ctx.clone()));
 
@@ -262,11 +294,7 @@ async fn act(ctx: Arc<Context>) {
         wakers.insert(scope.clone(), wake_tx);
         controllers.push(run_controllers(ctx.clone(), scope, wake_rx).boxed());
     }
-    tokio::spawn(forward_notifications(
-        ctx.pool.clone(),
-        wakers,
-        timers.clone(),
-    ));
+    tokio::spawn(forward_notifications(ctx.clone(), wakers, timers.clone()));
     tokio::spawn(wake_timers(ctx.pool.clone(), timers));
     futures::future::join_all(controllers).await;
 }
@@ -329,9 +357,10 @@ where
 }
 
 /// Turns the engine's `cairn_runs` notifications into reconciles of the FlowRuns concerned (by
-/// the controller of their namespace), and tells the timer task when a run parks with a timer.
+/// the controller of their namespace). Also tells the timer task when a run parks with a timer,
+/// and when a run stops running, wakes the runs waiting longest for its slot.
 async fn forward_notifications(
-    pool: PgPool,
+    ctx: Arc<Context>,
     wakers: HashMap<Option<String>, UnboundedSender<ObjectRef<FlowRun>>>,
     timers: Arc<Notify>,
 ) {
@@ -340,10 +369,17 @@ async fn forward_notifications(
         namespace: String,
         name: String,
         state: String,
+        from: Option<String>,
     }
+    let wake = |run: ObjectRef<FlowRun>| {
+        let scope = run.namespace.clone();
+        if let Some(waker) = wakers.get(&scope).or_else(|| wakers.get(&None)) {
+            let _ = waker.unbounded_send(run);
+        }
+    };
     loop {
         let listening = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
+            let mut listener = PgListener::connect_with(&ctx.pool).await?;
             listener.listen("cairn_runs").await?;
             // Anything may have changed while not listening.
             timers.notify_one();
@@ -355,13 +391,16 @@ async fn forward_notifications(
                 if matches!(changed.state.as_str(), "sleeping" | "retrying" | "waiting") {
                     timers.notify_one();
                 }
-                let waker = wakers
-                    .get(&Some(changed.namespace.clone()))
-                    .or_else(|| wakers.get(&None));
-                if let Some(waker) = waker {
-                    let _ = waker
-                        .unbounded_send(ObjectRef::new(&changed.name).within(&changed.namespace));
+                if changed.from.as_deref() == Some("running") {
+                    let chosen = next_for_slot(
+                        &ctx.waiting_for_slot
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()),
+                        &changed.namespace,
+                    );
+                    chosen.into_iter().for_each(wake);
                 }
+                wake(ObjectRef::new(&changed.name).within(&changed.namespace));
             }
             #[allow(unreachable_code)]
             Ok::<(), sqlx::Error>(())
@@ -371,6 +410,21 @@ async fn forward_notifications(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// Who gets a freed slot a look: the two runs waiting longest, and the one waiting longest in
+/// the namespace where the slot freed (it may be held back by its namespace's cap). They leave
+/// the queue when they launch.
+fn next_for_slot(queue: &VecDeque<ObjectRef<FlowRun>>, namespace: &str) -> Vec<ObjectRef<FlowRun>> {
+    let mut chosen: Vec<ObjectRef<FlowRun>> = queue.iter().take(2).cloned().collect();
+    if let Some(local) = queue
+        .iter()
+        .find(|run| run.namespace.as_deref() == Some(namespace))
+        && !chosen.contains(local)
+    {
+        chosen.push(local.clone());
+    }
+    chosen
 }
 
 /// The engine's timers (sleeps, retry backoffs, wait deadlines): one task sleeps until the
@@ -397,5 +451,36 @@ async fn wake_timers(pool: PgPool, poke: Arc<Notify>) {
             _ = tokio::time::sleep(pause) => {}
             _ = poke.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(runs: &[(&str, &str)]) -> VecDeque<ObjectRef<FlowRun>> {
+        runs.iter()
+            .map(|(namespace, name)| ObjectRef::new(name).within(namespace))
+            .collect()
+    }
+
+    fn names(chosen: Vec<ObjectRef<FlowRun>>) -> Vec<String> {
+        chosen.into_iter().map(|run| run.name).collect()
+    }
+
+    #[test]
+    fn a_freed_slot_goes_to_the_oldest_runs_and_the_oldest_of_its_namespace() {
+        let queue = queued(&[
+            ("a", "a1"),
+            ("a", "a2"),
+            ("a", "a3"),
+            ("b", "b1"),
+            ("b", "b2"),
+        ]);
+        // The two oldest overall, plus b's oldest (a namespace cap may hold a's back).
+        assert_eq!(names(next_for_slot(&queue, "b")), ["a1", "a2", "b1"]);
+        // Its namespace's oldest is already among them: no one twice.
+        assert_eq!(names(next_for_slot(&queue, "a")), ["a1", "a2"]);
+        assert!(next_for_slot(&VecDeque::new(), "a").is_empty());
     }
 }
