@@ -119,6 +119,16 @@ async fn sigkill_between_steps_relaunches_and_every_step_runs_once() {
 
 // ---- 2. Fencing ------------------------------------------------------------------------------
 
+/// Claims the run, which must be at attempt `number` afterwards.
+async fn claimed(conn: &mut sqlx::PgConnection, id: uuid::Uuid, number: i32) -> engine::Attempt {
+    let attempt = engine::start_attempt(conn, id)
+        .await
+        .unwrap()
+        .expect("the run is pending");
+    assert_eq!(attempt.number, number);
+    attempt
+}
+
 fn step<'a>(key: &'a str, result: &'a Value) -> engine::CompletedStep<'a> {
     engine::CompletedStep {
         key,
@@ -132,7 +142,7 @@ fn step<'a>(key: &'a str, result: &'a Value) -> engine::CompletedStep<'a> {
 fn assert_fenced<T: std::fmt::Debug>(what: &str, outcome: Result<T, EngineError>) {
     match outcome {
         Err(EngineError::Fenced(message)) => assert!(
-            message.contains("attempt 1") && message.contains("no longer current"),
+            message.contains("no longer current"),
             "{what}: unclear message {message:?}"
         ),
         other => panic!("{what} by a superseded attempt was not fenced: {other:?}"),
@@ -145,16 +155,16 @@ async fn fencing_rejects_every_write_of_a_superseded_attempt() {
     let id = db.create_run("fenced", "steps", json!({})).await;
     let mut conn = db.conn().await;
 
-    assert_eq!(engine::start_attempt(&mut conn, id).await.unwrap(), Some(1));
+    let a1 = claimed(&mut conn, id, 1).await;
     assert_eq!(
         engine::start_attempt(&mut conn, id).await.unwrap(),
         None,
         "a running run cannot be claimed twice"
     );
-    engine::load_run(&mut conn, id, 1).await.unwrap();
+    engine::load_run(&mut conn, &a1).await.unwrap();
     let done = json!("a done");
     assert!(
-        !engine::complete_step(&mut conn, id, 1, &step("a", &done))
+        !engine::complete_step(&mut conn, &a1, &step("a", &done))
             .await
             .unwrap()
     );
@@ -165,23 +175,23 @@ async fn fencing_rejects_every_write_of_a_superseded_attempt() {
         .unwrap();
     assert_eq!(state, "retrying");
     assert!(engine::wake_due(&mut conn).await.unwrap() >= 1);
-    assert_eq!(engine::start_attempt(&mut conn, id).await.unwrap(), Some(2));
+    let a2 = claimed(&mut conn, id, 2).await;
 
     // Attempt 1 is a zombie: everything it tries to write is refused.
     let late = json!("b from the zombie");
     assert_fenced(
         "complete_step",
-        engine::complete_step(&mut conn, id, 1, &step("b", &late)).await,
+        engine::complete_step(&mut conn, &a1, &step("b", &late)).await,
     );
     assert_fenced(
         "complete_run",
-        engine::complete_run(&mut conn, id, 1, &json!("zombie result")).await,
+        engine::complete_run(&mut conn, &a1, &json!("zombie result")).await,
     );
     assert_fenced(
         "fail_run",
-        engine::fail_run(&mut conn, id, 1, &json!({ "message": "zombie" })).await,
+        engine::fail_run(&mut conn, &a1, &json!({ "message": "zombie" })).await,
     );
-    assert_fenced("load_run", engine::load_run(&mut conn, id, 1).await);
+    assert_fenced("load_run", engine::load_run(&mut conn, &a1).await);
     let wait = engine::EventWait {
         key: "event:x",
         event: "x",
@@ -191,19 +201,27 @@ async fn fencing_rejects_every_write_of_a_superseded_attempt() {
     };
     assert_fenced(
         "await_event",
-        engine::await_event(&mut conn, id, 1, &wait).await,
+        engine::await_event(&mut conn, &a1, &wait).await,
     );
     assert_fenced(
         "sleep",
-        engine::sleep(&mut conn, id, 1, "sleep:s", None, 60_000, 0).await,
+        engine::sleep(&mut conn, &a1, "sleep:s", None, 60_000, 0).await,
     );
     assert_fenced(
         "spawn_child",
-        engine::spawn_child(&mut conn, id, 1, "spawn:echo", "child", "echo", &json!(1)).await,
+        engine::spawn_child(&mut conn, &a1, "spawn:echo", "child", "echo", &json!(1)).await,
+    );
+    // Even with the current attempt's token, the old attempt number is refused (the fence).
+    let forged = engine::Attempt {
+        number: 1,
+        ..a2.clone()
+    };
+    assert_fenced(
+        "complete_step with the current token and an old attempt",
+        engine::complete_step(&mut conn, &forged, &step("b", &late)).await,
     );
     let emitter = engine::Emitter::Run {
-        run_id: id,
-        attempt: 1,
+        attempt: &a1,
         key: "emit:e",
     };
     assert_fenced(
@@ -238,15 +256,15 @@ async fn fencing_rejects_every_write_of_a_superseded_attempt() {
     // The current attempt writes normally, and finishes the run.
     let mut conn = db.conn().await;
     let b = json!("b done");
-    engine::complete_step(&mut conn, id, 2, &step("b", &b))
+    engine::complete_step(&mut conn, &a2, &step("b", &b))
         .await
         .unwrap();
-    engine::complete_run(&mut conn, id, 2, &json!("ok"))
+    engine::complete_run(&mut conn, &a2, &json!("ok"))
         .await
         .unwrap();
     assert_fenced(
         "complete_run after the end",
-        engine::complete_run(&mut conn, id, 1, &json!("zombie")).await,
+        engine::complete_run(&mut conn, &a1, &json!("zombie")).await,
     );
     let run = db.run(id).await;
     assert_eq!(
@@ -261,26 +279,28 @@ async fn a_superseded_flow_process_exits_without_running_or_writing_anything() {
     let log = db.log("effects");
     let id = db.create_run("zombie", "steps", json!({})).await;
     let mut conn = db.conn().await;
-    assert_eq!(engine::start_attempt(&mut conn, id).await.unwrap(), Some(1));
+    let a1 = claimed(&mut conn, id, 1).await;
     engine::record_crash(&mut conn, id, 1, "lost", Some(0))
         .await
         .unwrap();
     engine::wake_due(&mut conn).await.unwrap();
-    assert_eq!(engine::start_attempt(&mut conn, id).await.unwrap(), Some(2));
+    let a2 = claimed(&mut conn, id, 2).await;
     drop(conn);
 
-    let launch = |attempt: i32| {
+    // Processes launched as the supervisor does: the runner login, the attempt and its token.
+    let launch = |attempt: &engine::Attempt| {
         std::process::Command::new(FLOWS)
-            .env(cairn::env::DATABASE_URL, &db.url)
+            .env(cairn::env::DATABASE_URL, &db.runner_url)
             .env(cairn::env::RUN_ID, id.to_string())
-            .env(cairn::env::ATTEMPT, attempt.to_string())
+            .env(cairn::env::ATTEMPT, attempt.number.to_string())
+            .env(cairn::env::TOKEN, &attempt.token)
             .env("CAIRN_TEST_LOG", &log.path)
             .env("RUST_LOG", "warn")
             .output()
             .expect("run test-flows")
     };
     // A late process of attempt 1 (the runner contract's exit code 77: superseded).
-    let zombie = launch(1);
+    let zombie = launch(&a1);
     assert_eq!(
         zombie.status.code(),
         Some(cairn::Exit::Superseded.code()),
@@ -292,7 +312,7 @@ async fn a_superseded_flow_process_exits_without_running_or_writing_anything() {
     assert_eq!(db.run(id).await.phase, Phase::Running);
 
     // The current attempt runs the flow.
-    let current = launch(2);
+    let current = launch(&a2);
     assert_eq!(
         current.status.code(),
         Some(cairn::Exit::Completed.code()),
@@ -529,7 +549,7 @@ async fn an_event_emitted_after_the_deadline_does_not_count_even_before_the_rela
     let db = TestDb::new().await;
     let id = db.create_run("deadline", "approval", json!({})).await;
     let mut conn = db.conn().await;
-    assert_eq!(engine::start_attempt(&mut conn, id).await.unwrap(), Some(1));
+    let a1 = claimed(&mut conn, id, 1).await;
     let wait = engine::EventWait {
         key: "event:x",
         event: "x",
@@ -538,7 +558,7 @@ async fn an_event_emitted_after_the_deadline_does_not_count_even_before_the_rela
         schema: None,
     };
     assert_eq!(
-        engine::await_event(&mut conn, id, 1, &wait).await.unwrap(),
+        engine::await_event(&mut conn, &a1, &wait).await.unwrap(),
         Parked::Suspended
     );
     // This test is about time: the emit comes after the deadline (database clock), while the
@@ -547,9 +567,9 @@ async fn an_event_emitted_after_the_deadline_does_not_count_even_before_the_rela
     let emitted = emit(&db, "x", json!("too late")).await.unwrap();
     assert_eq!(emitted.woken, 0, "the deadline has passed");
     assert!(engine::wake_due(&mut conn).await.unwrap() >= 1);
-    assert_eq!(engine::start_attempt(&mut conn, id).await.unwrap(), Some(2));
+    let a2 = claimed(&mut conn, id, 2).await;
     assert_eq!(
-        engine::await_event(&mut conn, id, 2, &wait).await.unwrap(),
+        engine::await_event(&mut conn, &a2, &wait).await.unwrap(),
         Parked::Ready(None),
         "timed out, although the event exists now"
     );
@@ -963,6 +983,67 @@ async fn deleting_a_run_removes_its_children_and_every_row_they_own() {
     }
 }
 
+// ---- Least privilege: what a flow process can touch --------------------------------------------
+
+#[tokio::test]
+async fn a_flow_process_can_touch_only_its_own_run_and_no_table() {
+    let db = TestDb::new().await;
+    let mine = db.create_run("mine", "steps", json!({})).await;
+    let theirs = db.create_run("theirs", "steps", json!({})).await;
+    let my_attempt = claimed(&mut *db.conn().await, mine, 1).await;
+    claimed(&mut *db.conn().await, theirs, 1).await;
+    // Connected as flow processes are: the runner login.
+    let mut runner = <sqlx::PgConnection as sqlx::Connection>::connect(&db.runner_url)
+        .await
+        .unwrap();
+
+    engine::load_run(&mut runner, &my_attempt).await.unwrap();
+    let done = json!("a done");
+    engine::complete_step(&mut runner, &my_attempt, &step("a", &done))
+        .await
+        .unwrap();
+
+    // Another run, with this process's token: refused, reading as writing.
+    let forged = engine::Attempt {
+        run_id: theirs,
+        ..my_attempt.clone()
+    };
+    assert_fenced(
+        "load_run of another run",
+        engine::load_run(&mut runner, &forged).await,
+    );
+    let stolen = json!("forged");
+    assert_fenced(
+        "complete_step on another run",
+        engine::complete_step(&mut runner, &forged, &step("a", &stolen)).await,
+    );
+    // The tables and the launchers' functions: no access at all.
+    for sql in [
+        "SELECT count(*) FROM cairn.steps",
+        "UPDATE cairn.runs SET state = 'succeeded'",
+        "SELECT cairn.wake_due()",
+        "SELECT * FROM cairn.runner_login",
+    ] {
+        let refused = sqlx::query(sql).execute(&mut runner).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("permission denied"),
+            "{sql}: {refused}"
+        );
+    }
+    let bypass = sqlx::query("SELECT * FROM cairn.load_run($1, 1)")
+        .bind(theirs)
+        .execute(&mut runner)
+        .await
+        .unwrap_err();
+    assert!(bypass.to_string().contains("permission denied"), "{bypass}");
+
+    assert!(
+        db.steps(theirs).await.is_empty(),
+        "nothing of theirs changed"
+    );
+    assert_eq!(db.steps(mine).await.len(), 1);
+}
+
 // ---- Deadlines and retrying a failed run ------------------------------------------------------
 
 #[tokio::test]
@@ -970,9 +1051,9 @@ async fn a_run_past_its_deadline_fails_and_its_running_attempt_is_fenced_off() {
     let db = TestDb::new().await;
     let id = db.create_run("late", "steps", json!({})).await;
     let mut conn = db.conn().await;
-    assert_eq!(engine::start_attempt(&mut conn, id).await.unwrap(), Some(1));
+    let a1 = claimed(&mut conn, id, 1).await;
     let done = json!("a done");
-    engine::complete_step(&mut conn, id, 1, &step("a", &done))
+    engine::complete_step(&mut conn, &a1, &step("a", &done))
         .await
         .unwrap();
 
@@ -989,7 +1070,7 @@ async fn a_run_past_its_deadline_fails_and_its_running_attempt_is_fenced_off() {
     let late = json!("b done");
     assert_fenced(
         "complete_step",
-        engine::complete_step(&mut conn, id, 1, &step("b", &late)).await,
+        engine::complete_step(&mut conn, &a1, &step("b", &late)).await,
     );
     let run = db.run(id).await;
     assert_eq!(run.phase, Phase::Failed);
@@ -1015,12 +1096,12 @@ async fn retrying_a_failed_run_resumes_from_its_last_checkpoint_and_only_failed_
     {
         // Attempt 1 completes `a`, then the flow fails.
         let mut conn = db.conn().await;
-        engine::start_attempt(&mut conn, id).await.unwrap();
+        let a1 = claimed(&mut conn, id, 1).await;
         let done = json!("a done");
-        engine::complete_step(&mut conn, id, 1, &step("a", &done))
+        engine::complete_step(&mut conn, &a1, &step("a", &done))
             .await
             .unwrap();
-        engine::fail_run(&mut conn, id, 1, &json!({ "message": "the API was down" }))
+        engine::fail_run(&mut conn, &a1, &json!({ "message": "the API was down" }))
             .await
             .unwrap();
         assert_eq!(engine::retry_run(&mut conn, id).await.unwrap(), "pending");
@@ -1050,7 +1131,7 @@ async fn the_running_budget_holds_runs_pending_until_a_slot_frees_globally_and_p
     let db = TestDb::new().await;
     let mut conn = db.conn().await;
     let input = json!({});
-    let mut create = async |namespace: &str, name: &str| {
+    let create = async |namespace: &str, name: &str| {
         let run = engine::NewRun {
             namespace,
             name,
@@ -1071,13 +1152,15 @@ async fn the_running_budget_holds_runs_pending_until_a_slot_frees_globally_and_p
     );
     use engine::Claim;
 
-    // Two slots in all, one per namespace.
+    // Two slots in all, one per namespace. A started claim carries the attempt's token.
     let claim = async |conn: &mut sqlx::PgConnection, id| {
-        engine::start_attempt_within(conn, id, Some(2), Some(1))
-            .await
-            .unwrap()
+        engine::claim(conn, id, Some(2), Some(1)).await.unwrap()
     };
-    assert_eq!(claim(&mut conn, a1).await, Claim::Started(1));
+    let Claim::Started(first) = claim(&mut conn, a1).await else {
+        panic!("a1 did not start")
+    };
+    assert_eq!((first.run_id, first.number), (a1, 1));
+    assert!(first.token.len() >= 32, "a token of 32+ hex digits");
     match claim(&mut conn, a2).await {
         Claim::Refused(why) => assert!(
             why.contains("1 of 1 flow pods are running in namespace \"a\""),
@@ -1090,7 +1173,7 @@ async fn the_running_budget_holds_runs_pending_until_a_slot_frees_globally_and_p
         Phase::Pending,
         "a refused run stays pending"
     );
-    assert_eq!(claim(&mut conn, b1).await, Claim::Started(1));
+    assert!(matches!(claim(&mut conn, b1).await, Claim::Started(_)));
     // The global cap now binds too.
     let c1 = create("c", "c1").await;
     match claim(&mut conn, c1).await {
@@ -1099,19 +1182,102 @@ async fn the_running_budget_holds_runs_pending_until_a_slot_frees_globally_and_p
     }
     // a1 parks: its slot frees, and a2 takes it.
     let done = json!("a done");
-    engine::complete_step(&mut conn, a1, 1, &step("a", &done))
+    engine::complete_step(&mut conn, &first, &step("a", &done))
         .await
         .unwrap();
-    engine::complete_run(&mut conn, a1, 1, &json!("finished"))
+    engine::complete_run(&mut conn, &first, &json!("finished"))
         .await
         .unwrap();
-    assert_eq!(claim(&mut conn, a2).await, Claim::Started(1));
+    assert!(matches!(claim(&mut conn, a2).await, Claim::Started(_)));
     assert_eq!(claim(&mut conn, a2).await, Claim::NotPending);
     // No cap at all: everything starts.
+    assert!(matches!(
+        engine::claim(&mut conn, c1, None, None).await.unwrap(),
+        Claim::Started(_)
+    ));
+}
+
+// ---- Failure: a storm of SIGKILLs ---------------------------------------------------------------
+
+/// A small xorshift generator: random kill points, reproducible from the printed seed.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[tokio::test]
+async fn a_storm_of_fifty_sigkills_at_random_points_never_runs_a_completed_step_again() {
+    const KILLS: usize = 50;
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    // Relaunch at once after every crash (no backoff), and never give up within the storm.
+    let id = db
+        .create_run_with(
+            "storm",
+            "storm",
+            json!({ "steps": 120, "step_ms": 10 }),
+            KILLS as i32 + 10,
+            0,
+        )
+        .await;
+    let supervisor = db.supervise_in_background(&db.launcher(FLOWS, &log, &[]), id);
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("kill storm seed {seed}");
+
+    let mut killed_attempt = 0;
+    for _ in 0..KILLS {
+        // The next attempt's process has entered the flow; kill it 0–40 ms later: while it
+        // replays, inside a step, or between two.
+        log.wait_for_count(1, |e| e.what == "start" && e.attempt > killed_attempt)
+            .await;
+        let started = log
+            .effects()
+            .into_iter()
+            .find(|e| e.what == "start" && e.attempt > killed_attempt)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(next_random(&mut seed) % 40)).await;
+        sigkill(started.pid);
+        killed_attempt = started.attempt;
+    }
+    let run = supervisor.await.unwrap();
+
+    assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
+    assert_eq!(run.result, Some(json!(120)));
     assert_eq!(
-        engine::start_attempt_within(&mut conn, c1, None, None)
-            .await
-            .unwrap(),
-        Claim::Started(1)
+        run.crashes, KILLS as i32,
+        "every kill landed on a live process"
+    );
+    // Which attempt completed each step, and every execution of each.
+    let completed_in: std::collections::HashMap<String, i32> = db
+        .steps(id)
+        .await
+        .into_iter()
+        .map(|s| (s.key, s.attempt.expect("completing attempt")))
+        .collect();
+    assert_eq!(completed_in.len(), 120);
+    let executions: Vec<(String, i32)> = log
+        .effects()
+        .into_iter()
+        .filter_map(|e| Some((e.what.strip_prefix("step:")?.to_owned(), e.attempt)))
+        .collect();
+    for (key, attempt) in &executions {
+        assert!(
+            *attempt <= completed_in[key],
+            "step {key} ran in attempt {attempt}, after attempt {} had completed it",
+            completed_in[key]
+        );
+    }
+    // A step runs again only when a kill interrupted it: at most once per kill.
+    let reruns = executions.len() - completed_in.len();
+    assert!(reruns <= KILLS, "{reruns} re-executions for {KILLS} kills");
+    eprintln!(
+        "{KILLS} kills: {reruns} interrupted steps ran again, 0 completed steps ran again, {} attempts",
+        run.attempt
     );
 }

@@ -44,6 +44,26 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The URL flow processes use: `owner_url` with the database's runner login (created on first
+/// use; see migration 0004), which can only call the `cairn_runner` functions, for its own run.
+pub async fn runner_url(pool: &PgPool, owner_url: &str) -> anyhow::Result<String> {
+    let login = sqlx::query!(
+        r#"SELECT login AS "login!", password AS "password!" FROM cairn.ensure_runner_login()"#
+    )
+    .fetch_one(pool)
+    .await
+    .context(
+        "cannot create the runner's database login (the owner needs CREATEROLE once); \
+         or create a login in role cairn_runner and pass its URL as CAIRN_RUNNER_DATABASE_URL",
+    )?;
+    let mut url = url::Url::parse(owner_url)
+        .with_context(|| format!("not a valid database URL: {}", redact(owner_url)))?;
+    url.set_username(&login.login)
+        .and_then(|()| url.set_password(Some(&login.password)))
+        .map_err(|()| anyhow::anyhow!("cannot put a login into {}", redact(owner_url)))?;
+    Ok(url.to_string())
+}
+
 /// Connects a small pool and applies pending migrations (under sqlx's advisory lock, so
 /// concurrent starts are safe). A database that is down gives one clear error, quickly.
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
@@ -77,6 +97,33 @@ pub async fn connect_with_pool_size(url: &str, max_connections: u32) -> anyhow::
         .await
         .context("cannot apply Cairn's database migrations")?;
     Ok(pool)
+}
+
+/// Whether an error means the database is unreachable or restarting (worth waiting out), as
+/// opposed to a mistake.
+pub fn is_unavailable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        let sqlx_error = cause.downcast_ref::<sqlx::Error>().or(
+            match cause.downcast_ref::<cairn::engine::EngineError>() {
+                Some(cairn::engine::EngineError::Database(e)) => Some(e),
+                _ => None,
+            },
+        );
+        match sqlx_error {
+            Some(
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Protocol(_),
+            ) => true,
+            // Class 08: connection exceptions; 57: operator intervention (shutdown, restart).
+            Some(e) => e
+                .as_database_error()
+                .and_then(|db| db.code())
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+            None => false,
+        }
+    })
 }
 
 /// A run as the supervisors and the CLI see it.

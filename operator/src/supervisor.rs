@@ -25,6 +25,7 @@ use crate::store::{self, RunRecord};
 #[derive(Debug, Clone)]
 pub struct Launcher {
     pub binary: PathBuf,
+    /// The runner's database URL (see `store::runner_url`), never the owner's.
     pub database_url: String,
     /// Extra environment for every process (the rest is inherited).
     pub env: Vec<(String, String)>,
@@ -65,19 +66,24 @@ pub async fn supervise(
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
 
+    let mut outage = Outage::default();
     loop {
-        let mut conn = pool.acquire().await?;
-        engine::wake_due(&mut conn).await?;
-        let next_wake = engine::next_wake_ms(&mut conn).await?;
-        drop(conn);
-
-        let runs = store::tree(pool, root).await?;
-        let root_record = runs
-            .iter()
-            .find(|r| r.id == root)
-            .cloned()
-            .context("the root run disappeared")?;
-        supervisor.step(&runs).await?;
+        let (root_record, next_wake) = match supervisor.look(root).await {
+            Ok(looked) => {
+                outage.over();
+                looked
+            }
+            // Postgres restarting or unreachable: the runs are safe in it; look again soon.
+            // Processes that lose their connection meanwhile crash and are relaunched after.
+            Err(e) if store::is_unavailable(&e) => {
+                tokio::select! {
+                    _ = outage.wait(&e) => continue,
+                    _ = interrupt.recv() => return Err(e.context("interrupted while the database was unavailable")),
+                    _ = terminate.recv() => return Err(e.context("terminated while the database was unavailable")),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         if root_record.phase.is_terminal() && supervisor.alive.is_empty() {
             return Ok(root_record);
         }
@@ -107,7 +113,48 @@ pub async fn supervise(
     }
 }
 
+/// Backoff while the database is unavailable, with one warning per outage.
+#[derive(Default)]
+struct Outage {
+    retries: u32,
+}
+
+impl Outage {
+    async fn wait(&mut self, error: &anyhow::Error) {
+        if self.retries == 0 {
+            eprintln!("cairn: the database is unavailable ({error:#}); retrying until it is back");
+        }
+        self.retries += 1;
+        let delay = Duration::from_millis(200u64 << self.retries.min(4)); // ≤ 3.2 s
+        tokio::time::sleep(delay).await;
+    }
+
+    fn over(&mut self) {
+        if self.retries > 0 {
+            eprintln!("cairn: the database is back");
+        }
+        self.retries = 0;
+    }
+}
+
 impl Supervisor<'_> {
+    /// One look at the tree: wake due timers, act on every run as the lifecycle says. Returns
+    /// the root's record and the next timer.
+    async fn look(&mut self, root: Uuid) -> anyhow::Result<(RunRecord, Option<i64>)> {
+        let mut conn = self.pool.acquire().await?;
+        engine::wake_due(&mut conn).await?;
+        let next_wake = engine::next_wake_ms(&mut conn).await?;
+        drop(conn);
+        let runs = store::tree(self.pool, root).await?;
+        let root_record = runs
+            .iter()
+            .find(|r| r.id == root)
+            .cloned()
+            .context("the root run disappeared")?;
+        self.step(&runs).await?;
+        Ok((root_record, next_wake))
+    }
+
     fn exited(&mut self, exited: Exited) {
         if self
             .alive
@@ -194,9 +241,10 @@ impl Supervisor<'_> {
 
     async fn launch(&mut self, run: &RunRecord) -> anyhow::Result<()> {
         let mut conn = self.pool.acquire().await?;
-        let Some(attempt) = engine::start_attempt(&mut conn, run.id).await? else {
+        let Some(claim) = engine::start_attempt(&mut conn, run.id).await? else {
             return Ok(()); // no longer pending
         };
+        let attempt = claim.number;
         self.exits.remove(&run.id);
         let label = format!("{}#{attempt}", run.name);
         let spawned = Command::new(&self.launcher.binary)
@@ -204,6 +252,7 @@ impl Supervisor<'_> {
             .env(cairn::env::DATABASE_URL, &self.launcher.database_url)
             .env(cairn::env::RUN_ID, run.id.to_string())
             .env(cairn::env::ATTEMPT, attempt.to_string())
+            .env(cairn::env::TOKEN, &claim.token)
             .env(cairn::env::FLOW, &run.flow)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -34,8 +34,7 @@ pub struct Ctx {
 }
 
 struct Inner {
-    run_id: Uuid,
-    attempt: i32,
+    attempt: engine::Attempt,
     namespace: String,
     run_name: String,
     conn: tokio::sync::Mutex<PgConnection>,
@@ -146,15 +145,13 @@ impl PendingStep<'_> {
 
 impl Ctx {
     pub(crate) fn new(
-        run_id: Uuid,
-        attempt: i32,
+        attempt: engine::Attempt,
         run: engine::LoadedRun,
         conn: PgConnection,
         inline_sleep_max: Duration,
     ) -> Self {
         Ctx {
             inner: Arc::new(Inner {
-                run_id,
                 attempt,
                 namespace: run.namespace,
                 run_name: run.name,
@@ -170,7 +167,7 @@ impl Ctx {
     }
 
     pub fn run_id(&self) -> Uuid {
-        self.inner.run_id
+        self.inner.attempt.run_id
     }
 
     pub fn run_name(&self) -> &str {
@@ -183,7 +180,7 @@ impl Ctx {
 
     /// This process's attempt number (1 for the first launch).
     pub fn attempt(&self) -> i32 {
-        self.inner.attempt
+        self.inner.attempt.number
     }
 
     /// Steps answered from checkpoints and steps executed, so far in this attempt.
@@ -311,7 +308,7 @@ impl Ctx {
         };
         let cancelled = {
             let mut conn = self.inner.conn.lock().await;
-            engine::complete_step(&mut conn, self.run_id(), self.attempt(), &step).await
+            engine::complete_step(&mut conn, &self.inner.attempt, &step).await
         }
         .map_err(|e| self.engine_error(e))?;
         self.inner.executed.fetch_add(1, Ordering::Relaxed);
@@ -359,7 +356,7 @@ impl Ctx {
                 };
                 let outcome = {
                     let mut conn = self.inner.conn.lock().await;
-                    engine::await_event(&mut conn, self.run_id(), self.attempt(), &request).await
+                    engine::await_event(&mut conn, &self.inner.attempt, &request).await
                 }
                 .map_err(|e| self.engine_error(e))?;
                 match outcome {
@@ -395,8 +392,7 @@ impl Ctx {
         }
         let payload = serde_json::to_value(payload)?;
         let emitter = engine::Emitter::Run {
-            run_id: self.run_id(),
-            attempt: self.attempt(),
+            attempt: &self.inner.attempt,
             key: &key,
         };
         let outcome = {
@@ -443,8 +439,7 @@ impl Ctx {
                 let mut conn = self.inner.conn.lock().await;
                 engine::sleep(
                     &mut conn,
-                    self.run_id(),
-                    self.attempt(),
+                    &self.inner.attempt,
                     &key,
                     until,
                     duration_ms,
@@ -480,16 +475,7 @@ impl Ctx {
         let input = serde_json::to_value(input)?;
         let run_id = {
             let mut conn = self.inner.conn.lock().await;
-            engine::spawn_child(
-                &mut conn,
-                self.run_id(),
-                self.attempt(),
-                &key,
-                &name,
-                flow,
-                &input,
-            )
-            .await
+            engine::spawn_child(&mut conn, &self.inner.attempt, &key, &name, flow, &input).await
         }
         .map_err(|e| self.engine_error(e))?;
         self.inner.executed.fetch_add(1, Ordering::Relaxed);
@@ -523,8 +509,7 @@ impl Ctx {
                 let ids: Vec<Uuid> = children.iter().map(|c| c.run_id).collect();
                 let outcome = {
                     let mut conn = self.inner.conn.lock().await;
-                    engine::join_children(&mut conn, self.run_id(), self.attempt(), &key, &ids)
-                        .await
+                    engine::join_children(&mut conn, &self.inner.attempt, &key, &ids).await
                 }
                 .map_err(|e| self.engine_error(e))?;
                 match outcome {
@@ -615,7 +600,7 @@ impl Ctx {
     async fn acknowledge_cancel(&self) -> anyhow::Error {
         let acknowledged = {
             let mut conn = self.inner.conn.lock().await;
-            engine::acknowledge_cancel(&mut conn, self.run_id(), self.attempt()).await
+            engine::acknowledge_cancel(&mut conn, &self.inner.attempt).await
         };
         match acknowledged {
             Ok(()) => self.stop(Interrupted::Cancelled),

@@ -91,35 +91,48 @@ pub async fn create_run(conn: &mut PgConnection, run: &NewRun<'_>) -> Result<(Uu
     Ok((row.run_id, row.created))
 }
 
-/// Claims a pending run for a new process; `None` when it is not pending any more.
-pub async fn start_attempt(conn: &mut PgConnection, run_id: Uuid) -> Result<Option<i32>> {
-    sqlx::query_scalar!("SELECT cairn.start_attempt($1)", run_id)
-        .fetch_one(conn)
-        .await
-        .engine()
+/// A process's claim on its run: the run, the attempt it was launched as, and that attempt's
+/// token. Every call a flow process makes carries it; the database refuses calls for any other
+/// run, or from an attempt that was superseded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub run_id: Uuid,
+    pub number: i32,
+    pub token: String,
 }
 
-/// The outcome of claiming a run under a running budget.
+impl std::fmt::Debug for Attempt {
+    // The token is a credential: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempt")
+            .field("run_id", &self.run_id)
+            .field("number", &self.number)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of claiming a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// The run is now running this attempt: launch its process.
-    Started(i32),
+    /// The run is now running this attempt: launch its process with it.
+    Started(Attempt),
     /// The run is not pending any more (someone else claimed it, or it ended).
     NotPending,
-    /// The budget is used up; the run stays pending. Says why, for the run's status.
+    /// The running budget is used up; the run stays pending. Says why, for the run's status.
     Refused(String),
 }
 
-/// Claims a pending run for a new process, like [`start_attempt`], if fewer than `max_running`
-/// runs are running in all and fewer than `max_in_namespace` in its namespace (`None`: no cap).
-pub async fn start_attempt_within(
+/// Claims a pending run for a new process if fewer than `max_running` runs are running in all
+/// and fewer than `max_in_namespace` in its namespace (`None`: no cap), and issues the new
+/// attempt's token.
+pub async fn claim(
     conn: &mut PgConnection,
     run_id: Uuid,
     max_running: Option<i32>,
     max_in_namespace: Option<i32>,
 ) -> Result<Claim> {
     let row = sqlx::query!(
-        "SELECT attempt, refused FROM cairn.start_attempt_within($1, $2, $3)",
+        "SELECT attempt, token, refused FROM cairn.claim($1, $2, $3)",
         run_id,
         max_running,
         max_in_namespace
@@ -127,10 +140,22 @@ pub async fn start_attempt_within(
     .fetch_one(conn)
     .await
     .engine()?;
-    Ok(match (row.attempt, row.refused) {
-        (Some(attempt), _) => Claim::Started(attempt),
-        (None, Some(why)) => Claim::Refused(why),
-        (None, None) => Claim::NotPending,
+    Ok(match (row.attempt, row.token, row.refused) {
+        (Some(number), Some(token), _) => Claim::Started(Attempt {
+            run_id,
+            number,
+            token,
+        }),
+        (_, _, Some(why)) => Claim::Refused(why),
+        _ => Claim::NotPending,
+    })
+}
+
+/// Claims a pending run with no running budget; `None` when it is not pending any more.
+pub async fn start_attempt(conn: &mut PgConnection, run_id: Uuid) -> Result<Option<Attempt>> {
+    Ok(match claim(conn, run_id, None, None).await? {
+        Claim::Started(attempt) => Some(attempt),
+        _ => None,
     })
 }
 
@@ -145,13 +170,14 @@ pub struct LoadedRun {
     pub steps: serde_json::Map<String, Value>,
 }
 
-pub async fn load_run(conn: &mut PgConnection, run_id: Uuid, attempt: i32) -> Result<LoadedRun> {
+pub async fn load_run(conn: &mut PgConnection, attempt: &Attempt) -> Result<LoadedRun> {
     let row = sqlx::query!(
         r#"SELECT namespace AS "namespace!", name AS "name!", flow AS "flow!",
                   input AS "input!", steps AS "steps!"
-           FROM cairn.load_run($1, $2)"#,
-        run_id,
-        attempt
+           FROM cairn_runner.load_run($1, $2, $3)"#,
+        attempt.token,
+        attempt.run_id,
+        attempt.number
     )
     .fetch_one(conn)
     .await
@@ -192,14 +218,14 @@ pub struct CompletedStep<'a> {
 /// Checkpoints a step. Returns true when the run was cancelled at this boundary.
 pub async fn complete_step(
     conn: &mut PgConnection,
-    run_id: Uuid,
-    attempt: i32,
+    attempt: &Attempt,
     step: &CompletedStep<'_>,
 ) -> Result<bool> {
     let cancelled = sqlx::query_scalar!(
-        r#"SELECT cairn.complete_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) AS "cancelled!""#,
-        run_id,
-        attempt,
+        r#"SELECT cairn_runner.complete_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) AS "cancelled!""#,
+        attempt.token,
+        attempt.run_id,
+        attempt.number,
         step.key,
         step.result,
         step.duration_ms,
@@ -218,14 +244,14 @@ pub async fn complete_step(
 
 pub async fn complete_run(
     conn: &mut PgConnection,
-    run_id: Uuid,
-    attempt: i32,
+    attempt: &Attempt,
     result: &Value,
 ) -> Result<()> {
     sqlx::query!(
-        "SELECT cairn.complete_run($1, $2, $3)",
-        run_id,
-        attempt,
+        "SELECT cairn_runner.complete_run($1, $2, $3, $4)",
+        attempt.token,
+        attempt.run_id,
+        attempt.number,
         result
     )
     .execute(conn)
@@ -234,24 +260,30 @@ pub async fn complete_run(
     Ok(())
 }
 
-pub async fn fail_run(
-    conn: &mut PgConnection,
-    run_id: Uuid,
-    attempt: i32,
-    error: &Value,
-) -> Result<()> {
-    sqlx::query!("SELECT cairn.fail_run($1, $2, $3)", run_id, attempt, error)
-        .execute(conn)
-        .await
-        .engine()?;
+pub async fn fail_run(conn: &mut PgConnection, attempt: &Attempt, error: &Value) -> Result<()> {
+    sqlx::query!(
+        "SELECT cairn_runner.fail_run($1, $2, $3, $4)",
+        attempt.token,
+        attempt.run_id,
+        attempt.number,
+        error
+    )
+    .execute(conn)
+    .await
+    .engine()?;
     Ok(())
 }
 
-pub async fn acknowledge_cancel(conn: &mut PgConnection, run_id: Uuid, attempt: i32) -> Result<()> {
-    sqlx::query!("SELECT cairn.acknowledge_cancel($1, $2)", run_id, attempt)
-        .execute(conn)
-        .await
-        .engine()?;
+pub async fn acknowledge_cancel(conn: &mut PgConnection, attempt: &Attempt) -> Result<()> {
+    sqlx::query!(
+        "SELECT cairn_runner.acknowledge_cancel($1, $2, $3)",
+        attempt.token,
+        attempt.run_id,
+        attempt.number
+    )
+    .execute(conn)
+    .await
+    .engine()?;
     Ok(())
 }
 
@@ -280,14 +312,14 @@ pub struct EventWait<'a> {
 
 pub async fn await_event(
     conn: &mut PgConnection,
-    run_id: Uuid,
-    attempt: i32,
+    attempt: &Attempt,
     wait: &EventWait<'_>,
 ) -> Result<EventOutcome> {
     let row = sqlx::query!(
-        r#"SELECT outcome AS "outcome!", payload FROM cairn.await_event($1, $2, $3, $4, $5, $6, $7)"#,
-        run_id,
-        attempt,
+        r#"SELECT outcome AS "outcome!", payload FROM cairn_runner.await_event($1, $2, $3, $4, $5, $6, $7, $8)"#,
+        attempt.token,
+        attempt.run_id,
+        attempt.number,
         wait.key,
         wait.event,
         wait.timeout_ms,
@@ -317,8 +349,7 @@ pub enum SleepOutcome {
 
 pub async fn sleep(
     conn: &mut PgConnection,
-    run_id: Uuid,
-    attempt: i32,
+    attempt: &Attempt,
     key: &str,
     until: Option<chrono::DateTime<chrono::Utc>>,
     duration_ms: i64,
@@ -326,9 +357,10 @@ pub async fn sleep(
 ) -> Result<SleepOutcome> {
     let row = sqlx::query!(
         r#"SELECT outcome AS "outcome!", remaining_ms AS "remaining_ms!"
-           FROM cairn.sleep($1, $2, $3, $4, $5, $6)"#,
-        run_id,
-        attempt,
+           FROM cairn_runner.sleep($1, $2, $3, $4, $5, $6, $7)"#,
+        attempt.token,
+        attempt.run_id,
+        attempt.number,
         key,
         until,
         duration_ms,
@@ -347,17 +379,17 @@ pub async fn sleep(
 
 pub async fn spawn_child(
     conn: &mut PgConnection,
-    run_id: Uuid,
-    attempt: i32,
+    attempt: &Attempt,
     key: &str,
     child_name: &str,
     flow: &str,
     input: &Value,
 ) -> Result<Uuid> {
     sqlx::query_scalar!(
-        r#"SELECT cairn.spawn_child($1, $2, $3, $4, $5, $6) AS "id!""#,
-        run_id,
-        attempt,
+        r#"SELECT cairn_runner.spawn_child($1, $2, $3, $4, $5, $6, $7) AS "id!""#,
+        attempt.token,
+        attempt.run_id,
+        attempt.number,
         key,
         child_name,
         flow,
@@ -371,15 +403,15 @@ pub async fn spawn_child(
 /// Joins children: when all are finished, their outcomes in the order given.
 pub async fn join_children(
     conn: &mut PgConnection,
-    run_id: Uuid,
-    attempt: i32,
+    attempt: &Attempt,
     key: &str,
     children: &[Uuid],
 ) -> Result<Parked<Value>> {
     let row = sqlx::query!(
-        r#"SELECT outcome AS "outcome!", results FROM cairn.join_children($1, $2, $3, $4)"#,
-        run_id,
-        attempt,
+        r#"SELECT outcome AS "outcome!", results FROM cairn_runner.join_children($1, $2, $3, $4, $5)"#,
+        attempt.token,
+        attempt.run_id,
+        attempt.number,
         key,
         children
     )
@@ -399,9 +431,9 @@ pub enum Emitter<'a> {
     External {
         namespace: &'a str,
     },
+    /// A flow's step, on behalf of its own run.
     Run {
-        run_id: Uuid,
-        attempt: i32,
+        attempt: &'a Attempt,
         key: &'a str,
     },
 }
@@ -414,6 +446,13 @@ pub struct Emitted {
     pub woken: i32,
 }
 
+/// A run waiting for an event, as an emitter checks it.
+struct Waiter {
+    run_name: String,
+    question: Option<String>,
+    schema: Option<Value>,
+}
+
 /// Emits an event after checking the payload against the schema of every wait for it, in one
 /// transaction that holds the event's lock, so no wait can slip in between check and emit.
 pub async fn emit(
@@ -423,23 +462,28 @@ pub async fn emit(
     payload: &Value,
 ) -> Result<Emitted> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await.engine()?;
-    let namespace = match emitter {
-        Emitter::External { namespace } => namespace.to_owned(),
-        Emitter::Run { run_id, .. } => {
-            sqlx::query_scalar!("SELECT namespace FROM cairn.runs WHERE id = $1", run_id)
-                .fetch_one(&mut *tx)
-                .await
-                .engine()?
-        }
+    let waiters = match emitter {
+        Emitter::External { namespace } => sqlx::query_as!(
+            Waiter,
+            r#"SELECT run_name AS "run_name!", question, schema FROM cairn.event_waiters($1, $2)"#,
+            namespace,
+            event
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .engine()?,
+        Emitter::Run { attempt, .. } => sqlx::query_as!(
+            Waiter,
+            r#"SELECT run_name AS "run_name!", question, schema
+               FROM cairn_runner.event_waiters($1, $2, $3)"#,
+            attempt.token,
+            attempt.run_id,
+            event
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .engine()?,
     };
-    let waiters = sqlx::query!(
-        r#"SELECT run_name AS "run_name!", question, schema FROM cairn.event_waiters($1, $2)"#,
-        namespace,
-        event
-    )
-    .fetch_all(&mut *tx)
-    .await
-    .engine()?;
     for waiter in &waiters {
         if let Some(schema) = &waiter.schema {
             check_payload(schema, payload).map_err(|problems| {
@@ -471,15 +515,12 @@ pub async fn emit(
                 woken: row.woken,
             }
         }
-        Emitter::Run {
-            run_id,
-            attempt,
-            key,
-        } => {
+        Emitter::Run { attempt, key } => {
             sqlx::query!(
-                "SELECT cairn.emit_from_run($1, $2, $3, $4, $5)",
-                run_id,
-                attempt,
+                "SELECT cairn_runner.emit($1, $2, $3, $4, $5, $6)",
+                attempt.token,
+                attempt.run_id,
+                attempt.number,
                 key,
                 event,
                 payload

@@ -13,7 +13,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
-use uuid::Uuid;
 
 use crate::ctx::{Ctx, decode};
 use crate::engine::{self, EngineError};
@@ -25,8 +24,10 @@ pub mod env {
     pub const DATABASE_URL: &str = "CAIRN_DATABASE_URL";
     /// The run to execute (UUID).
     pub const RUN_ID: &str = "CAIRN_RUN_ID";
-    /// The attempt number this process was launched as (its fencing token).
+    /// The attempt number this process was launched as (what fences it off once superseded).
     pub const ATTEMPT: &str = "CAIRN_ATTEMPT";
+    /// The attempt's token: every database call carries it; it grants access to this run only.
+    pub const TOKEN: &str = "CAIRN_TOKEN";
     /// The flow's name, for logs; the database record is authoritative.
     pub const FLOW: &str = "CAIRN_FLOW";
     /// Sleeps at most this long stay in-process (default 10000).
@@ -94,8 +95,7 @@ impl Exit {
 #[derive(Debug, Clone)]
 pub struct RunnerEnv {
     pub database_url: String,
-    pub run_id: Uuid,
-    pub attempt: i32,
+    pub attempt: engine::Attempt,
     pub inline_sleep_max: Duration,
 }
 
@@ -109,12 +109,15 @@ impl RunnerEnv {
         let inline_ms = std::env::var(env::INLINE_SLEEP_MAX_MS).unwrap_or_else(|_| "10000".into());
         Ok(RunnerEnv {
             database_url: var(env::DATABASE_URL)?,
-            run_id: run_id
-                .parse()
-                .map_err(|e| anyhow!("{}={run_id:?} is not a UUID: {e}", env::RUN_ID))?,
-            attempt: attempt
-                .parse()
-                .map_err(|e| anyhow!("{}={attempt:?} is not a number: {e}", env::ATTEMPT))?,
+            attempt: engine::Attempt {
+                run_id: run_id
+                    .parse()
+                    .map_err(|e| anyhow!("{}={run_id:?} is not a UUID: {e}", env::RUN_ID))?,
+                number: attempt
+                    .parse()
+                    .map_err(|e| anyhow!("{}={attempt:?} is not a number: {e}", env::ATTEMPT))?,
+                token: var(env::TOKEN)?,
+            },
             inline_sleep_max: Duration::from_millis(
                 inline_ms
                     .parse()
@@ -193,8 +196,8 @@ impl Runner {
 
     /// Executes one attempt of one run. Public so tests and embedders can run flows in-process.
     pub async fn execute(&self, runner_env: &RunnerEnv) -> Exit {
-        let (run_id, attempt) = (runner_env.run_id, runner_env.attempt);
-        let span = tracing::info_span!("run", %run_id, attempt);
+        let attempt = &runner_env.attempt;
+        let span = tracing::info_span!("run", run_id = %attempt.run_id, attempt = attempt.number);
         let _guard = span.enter();
         let mut conn = match connect(&runner_env.database_url).await {
             Ok(conn) => conn,
@@ -203,7 +206,7 @@ impl Runner {
                 return Exit::Crashed;
             }
         };
-        let run = match engine::load_run(&mut conn, run_id, attempt).await {
+        let run = match engine::load_run(&mut conn, attempt).await {
             Ok(run) => run,
             Err(EngineError::Fenced(why)) => {
                 tracing::warn!("{why}");
@@ -222,10 +225,10 @@ impl Runner {
                 run.flow,
                 self.flow_names().join(", ")
             );
-            return finish_failed(&mut conn, run_id, attempt, &message, "unknown_flow").await;
+            return finish_failed(&mut conn, attempt, &message, "unknown_flow").await;
         };
         let input = run.input.clone();
-        let ctx = Ctx::new(run_id, attempt, run, conn, runner_env.inline_sleep_max);
+        let ctx = Ctx::new(attempt.clone(), run, conn, runner_env.inline_sleep_max);
         let outcome = flow(ctx.clone(), input).await;
         let (replayed, executed) = ctx.step_counts();
         tracing::info!(replayed, executed, "flow returned");
@@ -241,14 +244,14 @@ impl Runner {
         }
         let mut conn = ctx.connection().await;
         match outcome {
-            Ok(result) => match engine::complete_run(&mut conn, run_id, attempt, &result).await {
+            Ok(result) => match engine::complete_run(&mut conn, attempt, &result).await {
                 Ok(()) => Exit::Completed,
                 Err(e) => settle_error(e),
             },
             Err(err) => {
                 let message = format!("{err:#}");
                 tracing::error!(error = %message, "flow failed");
-                finish_failed(&mut conn, run_id, attempt, &message, "flow_error").await
+                finish_failed(&mut conn, attempt, &message, "flow_error").await
             }
         }
     }
@@ -256,13 +259,12 @@ impl Runner {
 
 async fn finish_failed(
     conn: &mut PgConnection,
-    run_id: Uuid,
-    attempt: i32,
+    attempt: &engine::Attempt,
     message: &str,
     kind: &str,
 ) -> Exit {
     let error = json!({ "message": message, "kind": kind });
-    match engine::fail_run(conn, run_id, attempt, &error).await {
+    match engine::fail_run(conn, attempt, &error).await {
         Ok(()) => Exit::Failed,
         Err(e) => settle_error(e),
     }

@@ -421,6 +421,18 @@ else
     fail "$name" "$waiting of 5 waiting, at most $most running at once, held back: ${held:-never seen}"
 fi
 
+# --- least privilege: flow pods' credentials reach no table, only their own run ----------------
+name="flow pods log in as the runner role, which can touch no table, and carry their attempt's token"
+runner_url=$(kubectl -n "$NS" get secret cairn-runner-db -o jsonpath='{.data.database-url}' | base64 -d)
+login=$(psql "$runner_url" -tAc "SELECT current_user" 2>&1 || true)
+tables=$(psql "$runner_url" -tAc "SELECT count(*) FROM cairn.steps" 2>&1 || true)
+token_ref=$(kubectl -n "$NS" get pod after-handover-a1 -o jsonpath='{.spec.containers[0].env[?(@.name=="CAIRN_TOKEN")].valueFrom.secretKeyRef.name}' 2>/dev/null || true)
+if [[ "$login" == *runner_login && "$tables" == *"permission denied"* && "$token_ref" == cairn-token-* ]]; then
+    pass "$name"
+else
+    fail "$name" "login '$login'; reading cairn.steps: '$tables'; token from '$token_ref'"
+fi
+
 # --- health and metrics ---------------------------------------------------------------------
 name="the operator serves /livez, /readyz and /metrics with run counts and launches"
 livez=$(curl -fsS "http://$ENDPOINTS/livez" || true)

@@ -283,6 +283,34 @@ async fn flaky(ctx: Ctx, input: FlakyInput) -> anyhow::Result<u32> {
     .await
 }
 
+// ---- storm: many short steps, for kill storms ---------------------------------------------------
+
+#[derive(Deserialize)]
+struct StormInput {
+    steps: usize,
+    step_ms: u64,
+}
+
+/// Records `start` as each attempt enters, then runs `steps` steps of `step_ms` each, recording
+/// every execution as `step:s<i>` as it begins (the side effect a kill may interrupt).
+async fn storm(ctx: Ctx, input: StormInput) -> anyhow::Result<usize> {
+    effect(&ctx, "start");
+    for i in 0..input.steps {
+        let c = ctx.clone();
+        ctx.step(&format!("s{i}"), move || {
+            let ctx = c.clone();
+            async move {
+                effect(&ctx, &format!("step:s{i}"));
+                tokio::time::sleep(Duration::from_millis(input.step_ms)).await;
+                Ok(i)
+            }
+        })
+        .retry(RetryPolicy::none())
+        .await?;
+    }
+    Ok(input.steps)
+}
+
 // ---- crasher: dies on every attempt --------------------------------------------------------
 
 async fn crasher(ctx: Ctx, _input: Value) -> anyhow::Result<()> {
@@ -346,6 +374,7 @@ async fn main() {
         .flow("square", square)
         .flow("looper", looper)
         .flow("flaky", flaky)
+        .flow("storm", storm)
         .flow("crasher", crasher)
         .flow("typed", typed)
         .flow("costly", costly)

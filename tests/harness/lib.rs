@@ -85,6 +85,17 @@ fn server() -> &'static Server {
     })
 }
 
+/// Restarts this test binary's Postgres (a fast shutdown: every connection is cut), `down` apart.
+/// Only for a test binary whose tests all expect it (see tests/restart.rs).
+pub fn restart_postgres(down: Duration) {
+    let server = server();
+    let pg = LocalPostgres::new(&server.root, server.port).expect("the test Postgres");
+    pg.stop().expect("cannot stop the test Postgres");
+    std::thread::sleep(down);
+    pg.ensure_running()
+        .expect("cannot start the test Postgres again");
+}
+
 /// Runs a future to completion on a private runtime on another thread (usable from anywhere,
 /// including from inside a test's runtime).
 fn run_blocking<T: Send + 'static>(
@@ -131,7 +142,10 @@ fn reap_when_done(root: &Path) {
 /// A fresh, migrated database for one test.
 pub struct TestDb {
     pub pool: PgPool,
+    /// The owner's URL (what the supervisor and the tests use).
     pub url: String,
+    /// The runner login's URL (what flow processes get), once migrated.
+    pub runner_url: String,
     pub name: String,
     /// A directory for this test's files (side-effect logs...).
     pub dir: PathBuf,
@@ -140,10 +154,13 @@ pub struct TestDb {
 impl TestDb {
     /// A database migrated by this test binary's engine version.
     pub async fn new() -> TestDb {
-        let db = Self::unmigrated().await;
+        let mut db = Self::unmigrated().await;
         store::connect(&db.url)
             .await
             .expect("cannot connect to and migrate the test database");
+        db.runner_url = store::runner_url(&db.pool, &db.url)
+            .await
+            .expect("cannot create the runner login");
         db
     }
 
@@ -173,6 +190,7 @@ impl TestDb {
         std::fs::create_dir_all(&dir).expect("test directory");
         TestDb {
             pool,
+            runner_url: url.clone(),
             url,
             name,
             dir,
@@ -290,7 +308,7 @@ impl TestDb {
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         Launcher {
             binary: PathBuf::from(flows),
-            database_url: self.url.clone(),
+            database_url: self.runner_url.clone(),
             env: vars,
             max_parallel: 8,
         }

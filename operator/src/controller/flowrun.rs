@@ -391,14 +391,14 @@ impl Launch<'_> {
         ctx.prepare_namespace(&namespace).await?;
         let (max_running, max_in_namespace) = ctx.config.budget();
         let mut conn = ctx.pool.acquire().await?;
-        let attempt =
-            match engine::start_attempt_within(&mut conn, record.id, max_running, max_in_namespace)
-                .await?
-            {
-                Claim::Started(attempt) => attempt,
-                Claim::NotPending => return Ok(None),
-                Claim::Refused(why) => return Ok(Some(why)),
-            };
+        let claim = match engine::claim(&mut conn, record.id, max_running, max_in_namespace).await?
+        {
+            Claim::Started(claim) => claim,
+            Claim::NotPending => return Ok(None),
+            Claim::Refused(why) => return Ok(Some(why)),
+        };
+        let attempt = claim.number;
+        ctx.hand_token(run, &claim).await?;
         let run_id = record.id.to_string();
         let pod = pod::build_pod(&FlowPod {
             run,

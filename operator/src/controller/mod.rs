@@ -24,7 +24,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use serde::Deserialize;
 use serde_json::json;
@@ -38,8 +38,9 @@ pub const FIELD_MANAGER: &str = "cairn-operator";
 /// which is how the Helm chart configures it).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// The database URL as flow pods reach it, if not the operator's own. Handed to pods
-    /// through a Secret, never inline.
+    /// The database URL flow pods use: a login in role `cairn_runner`, as pods reach the
+    /// database. Default: the operator's own address with the login it creates for them.
+    /// Handed to pods through a Secret, never inline.
     #[arg(long, env = "CAIRN_RUNNER_DATABASE_URL", hide_env_values = true)]
     pub runner_database_url: Option<String>,
     /// Name of the per-namespace Secret the operator keeps the runner's database URL in.
@@ -94,7 +95,7 @@ pub struct Context {
     pub client: Client,
     pub pool: PgPool,
     pub config: Config,
-    /// `config.runner_database_url`, defaulted to the operator's own.
+    /// `config.runner_database_url`, or the operator's own address with the runner login.
     runner_database_url: String,
     /// Runs refused a launch by the running budget, oldest first; woken as slots free.
     pub waiting_for_slot: std::sync::Mutex<VecDeque<ObjectRef<FlowRun>>>,
@@ -160,6 +161,33 @@ impl Context {
         }
     }
 
+    /// Puts the token of a run's new attempt where its pod reads it: the run's token Secret,
+    /// owned by the FlowRun (so it goes with it).
+    async fn hand_token(&self, run: &FlowRun, claim: &engine::Attempt) -> Result<(), Error> {
+        let name = pod::token_secret_name(&claim.run_id.to_string());
+        let secret = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "labels": { pod::LABEL_MANAGED: "cairn", pod::LABEL_RUN: claim.run_id.to_string() },
+                "ownerReferences": [run.controller_owner_ref(&())],
+            },
+            "stringData": {
+                pod::TOKEN_SECRET_KEY: claim.token,
+                "attempt": claim.number.to_string(),
+            },
+        });
+        Api::<Secret>::namespaced(self.client.clone(), &run.namespace().unwrap_or_default())
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// What flow pods of a namespace need before one launches: the Secret they read their
     /// database URL from and, when configured, their service account (with no API token).
     async fn prepare_namespace(&self, namespace: &str) -> Result<(), Error> {
@@ -201,13 +229,15 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
             instance: std::env::var("HOSTNAME").ok(),
         },
     );
+    // Flow pods get the runner login (it can only call the runner's functions), never ours.
+    let runner_database_url = match &config.runner_database_url {
+        Some(url) => url.clone(),
+        None => crate::store::runner_url(&pool, database_url).await?,
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         pool,
-        runner_database_url: config
-            .runner_database_url
-            .clone()
-            .unwrap_or_else(|| database_url.to_owned()),
+        runner_database_url,
         config,
         metrics: telemetry::Metrics::default(),
         recorder,

@@ -18,6 +18,13 @@ pub const LABEL_ATTEMPT: &str = "cairn.dev/attempt";
 pub const LABEL_MANAGED: &str = "app.kubernetes.io/managed-by";
 /// The key, in the per-namespace runner Secret, holding the database URL flow pods use.
 pub const DB_SECRET_KEY: &str = "database-url";
+/// Key of the attempt's token in the run's token Secret.
+pub const TOKEN_SECRET_KEY: &str = "token";
+
+/// The Secret holding the token of a run's current attempt (replaced at each launch).
+pub fn token_secret_name(run_id: &str) -> String {
+    format!("cairn-token-{run_id}")
+}
 
 /// Everything a flow pod is made of.
 pub struct FlowPod<'a> {
@@ -56,18 +63,12 @@ pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
         (LABEL_MANAGED.to_owned(), "cairn".to_owned()),
     ]);
     let mut env = vec![
-        EnvVar {
-            name: cairn::env::DATABASE_URL.into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: spec.db_secret.into(),
-                    key: DB_SECRET_KEY.into(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        secret_env(cairn::env::DATABASE_URL, spec.db_secret, DB_SECRET_KEY),
+        secret_env(
+            cairn::env::TOKEN,
+            &token_secret_name(spec.run_id),
+            TOKEN_SECRET_KEY,
+        ),
         plain_env(cairn::env::RUN_ID, spec.run_id),
         plain_env(cairn::env::ATTEMPT, &spec.attempt.to_string()),
         plain_env(cairn::env::FLOW, spec.flow),
@@ -125,6 +126,22 @@ pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// Credentials reach pods as Secret references, never as literals in the pod spec.
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -301,6 +318,23 @@ mod tests {
         assert_eq!(
             (secret.name.as_str(), secret.key.as_str()),
             ("cairn-runner-db", DB_SECRET_KEY)
+        );
+        // So is the attempt's token.
+        let token = env["CAIRN_TOKEN"];
+        assert_eq!(token.value, None);
+        let secret = token
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (secret.name.as_str(), secret.key.as_str()),
+            (
+                "cairn-token-6b1e5a2c-0000-4000-8000-000000000001",
+                TOKEN_SECRET_KEY
+            )
         );
     }
 

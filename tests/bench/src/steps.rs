@@ -25,7 +25,7 @@ const WARMUP: usize = 200;
 /// The samples, and the connection and run the `raw` and `engine` samples use.
 struct Probe {
     conn: PgConnection,
-    engine_run: (Uuid, i32),
+    engine_run: engine::Attempt,
     raw: Vec<Duration>,
     engine: Vec<Duration>,
     step: Vec<Duration>,
@@ -59,7 +59,6 @@ async fn interleaved(ctx: Ctx, steps: usize) -> anyhow::Result<usize> {
         .await?;
         probe.raw.push(started.elapsed());
 
-        let (run_id, attempt) = probe.engine_run;
         let step = engine::CompletedStep {
             key: &format!("{}/{key}", ctx.run_id()),
             result: &value,
@@ -68,7 +67,7 @@ async fn interleaved(ctx: Ctx, steps: usize) -> anyhow::Result<usize> {
             usage: engine::StepUsage::default(),
         };
         let started = Instant::now();
-        engine::complete_step(&mut probe.conn, run_id, attempt, &step).await?;
+        engine::complete_step(&mut probe.conn, &probe.engine_run, &step).await?;
         probe.engine.push(started.elapsed());
 
         let started = Instant::now();
@@ -178,7 +177,11 @@ async fn bench(url: &str) -> anyhow::Result<()> {
 }
 
 /// A new run, claimed for attempt 1: `(run id, attempt)`.
-async fn started_run(pool: &sqlx::PgPool, flow: &str, input: usize) -> anyhow::Result<(Uuid, i32)> {
+async fn started_run(
+    pool: &sqlx::PgPool,
+    flow: &str,
+    input: usize,
+) -> anyhow::Result<engine::Attempt> {
     let name = format!("bench-{}", Uuid::new_v4().simple());
     let input = serde_json::json!(input);
     let mut conn = pool.acquire().await?;
@@ -191,18 +194,16 @@ async fn started_run(pool: &sqlx::PgPool, flow: &str, input: usize) -> anyhow::R
         retry_backoff_ms: 0,
     };
     let (run_id, _) = engine::create_run(&mut conn, &request).await?;
-    let attempt = engine::start_attempt(&mut conn, run_id)
+    engine::start_attempt(&mut conn, run_id)
         .await?
-        .context("run not pending")?;
-    Ok((run_id, attempt))
+        .context("run not pending")
 }
 
 /// One run of the interleaved flow with `n` steps, through the SDK's run loop.
 async fn run_flow(pool: &sqlx::PgPool, runner: &Runner, url: &str, n: usize) -> anyhow::Result<()> {
-    let (run_id, attempt) = started_run(pool, "interleaved", n).await?;
+    let attempt = started_run(pool, "interleaved", n).await?;
     let env = RunnerEnv {
         database_url: url.to_owned(),
-        run_id,
         attempt,
         inline_sleep_max: Duration::ZERO,
     };
