@@ -1,5 +1,6 @@
 //! Issue 2 through the real `cairn` command line (`target/<profile>/cairn`): exit codes, the
-//! result on the last stdout line, clear errors, and crash recovery under `cairn dev run`.
+//! result on the last stdout line, clear errors, and crash recovery under `cairn dev run`; the
+//! operator's read API against a real database; `kubectl cairn` where no cluster is needed.
 
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -165,12 +166,13 @@ async fn emit_wakes_a_waiting_dev_run_and_refuses_a_payload_failing_its_schema()
     )
     .spawn()
     .expect("cannot start cairn");
-    // `cairn wait`, like `kubectl wait`, needs the run to exist.
+    // `cairn dev wait`, like `kubectl wait`, needs the run to exist.
     let id = run_id(&db, "asks").await;
     let waited = run(cairn(
         &db,
         &log,
         &[
+            "dev",
             "wait",
             "asks",
             "--for",
@@ -187,7 +189,13 @@ async fn emit_wakes_a_waiting_dev_run_and_refuses_a_payload_failing_its_schema()
     let refused = run(cairn(
         &db,
         &log,
-        &["emit", "ok-1", "--data", r#"{"approved":"yes","by":"x"}"#],
+        &[
+            "dev",
+            "emit",
+            "ok-1",
+            "--data",
+            r#"{"approved":"yes","by":"x"}"#,
+        ],
     ))
     .await;
     assert_eq!(refused.status.code(), Some(2));
@@ -201,7 +209,13 @@ async fn emit_wakes_a_waiting_dev_run_and_refuses_a_payload_failing_its_schema()
     let accepted = run(cairn(
         &db,
         &log,
-        &["emit", "ok-1", "--data", r#"{"approved":true,"by":"x"}"#],
+        &[
+            "dev",
+            "emit",
+            "ok-1",
+            "--data",
+            r#"{"approved":true,"by":"x"}"#,
+        ],
     ))
     .await;
     assert_eq!(accepted.status.code(), Some(0), "{}", stderr(&accepted));
@@ -304,4 +318,302 @@ async fn a_database_down_at_start_gives_a_clear_error() {
         "took {:?} to give up on a refused connection",
         started.elapsed()
     );
+}
+
+// ---- the operator's read API, against a real database ------------------------------------------
+
+/// `GET path` over plain HTTP/1.1: the status and the JSON body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the read API");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).expect("UTF-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{path}: {head}"
+    );
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+    (status, json)
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    list["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_read_api_serves_runs_their_steps_and_wait_and_clear_errors() {
+    use cairn_operator::controller::api;
+    let db = TestDb::unmigrated().await;
+    let log = db.log("effects");
+    let done = run(cairn(&db, &log, &dev_run("echo", r#"{"x":1}"#, "done-api"))).await;
+    assert_eq!(done.status.code(), Some(0), "{}", stderr(&done));
+    let child = cairn(
+        &db,
+        &log,
+        &dev_run("approval", r#"{"event":"ok-api"}"#, "asks-api"),
+    )
+    .spawn()
+    .expect("cannot start cairn");
+    run_id(&db, "asks-api").await;
+    let waited = run(cairn(
+        &db,
+        &log,
+        &[
+            "dev",
+            "wait",
+            "asks-api",
+            "--for",
+            "waiting",
+            "--event",
+            "ok-api",
+            "--timeout",
+            "60s",
+        ],
+    ))
+    .await;
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr(&waited));
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = api::ApiState::new(db.pool.clone(), &["default".to_owned()]);
+    let server = tokio::spawn(api::serve(listener, state));
+
+    let (status, all) = http_get(addr, "/api/v1/namespaces/default/runs").await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(names(&all), ["done-api", "asks-api"]);
+    let (_, waiting) = http_get(addr, "/api/v1/namespaces/default/runs?phase=waiting").await;
+    assert_eq!(names(&waiting), ["asks-api"]);
+    assert_eq!(waiting["runs"][0]["waiting_for_event"], "ok-api");
+    assert_eq!(waiting["runs"][0]["phase"], "Waiting");
+    let (_, by_flow) = http_get(addr, "/api/v1/namespaces/default/runs?flow=echo").await;
+    assert_eq!(names(&by_flow), ["done-api"]);
+    assert_eq!(by_flow["runs"][0]["steps"], 1);
+
+    let (status, detail) = http_get(addr, "/api/v1/namespaces/default/runs/asks-api").await;
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["run"]["phase"], "Waiting");
+    assert_eq!(detail["wait"]["kind"], "event");
+    assert_eq!(detail["wait"]["event"], "ok-api");
+    assert_eq!(detail["wait"]["question"], "Approve?");
+    assert_eq!(
+        detail["wait"]["schema"]["properties"]["approved"]["type"], "boolean",
+        "{detail}"
+    );
+    let steps: Vec<(&str, &str)> = detail["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["key"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(steps[0], ("before", "completed"), "{detail}");
+    assert_eq!(steps.last().unwrap().1, "waiting", "{detail}");
+    assert_eq!(detail["attempts"][0]["outcome"], "suspended", "{detail}");
+    assert_eq!(detail["totals"]["steps"], 1);
+    assert_eq!(detail["children"], json!([]));
+
+    // `cairn dev inspect -o json` prints the same document.
+    let inspected = run(cairn(
+        &db,
+        &log,
+        &["dev", "inspect", "asks-api", "-o", "json"],
+    ))
+    .await;
+    assert_eq!(inspected.status.code(), Some(0), "{}", stderr(&inspected));
+    let local: Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(local["run"], detail["run"]);
+    assert_eq!(local["wait"], detail["wait"]);
+    let table = run(cairn(&db, &log, &["dev", "inspect", "asks-api"])).await;
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("Question:  Approve?") && text.contains("cairn dev emit ok-api"),
+        "{text}"
+    );
+
+    let (status, body) = http_get(addr, "/api/v1/namespaces/default/runs/nope").await;
+    assert_eq!(status, 404);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains(r#"run "nope" not found"#),
+        "{body}"
+    );
+    // By id, but in another namespace: not found either.
+    let id = run_id(&db, "asks-api").await;
+    let (status, _) = http_get(addr, &format!("/api/v1/namespaces/default/runs/{id}")).await;
+    assert_eq!(status, 200, "a run can be named by its id");
+    let (status, body) = http_get(addr, &format!("/api/v1/namespaces/other/runs/{id}")).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("not managed"),
+        "{body}"
+    );
+    let (status, body) = http_get(addr, "/api/v1/namespaces/default/runs?phase=bogus").await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("unknown phase"),
+        "{body}"
+    );
+    server.abort();
+
+    let emitted = run(cairn(
+        &db,
+        &log,
+        &[
+            "dev",
+            "emit",
+            "ok-api",
+            "--data",
+            r#"{"approved":true,"by":"t"}"#,
+        ],
+    ))
+    .await;
+    assert_eq!(emitted.status.code(), Some(0), "{}", stderr(&emitted));
+    let output = finish(child).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}
+
+// ---- `kubectl cairn` where no cluster is needed ---------------------------------------------
+
+/// The `cairn` binary installed as the kubectl plugin `kubectl-cairn` (a symlink), with a
+/// kubeconfig of one context whose API server does not exist.
+struct Plugin {
+    dir: std::path::PathBuf,
+}
+
+impl Plugin {
+    fn new() -> Plugin {
+        let dir = std::env::temp_dir().join(format!(
+            "cairn-plugin-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(cairn_cli(), dir.join("kubectl-cairn")).unwrap();
+        std::fs::write(
+            dir.join("kubeconfig"),
+            "apiVersion: v1\nkind: Config\n\
+             clusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\"}}]\n\
+             users: [{name: u, user: {token: t}}]\n\
+             contexts: [{name: only, context: {cluster: c, user: u, namespace: team}}]\n\
+             current-context: only\n",
+        )
+        .unwrap();
+        Plugin { dir }
+    }
+
+    async fn run(&self, kubeconfig: &str, args: &[&str]) -> Output {
+        let mut command = Command::new(self.dir.join("kubectl-cairn"));
+        command
+            .args(args)
+            .env("KUBECONFIG", self.dir.join(kubeconfig))
+            .env("HOME", &self.dir)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("CAIRN_API_URL")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        run(command).await
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn kubectl_cairn_is_the_same_binary_and_says_kubectl_cairn() {
+    let plugin = Plugin::new();
+    let help = plugin.run("kubeconfig", &["--help"]).await;
+    assert_eq!(help.status.code(), Some(0), "{}", stderr(&help));
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("Usage: kubectl cairn"), "{text}");
+    for command in [
+        "runs", "inspect", "approve", "emit", "cancel", "retry", "logs", "wait", "dev",
+    ] {
+        assert!(
+            text.contains(&format!("\n  {command} ")),
+            "{command}: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn kubectl_cairn_errors_say_what_is_wrong_with_exit_codes() {
+    let plugin = Plugin::new();
+
+    // No cluster configured at all: 1, and how to point at one.
+    let none = plugin.run("missing-kubeconfig", &["runs"]).await;
+    assert_eq!(none.status.code(), Some(1), "{}", stderr(&none));
+    let err = stderr(&none);
+    assert!(
+        err.contains("no Kubernetes cluster to talk to") && err.contains("KUBECONFIG"),
+        "{err}"
+    );
+
+    // A context that does not exist: 2, naming the ones that do.
+    let wrong = plugin
+        .run("kubeconfig", &["runs", "--context", "nope"])
+        .await;
+    assert_eq!(wrong.status.code(), Some(2), "{}", stderr(&wrong));
+    let err = stderr(&wrong);
+    assert!(
+        err.contains(r#"cannot use kube context "nope""#) && err.contains("contexts: only"),
+        "{err}"
+    );
+
+    // The API server is down: 1, saying so.
+    let down = plugin.run("kubeconfig", &["inspect", "some-run"]).await;
+    assert_eq!(down.status.code(), Some(1), "{}", stderr(&down));
+    let err = stderr(&down);
+    assert!(
+        err.contains("the Kubernetes API server is unreachable") && err.contains("refused"),
+        "{err}"
+    );
+
+    // Bad input is refused before anything is sent: 2.
+    let bad_json = plugin
+        .run("kubeconfig", &["approve", "some-run", "--data", "{nope"])
+        .await;
+    assert_eq!(bad_json.status.code(), Some(2), "{}", stderr(&bad_json));
+    assert!(
+        stderr(&bad_json).contains("--data is not valid JSON"),
+        "{}",
+        stderr(&bad_json)
+    );
+    let bad_phase = plugin.run("kubeconfig", &["runs", "--phase", "done"]).await;
+    assert_eq!(bad_phase.status.code(), Some(2), "{}", stderr(&bad_phase));
+    assert!(
+        stderr(&bad_phase).contains("unknown phase"),
+        "{}",
+        stderr(&bad_phase)
+    );
+    let bad_until = plugin
+        .run(
+            "kubeconfig",
+            &["wait", "r", "--for", "sometime", "--timeout", "1s"],
+        )
+        .await;
+    assert_eq!(bad_until.status.code(), Some(2), "{}", stderr(&bad_until));
 }

@@ -18,11 +18,11 @@ echo "== Starting run $run (a crash will be injected inside step \"draft\")"
 supervisor=$!
 
 echo "== Waiting until the run asks for approval (its process exits meanwhile)"
-"$CAIRN" wait "$run" --for waiting --event "approve-$run" --timeout 120s
-"$CAIRN" inspect "$run"
+"$CAIRN" dev wait "$run" --for waiting --event "approve-$run" --timeout 120s
+"$CAIRN" dev inspect "$run"
 
-echo "== Approving: cairn emit approve-$run --data true"
-"$CAIRN" emit "approve-$run" --data true
+echo "== Approving: cairn dev emit approve-$run --data true"
+"$CAIRN" dev emit "approve-$run" --data true
 status=0
 wait "$supervisor" || status=$?
 

@@ -1,4 +1,5 @@
-//! The `cairn` command line.
+//! The `cairn` command line (also `kubectl cairn`): argument definitions and dispatch. The
+//! Kubernetes commands live in `kubectl`, the local database ones (`cairn dev`) here.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -6,12 +7,16 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use cairn::engine::{self, EngineError};
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use serde_json::{Value, json};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use serde_json::Value;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 
+use crate::controller::api;
+use crate::kubectl::{
+    self,
+    render::{self, RunRow, Ui},
+};
 use crate::lifecycle::Phase;
 use crate::localdb::LocalPostgres;
 use crate::store::{self, RunRecord};
@@ -21,7 +26,10 @@ use crate::supervisor::{self, Launcher};
 #[command(
     name = "cairn",
     version,
-    about = "Durable flows: run them locally with `cairn dev`, inspect and steer them"
+    about = "Durable flows: steer runs on Kubernetes (also as `kubectl cairn`), or run them locally with `cairn dev`",
+    after_help = "Exit codes: 0 done; 1 the operation failed (cluster or operator unreachable, a run in a \
+                  state that does not allow it, a wait that timed out or ended elsewhere); 2 a usage or \
+                  input error (unknown run, bad JSON, a payload failing the wait's schema)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -30,19 +38,202 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The local loop: run flows as local processes against Postgres (no cluster).
-    #[command(subcommand)]
-    Dev(DevCommand),
-    /// Emit an event; runs waiting for it wake up.
+    /// List FlowRuns with phase, attempt, steps, cost and what they wait for.
+    ///
+    /// Child runs are listed under their parent.
+    Runs {
+        /// Only runs in these phases (comma-separated).
+        #[arg(long, value_delimiter = ',', value_parser = parse_phase)]
+        phase: Vec<Phase>,
+        /// Only runs of this flow (spec.flow, or the Flow of spec.flowRef).
+        #[arg(long)]
+        flow: Option<String>,
+        /// Runs of every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[command(flatten)]
+        target: KubeTarget,
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show a run: steps, durations, tokens, costs, attempts, and the question it waits on.
+    ///
+    /// The FlowRun's status, with the detail the operator's read API serves from the database:
+    /// steps with durations, tokens and cost, attempts and their pods, children, and the
+    /// pending question with its JSON schema.
+    Inspect {
+        /// The FlowRun's name.
+        run: String,
+        #[command(flatten)]
+        target: KubeTarget,
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Answer the event a run waits for (a FlowEvent).
+    ///
+    /// The payload is checked against the wait's JSON schema before anything is created; then a
+    /// FlowEvent delivers it, so RBAC on FlowEvents decides who may approve.
+    Approve {
+        /// The FlowRun's name.
+        run: String,
+        /// The payload (JSON).
+        #[arg(long, default_value = "true")]
+        data: String,
+        #[command(flatten)]
+        wait: WaitFlags,
+        #[command(flatten)]
+        target: KubeTarget,
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Emit an event (a FlowEvent); runs waiting for it wake up.
+    ///
+    /// Events are write-once. The payload is checked against the schema of every run of the
+    /// namespace waiting for the event before anything is created.
     Emit {
-        /// Event name (events are write-once per namespace).
+        /// The event name.
         event: String,
-        /// JSON payload.
+        /// The payload (JSON); checked against the schema of every run waiting for the event.
         #[arg(long, default_value = "null")]
         data: String,
-        #[arg(long, short = 'n', default_value = "default")]
-        namespace: String,
+        #[command(flatten)]
+        target: KubeTarget,
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
+    /// Cancel a run.
+    ///
+    /// Sets spec.cancel: a parked run ends at once, a running one at its next step boundary.
+    Cancel {
+        /// The FlowRun's name.
+        run: String,
+        #[command(flatten)]
+        wait: WaitFlags,
+        #[command(flatten)]
+        target: KubeTarget,
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Retry a failed run from its last checkpoint.
+    ///
+    /// Completed steps are not run (nor paid for) again. Sets the cairn.dev/retry annotation,
+    /// which the operator acts on once per value.
+    Retry {
+        /// The FlowRun's name.
+        run: String,
+        #[command(flatten)]
+        wait: WaitFlags,
+        #[command(flatten)]
+        target: KubeTarget,
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Logs of a run's pods, attempt by attempt.
+    Logs {
+        /// The FlowRun's name.
+        run: String,
+        /// Follow the current attempt's pod.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only this attempt.
+        #[arg(long)]
+        attempt: Option<i32>,
+        #[command(flatten)]
+        target: KubeTarget,
+        /// `json`: one object per line (attempt, pod, line).
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Wait until a run reaches a phase (or any final phase), like `kubectl wait`.
+    Wait {
+        /// The FlowRun's name.
+        run: String,
+        /// A phase (pending, running, waiting, sleeping, retrying, succeeded, failed, cancelled) or `finished`.
+        #[arg(long = "for", default_value = "finished", value_parser = parse_until)]
+        until: kubectl::Until,
+        /// With `--for waiting`: wait until the run waits for this event.
+        #[arg(long)]
+        event: Option<String>,
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        #[command(flatten)]
+        target: KubeTarget,
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// The local loop on a Postgres, no cluster: run, list, inspect, answer, cancel, wait.
+    ///
+    /// Runs flows as local processes against CAIRN_DATABASE_URL (or a private Postgres).
+    #[command(subcommand)]
+    Dev(DevCommand),
+    /// Run the Kubernetes operator (current kube context or in-cluster config).
+    ///
+    /// The database is CAIRN_DATABASE_URL.
+    Operator(crate::controller::Config),
+}
+
+/// Where the cluster and the operator are.
+#[derive(Args)]
+struct KubeTarget {
+    /// The kubeconfig context to use (default: the current one).
+    #[arg(long)]
+    context: Option<String>,
+    /// The namespace (default: the context's).
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Namespace of the operator's Service (for the read API).
+    #[arg(long, env = "CAIRN_OPERATOR_NAMESPACE", default_value = "cairn-system")]
+    operator_namespace: String,
+    /// The operator's Service (port name `http`), reached through the API server's proxy.
+    #[arg(long, env = "CAIRN_OPERATOR_SERVICE", default_value = "cairn-operator")]
+    operator_service: String,
+    /// Reach the read API at this URL instead (a port-forward, an operator on this host).
+    #[arg(long, env = "CAIRN_API_URL")]
+    api_url: Option<String>,
+}
+
+impl From<KubeTarget> for kubectl::Target {
+    fn from(t: KubeTarget) -> kubectl::Target {
+        kubectl::Target {
+            context: t.context,
+            namespace: t.namespace,
+            operator_namespace: t.operator_namespace,
+            operator_service: t.operator_service,
+            api_url: t.api_url.filter(|u| !u.is_empty()),
+        }
+    }
+}
+
+#[derive(Args)]
+struct WaitFlags {
+    /// Wait until the operator has acted (the event delivered and the run resumed, the run
+    /// cancelled, the retry started).
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, requires = "wait")]
+    timeout: Duration,
+}
+
+impl WaitFlags {
+    fn timeout(&self) -> Option<Duration> {
+        self.wait.then_some(self.timeout)
+    }
+}
+
+fn parse_phase(text: &str) -> Result<Phase, String> {
+    text.trim().parse()
+}
+
+fn parse_until(text: &str) -> Result<kubectl::Until, String> {
+    text.parse()
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Start a run (or resume the one with this --name) and supervise it until it finishes.
+    /// Prints the result JSON as the last line; exits 0 only when the run succeeded.
+    Run(DevRun),
     /// List runs.
     Runs {
         #[arg(long, short = 'n')]
@@ -58,15 +249,22 @@ enum Command {
         #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Emit an event; runs waiting for it wake up.
+    Emit {
+        /// Event name (events are write-once per namespace).
+        event: String,
+        /// JSON payload.
+        #[arg(long, default_value = "null")]
+        data: String,
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+    },
     /// Cancel a run (and its unfinished children). A running run stops at its next step boundary.
     Cancel {
         run: String,
         #[arg(long, short = 'n', default_value = "default")]
         namespace: String,
     },
-    /// Run the Kubernetes operator against the current kube context (or in-cluster config).
-    /// The database is CAIRN_DATABASE_URL.
-    Operator(crate::controller::Config),
     /// Wait until a run reaches a phase (or any final phase), like `kubectl wait`.
     Wait {
         run: String,
@@ -81,13 +279,6 @@ enum Command {
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
-}
-
-#[derive(Subcommand)]
-enum DevCommand {
-    /// Start a run (or resume the one with this --name) and supervise it until it finishes.
-    /// Prints the result JSON as the last line; exits 0 only when the run succeeded.
-    Run(DevRun),
     /// Print the private Postgres URL (starting and migrating it if needed).
     DbUrl,
     /// Stop the private Postgres.
@@ -126,32 +317,41 @@ enum Output {
     Json,
 }
 
-/// Exit codes: 0 success, 1 the run failed or was cancelled, 2 a usage or input error.
+/// The same binary is the kubectl plugin `kubectl-cairn`: it behaves identically, and its help
+/// and hints say `kubectl cairn`.
 pub async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let invoked_as = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let mut command = Cli::command();
+    if invoked_as.as_deref() == Some("kubectl-cairn") {
+        kubectl::set_program("kubectl cairn");
+        command = command.name("kubectl-cairn").bin_name("kubectl cairn");
+    }
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_tracing(matches!(cli.command, Command::Operator(_)));
+    let local = matches!(cli.command, Command::Dev(_) | Command::Operator(_));
     match run(cli.command).await {
         Ok(code) => code,
-        Err(e) => {
+        // `cairn dev` and the operator keep their codes: every error is 2.
+        Err(e) if local => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(kubectl::exit_code(&e))
         }
     }
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Dev(DevCommand::Run(args)) => dev_run(args).await,
-        Command::Dev(DevCommand::DbUrl) => {
-            let url = LocalPostgres::new(LocalPostgres::default_root(), 5432)?.ensure_running()?;
-            store::connect(&url).await?; // applies migrations
-            println!("{url}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Dev(DevCommand::DbStop) => {
-            LocalPostgres::new(LocalPostgres::default_root(), 5432)?.stop()?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Dev(dev) => run_dev(dev).await,
         Command::Operator(config) => {
             let url = std::env::var("CAIRN_DATABASE_URL").map_err(|_| {
                 anyhow!("the operator needs CAIRN_DATABASE_URL (a Postgres flow pods can reach)")
@@ -159,7 +359,116 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             crate::controller::run(&url, config).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Runs {
+            phase,
+            flow,
+            all_namespaces,
+            target,
+            output,
+        } => {
+            let kube = connect(target, output).await?;
+            kube.list(all_namespaces, &phase, flow.as_deref()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect {
+            run,
+            target,
+            output,
+        } => {
+            connect(target, output).await?.inspect(&run).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Approve {
+            run,
+            data,
+            wait,
+            target,
+            output,
+        } => {
+            let payload = kube_json(&data, "--data")?;
+            let kube = connect(target, output).await?;
+            kube.approve(&run, payload, wait.timeout()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Emit {
+            event,
+            data,
+            target,
+            output,
+        } => {
+            let payload = kube_json(&data, "--data")?;
+            connect(target, output).await?.emit(&event, payload).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel {
+            run,
+            wait,
+            target,
+            output,
+        } => {
+            let kube = connect(target, output).await?;
+            kube.cancel(&run, wait.timeout()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retry {
+            run,
+            wait,
+            target,
+            output,
+        } => {
+            let kube = connect(target, output).await?;
+            kube.retry(&run, wait.timeout()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs {
+            run,
+            follow,
+            attempt,
+            target,
+            output,
+        } => {
+            let kube = connect(target, output).await?;
+            kube.logs(&run, attempt, follow).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wait {
+            run,
+            until,
+            event,
+            timeout,
+            target,
+            output,
+        } => {
+            let kube = connect(target, output).await?;
+            kube.wait(&run, until, event.as_deref(), timeout).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn connect(target: KubeTarget, output: Output) -> anyhow::Result<kubectl::Kube> {
+    kubectl::Kube::connect(target.into(), output == Output::Json).await
+}
+
+/// JSON given to a `kubectl cairn` command (a mistake there is an input error).
+fn kube_json(text: &str, flag: &str) -> anyhow::Result<Value> {
+    parse_json(text, flag).map_err(|e| kubectl::InputError(e.to_string()).into())
+}
+
+async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DevCommand::Run(args) => dev_run(args).await,
+        DevCommand::DbUrl => {
+            let url = LocalPostgres::new(LocalPostgres::default_root(), 5432)?.ensure_running()?;
+            store::connect(&url).await?; // applies migrations
+            println!("{url}");
+            Ok(ExitCode::SUCCESS)
+        }
+        DevCommand::DbStop => {
+            LocalPostgres::new(LocalPostgres::default_root(), 5432)?.stop()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DevCommand::Emit {
             event,
             data,
             namespace,
@@ -184,22 +493,54 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Runs { namespace, output } => {
+        DevCommand::Runs { namespace, output } => {
             let pool = open().await?;
-            let runs = store::list(&pool, namespace.as_deref()).await?;
-            print_runs(&runs, output)?;
+            let records = store::list(&pool, namespace.as_deref()).await?;
+            let runs = api::summaries(&records);
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&api::RunList { runs })?);
+            } else {
+                let rows: Vec<RunRow> = runs.iter().map(RunRow::from).collect();
+                let table = render::runs_table(
+                    &rows,
+                    namespace.is_none(),
+                    &Ui::detect(),
+                    chrono::Utc::now(),
+                );
+                println!("{table}");
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Inspect {
+        DevCommand::Inspect {
             run,
             namespace,
             output,
         } => {
             let pool = open().await?;
-            inspect(&pool, &namespace, &run, output).await?;
+            let detail =
+                api::detail(&pool, &namespace, &run)
+                    .await
+                    .map_err(|e| match e.status {
+                        axum::http::StatusCode::NOT_FOUND => anyhow!("{e} (see `cairn dev runs`)"),
+                        _ => anyhow!(e),
+                    })?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&detail)?);
+            } else {
+                let answer =
+                    |event: &str| format!("cairn dev emit {event} --data <JSON> -n {namespace}");
+                let text = render::detail_text(
+                    &detail,
+                    None,
+                    Some(&answer),
+                    &Ui::detect(),
+                    chrono::Utc::now(),
+                );
+                print!("{text}");
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Cancel { run, namespace } => {
+        DevCommand::Cancel { run, namespace } => {
             let pool = open().await?;
             let record = store::find(&pool, &namespace, &run).await?;
             let state = engine::cancel_run(&mut *pool.acquire().await?, record.id)
@@ -214,7 +555,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Wait {
+        DevCommand::Wait {
             run,
             namespace,
             until,
@@ -291,9 +632,10 @@ async fn dev_run(args: DevRun) -> anyhow::Result<ExitCode> {
         args.flow
     );
 
+    // Flow processes get the runner login, never the owner's.
     let launcher = Launcher {
         binary,
-        database_url: url,
+        database_url: store::runner_url(&pool, &url).await?,
         env: vec![],
         max_parallel: args.parallel.max(1),
     };
@@ -411,150 +753,6 @@ async fn wait_for(
         }
         listener.try_recv().await?;
     }
-}
-
-fn print_runs(runs: &[RunRecord], output: Output) -> anyhow::Result<()> {
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(runs)?);
-        return Ok(());
-    }
-    let mut table = table([
-        "NAME",
-        "FLOW",
-        "PHASE",
-        "ATTEMPT",
-        "STEPS",
-        "COST",
-        "WAITING FOR",
-        "AGE",
-    ]);
-    for run in runs {
-        table.add_row([
-            run.name.clone(),
-            run.flow.clone(),
-            run.phase.to_string(),
-            run.attempt.to_string(),
-            run.steps.to_string(),
-            format!("${:.4}", run.usd),
-            waiting_summary(run),
-            age(run.created_at),
-        ]);
-    }
-    println!("{table}");
-    Ok(())
-}
-
-fn table<const N: usize>(header: [&str; N]) -> Table {
-    let mut table = Table::new();
-    table.load_style(UTF8_BORDERS_ONLY).set_header(header);
-    table
-}
-
-fn waiting_summary(run: &RunRecord) -> String {
-    let Some(waiting) = &run.waiting_for else {
-        return String::new();
-    };
-    if let Some(event) = waiting.get("event").and_then(Value::as_str) {
-        return format!("event {event}");
-    }
-    if let Some(n) = waiting.get("unfinished") {
-        return format!("{n} child run(s)");
-    }
-    if let Some(until) = waiting.get("until").and_then(Value::as_str) {
-        return format!("timer {until}");
-    }
-    if waiting.get("retry_after").is_some() {
-        return "retry backoff".into();
-    }
-    String::new()
-}
-
-fn age(since: chrono::DateTime<chrono::Utc>) -> String {
-    let secs = (chrono::Utc::now() - since).num_seconds().max(0) as u64;
-    humantime::format_duration(Duration::from_secs(secs)).to_string()
-}
-
-async fn inspect(pool: &PgPool, namespace: &str, name: &str, output: Output) -> anyhow::Result<()> {
-    let run = store::find(pool, namespace, name).await?;
-    let steps = store::steps(pool, run.id).await?;
-    let attempts = store::attempts(pool, run.id).await?;
-    let totals = store::totals(pool, run.id).await?;
-    if output == Output::Json {
-        let doc = json!({ "run": run, "steps": steps, "attempts": attempts, "totals": totals });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(());
-    }
-    println!(
-        "Run:      {} ({}), namespace {}",
-        run.name, run.id, run.namespace
-    );
-    println!("Flow:     {}", run.flow);
-    println!(
-        "Phase:    {} (attempt {}, {} crash(es) of {} allowed)",
-        run.phase, run.attempt, run.crashes, run.max_attempts
-    );
-    if let Some(waiting) = &run.waiting_for {
-        println!("Waiting:  {}", waiting_summary(&run));
-        if let Some(q) = waiting.get("question").and_then(Value::as_str) {
-            println!("Question: {q}");
-        }
-        if let Some(schema) = waiting.get("schema") {
-            println!("Schema:   {schema}");
-        }
-        if let Some(deadline) = waiting.get("deadline").and_then(Value::as_str) {
-            println!("Deadline: {deadline}");
-        }
-    }
-    let mut table = table([
-        "STEP",
-        "KIND",
-        "STATUS",
-        "ATTEMPT",
-        "TRIES",
-        "DURATION",
-        "TOKENS IN/OUT",
-        "COST",
-        "MODEL",
-    ]);
-    for step in &steps {
-        table.add_row([
-            step.key.clone(),
-            step.kind.clone(),
-            step.status.clone(),
-            step.attempt.map(|a| a.to_string()).unwrap_or_default(),
-            step.tries.map(|t| t.to_string()).unwrap_or_default(),
-            format!("{:.0} ms", step.duration_ms),
-            match (step.tokens_in, step.tokens_out) {
-                (None, None) => String::new(),
-                (i, o) => format!("{}/{}", i.unwrap_or(0), o.unwrap_or(0)),
-            },
-            step.usd.map(|u| format!("${u:.4}")).unwrap_or_default(),
-            step.model.clone().unwrap_or_default(),
-        ]);
-    }
-    println!("{table}");
-    println!(
-        "Totals:   {} steps, {} tokens in, {} tokens out, ${:.4}",
-        totals.steps, totals.tokens_in, totals.tokens_out, totals.usd
-    );
-    let attempts_line: Vec<String> = attempts
-        .iter()
-        .map(|a| {
-            format!(
-                "#{} {}",
-                a.attempt,
-                a.outcome.as_deref().unwrap_or("running")
-            )
-        })
-        .collect();
-    println!("Attempts: {}", attempts_line.join(", "));
-    if let Some(result) = &run.result {
-        println!("Result:   {result}");
-    }
-    if let Some(message) = run.error_message() {
-        println!("Error:    {message}");
-    }
-    Ok(())
 }
 
 /// Commands log warnings to stderr; the operator logs JSON lines at info.

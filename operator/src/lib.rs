@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod controller;
+pub mod kubectl;
 pub mod lifecycle;
 pub mod localdb;
 pub mod store;

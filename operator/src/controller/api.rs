@@ -212,7 +212,12 @@ pub struct Wait {
 impl Wait {
     /// Parses the engine's `waiting_for`.
     pub fn from_engine(waiting_for: &Value, wake_at: Option<DateTime<Utc>>) -> Option<Wait> {
-        let text = |key: &str| waiting_for.get(key).and_then(Value::as_str).map(str::to_owned);
+        let text = |key: &str| {
+            waiting_for
+                .get(key)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
         let time = |key: &str| {
             waiting_for
                 .get(key)
@@ -367,16 +372,23 @@ pub async fn list(
     flow: Option<&str>,
 ) -> anyhow::Result<Vec<RunSummary>> {
     let records = store::list(pool, Some(namespace)).await?;
-    let names: HashMap<Uuid, String> = records.iter().map(|r| (r.id, r.name.clone())).collect();
-    Ok(records
-        .iter()
+    Ok(summaries(&records)
+        .into_iter()
         .filter(|r| phases.is_empty() || phases.contains(&r.phase))
         .filter(|r| flow.is_none_or(|f| r.flow == f))
+        .collect())
+}
+
+/// Summaries of runs, each child naming its parent (when the parent is among them).
+pub fn summaries(records: &[RunRecord]) -> Vec<RunSummary> {
+    let names: HashMap<Uuid, String> = records.iter().map(|r| (r.id, r.name.clone())).collect();
+    records
+        .iter()
         .map(|r| {
             let parent = r.parent_id.and_then(|p| names.get(&p).cloned());
             RunSummary::from_record(r, parent)
         })
-        .collect())
+        .collect()
 }
 
 /// A run of a namespace (by name, or by id) with its steps, attempts, totals, children and wait.
@@ -616,15 +628,15 @@ mod tests {
         let (status, body) = get(state(&[]), "/api/v1/namespaces/a/runs?phase=done").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(
-            body["error"].as_str().unwrap().contains("unknown phase \"done\""),
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("unknown phase \"done\""),
             "{body}"
         );
         let (status, body) = get(state(&[]), "/api/v1/namespaces/a/runs?state=failed").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(
-            body["error"].as_str().unwrap().contains("state"),
-            "{body}"
-        );
+        assert!(body["error"].as_str().unwrap().contains("state"), "{body}");
     }
 
     #[tokio::test]
