@@ -304,6 +304,12 @@ mod tests {
             committed == crds_yaml(),
             "crds/generated/crds.yaml is stale: run `cargo run -p cairn-crds --bin crdgen > crds/generated/crds.yaml`"
         );
+        // Helm reads only files inside the chart: it carries a copy.
+        let in_chart = include_str!("../../charts/cairn/files/crds.yaml");
+        assert!(
+            in_chart == committed,
+            "charts/cairn/files/crds.yaml differs: run `cp crds/generated/crds.yaml charts/cairn/files/crds.yaml`"
+        );
     }
 
     #[test]

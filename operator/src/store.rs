@@ -1,5 +1,5 @@
 //! Connecting to the engine's database, applying migrations, and the read queries behind
-//! `cairn runs` and `cairn inspect`.
+//! `cairn dev runs`, `cairn dev inspect` and the read API.
 
 use std::time::Duration;
 
@@ -241,7 +241,7 @@ pub async fn find(pool: &PgPool, namespace: &str, name_or_id: &str) -> anyhow::R
     .await?
     .ok_or_else(|| {
         NotFound(format!(
-            "no run named \"{name_or_id}\" in namespace \"{namespace}\" (see `cairn runs`)"
+            "no run named \"{name_or_id}\" in namespace \"{namespace}\" (see `cairn dev runs`)"
         ))
     })?;
     Ok(to_record!(row))
@@ -251,7 +251,7 @@ pub async fn find(pool: &PgPool, namespace: &str, name_or_id: &str) -> anyhow::R
 #[error("{0}")]
 pub struct NotFound(String);
 
-/// One step of a run for `cairn inspect`: a checkpoint (`completed`), or the wait, sleep or
+/// One step of a run for `cairn dev inspect` and the read API: a checkpoint (`completed`), or the wait, sleep or
 /// join the run is blocked on (`waiting`).
 #[derive(Debug, Clone, Serialize)]
 pub struct StepRecord {
@@ -296,7 +296,7 @@ pub async fn steps(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Vec<StepRecord
     Ok(rows)
 }
 
-/// One launched process, for `cairn inspect`.
+/// One launched process, for `cairn dev inspect` and the read API.
 #[derive(Debug, Clone, Serialize)]
 pub struct AttemptRecord {
     pub attempt: i32,

@@ -16,6 +16,9 @@ PROFILE="small-$NS"
 
 finish() {
     local rc=$?
+    # Runs first, while an operator still runs their finalizers (and deletes their rows); a
+    # namespace holding FlowRuns nobody finalizes would stay Terminating.
+    kubectl -n "$NS" delete flowruns --all --timeout=60s >/dev/null 2>&1 || true
     [[ -n "$operator_pid" ]] && kill "$operator_pid" 2>/dev/null || true
     [[ -n "$standby_pid" ]] && kill "$standby_pid" 2>/dev/null || true
     kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
@@ -304,7 +307,7 @@ fi
 name="a flow pod deleted in the middle of a call is relaunched; completed steps do not run again"
 # Attempt 1 plans and parks on its child; attempt 2 replays the plan and is drafting when its
 # pod is deleted; attempt 3 replays the plan, drafts, is already approved, and finishes.
-if wait_pod_log killed-a2 $'calling\tkilled\tdraft' 120 &&
+if wait_pod_log killed-a2 $'calling\tkilled\tdraft' 240 &&
     kubectl -n "$NS" delete pod killed-a2 --wait=false >/dev/null &&
     wait_jsonpath fr/killed '{.status.phase}' Succeeded 180s; then
     kubectl -n "$NS" wait pod/killed-a3 --for=jsonpath='{.status.phase}'=Succeeded --timeout=60s >/dev/null || true
@@ -419,6 +422,81 @@ if [[ "$waiting" == 5 && "$most" -le 2 && "$held" == yes ]]; then
     pass "$name (at most $most running; all 5 reached Waiting)"
 else
     fail "$name" "$waiting of 5 waiting, at most $most running at once, held back: ${held:-never seen}"
+fi
+
+# --- a corpus of malformed objects: each refused with a message that says what to fix ----------
+name="every manifest of the malformed corpus is refused by the API server, saying what is wrong"
+refused=0 total=0 wrong=""
+for manifest in "$CLUSTER_DIR"/corpus/*.yaml; do
+    total=$((total + 1))
+    expect=$(sed -n 's/^# expect: //p' "$manifest")
+    if out=$(kubectl apply --dry-run=server -n "$NS" -f "$manifest" 2>&1); then
+        wrong+=" $(basename "$manifest"): accepted;"
+    elif grep -qF -- "$expect" <<<"$out"; then
+        refused=$((refused + 1))
+    else
+        wrong+=" $(basename "$manifest"): $out;"
+    fi
+done
+# An input far over the API server's request limit.
+total=$((total + 1))
+big=$(head -c 4000000 /dev/zero | tr '\0' 'x')
+if out=$(printf 'apiVersion: cairn.dev/v1alpha1\nkind: FlowRun\nmetadata: { name: corpus-huge }\nspec: { flowRef: research, input: { topic: "%s" } }\n' "$big" |
+    kubectl apply --dry-run=server -n "$NS" -f - 2>&1); then
+    wrong+=" a 4 MB input: accepted;"
+elif grep -qiE "too large|exceeds" <<<"$out"; then
+    refused=$((refused + 1))
+else
+    wrong+=" a 4 MB input: $(head -c 200 <<<"$out");"
+fi
+if [[ "$refused" == "$total" ]]; then pass "$name ($refused manifests)"; else fail "$name" "$refused of $total;$wrong"; fi
+
+kubectl apply -n "$NS" -f - >/dev/null <<EOF
+apiVersion: cairn.dev/v1alpha1
+kind: ResourceProfile
+metadata: { name: corpus-$NS }
+spec: { resources: { requests: { cpu: lots } } }
+---
+apiVersion: cairn.dev/v1alpha1
+kind: FlowRun
+metadata: { name: bad-profile }
+spec: { flowRef: research, profile: corpus-$NS, input: { topic: x } }
+EOF
+name="a profile a pod would refuse gives the run a condition naming the field, and no pod"
+if wait_jsonpath fr/bad-profile '{.status.conditions[0].reason}' InvalidProfile 60s; then
+    message=$(kubectl -n "$NS" get fr bad-profile -o jsonpath='{.status.conditions[0].message}')
+    pods=$(kubectl -n "$NS" get pods -o name | grep -c '/bad-profile-' || true)
+    if [[ "$message" == *'resources.requests.cpu is "lots"'* && "$pods" == 0 ]]; then pass "$name"; else fail "$name" "$pods pods; '$message'"; fi
+else
+    fail "$name" "status: $(kubectl -n "$NS" get fr bad-profile -o jsonpath='{.status}')"
+fi
+kubectl delete resourceprofile "corpus-$NS" --wait=false >/dev/null 2>&1 || true
+
+name="an approval failing the wait's schema is refused, the run keeps waiting, and a valid one completes it"
+# Only a wait that exists can check a payload: emitted earlier, the run would fail on it instead.
+wait_jsonpath fr/after-handover '{.status.waitingFor.event}' approve-after-handover 180s || true
+kubectl apply -n "$NS" -f - >/dev/null <<EOF
+apiVersion: cairn.dev/v1alpha1
+kind: FlowEvent
+metadata: { name: approve-after-handover-wrong }
+spec: { event: approve-after-handover, payload: "yes please" }
+EOF
+if wait_jsonpath fe/approve-after-handover-wrong '{.status.delivered}' false 60s; then
+    message=$(kubectl -n "$NS" get fe approve-after-handover-wrong -o jsonpath='{.status.message}')
+    phase=$(kubectl -n "$NS" get fr after-handover -o jsonpath='{.status.phase}')
+    kubectl apply -n "$NS" -f - >/dev/null <<EOF
+apiVersion: cairn.dev/v1alpha1
+kind: FlowEvent
+metadata: { name: approve-after-handover }
+spec: { event: approve-after-handover, payload: true }
+EOF
+    if [[ "$message" == *schema* && "$phase" == Waiting ]] && wait_jsonpath fr/after-handover '{.status.phase}' Succeeded 120s; then
+        pass "$name"
+    else
+        fail "$name" "refusal '$message', phase then '$phase', now $(kubectl -n "$NS" get fr after-handover -o jsonpath='{.status.phase}')"
+    fi
+else
+    fail "$name" "status: $(kubectl -n "$NS" get fe approve-after-handover-wrong -o jsonpath='{.status}')"
 fi
 
 # --- least privilege: flow pods' credentials reach no table, only their own run ----------------

@@ -90,6 +90,9 @@ pub fn resolve(
         }
         (_, found) => found.map(|p| p.spec.clone()),
     };
+    if let (Some(name), Some(profile)) = (profile_name, &profile) {
+        check_profile(name, profile)?;
+    }
     let retry = spec
         .retry
         .clone()
@@ -109,6 +112,80 @@ pub fn resolve(
         max_attempts: retry.max_attempts.unwrap_or(3).max(1),
         retry_backoff: Duration::from_secs(retry.backoff_seconds.unwrap_or(10).max(0) as u64),
     })
+}
+
+/// What the API server does not check in a ResourceProfile but a pod would refuse: found here,
+/// the run gets a condition naming the profile and the fix instead of crashing at launch.
+fn check_profile(name: &str, profile: &ResourceProfileSpec) -> Result<(), Invalid> {
+    let invalid = |what: String| Invalid {
+        reason: "InvalidProfile",
+        message: format!("ResourceProfile \"{name}\": {what}"),
+    };
+    let resources = profile.resources.as_ref();
+    for (kind, amounts) in [
+        ("requests", resources.and_then(|r| r.requests.as_ref())),
+        ("limits", resources.and_then(|r| r.limits.as_ref())),
+    ] {
+        for (resource, amount) in amounts.into_iter().flatten() {
+            if !is_quantity(&amount.0) {
+                return Err(invalid(format!(
+                    "resources.{kind}.{resource} is \"{}\", not a quantity (such as 250m, 2 or 512Mi)",
+                    amount.0
+                )));
+            }
+        }
+    }
+    for toleration in &profile.tolerations {
+        if let Some(effect) = toleration.effect.as_deref()
+            && !["NoSchedule", "PreferNoSchedule", "NoExecute", ""].contains(&effect)
+        {
+            return Err(invalid(format!(
+                "toleration effect \"{effect}\" is not NoSchedule, PreferNoSchedule or NoExecute"
+            )));
+        }
+        if let Some(operator) = toleration.operator.as_deref()
+            && !["Exists", "Equal", ""].contains(&operator)
+        {
+            return Err(invalid(format!(
+                "toleration operator \"{operator}\" is not Exists or Equal"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A Kubernetes quantity: a decimal number, then a binary (Ki…Ei) or decimal (n, u, m, k…E)
+/// suffix or an exponent (e3).
+fn is_quantity(text: &str) -> bool {
+    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let end = unsigned
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(unsigned.len());
+    let (number, suffix) = unsigned.split_at(end);
+    let number_ok = number.chars().any(|c| c.is_ascii_digit()) && number.matches('.').count() <= 1;
+    let exponent_ok = |e: &str| {
+        let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+        !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())
+    };
+    let suffix_ok = matches!(
+        suffix,
+        "" | "Ki"
+            | "Mi"
+            | "Gi"
+            | "Ti"
+            | "Pi"
+            | "Ei"
+            | "n"
+            | "u"
+            | "m"
+            | "k"
+            | "M"
+            | "G"
+            | "T"
+            | "P"
+            | "E"
+    ) || suffix.strip_prefix(['e', 'E']).is_some_and(exponent_ok);
+    number_ok && suffix_ok
 }
 
 pub async fn reconcile(run: Arc<FlowRun>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -398,7 +475,6 @@ impl Launch<'_> {
             Claim::Refused(why) => return Ok(Some(why)),
         };
         let attempt = claim.number;
-        ctx.hand_token(run, &claim).await?;
         let run_id = record.id.to_string();
         let pod = pod::build_pod(&FlowPod {
             run,
@@ -419,8 +495,15 @@ impl Launch<'_> {
                 .map(|at| (at - chrono::Utc::now()).num_seconds()),
         });
         let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-        match pods_api.create(&PostParams::default(), &pod).await {
-            Ok(_) => {
+        let launched = async {
+            ctx.hand_token(run, &claim).await?;
+            match pods_api.create(&PostParams::default(), &pod).await {
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(()), // created before a restart
+                created => created.map(|_| ()),
+            }
+        };
+        match launched.await {
+            Ok(()) => {
                 ctx.metrics.launches.inc();
                 if attempt > 1 {
                     let waited = chrono::Utc::now() - record.updated_at;
@@ -428,12 +511,15 @@ impl Launch<'_> {
                         .observe_resume(waited.to_std().unwrap_or_default());
                 }
             }
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            // The attempt is claimed but has no pod: settle it now, with Kubernetes' reason,
+            // rather than as "the process is gone" on the next look.
             Err(e) => {
-                let reason = format!("could not create the pod: {e}");
+                let reason = format!("could not launch the pod: {e}");
                 let retry =
                     crate::lifecycle::retry_delay(&record.view()).map(|d| d.as_millis() as i64);
                 engine::record_crash(&mut conn, record.id, attempt, &reason, retry).await?;
+                ctx.warn(run, "LaunchFailed", &reason).await;
+                return Ok(None);
             }
         }
         let verb = if attempt == 1 { "Launched" } else { "Resumed" };
@@ -710,5 +796,58 @@ mod tests {
         let default_missing =
             resolve(&by_ref(None), "ns", Some(&flow(Some("small"))), None).unwrap_err();
         assert!(default_missing.message.contains("\"small\""));
+    }
+
+    #[test]
+    fn a_profile_a_pod_would_refuse_is_reported_naming_the_field() {
+        use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let profile = |cpu: &str, effect: &str| {
+            ResourceProfile::new(
+                "small",
+                ResourceProfileSpec {
+                    resources: Some(ResourceRequirements {
+                        requests: Some([("cpu".to_owned(), Quantity(cpu.into()))].into()),
+                        ..Default::default()
+                    }),
+                    tolerations: vec![Toleration {
+                        effect: Some(effect.into()),
+                        operator: Some("Exists".into()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )
+        };
+        let spec = by_ref(Some("small"));
+        let good = profile("250m", "NoSchedule");
+        assert!(resolve(&spec, "ns", Some(&flow(None)), Some(&good)).is_ok());
+        let lots = profile("lots", "NoSchedule");
+        let bad = resolve(&spec, "ns", Some(&flow(None)), Some(&lots)).unwrap_err();
+        assert_eq!(bad.reason, "InvalidProfile");
+        assert!(
+            bad.message.contains("resources.requests.cpu is \"lots\""),
+            "{}",
+            bad.message
+        );
+        let sometimes = profile("1", "Sometimes");
+        let bad = resolve(&spec, "ns", Some(&flow(None)), Some(&sometimes)).unwrap_err();
+        assert!(
+            bad.message.contains("effect \"Sometimes\""),
+            "{}",
+            bad.message
+        );
+    }
+
+    #[test]
+    fn quantities_follow_the_kubernetes_grammar() {
+        for good in [
+            "1", "250m", "0.5", "1.5Gi", "512Mi", "2k", "1e3", "1E-2", "+3", ".5", "100n",
+        ] {
+            assert!(is_quantity(good), "{good} is a quantity");
+        }
+        for bad in ["lots", "", "m", "1.2.3", "5 Gi", "1e", "1KB", "Gi"] {
+            assert!(!is_quantity(bad), "{bad} is not a quantity");
+        }
     }
 }

@@ -19,7 +19,7 @@ use cairn_crds::{FlowEvent, FlowRun};
 use futures::channel::mpsc::UnboundedSender;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -161,29 +161,28 @@ impl Context {
         }
     }
 
-    /// Puts the token of a run's new attempt where its pod reads it: the run's token Secret,
-    /// owned by the FlowRun (so it goes with it).
-    async fn hand_token(&self, run: &FlowRun, claim: &engine::Attempt) -> Result<(), Error> {
-        let name = pod::token_secret_name(&claim.run_id.to_string());
-        let secret = json!({
+    /// Puts the token of a run's new attempt where its pod reads it: a Secret of that attempt
+    /// (created once, never updated, so the operator needs no rights on others' Secrets),
+    /// owned by the FlowRun so it goes with it.
+    async fn hand_token(&self, run: &FlowRun, claim: &engine::Attempt) -> Result<(), kube::Error> {
+        let name = pod::token_secret_name(&claim.run_id.to_string(), claim.number);
+        let secret: Secret = serde_json::from_value(json!({
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {
                 "name": name,
-                "labels": { pod::LABEL_MANAGED: "cairn", pod::LABEL_RUN: claim.run_id.to_string() },
+                "labels": {
+                    pod::LABEL_MANAGED: "cairn",
+                    pod::LABEL_RUN: claim.run_id.to_string(),
+                    pod::LABEL_ATTEMPT: claim.number.to_string(),
+                },
                 "ownerReferences": [run.controller_owner_ref(&())],
             },
-            "stringData": {
-                pod::TOKEN_SECRET_KEY: claim.token,
-                "attempt": claim.number.to_string(),
-            },
-        });
+            "stringData": { pod::TOKEN_SECRET_KEY: claim.token },
+        }))
+        .map_err(kube::Error::SerdeError)?;
         Api::<Secret>::namespaced(self.client.clone(), &run.namespace().unwrap_or_default())
-            .patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&secret),
-            )
+            .create(&PostParams::default(), &secret)
             .await?;
         Ok(())
     }

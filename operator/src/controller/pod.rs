@@ -21,9 +21,9 @@ pub const DB_SECRET_KEY: &str = "database-url";
 /// Key of the attempt's token in the run's token Secret.
 pub const TOKEN_SECRET_KEY: &str = "token";
 
-/// The Secret holding the token of a run's current attempt (replaced at each launch).
-pub fn token_secret_name(run_id: &str) -> String {
-    format!("cairn-token-{run_id}")
+/// The Secret holding the token of one attempt of a run.
+pub fn token_secret_name(run_id: &str, attempt: i32) -> String {
+    format!("cairn-token-{run_id}-a{attempt}")
 }
 
 /// Everything a flow pod is made of.
@@ -66,7 +66,7 @@ pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
         secret_env(cairn::env::DATABASE_URL, spec.db_secret, DB_SECRET_KEY),
         secret_env(
             cairn::env::TOKEN,
-            &token_secret_name(spec.run_id),
+            &token_secret_name(spec.run_id, spec.attempt),
             TOKEN_SECRET_KEY,
         ),
         plain_env(cairn::env::RUN_ID, spec.run_id),
@@ -332,7 +332,7 @@ mod tests {
         assert_eq!(
             (secret.name.as_str(), secret.key.as_str()),
             (
-                "cairn-token-6b1e5a2c-0000-4000-8000-000000000001",
+                "cairn-token-6b1e5a2c-0000-4000-8000-000000000001-a3",
                 TOKEN_SECRET_KEY
             )
         );
