@@ -305,35 +305,22 @@ mod tests {
             env["CAIRN_RUN_ID"].value.as_deref(),
             Some("6b1e5a2c-0000-4000-8000-000000000001")
         );
-        // The database URL is a Secret reference, never a literal in the pod spec.
-        let db = env["CAIRN_DATABASE_URL"];
-        assert_eq!(db.value, None);
-        let secret = db
-            .value_from
-            .as_ref()
-            .unwrap()
-            .secret_key_ref
-            .as_ref()
-            .unwrap();
+        // Credentials are Secret references, never literals in the pod spec.
+        let from_secret = |name: &str| {
+            let var = env[name];
+            assert_eq!(var.value, None, "{name} is a literal");
+            let secret = var.value_from.as_ref().unwrap().secret_key_ref.clone();
+            secret.map(|s| (s.name, s.key)).unwrap()
+        };
         assert_eq!(
-            (secret.name.as_str(), secret.key.as_str()),
-            ("cairn-runner-db", DB_SECRET_KEY)
+            from_secret("CAIRN_DATABASE_URL"),
+            ("cairn-runner-db".into(), DB_SECRET_KEY.into())
         );
-        // So is the attempt's token.
-        let token = env["CAIRN_TOKEN"];
-        assert_eq!(token.value, None);
-        let secret = token
-            .value_from
-            .as_ref()
-            .unwrap()
-            .secret_key_ref
-            .as_ref()
-            .unwrap();
         assert_eq!(
-            (secret.name.as_str(), secret.key.as_str()),
+            from_secret("CAIRN_TOKEN"),
             (
-                "cairn-token-6b1e5a2c-0000-4000-8000-000000000001-a3",
-                TOKEN_SECRET_KEY
+                "cairn-token-6b1e5a2c-0000-4000-8000-000000000001-a3".into(),
+                TOKEN_SECRET_KEY.into()
             )
         );
     }
