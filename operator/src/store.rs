@@ -251,8 +251,8 @@ pub async fn find(pool: &PgPool, namespace: &str, name_or_id: &str) -> anyhow::R
 #[error("{0}")]
 pub struct NotFound(String);
 
-/// One step of a run for `cairn dev inspect` and the read API: a checkpoint (`completed`), or the wait, sleep or
-/// join the run is blocked on (`waiting`).
+/// One step of a run for `cairn dev inspect` and the read API: a checkpoint (`completed`), or
+/// the wait, sleep or join the run is blocked on (`waiting`).
 #[derive(Debug, Clone, Serialize)]
 pub struct StepRecord {
     pub key: String,
