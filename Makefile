@@ -18,10 +18,13 @@ test: build test-core test-cluster
 test-core:
 	$(CARGO) test --workspace
 
-# The real one-node cluster (built on first use): its smoke test, then the operator's end-to-end tests.
+# The real one-node cluster (built on first use): its smoke test, then the end-to-end tests of the
+# operator and of `kubectl cairn`.
 test-cluster:
 	tests/cluster/smoke-test.sh
 	tests/cluster/operator-e2e.sh
+	tests/cluster/kubectl-cairn-e2e.sh
+	tests/cluster/chart-e2e.sh
 
 lint:
 	$(CARGO) fmt --all --check
@@ -36,3 +39,38 @@ bench-steps:
 # (needs sqlx-cli: `cargo install sqlx-cli --no-default-features --features postgres`).
 sqlx-prepare:
 	DATABASE_URL=$$(target/debug/cairn dev db-url) SQLX_OFFLINE=false $(CARGO) sqlx prepare --workspace
+
+.PHONY: test-chart cluster-demo
+
+# The Helm chart (charts/cairn) on the real cluster: lint, schema, server dry run, install with the
+# operator in-cluster, the example to Succeeded, RBAC, an upgrade changing a CRD, uninstall.
+test-chart:
+	tests/cluster/chart-e2e.sh
+
+# The example on the real cluster, installed with the Helm chart; left running to explore
+# (`tests/cluster/cluster-demo.sh clean` removes it).
+cluster-demo:
+	tests/cluster/cluster-demo.sh
+
+.PHONY: bench bench-smoke bench-tools
+
+# `make bench`: Cairn next to the physical limit (a raw INSERT + COMMIT on the same Postgres) and
+# its peers (Absurd and DBOS, in a private Python environment), figures 1-7: a private Postgres for
+# 1-3, the test cluster for 4-7. Prints the Markdown table and writes target/bench/bench.{md,json,png}.
+# Takes the better part of an hour; not part of `make test`. `make bench-smoke`: the same with
+# small sizes, in a few minutes.
+BENCH_VENV := target/bench-venv
+
+$(BENCH_VENV)/.installed: bench/requirements.txt
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	touch $@
+
+bench-tools: $(BENCH_VENV)/.installed
+	$(CARGO) build --release -p cairn-bench -p cairn-operator
+
+bench: bench-tools
+	CAIRN_BENCH_COMMAND="make bench" target/release/bench --out target/bench
+
+bench-smoke: bench-tools
+	CAIRN_BENCH_COMMAND="make bench-smoke" target/release/bench --smoke --out target/bench-smoke

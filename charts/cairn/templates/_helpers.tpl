@@ -1,0 +1,103 @@
+{{/* Names. */}}
+{{- define "cairn.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "cairn.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The operator's Deployment (and its RBAC objects). */}}
+{{- define "cairn.operator" -}}
+{{- printf "%s-operator" (include "cairn.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "cairn.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every object; "cairn.labels" adds the operator component. */}}
+{{- define "cairn.baseLabels" -}}
+helm.sh/chart: {{ include "cairn.chart" . }}
+app.kubernetes.io/name: {{ include "cairn.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: cairn
+{{- end }}
+
+{{- define "cairn.labels" -}}
+{{ include "cairn.baseLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "cairn.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "cairn.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "cairn.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "cairn.operator" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "cairn.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the operator's database URL, and its key. */}}
+{{- define "cairn.databaseSecret" -}}
+{{- if .Values.database.existingSecret }}{{ .Values.database.existingSecret }}{{ else }}{{ include "cairn.fullname" . }}-database{{ end }}
+{{- end }}
+{{- define "cairn.databaseSecretKey" -}}
+{{- if .Values.database.existingSecret }}{{ .Values.database.existingSecretKey }}{{ else }}database-url{{ end }}
+{{- end }}
+
+{{/* The same for the runner's URL; empty when flow pods use the operator's URL. */}}
+{{- define "cairn.runnerSecret" -}}
+{{- if .Values.database.runner.existingSecret }}{{ .Values.database.runner.existingSecret }}{{ else if .Values.database.runner.url }}{{ include "cairn.fullname" . }}-database{{ end }}
+{{- end }}
+{{- define "cairn.runnerSecretKey" -}}
+{{- if .Values.database.runner.existingSecret }}{{ .Values.database.runner.existingSecretKey }}{{ else }}runner-database-url{{ end }}
+{{- end }}
+
+{{/* Fails with a clear message when the database settings are missing or contradictory
+     (the schema checks types and names; this checks the combination). */}}
+{{- define "cairn.validate" -}}
+{{- $db := .Values.database }}
+{{- if and (not $db.url) (not $db.existingSecret) }}
+{{- fail "\n\nCairn needs a database: set database.url (postgres://user:password@host:5432/db; stored in a Secret) or database.existingSecret (a Secret in the release namespace with the URL under database.existingSecretKey)." }}
+{{- end }}
+{{- if and $db.url $db.existingSecret }}
+{{- fail "\n\nSet only one of database.url and database.existingSecret." }}
+{{- end }}
+{{- if and $db.runner.url $db.runner.existingSecret }}
+{{- fail "\n\nSet only one of database.runner.url and database.runner.existingSecret." }}
+{{- end }}
+{{- $np := .Values.networkPolicy }}
+{{- if and $np.enabled (or (not $np.database.to) (not $np.apiServer.cidrs)) }}
+{{- fail "\n\nnetworkPolicy.enabled needs networkPolicy.database.to (where Postgres is) and networkPolicy.apiServer.cidrs (the API server's addresses): without them the operator could reach neither." }}
+{{- end }}
+{{- end }}
+
+{{/* The namespaces the operator manages ("" = all), comma-separated. */}}
+{{- define "cairn.watchNamespaces" -}}
+{{- join "," (uniq .Values.watchNamespaces) }}
+{{- end }}
