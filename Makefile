@@ -19,7 +19,7 @@ test-core:
 	$(CARGO) test --workspace
 
 # The real one-node cluster (built on first use): its smoke test, then the end-to-end tests of the
-# operator and of `kubectl cairn`.
+# operator, of `kubectl cairn`, and of the Helm chart.
 test-cluster:
 	tests/cluster/smoke-test.sh
 	tests/cluster/operator-e2e.sh
