@@ -69,8 +69,9 @@ $(BENCH_VENV)/.installed: bench/requirements.txt
 bench-tools: $(BENCH_VENV)/.installed
 	$(CARGO) build --release -p cairn-bench -p cairn-operator
 
+# BENCH_ARGS passes options, e.g. BENCH_ARGS="--local-only" or "--fanout 200" (see --help).
 bench: bench-tools
-	CAIRN_BENCH_COMMAND="make bench" target/release/bench --out target/bench
+	CAIRN_BENCH_COMMAND="make bench BENCH_ARGS='$(BENCH_ARGS)'" target/release/bench --out target/bench $(BENCH_ARGS)
 
 bench-smoke: bench-tools
 	CAIRN_BENCH_COMMAND="make bench-smoke" target/release/bench --smoke --out target/bench-smoke

@@ -1,0 +1,1052 @@
+//! Figures 4–7 on the test cluster (`tests/cluster/up.sh`): the real operator (`cairn operator`,
+//! a host process watching only the benchmark's own namespace, as the end-to-end tests run it),
+//! flow pods of the `bench-flows` image, and a database of the benchmark's own on the cluster's
+//! Postgres (so its runs and notifications never reach the other operators using that server).
+//!
+//! Order, each step setting up the next:
+//! 4. resume on the cluster, interleaved with bare pods (create → process running);
+//! 6. admission: N FlowRuns created at once (16 concurrent creators) until all are registered in
+//!    Postgres; their pods then run until every run waits for one shared event;
+//! 5. more FlowRuns, registered and parked `waiting` beforehand (see `park_runs`), up to 10,000
+//!    in all; the operator's RSS and CPU with all of them present;
+//! 7. one FlowEvent wakes the N runs of figure 6: time until all their pods exist, until all
+//!    finished, and how many did not.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use cairn_crds::{FlowEvent, FlowEventSpec, FlowRun, FlowRunSpec};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Namespace, Pod, PodSpec};
+use kube::api::{DeleteParams, ListParams, LogParams, ObjectMeta, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::local::unix_ms;
+use crate::pg::{clock_ticks, proc_stat};
+use crate::progress;
+use crate::report::{FanOut, Footprint, Latency, Rate, Results, Target};
+
+const STATE: &str = "/var/lib/cairn-cluster";
+
+struct Sizes {
+    resumes: usize,
+    /// Figure 6: FlowRuns admitted.
+    admit: usize,
+    /// Figure 7: runs one event wakes.
+    fanout: usize,
+    /// Figure 5: FlowRuns present in all.
+    total: usize,
+    idle: Duration,
+}
+
+pub struct Cluster {
+    client: Client,
+    ns: String,
+    image: String,
+    pool: PgPool,
+    admin_url: String,
+    db_name: String,
+    operator: Option<std::process::Child>,
+    operator_pid: u32,
+    log: PathBuf,
+    /// Operator CPU (cores) while admitting figure 6's FlowRuns.
+    admitting_cpu: Option<f64>,
+    /// Figures 5 and 7's population: (FlowRuns, seconds until all had a status, operator CPU).
+    populating: Option<(usize, f64, f64)>,
+    /// The image's manifest digest reference, removed with the tag at the end.
+    image_digest_ref: Option<String>,
+}
+
+/// Sizes asked for on the command line (`None`: the default for the mode).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Asked {
+    pub admit: Option<usize>,
+    pub fanout: Option<usize>,
+    pub flowruns: Option<usize>,
+}
+
+pub async fn figures(
+    results: &mut Results,
+    figures: &[u8],
+    smoke: bool,
+    asked: Asked,
+    repo: &Path,
+    bin_dir: &Path,
+    out: &Path,
+) -> anyhow::Result<()> {
+    if figures.is_empty() {
+        return Ok(());
+    }
+    let defaults = if smoke {
+        Sizes {
+            resumes: 3,
+            admit: 20,
+            fanout: 20,
+            total: 100,
+            idle: Duration::from_secs(5),
+        }
+    } else {
+        Sizes {
+            resumes: 10,
+            admit: 1000,
+            fanout: 1000,
+            total: 10_000,
+            idle: Duration::from_secs(30),
+        }
+    };
+    let sizes = Sizes {
+        admit: asked.admit.unwrap_or(defaults.admit),
+        fanout: asked.fanout.unwrap_or(defaults.fanout),
+        total: asked.flowruns.unwrap_or(defaults.total),
+        ..defaults
+    };
+    results.header.push((
+        "cluster sizes".into(),
+        format!(
+            "figure 4: {} resumes; figure 6: {} FlowRuns admitted; figure 7: {} runs woken; \
+             figure 5: {} FlowRuns present{}",
+            sizes.resumes,
+            sizes.admit,
+            sizes.fanout,
+            sizes.total,
+            if smoke || asked.admit.is_some() || asked.fanout.is_some() || asked.flowruns.is_some()
+            {
+                " (the issue asks 1,000, 1,000 and 10,000: see the command)"
+            } else {
+                ""
+            }
+        ),
+    ));
+    let mut cluster = match Cluster::start(repo, bin_dir, out).await {
+        Ok(c) => c,
+        Err(e) => {
+            for f in figures {
+                results.not_measured.push(format!(
+                    "Figure {f}: the cluster could not be set up: {e:#}"
+                ));
+            }
+            return Ok(());
+        }
+    };
+    results.header.push((
+        "cluster (figures 4–7)".into(),
+        format!(
+            "the one-node test cluster (`tests/cluster/up.sh`: Kubernetes {}, containerd, on this \
+             machine); `cairn operator` as a host process watching only namespace {} \
+             (`--max-running {}`), its database `{}` on the cluster's Postgres (max_connections {}); \
+             flow pods of image {}",
+            cluster
+                .client
+                .apiserver_version()
+                .await
+                .map_or("?".into(), |v| v.git_version),
+            cluster.ns,
+            MAX_RUNNING,
+            cluster.db_name,
+            cluster.setting("max_connections").await.unwrap_or_default(),
+            cluster.image
+        ),
+    ));
+    // Ctrl-C (or SIGTERM) still cleans up the namespace, the database and the operator.
+    let outcome = tokio::select! {
+        done = cluster.run(results, figures, &sizes) => done,
+        _ = crate::interrupted() => Err(anyhow::anyhow!("interrupted")),
+    };
+    progress("cluster: cleaning up (namespace, database, operator)");
+    if let Err(e) = cluster.clean_up().await {
+        results
+            .notes
+            .push(format!("Cleaning up the cluster failed: {e:#}"));
+    }
+    outcome
+}
+
+/// The operator's running budget in this benchmark: its default.
+const MAX_RUNNING: i32 = 50;
+
+impl Cluster {
+    async fn start(repo: &Path, bin_dir: &Path, out: &Path) -> anyhow::Result<Cluster> {
+        progress("cluster: tests/cluster/up.sh (builds it on first use)");
+        let up = Command::new(repo.join("tests/cluster/up.sh"))
+            .stderr(std::fs::File::create(out.join("logs/cluster-up.log"))?)
+            .output()?;
+        anyhow::ensure!(
+            up.status.success(),
+            "tests/cluster/up.sh failed; see {}",
+            out.join("logs/cluster-up.log").display()
+        );
+        let kubeconfig = String::from_utf8_lossy(&up.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned();
+        let admin_url = env_var("CAIRN_CLUSTER_PG_URL")?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig)?,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        let client = Client::try_from(config)?;
+
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        let ns = format!("cairn-bench-{stamp}");
+        let db_name = format!("cairn_bench_{stamp}");
+        let image = format!("localhost/cairn-bench-flows:{stamp}");
+
+        progress(&format!("cluster: image {image}"));
+        let built = Command::new(repo.join("tests/cluster/image.sh"))
+            .arg(&image)
+            .arg(bin_dir.join("bench-flows"))
+            .stderr(std::fs::File::create(out.join("logs/cluster-image.log"))?)
+            .output()?;
+        anyhow::ensure!(built.status.success(), "tests/cluster/image.sh failed");
+        let image_digest_ref = String::from_utf8_lossy(&built.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("manifest_digest="))
+            .map(|d| format!("localhost/cairn-bench-flows@{}", d.trim()));
+        let applied = Command::new("kubectl")
+            .args(["--kubeconfig", &kubeconfig, "apply", "-f"])
+            .arg(repo.join("crds/generated/crds.yaml"))
+            .stdout(Stdio::null())
+            .status()?;
+        anyhow::ensure!(applied.success(), "kubectl apply of the CRDs failed");
+
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .execute(&mut admin)
+            .await?;
+        let db_url = with_database(&admin_url, &db_name)?;
+        let pool = cairn_operator::store::connect_with_pool_size(&db_url, 4).await?;
+        Api::<Namespace>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &Namespace {
+                    metadata: ObjectMeta {
+                        name: Some(ns.clone()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            )
+            .await?;
+
+        let log = out.join("logs/operator.log");
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        progress(&format!(
+            "cluster: starting the operator for namespace {ns} (log {})",
+            log.display()
+        ));
+        let operator = Command::new(bin_dir.join("cairn"))
+            .arg("operator")
+            .args(["--listen", &listen.to_string()])
+            .args(["--watch-namespaces", &ns, "--lease-namespace", &ns])
+            .args([
+                "--lease-name",
+                "bench",
+                "--max-running",
+                &MAX_RUNNING.to_string(),
+            ])
+            .env("CAIRN_DATABASE_URL", &db_url)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::OpenOptions::new().append(true).open(&log)?)
+            // Its own process group: a Ctrl-C meant for the benchmark must not stop it before
+            // it has removed its finalizers from the namespace's FlowRuns.
+            .process_group(0)
+            .spawn()?;
+        let operator_pid = operator.id();
+        let mut cluster = Cluster {
+            client,
+            ns,
+            image,
+            pool,
+            admin_url,
+            db_name,
+            operator: Some(operator),
+            operator_pid,
+            log,
+            admitting_cpu: None,
+            populating: None,
+            image_digest_ref,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !std::fs::read_to_string(&cluster.log)
+            .unwrap_or_default()
+            .contains("controllers started")
+        {
+            if let Some(status) = cluster
+                .operator
+                .as_mut()
+                .and_then(|o| o.try_wait().ok().flatten())
+            {
+                bail!(
+                    "the operator exited ({status}); see {}",
+                    cluster.log.display()
+                );
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the operator did not start its controllers within 2 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(cluster)
+    }
+
+    async fn setting(&self, name: &str) -> anyhow::Result<String> {
+        Ok(sqlx::query_scalar("SELECT current_setting($1)")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn run(
+        &mut self,
+        results: &mut Results,
+        figures: &[u8],
+        sizes: &Sizes,
+    ) -> anyhow::Result<()> {
+        if figures.contains(&4) {
+            self.figure4(results, sizes.resumes).await?;
+        } else {
+            results
+                .not_measured
+                .push("Figure 4: not asked for (`--cluster-figures`).".into());
+        }
+        if figures.contains(&6) {
+            self.figure6(results, sizes.admit).await?;
+            crate::write_outputs(results)?;
+        }
+        // 5 and 7 share one population: the runs 7 wakes, and enough others waiting for an
+        // event that never comes to make `total` FlowRuns in all.
+        if figures.contains(&5) || figures.contains(&7) {
+            let admitted = if figures.contains(&6) { sizes.admit } else { 0 };
+            let others = sizes.total.saturating_sub(admitted + sizes.fanout);
+            self.populate(results, sizes.fanout, others).await?;
+        }
+        if figures.contains(&5) {
+            self.figure5(results, sizes.idle).await?;
+            crate::write_outputs(results)?;
+        }
+        if figures.contains(&7) {
+            self.figure7(results, sizes.fanout).await?;
+            crate::write_outputs(results)?;
+        }
+        for f in [5u8, 6, 7] {
+            if !figures.contains(&f) {
+                results
+                    .not_measured
+                    .push(format!("Figure {f}: not asked for (`--cluster-figures`)."));
+            }
+        }
+        Ok(())
+    }
+
+    fn flowruns(&self) -> Api<FlowRun> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn flowrun(&self, name: &str, flow: &str, input: serde_json::Value, cancel: bool) -> FlowRun {
+        FlowRun::new(
+            name,
+            FlowRunSpec {
+                image: Some(self.image.clone()),
+                flow: Some(flow.into()),
+                input: Some(input),
+                cancel,
+                ..Default::default()
+            },
+        )
+    }
+
+    async fn emit(
+        &self,
+        name: &str,
+        event: &str,
+        payload: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let fe = FlowEvent::new(
+            name,
+            FlowEventSpec {
+                event: event.into(),
+                payload: Some(payload),
+            },
+        );
+        Api::<FlowEvent>::namespaced(self.client.clone(), &self.ns)
+            .create(&PostParams::default(), &fe)
+            .await?;
+        Ok(())
+    }
+
+    /// Figure 4: bare pods (create → the process runs) interleaved with resumes of one flow
+    /// (FlowEvent created → the resumed flow pod runs the step after its wait).
+    async fn figure4(&self, results: &mut Results, count: usize) -> anyhow::Result<()> {
+        progress(&format!(
+            "figure 4: {count} bare pods and {count} resumes, interleaved"
+        ));
+        let prefix = "r-e";
+        self.flowruns()
+            .create(
+                &PostParams::default(),
+                &self.flowrun(
+                    "resume",
+                    "resume",
+                    json!({ "prefix": prefix, "count": count }),
+                    false,
+                ),
+            )
+            .await?;
+        let (mut bare, mut resumed) = (Vec::new(), Vec::new());
+        let (mut to_process, mut in_process) = (Vec::new(), Vec::new());
+        for i in 0..count {
+            bare.push(self.bare_pod(i).await?);
+            let event = format!("{prefix}{i}");
+            let run_id = self
+                .wait_db(&format!("run `resume` to wait for {event}"), Duration::from_secs(300), || async {
+                    let row: Option<(uuid::Uuid, String, Option<String>)> = sqlx::query_as(
+                        "SELECT id, state, waiting_for->>'event' FROM cairn.runs WHERE namespace = $1 AND name = 'resume'",
+                    )
+                    .bind(&self.ns)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    Ok(row.and_then(|(id, state, waiting)| {
+                        (state == "waiting" && waiting.as_deref() == Some(event.as_str())).then_some(id)
+                    }))
+                })
+                .await?;
+            // The parked attempt's pod has exited before the event comes (as it would, minutes
+            // or days before a person answers).
+            self.wait_pod_finished(&format!(
+                "cairn.dev/run={run_id},cairn.dev/attempt={}",
+                i + 1
+            ))
+            .await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let emitted = unix_ms();
+            self.emit(&format!("r-e{i}"), &event, json!(i)).await?;
+            let key = if i == 0 {
+                "resumed".to_owned()
+            } else {
+                format!("resumed#{}", i + 1)
+            };
+            let (at, started) = self
+                .wait_db(
+                    &format!("run `resume` to resume after {event}"),
+                    Duration::from_secs(300),
+                    || async {
+                        let v: Option<serde_json::Value> = sqlx::query_scalar(
+                            "SELECT result FROM cairn.steps WHERE run_id = $1 AND key = $2",
+                        )
+                        .bind(run_id)
+                        .bind(&key)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                        Ok(v.and_then(|v| {
+                            Some((v["at"].as_f64()?, v["process_started_at"].as_f64()?))
+                        }))
+                    },
+                )
+                .await?;
+            resumed.push(at - emitted);
+            to_process.push(started - emitted);
+            in_process.push(at - started);
+        }
+        results.fig4 = vec![
+            Latency::of(
+                "bare pod (floor)",
+                "pod created through the API → its process runs (same image, same node)",
+                bare,
+            ),
+            Latency::of(
+                "Cairn",
+                "FlowEvent created → operator → new flow pod → replay → the step after the wait runs",
+                resumed,
+            ),
+            Latency::of(
+                "Cairn, part 1",
+                "FlowEvent created → the new pod's process runs its first line",
+                to_process,
+            ),
+            Latency::of(
+                "Cairn, part 2",
+                "the pod process's first line → the step after the wait (connect, load, replay)",
+                in_process,
+            ),
+        ];
+        Ok(())
+    }
+
+    /// One bare pod: create it, wait until it ran, and read when its process started.
+    async fn bare_pod(&self, i: usize) -> anyhow::Result<f64> {
+        let name = format!("bare-{i}");
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                restart_policy: Some("Never".into()),
+                containers: vec![Container {
+                    name: "bare".into(),
+                    image: Some(self.image.clone()),
+                    image_pull_policy: Some("IfNotPresent".into()),
+                    env: Some(vec![EnvVar {
+                        name: "BENCH_PRINT_START".into(),
+                        value: Some("1".into()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = unix_ms();
+        self.pods().create(&PostParams::default(), &pod).await?;
+        self.wait_pod_finished(&format!("metadata.name={name}"))
+            .await?;
+        let logs = self.pods().logs(&name, &LogParams::default()).await?;
+        let started: f64 = logs
+            .split_whitespace()
+            .nth(1)
+            .and_then(|t| t.parse().ok())
+            .with_context(|| format!("bare pod {name} printed {logs:?}"))?;
+        let _ = self.pods().delete(&name, &DeleteParams::default()).await;
+        Ok(started - created)
+    }
+
+    /// Waits until the pod selected (by labels, or `metadata.name=` as a field) has finished.
+    async fn wait_pod_finished(&self, selector: &str) -> anyhow::Result<()> {
+        let params = match selector.strip_prefix("metadata.name=") {
+            Some(_) => ListParams::default().fields(selector),
+            None => ListParams::default().labels(selector),
+        };
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let pods = self.pods().list(&params).await?.items;
+            let phase = pods.first().and_then(|p| p.status.as_ref()?.phase.clone());
+            match phase.as_deref() {
+                Some("Succeeded") => return Ok(()),
+                Some("Failed") => bail!("pod {selector} failed"),
+                _ => {}
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "pod {selector} did not finish in 5 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_db<T, F, Fut>(
+        &self,
+        what: &str,
+        patience: Duration,
+        mut probe: F,
+    ) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = anyhow::Result<Option<T>>>,
+    {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(v) = probe().await? {
+                return Ok(v);
+            }
+            if let Some(Some(status)) = self.operator_exit() {
+                bail!("the operator exited ({status}) while waiting for {what}");
+            }
+            anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// `Some` once the operator process has exited (a zombie until reaped counts as exited).
+    fn operator_exit(&self) -> Option<Option<std::process::ExitStatus>> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.operator_pid)).ok();
+        let state = stat
+            .as_deref()
+            .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().chars().next()));
+        match state {
+            Some(Some('Z' | 'X')) | None => Some(None),
+            _ => None,
+        }
+    }
+
+    /// Creates FlowRuns `<prefix><i>` of `wait-once` for i in 0..n, 16 at a time.
+    async fn create_flowruns(
+        &self,
+        prefix: &str,
+        n: usize,
+        event: &str,
+        cancel: bool,
+    ) -> anyhow::Result<()> {
+        let api = self.flowruns();
+        futures::stream::iter(0..n)
+            .map(|i| {
+                let api = api.clone();
+                let run = self.flowrun(
+                    &format!("{prefix}{i}"),
+                    "wait-once",
+                    json!({ "event": event }),
+                    cancel,
+                );
+                async move { api.create(&PostParams::default(), &run).await }
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn count_runs(&self, prefix: &str, state: Option<&str>) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM cairn.runs WHERE namespace = $1 AND starts_with(name, $2)
+             AND ($3::text IS NULL OR state = $3)",
+        )
+        .bind(&self.ns)
+        .bind(prefix)
+        .bind(state)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    fn operator_cpu_seconds(&self) -> f64 {
+        proc_stat(self.operator_pid)
+            .map_or(f64::NAN, |s| (s.utime + s.stime) as f64 / clock_ticks())
+    }
+
+    /// The operator's (VmRSS, VmHWM) in MB.
+    fn operator_rss(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.operator_pid))
+            .unwrap_or_default();
+        let kb = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+    }
+
+    /// Figure 6: `n` FlowRuns created as fast as 16 concurrent clients can, until all are
+    /// registered in Postgres. They ask to be cancelled (`spec.cancel`), so the operator
+    /// registers each, cancels it at once and starts no pod: admission is what is measured, not
+    /// the node's pod throughput (see figure 7 for that).
+    async fn figure6(&mut self, results: &mut Results, n: usize) -> anyhow::Result<()> {
+        progress(&format!("figure 6: admitting {n} FlowRuns"));
+        let cpu0 = self.operator_cpu_seconds();
+        let started = Instant::now();
+        self.create_flowruns("a-", n, "admitted", true).await?;
+        let created = started.elapsed();
+        self.wait_db(
+            "every FlowRun to be registered",
+            Duration::from_secs(900),
+            || async { Ok((self.count_runs("a-", None).await? >= n as i64).then_some(())) },
+        )
+        .await?;
+        let registered = started.elapsed();
+        let cpu = (self.operator_cpu_seconds() - cpu0) / registered.as_secs_f64();
+        self.admitting_cpu = Some(cpu);
+        results.fig6 = Some(Rate::of(
+            "Cairn operator",
+            &format!(
+                "{n} FlowRuns (with `spec.cancel`, so no pods) created by 16 concurrent API \
+                 clients (they took {:.1} s, {:.0}/s) until all are runs in Postgres; operator CPU \
+                 meanwhile {:.0}% of a core",
+                created.as_secs_f64(),
+                n as f64 / created.as_secs_f64(),
+                cpu * 100.0
+            ),
+            n as u64,
+            registered.as_secs_f64(),
+        ));
+        progress(&format!(
+            "figure 6: {n} registered in {:.1} s",
+            registered.as_secs_f64()
+        ));
+        Ok(())
+    }
+}
+
+impl Cluster {
+    /// Registers `n` runs of `wait-once` named `<prefix><i>` in Postgres, already parked
+    /// `waiting` for `event` (as if each had run a pod to its wait), so that the FlowRuns
+    /// created for them next find their runs waiting: thousands of waiting runs without
+    /// thousands of pod starts first.
+    async fn park_runs(&self, prefix: &str, n: usize, event: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            r#"WITH ids AS (SELECT gen_random_uuid() AS id, i FROM generate_series(0, $2 - 1) i),
+               r AS (
+                 INSERT INTO cairn.runs (id, namespace, name, flow, input, root_id, state, attempt,
+                                         waiting_for)
+                 SELECT id, $1, $3 || i, 'wait-once', jsonb_build_object('event', $4::text), id,
+                        'waiting', 1, jsonb_build_object('event', $4::text)
+                 FROM ids RETURNING id),
+               a AS (
+                 INSERT INTO cairn.attempts (run_id, attempt, ended_at, outcome, detail)
+                 SELECT id, 1, now(), 'suspended', 'waiting' FROM r)
+               INSERT INTO cairn.waits (run_id, step_key, kind, namespace, event_name)
+               SELECT id, 'event:' || $4, 'event', $1, $4 FROM r"#,
+        )
+        .bind(&self.ns)
+        .bind(n as i32)
+        .bind(prefix)
+        .bind(event)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// FlowRuns in the namespace by phase (listed in pages).
+    async fn phases(&self) -> anyhow::Result<HashMap<String, usize>> {
+        let mut counts = HashMap::new();
+        let mut params = ListParams::default().limit(500);
+        loop {
+            let page = self.flowruns().list(&params).await?;
+            for run in &page.items {
+                let phase = run
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .map_or("-".to_owned(), |p| p.to_string());
+                *counts.entry(phase).or_default() += 1;
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => return Ok(counts),
+            }
+        }
+    }
+
+    /// The population of figures 5 and 7: `fanout` runs waiting for `go` (`w-<i>`) and
+    /// `others` waiting for `never` (`p-<i>`), parked in Postgres beforehand (see `park_runs`),
+    /// then their FlowRuns, until the operator has given every FlowRun a status.
+    async fn populate(
+        &mut self,
+        results: &mut Results,
+        fanout: usize,
+        others: usize,
+    ) -> anyhow::Result<()> {
+        progress(&format!(
+            "figures 5 and 7: {} FlowRuns whose runs wait already ({fanout} for `go`, {others} for `never`)",
+            fanout + others
+        ));
+        self.park_runs("w-", fanout, "go").await?;
+        self.park_runs("p-", others, "never").await?;
+        let cpu0 = self.operator_cpu_seconds();
+        let started = Instant::now();
+        self.create_flowruns("w-", fanout, "go", false).await?;
+        self.create_flowruns("p-", others, "never", false).await?;
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        loop {
+            let phases = self.phases().await?;
+            let unseen = phases.get("-").copied().unwrap_or(0);
+            if unseen == 0 {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{unseen} FlowRuns still without a status after 30 minutes"
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        self.populating = Some((
+            fanout + others,
+            seconds,
+            (self.operator_cpu_seconds() - cpu0) / seconds,
+        ));
+        results.notes.push(format!(
+            "Figures 5 and 7: {} of the FlowRuns had their runs registered and parked `waiting` in \
+             Postgres before the FlowRuns were created (a SQL insert standing in for that many \
+             pods each running to its wait: on this machine those pod starts alone would take \
+             hours); the operator then found them waiting and gave every FlowRun its status in \
+             {seconds:.0} s.",
+            fanout + others
+        ));
+        Ok(())
+    }
+
+    /// Figure 5: the operator's memory and CPU with every FlowRun present.
+    async fn figure5(&mut self, results: &mut Results, idle: Duration) -> anyhow::Result<()> {
+        let phases = self.phases().await?;
+        let total: usize = phases.values().sum();
+        progress(&format!(
+            "figure 5: {total} FlowRuns present; measuring the operator idle for {} s",
+            idle.as_secs()
+        ));
+        let cpu0 = self.operator_cpu_seconds();
+        let t0 = Instant::now();
+        tokio::time::sleep(idle).await;
+        let cpu_idle = (self.operator_cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
+        let (rss, peak) = self.operator_rss();
+        results.fig5 = Some(Footprint {
+            flowruns: total,
+            waiting: phases.get("Waiting").copied().unwrap_or(0),
+            rss_mb: rss,
+            rss_peak_mb: peak,
+            cpu_idle,
+            cpu_admitting: self.populating.map_or(f64::NAN, |p| p.2),
+            idle_seconds: idle.as_secs_f64(),
+        });
+        results.notes.push(format!(
+            "Figure 5: the FlowRuns by phase: {}. \"CPU while admitting them\" is the operator's \
+             CPU from the first create of the parked runs' FlowRuns until every FlowRun had a \
+             status{}.",
+            {
+                let mut p: Vec<_> = phases.iter().map(|(k, v)| format!("{v} {k}")).collect();
+                p.sort();
+                p.join(", ")
+            },
+            self.admitting_cpu
+                .map(|c| format!(
+                    " (during figure 6's admission: {:.0}% of a core)",
+                    c * 100.0
+                ))
+                .unwrap_or_default()
+        ));
+        Ok(())
+    }
+
+    /// Figure 7: one FlowEvent wakes the `n` runs waiting for `go`.
+    async fn figure7(&self, results: &mut Results, n: usize) -> anyhow::Result<()> {
+        progress(&format!("figure 7: one event waking {n} waiting runs"));
+        let pods = self.pods();
+        let config = watcher::Config::default().labels("app.kubernetes.io/managed-by=cairn");
+        let mut events = watcher::watcher(pods, config).boxed();
+        // The pods that exist already (earlier attempts) are not counted.
+        while let Some(event) = events.try_next().await? {
+            if matches!(event, watcher::Event::InitDone) {
+                break;
+            }
+        }
+        let started = Instant::now();
+        self.emit("go", "go", json!(1)).await?;
+        let mut created: HashSet<String> = HashSet::new();
+        let mut running: HashSet<String> = HashSet::new();
+        let (mut max_running, mut all_created, mut all_finished) = (0, None, None);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        // Long enough for the node's pod throughput; what is not done by then counts as lost.
+        let deadline = started + Duration::from_secs(2700);
+        let mut report = Instant::now();
+        while all_finished.is_none() && Instant::now() < deadline {
+            tokio::select! {
+                event = events.try_next() => {
+                    let Some(event) = event? else { break };
+                    if let watcher::Event::Apply(pod) = event {
+                        let name = pod.metadata.name.clone().unwrap_or_default();
+                        let attempt = pod.metadata.labels.as_ref().and_then(|l| l.get("cairn.dev/attempt")).cloned();
+                        if attempt.as_deref() == Some("2") && created.insert(name.clone())
+                            && created.len() == n {
+                            all_created = Some(started.elapsed());
+                        }
+                        // Active: created and not finished (Pending or Running).
+                        let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+                        if matches!(phase.as_deref(), Some("Succeeded" | "Failed")) {
+                            running.remove(&name);
+                        } else {
+                            running.insert(name);
+                            max_running = max_running.max(running.len());
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let done = self.count_runs("w-", Some("succeeded")).await?;
+                    if done >= n as i64 {
+                        all_finished = Some(started.elapsed());
+                    }
+                    if report.elapsed() > Duration::from_secs(30) {
+                        report = Instant::now();
+                        progress(&format!(
+                            "figure 7: after {:.0} s, {} pods created, {} active, {done} runs finished",
+                            started.elapsed().as_secs_f64(),
+                            created.len(),
+                            running.len()
+                        ));
+                    }
+                }
+            }
+        }
+        let finished = self.count_runs("w-", Some("succeeded")).await? as usize;
+        results.fig7 = Some(FanOut {
+            runs: n,
+            pods_created_s: all_created.map_or(f64::NAN, |d| d.as_secs_f64()),
+            pods_created: created.len(),
+            waited_s: started.elapsed().as_secs_f64(),
+            all_finished_s: all_finished.map_or(f64::NAN, |d| d.as_secs_f64()),
+            finished,
+            lost: n - finished,
+            max_running_pods: max_running,
+        });
+        results.notes.push(format!(
+            "Figure 7: times from the FlowEvent's creation; a pod counts as created when the \
+             benchmark's watch sees it. The operator runs at most {MAX_RUNNING} flow pods at once \
+             (`--max-running`, its default; each holds a database connection) and the node at most \
+             110 pods, so the {n} pods are created as earlier ones finish: the time until every \
+             pod exists is bounded by {n} / {MAX_RUNNING} × a flow pod's lifetime."
+        ));
+        Ok(())
+    }
+
+    async fn clean_up(&mut self) -> anyhow::Result<()> {
+        // The operator first: its database goes with the namespace, so the benchmark removes
+        // the FlowRuns' finalizers itself (one patch each) rather than have the operator clean
+        // up thousands of runs one reconcile at a time on a shared API server.
+        if let Some(mut operator) = self.operator.take() {
+            let _ = Command::new("kill").arg(operator.id().to_string()).status();
+            let _ = operator.wait();
+        }
+        let namespaces = Api::<Namespace>::all(self.client.clone());
+        let _ = namespaces
+            .delete(&self.ns, &DeleteParams::background())
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(900);
+        while namespaces.get_opt(&self.ns).await?.is_some() && Instant::now() < deadline {
+            self.remove_finalizers().await?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        self.pool.close().await;
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&self.admin_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.db_name
+        )))
+        .execute(&mut admin)
+        .await?;
+        // The runner login the operator created for this database (see ensure_runner_login).
+        let login = format!(
+            "{}_runner_login",
+            &self.db_name[..self.db_name.len().min(40)]
+        );
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {login}")))
+            .execute(&mut admin)
+            .await?;
+        let refs: Vec<String> = std::iter::once(self.image.clone())
+            .chain(self.image_digest_ref.clone())
+            .collect();
+        let _ = Command::new("/usr/bin/ctr")
+            .args([
+                "--address",
+                "/run/cairn-containerd/containerd.sock",
+                "-n",
+                "k8s.io",
+                "images",
+                "rm",
+            ])
+            .args(&refs)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        Ok(())
+    }
+
+    async fn remove_finalizers(&self) -> anyhow::Result<()> {
+        let patch = kube::api::Patch::Merge(json!({ "metadata": { "finalizers": null } }));
+        let names: Vec<String> = self
+            .flowruns()
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|m| m.metadata.name)
+            .collect();
+        futures::stream::iter(names)
+            .map(|name| {
+                let api = self.flowruns();
+                let patch = patch.clone();
+                async move {
+                    let _ = api
+                        .patch_metadata(&name, &kube::api::PatchParams::default(), &patch)
+                        .await;
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        Ok(())
+    }
+}
+
+pub fn targets(results: &Results, targets: &mut Vec<Target>) {
+    if let [bare, cairn, ..] = results.fig4.as_slice() {
+        targets.push(Target {
+            figure: 4,
+            target: "cluster resume p50 ≤ bare pod start p50 + 200 ms".into(),
+            measured: format!(
+                "{:.0} ms vs {:.0} ms + 200 ms = {:.0} ms",
+                cairn.p50,
+                bare.p50,
+                bare.p50 + 200.0
+            ),
+            met: cairn.p50 <= bare.p50 + 200.0,
+        });
+    }
+    if let Some(f) = &results.fig5 {
+        targets.push(Target {
+            figure: 5,
+            target: format!("operator RSS ≤ 60 MB at {} FlowRuns", f.flowruns),
+            measured: format!("{:.1} MB (peak {:.1} MB)", f.rss_mb, f.rss_peak_mb),
+            met: f.rss_mb <= 60.0,
+        });
+    }
+    if let Some(r) = &results.fig6 {
+        targets.push(Target {
+            figure: 6,
+            target: "admission ≥ 200 FlowRuns/s".into(),
+            measured: format!("{:.0} FlowRuns/s", r.per_second),
+            met: r.per_second >= 200.0,
+        });
+    }
+    if let Some(f) = &results.fig7 {
+        targets.push(Target {
+            figure: 7,
+            target: format!("{} pods created ≤ 20 s after the event", f.runs),
+            measured: if f.pods_created == f.runs {
+                format!("{:.1} s ({} lost)", f.pods_created_s, f.lost)
+            } else {
+                format!(
+                    "{} of {} pods created after {:.0} s ({} lost)",
+                    f.pods_created, f.runs, f.waited_s, f.lost
+                )
+            },
+            met: f.pods_created_s <= 20.0 && f.lost == 0,
+        });
+    }
+}
+
+/// A variable of the cluster's env file (`/var/lib/cairn-cluster/env`).
+fn env_var(name: &str) -> anyhow::Result<String> {
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            &format!("source {STATE}/env && printf %s \"${name}\""),
+        ])
+        .output()?;
+    let value = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(!value.is_empty(), "{name} is not set by {STATE}/env");
+    Ok(value)
+}
+
+/// `url` with its database replaced.
+fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
+    let mut parsed = url::Url::parse(url)?;
+    parsed.set_path(&format!("/{database}"));
+    Ok(parsed.to_string())
+}
