@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use cairn_crds::{FlowEvent, FlowEventSpec, FlowRun, FlowRunSpec};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Container, EnvVar, Namespace, Pod, PodSpec};
@@ -317,15 +317,27 @@ impl Cluster {
         figures: &[u8],
         sizes: &Sizes,
     ) -> anyhow::Result<()> {
+        // A figure that fails is reported as not measured, and the others still run.
+        let failed = |results: &mut Results, figure: &str, e: anyhow::Error| {
+            progress(&format!("figure {figure} failed: {e:#}"));
+            results
+                .not_measured
+                .push(format!("Figure {figure}: failed in this run: {e:#}"));
+        };
         if figures.contains(&4) {
-            self.figure4(results, sizes.resumes).await?;
+            if let Err(e) = self.figure4(results, sizes.resumes).await {
+                failed(results, "4", e);
+            }
+            crate::write_outputs(results)?;
         } else {
             results
                 .not_measured
                 .push("Figure 4: not asked for (`--cluster-figures`).".into());
         }
         if figures.contains(&6) {
-            self.figure6(results, sizes.admit).await?;
+            if let Err(e) = self.figure6(results, sizes.admit).await {
+                failed(results, "6", e);
+            }
             crate::write_outputs(results)?;
         }
         // 5 and 7 share one population: the runs 7 wakes, and enough others waiting for an
@@ -333,14 +345,21 @@ impl Cluster {
         if figures.contains(&5) || figures.contains(&7) {
             let admitted = if figures.contains(&6) { sizes.admit } else { 0 };
             let others = sizes.total.saturating_sub(admitted + sizes.fanout);
-            self.populate(results, sizes.fanout, others).await?;
+            if let Err(e) = self.populate(results, sizes.fanout, others).await {
+                failed(results, "5 and 7 (setting up their FlowRuns)", e);
+                return Ok(());
+            }
         }
         if figures.contains(&5) {
-            self.figure5(results, sizes.idle).await?;
+            if let Err(e) = self.figure5(results, sizes.idle).await {
+                failed(results, "5", e);
+            }
             crate::write_outputs(results)?;
         }
         if figures.contains(&7) {
-            self.figure7(results, sizes.fanout).await?;
+            if let Err(e) = self.figure7(results, sizes.fanout).await {
+                failed(results, "7", e);
+            }
             crate::write_outputs(results)?;
         }
         for f in [5u8, 6, 7] {
@@ -413,8 +432,12 @@ impl Cluster {
             .await?;
         let (mut bare, mut resumed) = (Vec::new(), Vec::new());
         let (mut to_process, mut in_process) = (Vec::new(), Vec::new());
+        let (mut late_status, mut bare_lost) = (0, 0);
         for i in 0..count {
-            bare.push(self.bare_pod(i).await?);
+            match self.bare_pod(i).await? {
+                Some(sample) => bare.push(sample),
+                None => bare_lost += 1,
+            }
             let event = format!("{prefix}{i}");
             let run_id = self
                 .wait_db(&format!("run `resume` to wait for {event}"), Duration::from_secs(300), || async {
@@ -431,11 +454,14 @@ impl Cluster {
                 .await?;
             // The parked attempt's pod has exited before the event comes (as it would, minutes
             // or days before a person answers).
-            self.wait_pod_finished(&format!(
-                "cairn.dev/run={run_id},cairn.dev/attempt={}",
-                i + 1
-            ))
-            .await?;
+            // (Its status can lag far behind on a loaded node: then go on after 30 s.)
+            let selector = format!("cairn.dev/run={run_id},cairn.dev/attempt={}", i + 1);
+            if !self
+                .wait_pod_finished(&selector, Duration::from_secs(30))
+                .await?
+            {
+                late_status += 1;
+            }
             tokio::time::sleep(Duration::from_millis(500)).await;
             let emitted = unix_ms();
             self.emit(&format!("r-e{i}"), &event, json!(i)).await?;
@@ -488,11 +514,20 @@ impl Cluster {
                 in_process,
             ),
         ];
+        if late_status + bare_lost > 0 {
+            results.notes.push(format!(
+                "Figure 4: {late_status} time(s) the parked pod's status did not show it finished \
+                 within 30 s (the event was emitted anyway), and {bare_lost} bare pod(s) did not \
+                 run within 2 minutes (left out): the kubelet's status updates and secret reads \
+                 were being refused by the node authorizer meanwhile (see the summary)."
+            ));
+        }
         Ok(())
     }
 
-    /// One bare pod: create it, wait until it ran, and read when its process started.
-    async fn bare_pod(&self, i: usize) -> anyhow::Result<f64> {
+    /// One bare pod: create it, wait until it ran, and read when its process started (`None`
+    /// when it did not run within two minutes).
+    async fn bare_pod(&self, i: usize) -> anyhow::Result<Option<f64>> {
         let name = format!("bare-{i}");
         let pod = Pod {
             metadata: ObjectMeta {
@@ -518,37 +553,38 @@ impl Cluster {
         };
         let created = unix_ms();
         self.pods().create(&PostParams::default(), &pod).await?;
-        self.wait_pod_finished(&format!("metadata.name={name}"))
+        // The status can lag (see figure 4's note); the log is what counts.
+        self.wait_pod_finished(&format!("metadata.name={name}"), Duration::from_secs(120))
             .await?;
-        let logs = self.pods().logs(&name, &LogParams::default()).await?;
-        let started: f64 = logs
-            .split_whitespace()
-            .nth(1)
-            .and_then(|t| t.parse().ok())
-            .with_context(|| format!("bare pod {name} printed {logs:?}"))?;
+        let logs = self
+            .pods()
+            .logs(&name, &LogParams::default())
+            .await
+            .unwrap_or_default();
+        let started: Option<f64> = logs.split_whitespace().nth(1).and_then(|t| t.parse().ok());
         let _ = self.pods().delete(&name, &DeleteParams::default()).await;
-        Ok(started - created)
+        Ok(started.map(|started| started - created))
     }
 
-    /// Waits until the pod selected (by labels, or `metadata.name=` as a field) has finished.
-    async fn wait_pod_finished(&self, selector: &str) -> anyhow::Result<()> {
+    /// Waits until the pod selected (by labels, or `metadata.name=` as a field) has finished;
+    /// `false` if it has not within `patience`.
+    async fn wait_pod_finished(&self, selector: &str, patience: Duration) -> anyhow::Result<bool> {
         let params = match selector.strip_prefix("metadata.name=") {
             Some(_) => ListParams::default().fields(selector),
             None => ListParams::default().labels(selector),
         };
-        let deadline = Instant::now() + Duration::from_secs(300);
+        let deadline = Instant::now() + patience;
         loop {
             let pods = self.pods().list(&params).await?.items;
             let phase = pods.first().and_then(|p| p.status.as_ref()?.phase.clone());
             match phase.as_deref() {
-                Some("Succeeded") => return Ok(()),
+                Some("Succeeded") => return Ok(true),
                 Some("Failed") => bail!("pod {selector} failed"),
                 _ => {}
             }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "pod {selector} did not finish in 5 minutes"
-            );
+            if Instant::now() > deadline {
+                return Ok(false);
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
