@@ -40,7 +40,13 @@ bench-steps:
 sqlx-prepare:
 	DATABASE_URL=$$(target/debug/cairn dev db-url) SQLX_OFFLINE=false $(CARGO) sqlx prepare --workspace
 
-.PHONY: test-chart cluster-demo
+.PHONY: test-chart test-chaos cluster-demo
+
+# Failure tests on the real cluster that take minutes (CI runs them after `make test`): a frozen
+# flow process on a silent node, the operator SIGKILLed while it launches 200 runs, and one
+# FlowEvent waking all 200 under the running budget.
+test-chaos:
+	tests/cluster/chaos-e2e.sh
 
 # The Helm chart (charts/cairn) on the real cluster: lint, schema, server dry run, install with the
 # operator in-cluster, the example to Succeeded, RBAC, an upgrade changing a CRD, uninstall.

@@ -18,9 +18,9 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::conn::{RunnerConn, engine_call};
 use crate::engine::{self, EngineError, Parked, SleepOutcome};
 use crate::error::{Interrupted, is_permanent, permanent};
 use crate::usage::{STEP_USAGE, Usage, UsageCell};
@@ -37,7 +37,7 @@ struct Inner {
     attempt: engine::Attempt,
     namespace: String,
     run_name: String,
-    conn: tokio::sync::Mutex<PgConnection>,
+    conn: tokio::sync::Mutex<RunnerConn>,
     checkpoints: serde_json::Map<String, Value>,
     occurrences: Mutex<HashMap<String, u32>>,
     stopped: Mutex<Option<Interrupted>>,
@@ -147,7 +147,7 @@ impl Ctx {
     pub(crate) fn new(
         attempt: engine::Attempt,
         run: engine::LoadedRun,
-        conn: PgConnection,
+        conn: RunnerConn,
         inline_sleep_max: Duration,
     ) -> Self {
         Ctx {
@@ -191,7 +191,7 @@ impl Ctx {
         )
     }
 
-    pub(crate) async fn connection(&self) -> tokio::sync::MutexGuard<'_, PgConnection> {
+    pub(crate) async fn connection(&self) -> tokio::sync::MutexGuard<'_, RunnerConn> {
         self.inner.conn.lock().await
     }
 
@@ -308,7 +308,11 @@ impl Ctx {
         };
         let cancelled = {
             let mut conn = self.inner.conn.lock().await;
-            engine::complete_step(&mut conn, &self.inner.attempt, &step).await
+            engine_call!(*conn, |conn| engine::complete_step(
+                conn,
+                &self.inner.attempt,
+                &step
+            ))
         }
         .map_err(|e| self.engine_error(e))?;
         self.inner.executed.fetch_add(1, Ordering::Relaxed);
@@ -356,7 +360,11 @@ impl Ctx {
                 };
                 let outcome = {
                     let mut conn = self.inner.conn.lock().await;
-                    engine::await_event(&mut conn, &self.inner.attempt, &request).await
+                    engine_call!(*conn, |conn| engine::await_event(
+                        conn,
+                        &self.inner.attempt,
+                        &request
+                    ))
                 }
                 .map_err(|e| self.engine_error(e))?;
                 match outcome {
@@ -397,7 +405,7 @@ impl Ctx {
         };
         let outcome = {
             let mut conn = self.inner.conn.lock().await;
-            engine::emit(&mut conn, emitter, name, &payload).await
+            engine_call!(*conn, |conn| engine::emit(conn, emitter, name, &payload))
         };
         outcome.map_err(|e| self.engine_error(e))?;
         Ok(())
@@ -437,15 +445,14 @@ impl Ctx {
         loop {
             let outcome = {
                 let mut conn = self.inner.conn.lock().await;
-                engine::sleep(
-                    &mut conn,
+                engine_call!(*conn, |conn| engine::sleep(
+                    conn,
                     &self.inner.attempt,
                     &key,
                     until,
                     duration_ms,
                     inline_max,
-                )
-                .await
+                ))
             }
             .map_err(|e| self.engine_error(e))?;
             match outcome {
@@ -475,7 +482,14 @@ impl Ctx {
         let input = serde_json::to_value(input)?;
         let run_id = {
             let mut conn = self.inner.conn.lock().await;
-            engine::spawn_child(&mut conn, &self.inner.attempt, &key, &name, flow, &input).await
+            engine_call!(*conn, |conn| engine::spawn_child(
+                conn,
+                &self.inner.attempt,
+                &key,
+                &name,
+                flow,
+                &input
+            ))
         }
         .map_err(|e| self.engine_error(e))?;
         self.inner.executed.fetch_add(1, Ordering::Relaxed);
@@ -509,7 +523,12 @@ impl Ctx {
                 let ids: Vec<Uuid> = children.iter().map(|c| c.run_id).collect();
                 let outcome = {
                     let mut conn = self.inner.conn.lock().await;
-                    engine::join_children(&mut conn, &self.inner.attempt, &key, &ids).await
+                    engine_call!(*conn, |conn| engine::join_children(
+                        conn,
+                        &self.inner.attempt,
+                        &key,
+                        &ids
+                    ))
                 }
                 .map_err(|e| self.engine_error(e))?;
                 match outcome {
@@ -600,7 +619,10 @@ impl Ctx {
     async fn acknowledge_cancel(&self) -> anyhow::Error {
         let acknowledged = {
             let mut conn = self.inner.conn.lock().await;
-            engine::acknowledge_cancel(&mut conn, &self.inner.attempt).await
+            engine_call!(*conn, |conn| engine::acknowledge_cancel(
+                conn,
+                &self.inner.attempt
+            ))
         };
         match acknowledged {
             Ok(()) => self.stop(Interrupted::Cancelled),

@@ -21,12 +21,14 @@
 //! }
 //! ```
 
+mod conn;
 mod ctx;
 pub mod engine;
 mod error;
 mod runner;
 mod usage;
 
+pub use conn::Pooler;
 pub use ctx::{ChildRun, Ctx, PendingStep, RetryPolicy, Step, StepStart, Wait, WaitWithTimeout};
 pub use error::{Interrupted, Permanent, is_permanent, permanent};
 pub use runner::{Exit, Runner, RunnerEnv, env};

@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use backon::{ExponentialBuilder, Retryable};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use sqlx::{Connection, PgConnection};
 
+use crate::conn::{Pooler, RunnerConn, engine_call};
 use crate::ctx::{Ctx, decode};
 use crate::engine::{self, EngineError};
 use crate::error::Interrupted;
@@ -38,6 +37,8 @@ pub mod env {
     pub const LOG_FORMAT: &str = "CAIRN_LOG_FORMAT";
     /// Where to write the outcome summary (Kubernetes reads /dev/termination-log).
     pub const TERMINATION_LOG: &str = "CAIRN_TERMINATION_LOG";
+    /// `transaction` behind a pooler in transaction mode (PgBouncer); unset: a direct connection.
+    pub const POOLER: &str = "CAIRN_DATABASE_POOLER";
 }
 
 /// How a flow process ended. The database holds the truth; the exit code is a fast hint.
@@ -97,6 +98,7 @@ pub struct RunnerEnv {
     pub database_url: String,
     pub attempt: engine::Attempt,
     pub inline_sleep_max: Duration,
+    pub pooler: Pooler,
 }
 
 impl RunnerEnv {
@@ -123,6 +125,10 @@ impl RunnerEnv {
                     .parse()
                     .map_err(|e| anyhow!("{}={inline_ms:?}: {e}", env::INLINE_SLEEP_MAX_MS))?,
             ),
+            pooler: std::env::var(env::POOLER)
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e| anyhow!("{}: {e}", env::POOLER))?,
         })
     }
 }
@@ -199,14 +205,15 @@ impl Runner {
         let attempt = &runner_env.attempt;
         let span = tracing::info_span!("run", run_id = %attempt.run_id, attempt = attempt.number);
         let _guard = span.enter();
-        let mut conn = match connect(&runner_env.database_url).await {
+        let mut conn = match RunnerConn::connect(&runner_env.database_url, runner_env.pooler).await
+        {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::error!("cannot reach the database: {e}");
                 return Exit::Crashed;
             }
         };
-        let run = match engine::load_run(&mut conn, attempt).await {
+        let run = match engine_call!(conn, |conn| engine::load_run(conn, attempt)) {
             Ok(run) => run,
             Err(EngineError::Fenced(why)) => {
                 tracing::warn!("{why}");
@@ -244,10 +251,12 @@ impl Runner {
         }
         let mut conn = ctx.connection().await;
         match outcome {
-            Ok(result) => match engine::complete_run(&mut conn, attempt, &result).await {
-                Ok(()) => Exit::Completed,
-                Err(e) => settle_error(e),
-            },
+            Ok(result) => {
+                match engine_call!(*conn, |conn| engine::complete_run(conn, attempt, &result)) {
+                    Ok(()) => Exit::Completed,
+                    Err(e) => settle_error(e),
+                }
+            }
             Err(err) => {
                 let message = format!("{err:#}");
                 tracing::error!(error = %message, "flow failed");
@@ -258,13 +267,13 @@ impl Runner {
 }
 
 async fn finish_failed(
-    conn: &mut PgConnection,
+    conn: &mut RunnerConn,
     attempt: &engine::Attempt,
     message: &str,
     kind: &str,
 ) -> Exit {
     let error = json!({ "message": message, "kind": kind });
-    match engine::fail_run(conn, attempt, &error).await {
+    match engine_call!(*conn, |conn| engine::fail_run(conn, attempt, &error)) {
         Ok(()) => Exit::Failed,
         Err(e) => settle_error(e),
     }
@@ -281,24 +290,6 @@ fn settle_error(err: EngineError) -> Exit {
             Exit::Crashed
         }
     }
-}
-
-/// Connects, retrying refused connections with backoff (Postgres restarting, or at its
-/// connection limit) for about half a minute before giving up.
-async fn connect(url: &str) -> Result<PgConnection, sqlx::Error> {
-    (|| PgConnection::connect(url))
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(5))
-                .with_max_times(8)
-                .with_jitter(),
-        )
-        .when(|e| !matches!(e, sqlx::Error::Configuration(_)))
-        .notify(
-            |e, delay| tracing::warn!(error = %e, ?delay, "database not reachable yet; retrying"),
-        )
-        .await
 }
 
 fn init_tracing() {

@@ -86,6 +86,7 @@ finish() {
     fi
     delete_runs 2>/dev/null
     kubectl delete namespace "$NS" "$SYS_NS" --wait=false >/dev/null 2>&1
+    drop_own_database
     kubectl delete resourceprofiles -l "app.kubernetes.io/instance=$REL" --wait=false >/dev/null 2>&1
     # An upgrade check that stopped half-way leaves its mark in the CRDs: put them back.
     if kubectl get crd flowruns.cairn.dev -o jsonpath='{.spec.versions[0].schema.openAPIV3Schema.description}' 2>/dev/null | grep -q "$MARK"; then
@@ -120,6 +121,7 @@ kubeconfig="$("$CLUSTER_DIR/up.sh" | tail -n 1)"
 # shellcheck disable=SC1091
 source "$STATE_DIR/env"
 [[ "$KUBECONFIG" == "$kubeconfig" ]] || die "up.sh printed $kubeconfig, env file says $KUBECONFIG"
+own_database "${NS//-/_}"
 
 log "building the operator and the example agent"
 t0="$EPOCHREALTIME"

@@ -26,6 +26,7 @@ finish() {
         wait "$operator_pid" 2>/dev/null || true
     fi
     kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
+    drop_own_database
     if (( rc != 0 || failed != 0 )); then
         echo "--- operator log (last 40 lines) ---" >&2
         tail -n 40 "$OPLOG" >&2 || true
@@ -55,6 +56,7 @@ kubeconfig="$("$CLUSTER_DIR/up.sh" | tail -n 1)"
 # shellcheck disable=SC1091
 source "$STATE_DIR/env"
 [[ "$KUBECONFIG" == "$kubeconfig" ]] || die "up.sh printed $kubeconfig, env file says $KUBECONFIG"
+own_database "${NS//-/_}"
 
 log "building cairn and the example agent"
 (cd "$REPO_ROOT" && SQLX_OFFLINE="${SQLX_OFFLINE:-true}" cargo build --release -p cairn-operator -p cairn-example-agent >&2)

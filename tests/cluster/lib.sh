@@ -69,3 +69,19 @@ wait_for() {
 }
 
 pid_alive() { [[ -f "$RUN_DIR/$1.pid" ]] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
+
+# own_database NAME: a database of this test's own on the cluster's Postgres, and
+# CAIRN_CLUSTER_PG_URL pointed at it: the cluster outlives test runs (and sessions), so a test
+# must meet neither another test's rows nor a migration a build from other sources applied.
+# drop_own_database: removes it, and the runner login the operator made for it.
+own_database() {
+    CLUSTER_ADMIN_PG_URL=$CAIRN_CLUSTER_PG_URL
+    psql "$CLUSTER_ADMIN_PG_URL" -XqAt -v ON_ERROR_STOP=1 -c "CREATE DATABASE \"$1\" OWNER cairn" >/dev/null
+    export CAIRN_CLUSTER_PG_URL="${CLUSTER_ADMIN_PG_URL%/*}/$1"
+}
+drop_own_database() {
+    [[ -n "${CLUSTER_ADMIN_PG_URL:-}" ]] || return 0
+    local name=${CAIRN_CLUSTER_PG_URL##*/}
+    psql "$CLUSTER_ADMIN_PG_URL" -XqAt -c "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" \
+        -c "DROP ROLE IF EXISTS \"${name:0:40}_runner_login\"" >/dev/null 2>&1 || true
+}

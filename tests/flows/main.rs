@@ -19,7 +19,8 @@ use serde_json::{Value, json};
 /// How long a hung process sleeps: far longer than any test waits for it.
 const HANG: Duration = Duration::from_secs(120);
 
-/// Appends `run<TAB>what<TAB>attempt<TAB>pid` to `$CAIRN_TEST_LOG`.
+/// Appends `run<TAB>what<TAB>attempt<TAB>pid` to `$CAIRN_TEST_LOG`; `-` prints it prefixed
+/// `effect<TAB>` instead, for flow pods (whose logs the cluster tests read).
 fn effect(ctx: &Ctx, what: &str) {
     let Some(path) = std::env::var_os("CAIRN_TEST_LOG") else {
         return;
@@ -30,6 +31,10 @@ fn effect(ctx: &Ctx, what: &str) {
         ctx.attempt(),
         std::process::id()
     );
+    if path == "-" {
+        print!("effect\t{line}");
+        return;
+    }
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

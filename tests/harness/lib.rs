@@ -444,3 +444,89 @@ pub fn cairn_cli() -> PathBuf {
     );
     cli
 }
+
+/// A PgBouncer in transaction mode in front of this test binary's Postgres, for one database,
+/// with `pool_size` server connections; stopped when dropped. Needs `pgbouncer` installed
+/// (`apt-get install pgbouncer`; `.ci/run` does it).
+pub struct PgBouncer {
+    process: std::process::Child,
+    /// `db.runner_url`, through the pooler.
+    pub runner_url: String,
+}
+
+impl PgBouncer {
+    pub fn start(db: &TestDb, pool_size: u32) -> PgBouncer {
+        let binary = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("pgbouncer is not installed: apt-get install pgbouncer");
+        let server = server();
+        let runner: url::Url = db.runner_url.parse().expect("the runner URL");
+        let (user, password) = (runner.username(), runner.password().unwrap_or_default());
+        // Its own directory, open to the `postgres` user PgBouncer runs as when we are root.
+        let dir = db.dir.join("pgbouncer");
+        std::fs::create_dir_all(&dir).expect("pgbouncer directory");
+        let port = server.port + 1;
+        let config = format!(
+            "[databases]\n{name} = host={socket} port={pg_port} dbname={name}\n\
+             [pgbouncer]\nlisten_addr =\nlisten_port = {port}\nunix_socket_dir = {dir}\n\
+             auth_type = plain\nauth_file = {dir}/users.txt\npool_mode = transaction\n\
+             default_pool_size = {pool_size}\nmax_client_conn = 200\n\
+             ignore_startup_parameters = extra_float_digits\nlogfile = {dir}/pgbouncer.log\n",
+            name = db.name,
+            socket = server.socket_dir.display(),
+            pg_port = server.port,
+            dir = dir.display(),
+        );
+        std::fs::write(dir.join("pgbouncer.ini"), config).expect("pgbouncer.ini");
+        std::fs::write(
+            dir.join("users.txt"),
+            format!("\"{user}\" \"{password}\"\n"),
+        )
+        .expect("users.txt");
+        let mut command = Command::new(binary);
+        // PgBouncer refuses to run as root: as root, it runs as `postgres` (like the server).
+        if nix::unistd::geteuid().is_root() {
+            let postgres = nix::unistd::User::from_name("postgres")
+                .ok()
+                .flatten()
+                .expect("no `postgres` user to run pgbouncer as");
+            for path in ["", "pgbouncer.ini", "users.txt"] {
+                std::os::unix::fs::chown(dir.join(path), Some(postgres.uid.as_raw()), None)
+                    .expect("chown the pgbouncer directory");
+            }
+            command.args(["-u", "postgres"]);
+        }
+        let process = command
+            .arg(dir.join("pgbouncer.ini"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("cannot start pgbouncer");
+        let socket = dir.join(format!(".s.PGSQL.{port}"));
+        let started = std::time::Instant::now();
+        while !socket.exists() {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "pgbouncer did not start: {}",
+                std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let runner_url = format!(
+            "postgres://{user}:{password}@localhost:{port}/{}?host={}",
+            db.name,
+            dir.display()
+        );
+        PgBouncer {
+            process,
+            runner_url,
+        }
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}

@@ -43,6 +43,10 @@ pub struct Config {
     /// Handed to pods through a Secret, never inline.
     #[arg(long, env = "CAIRN_RUNNER_DATABASE_URL", hide_env_values = true)]
     pub runner_database_url: Option<String>,
+    /// `transaction` when that URL is a PgBouncer (or another pooler) in transaction mode:
+    /// flow processes then run each engine call in a transaction of its own. `none`: direct.
+    #[arg(long, env = "CAIRN_RUNNER_POOLER", default_value = "none")]
+    pub runner_pooler: cairn::Pooler,
     /// Name of the per-namespace Secret the operator keeps the runner's database URL in.
     #[arg(long, env = "CAIRN_RUNNER_SECRET", default_value = "cairn-runner-db")]
     pub runner_secret: String,

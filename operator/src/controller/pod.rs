@@ -39,6 +39,8 @@ pub struct FlowPod<'a> {
     pub service_account: Option<&'a str>,
     /// The Secret (in the run's namespace) holding the runner's database URL.
     pub db_secret: &'a str,
+    /// How that URL is reached (a pooler in transaction mode, or directly).
+    pub pooler: cairn::Pooler,
     /// Seconds left before the run's deadline: the kubelet stops the pod then (keeping it,
     /// and its logs), while the engine fails the run.
     pub deadline_in: Option<i64>,
@@ -74,6 +76,9 @@ pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
         plain_env(cairn::env::FLOW, spec.flow),
         plain_env(cairn::env::LOG_FORMAT, "json"),
     ];
+    if spec.pooler != cairn::Pooler::None {
+        env.push(plain_env(cairn::env::POOLER, spec.pooler.as_str()));
+    }
     env.extend(spec.extra_env.iter().cloned());
     let profile = spec.profile.cloned().unwrap_or_default();
 
@@ -258,6 +263,10 @@ mod tests {
     }
 
     fn pod_spec_for(profile: Option<&ResourceProfileSpec>) -> Pod {
+        pod_with_pooler(profile, cairn::Pooler::None)
+    }
+
+    fn pod_with_pooler(profile: Option<&ResourceProfileSpec>, pooler: cairn::Pooler) -> Pod {
         let run = flowrun();
         build_pod(&FlowPod {
             run: &run,
@@ -270,7 +279,27 @@ mod tests {
             service_account: Some("cairn-flow"),
             db_secret: "cairn-runner-db",
             deadline_in: None,
+            pooler,
         })
+    }
+
+    fn env_value(pod: &Pod, name: &str) -> Option<String> {
+        pod.spec.as_ref()?.containers[0]
+            .env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    }
+
+    #[test]
+    fn behind_a_transaction_pooler_the_pod_says_so_and_otherwise_says_nothing() {
+        let pooled = pod_with_pooler(None, cairn::Pooler::Transaction);
+        assert_eq!(
+            env_value(&pooled, cairn::env::POOLER).as_deref(),
+            Some("transaction")
+        );
+        assert_eq!(env_value(&pod_spec_for(None), cairn::env::POOLER), None);
     }
 
     #[test]

@@ -206,6 +206,7 @@ async fn run_flow(pool: &sqlx::PgPool, runner: &Runner, url: &str, n: usize) -> 
         database_url: url.to_owned(),
         attempt,
         inline_sleep_max: Duration::ZERO,
+        pooler: Default::default(),
     };
     let exit = runner.execute(&env).await;
     anyhow::ensure!(exit == Exit::Completed, "benchmark run ended {exit:?}");

@@ -197,6 +197,7 @@ async fn claimed_run(
         database_url: url.to_owned(),
         attempt,
         inline_sleep_max: Duration::ZERO,
+        pooler: Default::default(),
     })
 }
 
