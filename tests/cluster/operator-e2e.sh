@@ -464,11 +464,13 @@ name="flow pods log in as the runner role, which can touch no table, and carry t
 runner_url=$(kget secret cairn-runner-db -o jsonpath='{.data.database-url}' | base64 -d)
 login=$(psql "$runner_url" -tAc "SELECT current_user" 2>&1 || true)
 tables=$(psql "$runner_url" -tAc "SELECT count(*) FROM cairn.steps" 2>&1 || true)
-token_ref=$(kget pod after-handover-a1 -o jsonpath='{.spec.containers[0].env[?(@.name=="CAIRN_TOKEN")].valueFrom.secretKeyRef.name}' 2>/dev/null || true)
+# Any flow pod of the run (which attempts had pods depends on how the handover went).
+token_ref=$(kget pods -l "cairn.dev/run=$(kget fr after-handover -o jsonpath='{.status.runId}')" \
+    -o jsonpath='{.items[0].spec.containers[0].env[?(@.name=="CAIRN_TOKEN")].valueFrom.secretKeyRef.name}')
 if [[ "$login" == *runner_login && "$tables" == *"permission denied"* && "$token_ref" == cairn-token-* ]]; then
     pass "$name"
 else
-    fail "$name" "login '$login'; reading cairn.steps: '$tables'; token from '$token_ref'"
+    fail "$name" "login '$login'; reading cairn.steps: '$tables'; token from '$token_ref'"; explain after-handover
 fi
 
 # --- health and metrics ---------------------------------------------------------------------
