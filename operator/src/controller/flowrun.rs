@@ -327,7 +327,11 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
 
     let record = store::find(&ctx.pool, &namespace, &name).await?;
     let mut waiting_for_slot = None;
-    match decide(&record.view(), &pod::process_of(&pods, record.attempt)) {
+    let seen_at = chrono::Utc::now();
+    match decide(
+        &record.view(),
+        &pod::process_of(&pods, record.attempt, seen_at),
+    ) {
         Next::Idle | Next::Finished(_) => {}
         Next::Launch => {
             let launch = Launch {
@@ -348,7 +352,7 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
             // remove it. Pods whose process ran are kept for `kubectl logs`.
             let never_started = |p: &&Pod| {
                 pod::attempt_of(p) == Some(attempt)
-                    && matches!(pod::exit_of(p), Some(ProcessExit::LaunchFailed(_)))
+                    && matches!(pod::exit_of(p, seen_at), Some(ProcessExit::LaunchFailed(_)))
             };
             for stuck in pods.iter().filter(never_started) {
                 if let Some(pod_name) = &stuck.metadata.name {
@@ -404,12 +408,27 @@ async fn apply(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
         deadline
     };
     let soon = children_deferred.then(|| now + chrono::Duration::seconds(1));
+    // A pod the kubelet is still trying to start: look again when its grace ends.
+    let start_check = pods
+        .iter()
+        .filter(|p| pod::attempt_of(p) == Some(record.attempt))
+        .filter_map(pod::start_retried_until)
+        .filter(|until| *until > now)
+        .min();
     // A freed slot wakes queued runs; this look is only the safety net.
     let slot_check = waiting_for_slot.map(|_| now + chrono::Duration::seconds(30));
-    Ok(match next.into_iter().chain(soon).chain(slot_check).min() {
-        Some(at) => Action::requeue((at - now).to_std().unwrap_or_default()),
-        None => Action::await_change(),
-    })
+    Ok(
+        match next
+            .into_iter()
+            .chain(soon)
+            .chain(slot_check)
+            .chain(start_check)
+            .min()
+        {
+            Some(at) => Action::requeue((at - now).to_std().unwrap_or_default()),
+            None => Action::await_change(),
+        },
+    )
 }
 
 /// Acts on the retry annotation once per value: a failed run is made runnable again from its

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use cairn_crds::{FlowRun, ResourceProfileSpec};
+use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvVar, EnvVarSource, Pod, PodSecurityContext, PodSpec,
     SeccompProfile, SecretKeySelector, SecurityContext,
@@ -174,21 +175,50 @@ pub fn attempt_of(pod: &Pod) -> Option<i32> {
 }
 
 /// What the pods of a run say about the process of `attempt`.
-pub fn process_of(pods: &[Pod], attempt: i32) -> Process {
+pub fn process_of(pods: &[Pod], attempt: i32, now: DateTime<Utc>) -> Process {
     let Some(pod) = pods
         .iter()
         .find(|p| attempt_of(p) == Some(attempt) && p.metadata.deletion_timestamp.is_none())
     else {
         return Process::Absent;
     };
-    match exit_of(pod) {
+    match exit_of(pod, now) {
         Some(exit) => Process::Exited { attempt, exit },
         None => Process::Alive { attempt },
     }
 }
 
+/// How long a container may wait in CreateContainerConfigError or CreateContainerError before
+/// its launch counts as failed. The kubelet retries both itself, and under load it reports
+/// Secrets that exist as missing ("failed to sync secret cache"); a Secret that really is
+/// missing still fails the attempt, this much later.
+pub const START_GRACE_SECONDS: i64 = 60;
+
+/// Until when a pod the kubelet is still trying to start keeps the benefit of the doubt
+/// (see [`START_GRACE_SECONDS`]); `None` for any other pod.
+pub fn start_retried_until(pod: &Pod) -> Option<DateTime<Utc>> {
+    let waiting = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == "flow")?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?;
+    let retried = matches!(
+        waiting.reason.as_deref(),
+        Some("CreateContainerConfigError" | "CreateContainerError")
+    );
+    let created = pod.metadata.creation_timestamp.as_ref()?;
+    let created = DateTime::from_timestamp(created.0.as_second(), 0)?;
+    retried.then(|| created + chrono::Duration::seconds(START_GRACE_SECONDS))
+}
+
 /// How a pod's process ended, or `None` while it may still run.
-pub fn exit_of(pod: &Pod) -> Option<ProcessExit> {
+pub fn exit_of(pod: &Pod, now: DateTime<Utc>) -> Option<ProcessExit> {
     let status = pod.status.as_ref()?;
     if status.reason.as_deref() == Some("Evicted") {
         return Some(ProcessExit::Evicted(
@@ -212,20 +242,18 @@ pub fn exit_of(pod: &Pod) -> Option<ProcessExit> {
     }
     // A container that can never start is as good as a failed launch.
     let waiting = state.waiting.as_ref()?;
+    let given_up = start_retried_until(pod).is_some_and(|until| until <= now);
+    let why = waiting
+        .message
+        .as_deref()
+        .unwrap_or("the container cannot start");
     match waiting.reason.as_deref() {
-        Some(
-            reason @ ("ErrImagePull"
-            | "ImagePullBackOff"
-            | "InvalidImageName"
-            | "CreateContainerConfigError"
-            | "CreateContainerError"),
-        ) => Some(ProcessExit::LaunchFailed(format!(
-            "{reason}: {}",
-            waiting
-                .message
-                .as_deref()
-                .unwrap_or("the container cannot start")
-        ))),
+        Some(reason @ ("ErrImagePull" | "ImagePullBackOff" | "InvalidImageName")) => {
+            Some(ProcessExit::LaunchFailed(format!("{reason}: {why}")))
+        }
+        Some(reason @ ("CreateContainerConfigError" | "CreateContainerError")) if given_up => Some(
+            ProcessExit::LaunchFailed(format!("{reason} for {START_GRACE_SECONDS} s: {why}")),
+        ),
         _ => None,
     }
 }
@@ -444,28 +472,34 @@ mod tests {
     fn pod_status_becomes_a_process_state() {
         let running = ContainerState::default();
         assert_eq!(
-            process_of(&[pod_with(2, running, None)], 2),
+            process_of(&[pod_with(2, running, None)], 2, Utc::now()),
             Process::Alive { attempt: 2 }
         );
-        assert_eq!(process_of(&[], 2), Process::Absent);
+        assert_eq!(process_of(&[], 2, Utc::now()), Process::Absent);
         // Only the current attempt's pod counts.
         assert_eq!(
-            process_of(&[pod_with(1, terminated(75, None), None)], 2),
+            process_of(&[pod_with(1, terminated(75, None), None)], 2, Utc::now()),
             Process::Absent
         );
         assert_eq!(
-            process_of(&[pod_with(2, terminated(75, None), None)], 2),
+            process_of(&[pod_with(2, terminated(75, None), None)], 2, Utc::now()),
             Process::Exited {
                 attempt: 2,
                 exit: ProcessExit::Code(75)
             }
         );
         assert_eq!(
-            exit_of(&pod_with(2, terminated(137, Some("OOMKilled")), None)),
+            exit_of(
+                &pod_with(2, terminated(137, Some("OOMKilled")), None),
+                Utc::now()
+            ),
             Some(ProcessExit::OutOfMemory)
         );
         assert!(matches!(
-            exit_of(&pod_with(2, ContainerState::default(), Some("Evicted"))),
+            exit_of(
+                &pod_with(2, ContainerState::default(), Some("Evicted")),
+                Utc::now()
+            ),
             Some(ProcessExit::Evicted(_))
         ));
         let pull_failed = ContainerState {
@@ -476,9 +510,40 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            exit_of(&pod_with(2, pull_failed, None)),
+            exit_of(&pod_with(2, pull_failed, None), Utc::now()),
             Some(ProcessExit::LaunchFailed("ErrImagePull: not found".into()))
         );
+    }
+
+    #[test]
+    fn a_container_config_error_fails_the_launch_only_after_the_kubelet_had_its_grace() {
+        let config_error = ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("CreateContainerConfigError".into()),
+                message: Some(
+                    "failed to sync secret cache: timed out waiting for the condition".into(),
+                ),
+            }),
+            ..Default::default()
+        };
+        let mut pod = pod_with(2, config_error, None);
+        let created = Utc::now();
+        pod.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                created.to_rfc3339().parse().unwrap(),
+            ));
+        let grace = chrono::Duration::seconds(START_GRACE_SECONDS);
+        assert_eq!(exit_of(&pod, created + grace / 2), None);
+        assert_eq!(
+            process_of(std::slice::from_ref(&pod), 2, created + grace / 2),
+            Process::Alive { attempt: 2 }
+        );
+        let until = start_retried_until(&pod).unwrap();
+        assert!((until - created - grace).num_seconds().abs() <= 1);
+        assert!(matches!(
+            exit_of(&pod, created + grace + chrono::Duration::seconds(1)),
+            Some(ProcessExit::LaunchFailed(why)) if why.contains("secret cache")
+        ));
     }
 
     #[test]
