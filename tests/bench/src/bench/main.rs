@@ -497,59 +497,51 @@ async fn figure2(
             "figure 2, round {round}/{}: {runs} runs × {per} steps in parallel, each system in turn",
             sizes.rounds
         ));
-        let mut this = vec![];
-        let before = cpu();
-        this.push(with_cpu(
-            local::raw_parallel(cairn_url, runs, per).await?,
-            before,
-            true,
-        ));
-        let before = cpu();
-        this.push(with_cpu(
-            local::cairn_parallel(pool, cairn_url, runs, per).await?,
-            before,
-            true,
-        ));
-        let before = cpu();
-        let r = peers
-            .run("absurd_peer.py", absurd_url, &parallel, "absurd-parallel")
-            .await?;
-        this.push(with_cpu(
-            peer_rate(
-                "Absurd",
-                &format!(
-                    "{runs} worker processes (`start_worker`, concurrency 1) × {per}-step tasks"
-                ),
-                &r,
-            )?,
-            before,
-            false,
-        ));
-        let before = cpu();
-        let r = peers
-            .run("dbos_peer.py", dbos_url, &parallel, "dbos-parallel")
-            .await?;
-        this.push(with_cpu(
-            peer_rate(
-                "DBOS",
-                &format!("{runs} workflows via `DBOS.start_workflow`, one process"),
-                &r,
-            )?,
-            before,
-            false,
-        ));
-        let before = cpu();
-        this.push(with_cpu(
-            local::steps_table_parallel(cairn_url, runs, per).await?,
-            before,
-            true,
-        ));
-        let before = cpu();
-        this.push(with_cpu(
-            local::engine_parallel(pool, cairn_url, runs, per).await?,
-            before,
-            true,
-        ));
+        // Each row with the CPU its measurement used (`$rate` is evaluated inside).
+        macro_rules! measured {
+            ($ours:expr, $rate:expr) => {{
+                let before = cpu();
+                let rate = $rate;
+                with_cpu(rate, before, $ours)
+            }};
+        }
+        let this = vec![
+            measured!(true, local::raw_parallel(cairn_url, runs, per).await?),
+            measured!(
+                true,
+                local::cairn_parallel(pool, cairn_url, runs, per).await?
+            ),
+            measured!(
+                false,
+                peer_rate(
+                    "Absurd",
+                    &format!(
+                        "{runs} worker processes (`start_worker`, concurrency 1) × {per}-step tasks"
+                    ),
+                    &peers
+                        .run("absurd_peer.py", absurd_url, &parallel, "absurd-parallel")
+                        .await?,
+                )?
+            ),
+            measured!(
+                false,
+                peer_rate(
+                    "DBOS",
+                    &format!("{runs} workflows via `DBOS.start_workflow`, one process"),
+                    &peers
+                        .run("dbos_peer.py", dbos_url, &parallel, "dbos-parallel")
+                        .await?,
+                )?
+            ),
+            measured!(
+                true,
+                local::steps_table_parallel(cairn_url, runs, per).await?
+            ),
+            measured!(
+                true,
+                local::engine_parallel(pool, cairn_url, runs, per).await?
+            ),
+        ];
         rounds.push(this);
     }
     results.fig2 = (0..rounds[0].len())
