@@ -20,10 +20,10 @@ use futures::channel::mpsc::UnboundedSender;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use serde::Deserialize;
@@ -71,6 +71,12 @@ pub struct Config {
     /// Flow pods running at once in any one namespace (0: only the global cap applies).
     #[arg(long, env = "CAIRN_MAX_RUNNING_PER_NAMESPACE", default_value_t = 0)]
     pub max_running_per_namespace: i32,
+    /// FlowRuns reconciled at once (per watched namespace). Bounds the operator's memory and
+    /// its load on the API server and the database when thousands of FlowRuns change together
+    /// (one event waking them all, a burst of creates); the others queue, each at most once.
+    #[arg(long, env = "CAIRN_RECONCILE_CONCURRENCY", default_value_t = 64,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub reconcile_concurrency: u16,
     /// Address of /livez, /readyz, /metrics and the read API.
     #[arg(long, env = "CAIRN_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: std::net::SocketAddr,
@@ -103,6 +109,8 @@ pub struct Context {
     runner_database_url: String,
     /// Runs refused a launch by the running budget, oldest first; woken as slots free.
     pub waiting_for_slot: std::sync::Mutex<VecDeque<ObjectRef<FlowRun>>>,
+    /// When each namespace last had its flow pods' Secret (and service account) applied.
+    prepared_namespaces: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     pub metrics: telemetry::Metrics,
     recorder: Recorder,
 }
@@ -193,7 +201,23 @@ impl Context {
 
     /// What flow pods of a namespace need before one launches: the Secret they read their
     /// database URL from and, when configured, their service account (with no API token).
+    /// Applied once per namespace every few minutes, not at every launch: a wake-up of a
+    /// thousand runs would otherwise apply the same Secret a thousand times.
     async fn prepare_namespace(&self, namespace: &str) -> Result<(), Error> {
+        const FRESH_FOR: Duration = Duration::from_secs(300);
+        let fresh = |prepared: &HashMap<String, std::time::Instant>| {
+            prepared
+                .get(namespace)
+                .is_some_and(|at| at.elapsed() < FRESH_FOR)
+        };
+        if fresh(
+            &self
+                .prepared_namespaces
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        ) {
+            return Ok(());
+        }
         let apply = PatchParams::apply(FIELD_MANAGER).force();
         let labels = json!({ pod::LABEL_MANAGED: "cairn" });
         let secret = json!({
@@ -216,7 +240,20 @@ impl Context {
                 .patch(account, &apply, &Patch::Apply(&service_account))
                 .await?;
         }
+        self.prepared_namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(namespace.to_owned(), std::time::Instant::now());
         Ok(())
+    }
+
+    /// A launch failed: the namespace's Secret or service account may be gone, so the next
+    /// launch there applies them again.
+    pub fn forget_prepared(&self, namespace: &str) {
+        self.prepared_namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(namespace);
     }
 }
 
@@ -245,6 +282,7 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
         metrics: telemetry::Metrics::default(),
         recorder,
         waiting_for_slot: Default::default(),
+        prepared_namespaces: Default::default(),
     });
     let mut endpoints = tokio::spawn(telemetry::serve(ctx.config.listen, ctx.clone()));
 
@@ -348,24 +386,68 @@ async fn run_controllers(
     wake: futures::channel::mpsc::UnboundedReceiver<ObjectRef<FlowRun>>,
 ) {
     let client = &ctx.client;
-    let pods = watcher::Config::default().labels(&format!("{}=cairn", pod::LABEL_MANAGED));
-    let flowruns = Controller::new(
+    // The FlowRuns' cache keeps no managedFields (a third of a FlowRun's size, never read
+    // here), and flow pods are watched by metadata only: the operator holds every FlowRun it
+    // manages in memory, so their size is its size.
+    let (flowruns_cache, writer) = reflector::store();
+    let flowruns_watch = watcher(
         scoped::<FlowRun>(client, &scope),
         watcher::Config::default(),
     )
-    .owns(scoped::<Pod>(client, &scope), pods)
-    .reconcile_on(wake)
-    .shutdown_on_signal()
-    .run(flowrun::reconcile, error_policy, ctx.clone())
-    .for_each(|outcome| async move {
-        if let Err(e) = outcome {
-            tracing::debug!(error = %e, "flowrun reconcile");
-        }
+    .default_backoff()
+    .modify(|run| run.managed_fields_mut().clear())
+    .reflect(writer)
+    .applied_objects()
+    // Only what asks for work: the spec (generation), the retry annotation, the
+    // finalizers and a deletion. The operator's own status patches trigger nothing here
+    // (the pods' changes are watched below).
+    .predicate_filter(
+        predicates::generation
+            .combine(predicates::annotations)
+            .combine(predicates::finalizers)
+            .combine(|run: &FlowRun| run.metadata.deletion_timestamp.as_ref().map(|_| 1)),
+        Default::default(),
+    );
+    // Flow pods are cached for the reconciles (which read their status) without what they
+    // never read: managedFields, annotations and the spec.
+    let (pods_cache, pods_writer) = reflector::store();
+    let pods = watcher(
+        scoped::<Pod>(client, &scope),
+        watcher::Config::default().labels(&format!("{}=cairn", pod::LABEL_MANAGED)),
+    )
+    .default_backoff()
+    .modify(|pod| {
+        pod.managed_fields_mut().clear();
+        pod.annotations_mut().clear();
+        pod.spec = None;
+    })
+    .reflect(pods_writer)
+    .touched_objects();
+    let config = controller::Config::default().concurrency(ctx.config.reconcile_concurrency);
+    let flowrun_scope = Arc::new(flowrun::Scope {
+        ctx: ctx.clone(),
+        pods: pods_cache,
     });
+    let flowruns = Controller::for_stream(flowruns_watch, flowruns_cache)
+        .owns_stream(pods)
+        .with_config(config.clone())
+        .reconcile_on(wake)
+        .shutdown_on_signal()
+        .run(
+            flowrun::reconcile,
+            |run, error, scope| error_policy(run, error, scope.ctx.clone()),
+            flowrun_scope,
+        )
+        .for_each(|outcome| async move {
+            if let Err(e) = outcome {
+                tracing::debug!(error = %e, "flowrun reconcile");
+            }
+        });
     let flowevents = Controller::new(
         scoped::<FlowEvent>(client, &scope),
         watcher::Config::default(),
     )
+    .with_config(config)
     .shutdown_on_signal()
     .run(flowevent::reconcile, error_policy, ctx.clone())
     .for_each(|outcome| async move {
@@ -433,7 +515,9 @@ async fn forward_notifications(
                     );
                     chosen.into_iter().for_each(wake);
                 }
-                wake(ObjectRef::new(&changed.name).within(&changed.namespace));
+                if !made_by_a_reconcile(changed.from.as_deref(), &changed.state) {
+                    wake(ObjectRef::new(&changed.name).within(&changed.namespace));
+                }
             }
             #[allow(unreachable_code)]
             Ok::<(), sqlx::Error>(())
@@ -443,6 +527,13 @@ async fn forward_notifications(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// Changes the operator makes in a reconcile of that very FlowRun (registering its run, starting
+/// an attempt for the pod it creates) need no further look at it: waking it again would only
+/// repeat the reconcile, one more for every run in a burst of thousands.
+fn made_by_a_reconcile(from: Option<&str>, state: &str) -> bool {
+    from.is_none() || state == "running"
 }
 
 /// Who gets a freed slot a look: the two runs waiting longest, and the one waiting longest in

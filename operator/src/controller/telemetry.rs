@@ -29,6 +29,8 @@ pub struct Metrics {
     pub reconcile_errors: Counter,
     /// From a run becoming runnable (an event, a timer, a finished child) to its pod's creation.
     pub resume_latency: Histogram,
+    /// How long one FlowRun reconcile takes (its calls to the API server and the database).
+    pub reconcile_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -50,12 +52,20 @@ impl Default for Metrics {
             "From a run becoming runnable to its pod being created",
             resume_latency.clone(),
         );
+        let reconcile_duration =
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
+        registry.register(
+            "flowrun_reconcile_duration_seconds",
+            "How long a FlowRun reconcile takes",
+            reconcile_duration.clone(),
+        );
         Metrics {
             registry,
             runs,
             launches,
             reconcile_errors,
             resume_latency,
+            reconcile_duration,
         }
     }
 }
