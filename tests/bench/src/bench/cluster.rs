@@ -51,6 +51,8 @@ pub struct Cluster {
     ns: String,
     image: String,
     pool: PgPool,
+    /// The operator's running budget (`--max-running`).
+    max_running: usize,
     admin_url: String,
     db_name: String,
     operator: Option<std::process::Child>,
@@ -124,7 +126,7 @@ pub async fn figures(
             }
         ),
     ));
-    let mut cluster = match Cluster::start(repo, bin_dir, out).await {
+    let mut cluster = match Cluster::start(repo, bin_dir, out, max_running(&sizes)).await {
         Ok(c) => c,
         Err(e) => {
             for f in figures {
@@ -140,7 +142,7 @@ pub async fn figures(
         format!(
             "the one-node test cluster (`tests/cluster/up.sh`: Kubernetes {}, containerd, on this \
              machine); `cairn operator` as a host process watching only namespace {} \
-             (`--max-running {}`), its database `{}` on the cluster's Postgres (max_connections {}); \
+             (`--max-running {}`, see figure 7), its database `{}` on the cluster's Postgres (max_connections {}); \
              flow pods of image {}",
             cluster
                 .client
@@ -148,7 +150,7 @@ pub async fn figures(
                 .await
                 .map_or("?".into(), |v| v.git_version),
             cluster.ns,
-            MAX_RUNNING,
+            cluster.max_running,
             cluster.db_name,
             cluster.setting("max_connections").await.unwrap_or_default(),
             cluster.image
@@ -168,11 +170,23 @@ pub async fn figures(
     outcome
 }
 
-/// The operator's running budget in this benchmark: its default.
-const MAX_RUNNING: i32 = 50;
+/// The operator's default running budget (`--max-running`).
+const DEFAULT_MAX_RUNNING: usize = 50;
+
+/// The benchmark's running budget: enough for figure 7's event to start every run it wakes at
+/// once, as a user expecting such bursts would set it (each running pod holds a database
+/// connection; the node runs at most 110 pods and the scheduler keeps the rest Pending).
+fn max_running(sizes: &Sizes) -> usize {
+    sizes.fanout.max(DEFAULT_MAX_RUNNING)
+}
 
 impl Cluster {
-    async fn start(repo: &Path, bin_dir: &Path, out: &Path) -> anyhow::Result<Cluster> {
+    async fn start(
+        repo: &Path,
+        bin_dir: &Path,
+        out: &Path,
+        max_running: usize,
+    ) -> anyhow::Result<Cluster> {
         progress("cluster: tests/cluster/up.sh (builds it on first use)");
         let up = Command::new(repo.join("tests/cluster/up.sh"))
             .stderr(std::fs::File::create(out.join("logs/cluster-up.log"))?)
@@ -227,16 +241,7 @@ impl Cluster {
         let db_url = with_database(&admin_url, &db_name)?;
         let pool = cairn_operator::store::connect_with_pool_size(&db_url, 4).await?;
         Api::<Namespace>::all(client.clone())
-            .create(
-                &PostParams::default(),
-                &Namespace {
-                    metadata: ObjectMeta {
-                        name: Some(ns.clone()),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-            )
+            .create(&PostParams::default(), &namespace(&ns))
             .await?;
 
         let log = out.join("logs/operator.log");
@@ -253,7 +258,7 @@ impl Cluster {
                 "--lease-name",
                 "bench",
                 "--max-running",
-                &MAX_RUNNING.to_string(),
+                &max_running.to_string(),
             ])
             .env("CAIRN_DATABASE_URL", &db_url)
             .env("KUBECONFIG", &kubeconfig)
@@ -271,6 +276,7 @@ impl Cluster {
             ns,
             image,
             pool,
+            max_running,
             admin_url,
             db_name,
             operator: Some(operator),
@@ -624,15 +630,16 @@ impl Cluster {
         }
     }
 
-    /// Creates FlowRuns `<prefix><i>` of `wait-once` for i in 0..n, 16 at a time.
+    /// Creates FlowRuns `<prefix><i>` of `wait-once` in `namespace` for i in 0..n, 16 at a time.
     async fn create_flowruns(
         &self,
+        namespace: &str,
         prefix: &str,
         n: usize,
         event: &str,
         cancel: bool,
     ) -> anyhow::Result<()> {
-        let api = self.flowruns();
+        let api: Api<FlowRun> = Api::namespaced(self.client.clone(), namespace);
         futures::stream::iter(0..n)
             .map(|i| {
                 let api = api.clone();
@@ -684,12 +691,33 @@ impl Cluster {
     /// Figure 6: `n` FlowRuns created as fast as 16 concurrent clients can, until all are
     /// registered in Postgres. They ask to be cancelled (`spec.cancel`), so the operator
     /// registers each, cancels it at once and starts no pod: admission is what is measured, not
-    /// the node's pod throughput (see figure 7 for that).
+    /// the node's pod throughput (see figure 7 for that). The floor: the same creates in a
+    /// namespace no operator watches, just before (the API server's own rate for FlowRuns).
     async fn figure6(&mut self, results: &mut Results, n: usize) -> anyhow::Result<()> {
+        progress(&format!(
+            "figure 6: {n} FlowRuns created with no operator watching (the floor)"
+        ));
+        let unwatched = format!("{}-floor", self.ns);
+        let namespaces = Api::<Namespace>::all(self.client.clone());
+        namespaces
+            .create(&PostParams::default(), &namespace(&unwatched))
+            .await?;
+        let started = Instant::now();
+        let floor = self
+            .create_flowruns(&unwatched, "f-", n, "admitted", true)
+            .await;
+        let floor_seconds = started.elapsed().as_secs_f64();
+        // Nothing holds these FlowRuns (no finalizer): the namespace goes in the background.
+        let _ = namespaces
+            .delete(&unwatched, &DeleteParams::background())
+            .await;
+        floor?;
+
         progress(&format!("figure 6: admitting {n} FlowRuns"));
         let cpu0 = self.operator_cpu_seconds();
         let started = Instant::now();
-        self.create_flowruns("a-", n, "admitted", true).await?;
+        self.create_flowruns(&self.ns, "a-", n, "admitted", true)
+            .await?;
         let created = started.elapsed();
         self.wait_db(
             "every FlowRun to be registered",
@@ -700,24 +728,45 @@ impl Cluster {
         let registered = started.elapsed();
         let cpu = (self.operator_cpu_seconds() - cpu0) / registered.as_secs_f64();
         self.admitting_cpu = Some(cpu);
-        results.fig6 = Some(Rate::of(
-            "Cairn operator",
-            &format!(
-                "{n} FlowRuns (with `spec.cancel`, so no pods) created by 16 concurrent API \
-                 clients (they took {:.1} s, {:.0}/s) until all are runs in Postgres; operator CPU \
-                 meanwhile {:.0}% of a core",
-                created.as_secs_f64(),
-                n as f64 / created.as_secs_f64(),
-                cpu * 100.0
+        results.fig6 = vec![
+            Rate::of(
+                "API server alone (floor)",
+                &format!(
+                    "{n} FlowRuns created by 16 concurrent API clients in a namespace no \
+                     operator watches"
+                ),
+                n as u64,
+                floor_seconds,
             ),
-            n as u64,
-            registered.as_secs_f64(),
-        ));
+            Rate::of(
+                "Cairn operator",
+                &format!(
+                    "{n} FlowRuns (with `spec.cancel`, so no pods) created the same way (they \
+                     took {:.1} s, {:.0}/s) until all are runs in Postgres; operator CPU \
+                     meanwhile {:.0}% of a core",
+                    created.as_secs_f64(),
+                    n as f64 / created.as_secs_f64(),
+                    cpu * 100.0
+                ),
+                n as u64,
+                registered.as_secs_f64(),
+            ),
+        ];
         progress(&format!(
-            "figure 6: {n} registered in {:.1} s",
+            "figure 6: {n} registered in {:.1} s (the floor: {n} created in {floor_seconds:.1} s)",
             registered.as_secs_f64()
         ));
         Ok(())
+    }
+}
+
+fn namespace(name: &str) -> Namespace {
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        ..Default::default()
     }
 }
 
@@ -788,8 +837,10 @@ impl Cluster {
         self.park_runs("p-", others, "never").await?;
         let cpu0 = self.operator_cpu_seconds();
         let started = Instant::now();
-        self.create_flowruns("w-", fanout, "go", false).await?;
-        self.create_flowruns("p-", others, "never", false).await?;
+        self.create_flowruns(&self.ns, "w-", fanout, "go", false)
+            .await?;
+        self.create_flowruns(&self.ns, "p-", others, "never", false)
+            .await?;
         let deadline = Instant::now() + Duration::from_secs(1800);
         loop {
             let phases = self.phases().await?;
@@ -933,10 +984,12 @@ impl Cluster {
         });
         results.notes.push(format!(
             "Figure 7: times from the FlowEvent's creation; a pod counts as created when the \
-             benchmark's watch sees it. The operator runs at most {MAX_RUNNING} flow pods at once \
-             (`--max-running`, its default; each holds a database connection) and the node at most \
-             110 pods, so the {n} pods are created as earlier ones finish: the time until every \
-             pod exists is bounded by {n} / {MAX_RUNNING} × a flow pod's lifetime."
+             benchmark's watch sees it. The operator's running budget is {} (`--max-running`; \
+             its default is {DEFAULT_MAX_RUNNING}, and with it the pods are created as earlier \
+             ones finish). The node runs at most 110 pods: the scheduler keeps the others Pending \
+             until earlier ones finish, so \"every run finished\" is bounded by the node's pod \
+             throughput.",
+            self.max_running
         ));
         Ok(())
     }
@@ -1042,12 +1095,15 @@ pub fn targets(results: &Results, targets: &mut Vec<Target>) {
             met: f.rss_mb <= 60.0,
         });
     }
-    if let Some(r) = &results.fig6 {
+    if let [floor, cairn, ..] = results.fig6.as_slice() {
         targets.push(Target {
             figure: 6,
             target: "admission ≥ 200 FlowRuns/s".into(),
-            measured: format!("{:.0} FlowRuns/s", r.per_second),
-            met: r.per_second >= 200.0,
+            measured: format!(
+                "{:.0} FlowRuns/s (the API server alone: {:.0}/s)",
+                cairn.per_second, floor.per_second
+            ),
+            met: cairn.per_second >= 200.0,
         });
     }
     if let Some(f) = &results.fig7 {

@@ -134,7 +134,8 @@ pub struct Results {
     pub fig3: Vec<Latency>,
     pub fig4: Vec<Latency>,
     pub fig5: Option<Footprint>,
-    pub fig6: Option<Rate>,
+    /// The API server alone (the floor), then Cairn.
+    pub fig6: Vec<Rate>,
     pub fig7: Option<FanOut>,
     pub notes: Vec<String>,
     pub not_measured: Vec<String>,
@@ -247,20 +248,28 @@ impl Results {
                 f.cpu_admitting * 100.0
             );
         }
-        if let Some(r) = &self.fig6 {
+        if !self.fig6.is_empty() {
+            let base = &self.fig6[0];
             let _ = writeln!(
                 w,
                 "\n## 6. FlowRuns admitted per second (created, and registered in Postgres)\n"
             );
             let _ = writeln!(
                 w,
-                "| how | FlowRuns | seconds | FlowRuns/s |\n|---|---:|---:|---:|"
+                "| system | how | FlowRuns | seconds | FlowRuns/s | ÷ floor |\n|---|---|---:|---:|---:|---:|"
             );
-            let _ = writeln!(
-                w,
-                "| {} | {} | {:.2} | {:.0} |",
-                r.how, r.count, r.seconds, r.per_second
-            );
+            for r in &self.fig6 {
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} | {:.2} | {:.0} | {} |",
+                    r.system,
+                    r.how,
+                    r.count,
+                    r.seconds,
+                    r.per_second,
+                    ratio(r.per_second, base.per_second)
+                );
+            }
         }
         if let Some(f) = &self.fig7 {
             let _ = writeln!(w, "\n## 7. One event waking {} waiting runs\n", f.runs);
