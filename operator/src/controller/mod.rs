@@ -387,15 +387,20 @@ async fn run_controllers(
 ) {
     let client = &ctx.client;
     // The FlowRuns' cache keeps no managedFields (a third of a FlowRun's size, never read
-    // here), and flow pods are watched by metadata only: the operator holds every FlowRun it
-    // manages in memory, so their size is its size.
+    // here): the operator holds every FlowRun it manages in memory, so their size is its size.
     let (flowruns_cache, writer) = reflector::store();
     let flowruns_watch = watcher(
         scoped::<FlowRun>(client, &scope),
         watcher::Config::default(),
     )
     .default_backoff()
-    .modify(|run| run.managed_fields_mut().clear())
+    .modify(|run| {
+        run.managed_fields_mut().clear();
+        // `kubectl apply` keeps a copy of the whole manifest here; only our own
+        // annotations are read.
+        run.annotations_mut()
+            .remove("kubectl.kubernetes.io/last-applied-configuration");
+    })
     .reflect(writer)
     .applied_objects()
     // Only what asks for work: the spec (generation), the retry annotation, the
