@@ -5,6 +5,7 @@
 
 import json
 import sys
+import textwrap
 
 import matplotlib
 
@@ -20,10 +21,13 @@ def color(system):
 
 
 def short(system):
-    return (system.replace(" (floor)", "\n(floor)")
+    name = (system.replace(" (floor)", "\n(floor)")
             .replace("raw INSERT+COMMIT from Python", "raw INSERT\n(Python)")
             .replace("raw INSERT+COMMIT", "raw INSERT")
+            .replace("INSERT+COMMIT into", "INSERT into")
             .replace("NOTIFY → LISTEN", "NOTIFY→LISTEN"))
+    # Narrow enough for the tick labels of six bars side by side not to overlap.
+    return "\n".join(textwrap.fill(line, 13, break_long_words=False) for line in name.split("\n"))
 
 
 def latency_panel(ax, rows, title, log=False):
