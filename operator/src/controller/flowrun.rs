@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::Instrument;
@@ -190,14 +190,41 @@ fn is_quantity(text: &str) -> bool {
 }
 
 /// What one scope's FlowRun controller reconciles with: the operator's context and the watch
-/// cache of that scope's flow pods.
+/// caches of that scope's flow pods and Flows, and of the ResourceProfiles.
 pub struct Scope {
     pub ctx: Arc<Context>,
     pub pods: Store<Pod>,
+    pub flows: Store<Flow>,
+    pub profiles: Store<ResourceProfile>,
+}
+
+/// A Flow or profile from the watch cache. A miss asks the API server: one created a moment
+/// before the FlowRun naming it (one `kubectl apply` of both) may not be cached yet, and a run
+/// must not be told it names an unknown Flow for that.
+async fn cached_or_get<K>(
+    cache: &Store<K>,
+    api: Api<K>,
+    key: ObjectRef<K>,
+) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match cache.get(&key) {
+        Some(object) => Ok(Some(K::clone(&object))),
+        None => Ok(api.get_opt(&key.name).await?),
+    }
 }
 
 pub async fn reconcile(run: Arc<FlowRun>, scope: Arc<Scope>) -> Result<Action, Error> {
-    let (ctx, pods) = (&scope.ctx, &scope.pods);
+    let ctx = &scope.ctx;
+    // Statuses are built and patched from the one last written (see `WrittenStatuses`).
+    let run = match ctx.written_status.seen(&run) {
+        seen if seen != run.status => Arc::new(FlowRun {
+            status: seen,
+            ..FlowRun::clone(&run)
+        }),
+        _ => run,
+    };
     let namespace = run.namespace().unwrap_or_default();
     // Every log line of this reconcile carries the run, its namespace and (once read) attempt.
     let span = tracing::info_span!(
@@ -208,22 +235,35 @@ pub async fn reconcile(run: Arc<FlowRun>, scope: Arc<Scope>) -> Result<Action, E
     );
     let api: Api<FlowRun> = Api::namespaced(ctx.client.clone(), &namespace);
     let started = std::time::Instant::now();
-    let outcome = finalizer(&api, FINALIZER, run, |event| async {
-        match event {
-            Finalizer::Apply(run) => apply(&run, ctx, pods).await,
-            Finalizer::Cleanup(run) => cleanup(&run, ctx).await,
+    let adds_finalizer =
+        run.meta().deletion_timestamp.is_none() && !run.finalizers().iter().any(|f| f == FINALIZER);
+    let outcome = async {
+        let outcome = finalizer(&api, FINALIZER, run.clone(), |event| async {
+            match event {
+                Finalizer::Apply(run) => apply(&run, &scope).await,
+                Finalizer::Cleanup(run) => cleanup(&run, ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))?;
+        // Having added the finalizer, the helper waits for the change to come back through
+        // the watch: a second reconcile for every FlowRun admitted. With the finalizer in
+        // place, carry straight on (the watch ignores finalizer changes: see the controller).
+        match adds_finalizer {
+            true => apply(&run, &scope).await,
+            false => Ok(outcome),
         }
-    })
+    }
     .instrument(span)
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .await;
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
     outcome
 }
 
-async fn apply(run: &FlowRun, ctx: &Context, pods_cache: &Store<Pod>) -> Result<Action, Error> {
+async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
+    let (ctx, pods_cache) = (scope.ctx.as_ref(), &scope.pods);
     let namespace = run.namespace().unwrap_or_default();
     let name = run.name_any();
     let client = &ctx.client;
@@ -231,9 +271,12 @@ async fn apply(run: &FlowRun, ctx: &Context, pods_cache: &Store<Pod>) -> Result<
     // Fetch what the run refers to, then resolve it without I/O.
     let flow = match &run.spec.flow_ref {
         Some(flow_ref) => {
-            Api::<Flow>::namespaced(client.clone(), &namespace)
-                .get_opt(flow_ref)
-                .await?
+            cached_or_get(
+                &scope.flows,
+                Api::namespaced(client.clone(), &namespace),
+                ObjectRef::new(flow_ref).within(&namespace),
+            )
+            .await?
         }
         None => None,
     };
@@ -244,9 +287,7 @@ async fn apply(run: &FlowRun, ctx: &Context, pods_cache: &Store<Pod>) -> Result<
         .or_else(|| flow.as_ref().and_then(|f| f.spec.profile.clone()));
     let profile = match &profile_name {
         Some(p) => {
-            Api::<ResourceProfile>::all(client.clone())
-                .get_opt(p)
-                .await?
+            cached_or_get(&scope.profiles, Api::all(client.clone()), ObjectRef::new(p)).await?
         }
         None => None,
     };
@@ -740,9 +781,9 @@ async fn patch_status(ctx: &Context, run: &FlowRun, status: &FlowRunStatus) -> R
     }
     let api: Api<FlowRun> =
         Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
-    // A merge patch of what changed since the status this reconcile saw: the API server
-    // applies it for a fraction of a server-side apply's CPU, which counts when thousands of
-    // runs change at once. Only this operator writes the status.
+    // A merge patch of what changed since the status last seen: the API server applies it
+    // for a fraction of a server-side apply's CPU, which counts when thousands of runs change
+    // at once. Only this operator writes the status.
     let seen = serde_json::to_value(&run.status).map_err(kube::Error::SerdeError)?;
     let wanted = serde_json::to_value(status).map_err(kube::Error::SerdeError)?;
     let patch = json!({ "status": merge_patch(&seen, &wanted) });
@@ -752,6 +793,7 @@ async fn patch_status(ctx: &Context, run: &FlowRun, status: &FlowRunStatus) -> R
         &Patch::Merge(&patch),
     )
     .await?;
+    ctx.written_status.wrote(run, status);
     Ok(())
 }
 

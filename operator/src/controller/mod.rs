@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn::engine::{self, EngineError};
-use cairn_crds::{FlowEvent, FlowRun};
+use cairn_crds::{Flow, FlowEvent, FlowRun, FlowRunStatus, ResourceProfile};
 use futures::channel::mpsc::UnboundedSender;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
@@ -111,6 +111,8 @@ pub struct Context {
     pub waiting_for_slot: std::sync::Mutex<VecDeque<ObjectRef<FlowRun>>>,
     /// When each namespace last had its flow pods' Secret (and service account) applied.
     prepared_namespaces: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+    /// The statuses this operator wrote in the last few seconds.
+    pub written_status: WrittenStatuses,
     pub metrics: telemetry::Metrics,
     recorder: Recorder,
 }
@@ -283,6 +285,7 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
         recorder,
         waiting_for_slot: Default::default(),
         prepared_namespaces: Default::default(),
+        written_status: Default::default(),
     });
     let mut endpoints = tokio::spawn(telemetry::serve(ctx.config.listen, ctx.clone()));
 
@@ -403,13 +406,12 @@ async fn run_controllers(
     })
     .reflect(writer)
     .applied_objects()
-    // Only what asks for work: the spec (generation), the retry annotation, the
-    // finalizers and a deletion. The operator's own status patches trigger nothing here
-    // (the pods' changes are watched below).
+    // Only what asks for work: the spec (generation), the retry annotation and a deletion.
+    // The operator's own writes trigger nothing here: its status patches, and the finalizer
+    // it adds in the reconcile that goes on to act (the pods' changes are watched below).
     .predicate_filter(
         predicates::generation
             .combine(predicates::annotations)
-            .combine(predicates::finalizers)
             .combine(|run: &FlowRun| run.metadata.deletion_timestamp.as_ref().map(|_| 1)),
         Default::default(),
     );
@@ -428,10 +430,28 @@ async fn run_controllers(
     })
     .reflect(pods_writer)
     .touched_objects();
+    // Flows and ResourceProfiles, read by every reconcile, come from watch caches too.
+    let (flows_cache, flows_writer) = reflector::store();
+    let flows = watcher(scoped::<Flow>(client, &scope), watcher::Config::default())
+        .default_backoff()
+        .modify(|flow| flow.managed_fields_mut().clear())
+        .reflect(flows_writer);
+    let (profiles_cache, profiles_writer) = reflector::store();
+    let profiles = watcher(
+        Api::<ResourceProfile>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|profile| profile.managed_fields_mut().clear())
+    .reflect(profiles_writer);
+    let caches =
+        futures::stream::select(flows.map(|_| ()), profiles.map(|_| ())).for_each(|_| async {});
     let config = controller::Config::default().concurrency(ctx.config.reconcile_concurrency);
     let flowrun_scope = Arc::new(flowrun::Scope {
         ctx: ctx.clone(),
         pods: pods_cache,
+        flows: flows_cache,
+        profiles: profiles_cache,
     });
     let flowruns = Controller::for_stream(flowruns_watch, flowruns_cache)
         .owns_stream(pods)
@@ -464,7 +484,53 @@ async fn run_controllers(
         namespace = scope.as_deref().unwrap_or("(all)"),
         "controllers started"
     );
-    futures::join!(flowruns, flowevents);
+    // The caches' watches never end by themselves: they stop with the controllers.
+    futures::future::select(
+        std::pin::pin!(futures::future::join(flowruns, flowevents)),
+        std::pin::pin!(caches),
+    )
+    .await;
+}
+
+/// The status each FlowRun (by uid) was last given, for a few seconds. Right after a status
+/// write, the watch cache still shows the one before: a reconcile in between (a pod's change,
+/// the engine's notification) must neither write the same status again, nor restart its
+/// conditions' transition times, nor compute its patch from the older one. The cache has the
+/// last word once it shows the written status, or after a few seconds.
+#[derive(Default)]
+pub struct WrittenStatuses(std::sync::Mutex<HashMap<String, (std::time::Instant, FlowRunStatus)>>);
+
+impl WrittenStatuses {
+    /// How long a written status outranks the watch cache's (which normally shows it within
+    /// milliseconds).
+    const MEMORY: Duration = Duration::from_secs(10);
+
+    /// The status `run` has on the API server as far as this operator knows.
+    pub fn seen(&self, run: &FlowRun) -> Option<FlowRunStatus> {
+        let mut written = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let uid = run.metadata.uid.as_deref().unwrap_or_default();
+        match written.get(uid) {
+            Some((at, status))
+                if at.elapsed() < Self::MEMORY && run.status.as_ref() != Some(status) =>
+            {
+                Some(status.clone())
+            }
+            Some(_) => {
+                written.remove(uid);
+                run.status.clone()
+            }
+            None => run.status.clone(),
+        }
+    }
+
+    pub fn wrote(&self, run: &FlowRun, status: &FlowRunStatus) {
+        let mut written = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if written.len() >= 1024 {
+            written.retain(|_, (at, _)| at.elapsed() < Self::MEMORY);
+        }
+        let uid = run.metadata.uid.clone().unwrap_or_default();
+        written.insert(uid, (std::time::Instant::now(), status.clone()));
+    }
 }
 
 fn error_policy<K>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
@@ -611,5 +677,36 @@ mod tests {
         // Its namespace's oldest is already among them: no one twice.
         assert_eq!(names(next_for_slot(&queue, "a")), ["a1", "a2"]);
         assert!(next_for_slot(&VecDeque::new(), "a").is_empty());
+    }
+
+    #[test]
+    fn a_status_just_written_outranks_the_cache_until_the_cache_shows_it() {
+        let run = |uid: &str, phase: Option<&str>| {
+            let mut run = FlowRun::new(
+                "r",
+                serde_json::from_value(json!({ "image": "i", "flow": "f" })).unwrap(),
+            );
+            run.metadata.uid = Some(uid.into());
+            run.status = phase.map(|p| FlowRunStatus {
+                phase: Some(serde_json::from_value(json!(p)).unwrap()),
+                ..Default::default()
+            });
+            run
+        };
+        let written = WrittenStatuses::default();
+        let running = run("u1", Some("Running")).status.unwrap();
+        written.wrote(&run("u1", None), &running);
+        // The cache trails: what was written counts.
+        assert_eq!(
+            written.seen(&run("u1", Some("Pending"))),
+            Some(running.clone())
+        );
+        assert_eq!(written.seen(&run("u1", None)), Some(running.clone()));
+        // Another FlowRun (or the same name created again) has its own.
+        assert_eq!(written.seen(&run("u2", None)), None);
+        // Once the cache shows it, the cache has the last word again.
+        assert_eq!(written.seen(&run("u1", Some("Running"))), Some(running));
+        let later = run("u1", Some("Succeeded"));
+        assert_eq!(written.seen(&later), later.status);
     }
 }
