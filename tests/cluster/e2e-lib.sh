@@ -98,5 +98,13 @@ explain() {
     echo "    status: $(kget fr "$1" -o jsonpath='{.status}')"
     kget pods -l "cairn.dev/run=$(kget fr "$1" -o jsonpath='{.status.runId}')" \
         -o jsonpath='{range .items[*]}    pod {.metadata.name}: {.status.phase} {.status.containerStatuses[0].state}{"\n"}{end}'
+    psql "$CAIRN_CLUSTER_PG_URL" -XqAt -F ' ' -c "SELECT 'engine: state', state, 'attempt', attempt, 'cancel_requested', cancel_requested,
+        'steps', (SELECT count(*) FROM cairn.steps s WHERE s.run_id = r.id), 'updated', updated_at
+        FROM cairn.runs r WHERE namespace = '$NS' AND name = '$1'" 2>&1 | sed 's/^/    /' || true
+    local pod
+    for pod in $(pods_of "$1"); do
+        kubectl -n "$NS" logs "$pod" --tail=6 2>&1 | sed "s/^/    $pod: /" || true
+    done
+    kubectl -n "$NS" get events --field-selector "involvedObject.name=$1" --no-headers 2>/dev/null | tail -n 8 | sed 's/^/    event: /' || true
     grep -F "\"$1\"" "${OPERATOR_LOG:-$LOG_DIR/operator.log}" | tail -n 15 | sed 's/^/    operator: /' || true
 }
