@@ -101,6 +101,8 @@ explain() {
     psql "$CAIRN_CLUSTER_PG_URL" -XqAt -F ' ' -c "SELECT 'engine: state', state, 'attempt', attempt, 'cancel_requested', cancel_requested,
         'steps', (SELECT count(*) FROM cairn.steps s WHERE s.run_id = r.id), 'updated', updated_at
         FROM cairn.runs r WHERE namespace = '$NS' AND name = '$1'" 2>&1 | sed 's/^/    /' || true
+    echo "    running in $NS: $(psql "$CAIRN_CLUSTER_PG_URL" -XqAt -c "SELECT string_agg(name || ' (attempt ' || attempt || ')', ', ')
+        FROM cairn.runs WHERE namespace = '$NS' AND state = 'running'" 2>&1)"
     local pod
     for pod in $(pods_of "$1"); do
         kubectl -n "$NS" logs "$pod" --tail=6 2>&1 | sed "s/^/    $pod: /" || true

@@ -384,6 +384,9 @@ if [[ "$waiting" == 5 && "$most" -le 2 && "$held" == yes ]]; then
 else
     fail "$name" "$waiting of 5 waiting, at most $most running at once, held back: ${held:-never seen}"
 fi
+# "Waiting" includes waiting for their children: the budget runs are deleted (their runs
+# cancelled) so that the checks below do not queue behind them for the budget's two slots.
+kubectl -n "$NS" delete fr budget-1 budget-2 budget-3 budget-4 budget-5 --wait=false >/dev/null 2>&1 || true
 
 # --- a corpus of malformed objects: each refused with a message that says what to fix ----------
 name="every manifest of the malformed corpus is refused by the API server, saying what is wrong"
@@ -455,6 +458,7 @@ EOF
         pass "$name"
     else
         fail "$name" "refusal '$message', phase then '$phase', now $(kget fr after-handover -o jsonpath='{.status.phase}')"
+        explain after-handover
     fi
 else
     fail "$name" "status: $(kget fe approve-after-handover-wrong -o jsonpath='{.status}')"
