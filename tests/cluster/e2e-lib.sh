@@ -103,6 +103,9 @@ explain() {
         FROM cairn.runs r WHERE namespace = '$NS' AND name = '$1'" 2>&1 | sed 's/^/    /' || true
     echo "    running in $NS: $(psql "$CAIRN_CLUSTER_PG_URL" -XqAt -c "SELECT string_agg(name || ' (attempt ' || attempt || ')', ', ')
         FROM cairn.runs WHERE namespace = '$NS' AND state = 'running'" 2>&1)"
+    psql "$CAIRN_CLUSTER_PG_URL" -XqAt -F ' ' -c "SELECT 'busy backend', pid, usename, state, wait_event_type, wait_event,
+        'blocked by', pg_blocking_pids(pid), 'for', now() - query_start, left(query, 70)
+        FROM pg_stat_activity WHERE datname = current_database() AND state <> 'idle' AND pid <> pg_backend_pid()" 2>&1 | sed 's/^/    /' || true
     local pod
     for pod in $(pods_of "$1"); do
         kubectl -n "$NS" logs "$pod" --tail=6 2>&1 | sed "s/^/    $pod: /" || true

@@ -29,6 +29,8 @@ COREDNS_SERIES="${COREDNS_SERIES:-v1.14}"
 # Network layout. Everything stays on loopback, the pod bridge and the service range.
 NODE_NAME="${NODE_NAME:-cairn-node}"
 BRIDGE=cni0
+# The bridge's own, fixed MAC (locally administered; see up.sh).
+BRIDGE_MAC=02:ca:19:00:00:01
 POD_CIDR=10.88.0.0/16
 NODE_IP=10.88.0.1
 SERVICE_CIDR=10.96.0.0/16

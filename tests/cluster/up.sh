@@ -105,6 +105,11 @@ mount --make-rshared /
 if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
     ip link add "$BRIDGE" type bridge
 fi
+# A bridge without an address of its own takes the lowest of its ports' addresses, so its MAC
+# changed as pods came and went: every pod's ARP entry for 10.88.0.1 went stale at once, and
+# each pod lost Postgres and the API server until it asked again (TCP retransmissions: a flow
+# pod's checkpoint once took 107 s). An address set here is kept (locally administered).
+[[ "$(cat "/sys/class/net/$BRIDGE/addr_assign_type")" == 3 ]] || ip link set "$BRIDGE" address "$BRIDGE_MAC"
 ip addr replace "$NODE_IP/16" dev "$BRIDGE"
 ip link set "$BRIDGE" up
 # Service IPs must never leave through eth0, even before kube-proxy has its rules in place.
@@ -219,6 +224,10 @@ EOF
     echo "postgres://cairn:$(cat "$STATE_DIR/postgres/password")@$NODE_IP:$PG_PORT/cairn" >"$PG_URL_FILE"
 }
 start_postgres
+# A statement waiting over a second for a lock is logged with who holds it (see explain in
+# e2e-lib.sh). Set on every start: clusters made before this line have it off.
+as_postgres "$PG_BIN/psql" -h "$PG_SOCKET_DIR" -p "$PG_PORT" -U postgres -q \
+    -c "ALTER SYSTEM SET log_lock_waits = on" -c "SELECT pg_reload_conf()" >/dev/null
 
 # ---------------------------------------------------------------------------------------------
 # 6. etcd (Debian's), on loopback only.
