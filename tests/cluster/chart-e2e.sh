@@ -272,7 +272,9 @@ done
 if [[ -z "$denied" ]]; then pass "$name"; else fail "$name" "$denied"; fi
 
 # --- 4. the example, run by the in-cluster operator -------------------------------------------
-kubectl -n "$NS" apply -f "$REPO_ROOT/examples/agent/k8s/flow.yaml" >/dev/null
+# The example's Flow asks for profile `small`; this release's is "${PREFIX}small" (a fresh
+# cluster has no other).
+sed "s/profile: small/profile: ${PREFIX}small/" "$REPO_ROOT/examples/agent/k8s/flow.yaml" | kubectl -n "$NS" apply -f - >/dev/null
 t0="$EPOCHREALTIME"
 kubectl -n "$NS" apply -f "$REPO_ROOT/examples/agent/k8s/flowrun.yaml" >/dev/null
 name="the example FlowRun reaches Waiting for approve-research-demo"
