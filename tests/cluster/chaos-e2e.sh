@@ -155,10 +155,12 @@ until_all() {
 until_all waiting_count
 max_running=$(max_running_since_reset)
 all_waiting_ms=$(ms_since "$created")
-# effects: every side effect the flows printed, from every flow pod's log.
-effects() {
-    kubectl -n "$NS" logs -l cairn.dev/run --tail=-1 --max-log-requests=20 2>/dev/null | grep $'^effect\t' || true
-}
+# effects: every side effect the flows printed, from every flow pod's log. --ignore-errors:
+# one pod whose log cannot be read (one that never started, or is going) must not end the
+# read of the other hundreds; such pods are counted in unreadable_logs.
+read_logs() { kubectl -n "$NS" logs -l cairn.dev/run --tail=-1 --max-log-requests=20 --ignore-errors 2>&1; }
+effects() { read_logs | grep $'^effect\t' || true; }
+unreadable_logs() { read_logs | grep -c '^error: ' || true; }
 name="$RUNS runs launched while the operator is SIGKILLed $KILLS times all reach their wait, each step run once"
 waiting=$(waiting_count)
 attempts=$(kget fr -l chaos=wait -o jsonpath='{range .items[*]}{.status.attempt}{"\n"}{end}' | sort | uniq -c | tr -s ' \n' ' ')
@@ -188,5 +190,5 @@ saw=$(awk -F'\t' '$3 ~ /^saw:/ && $3 ~ /"approved":true/' <<<"$all_effects" | cu
 if [[ "$done_count" == "$RUNS" && "$after" == " $RUNS 1 " && "$saw" == "$RUNS" && "$max_running" -le "$BUDGET" ]]; then
     pass "$name ($RUNS succeeded $((all_done_ms / 1000)) s after the event; at most $max_running running at once)"
 else
-    fail "$name" "$done_count succeeded; 'after' steps per run (count runs):$after; $saw saw the approval; at most $max_running running at once"
+    fail "$name" "$done_count succeeded; 'after' steps per run (count runs):$after; $saw saw the approval; at most $max_running running at once; $(unreadable_logs) pod logs unreadable"
 fi

@@ -377,21 +377,23 @@ async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
     .await?;
 
     let record = store::find(&ctx.pool, &namespace, &name).await?;
-    // The cache can trail a pod created a moment ago: "no pod for a running attempt" (which
-    // ends the attempt) is concluded only from the API server.
-    if record.phase == Phase::Running
-        && !pods
-            .iter()
-            .any(|p| pod::attempt_of(p) == Some(record.attempt))
-    {
-        pods = pods_api.list(&run_pods).await?.items;
-    }
-    let mut waiting_for_slot = None;
     let seen_at = chrono::Utc::now();
-    match decide(
+    let mut next = decide(
         &record.view(),
         &pod::process_of(&pods, record.attempt, seen_at),
-    ) {
+    );
+    // The cache can trail the API server: a pod created a moment ago may be missing, one
+    // that started may still look stuck. Ending an attempt (and deleting a pod that seems
+    // never to have started) is concluded only from the API server.
+    if matches!(next, Next::RecordCrash { .. }) {
+        pods = pods_api.list(&run_pods).await?.items;
+        next = decide(
+            &record.view(),
+            &pod::process_of(&pods, record.attempt, seen_at),
+        );
+    }
+    let mut waiting_for_slot = None;
+    match next {
         Next::Idle | Next::Finished(_) => {}
         Next::Launch => {
             let launch = Launch {
@@ -408,8 +410,6 @@ async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
             reason,
             retry_in,
         } => {
-            // A pod whose container can never start (image pull failures) would go on trying:
-            // remove it. Pods whose process ran are kept for `kubectl logs`.
             let never_started = |p: &&Pod| {
                 pod::attempt_of(p) == Some(attempt)
                     && matches!(pod::exit_of(p, seen_at), Some(ProcessExit::LaunchFailed(_)))
@@ -417,7 +417,13 @@ async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
             if pods.iter().any(|p| never_started(&p)) {
                 ctx.forget_prepared(&namespace);
             }
-            for stuck in pods.iter().filter(never_started) {
+            // A pod whose image cannot be pulled would go on trying: remove it. Any other is
+            // kept, for `kubectl logs`, and because one the kubelet held back (a config error)
+            // may yet start: its process is fenced off by the crash recorded below, or has
+            // finished the run already, and its log is the only record of what it did.
+            let image_never_pulled =
+                |p: &&Pod| pod::attempt_of(p) == Some(attempt) && pod::image_cannot_be_pulled(p);
+            for stuck in pods.iter().filter(image_never_pulled) {
                 if let Some(pod_name) = &stuck.metadata.name {
                     let _ = pods_api.delete(pod_name, &Default::default()).await;
                 }

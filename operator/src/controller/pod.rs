@@ -258,6 +258,21 @@ pub fn exit_of(pod: &Pod, now: DateTime<Utc>) -> Option<ProcessExit> {
     }
 }
 
+/// The flow container waits for an image the kubelet cannot pull: it will never start.
+pub fn image_cannot_be_pulled(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == "flow"))
+        .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.as_deref())
+        .is_some_and(|reason| {
+            matches!(
+                reason,
+                "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName"
+            )
+        })
+}
+
 /// The exact image the kubelet ran, as a reference later pods can use: the repo digest
 /// (`repo@sha256:…`) when the image came from a registry, else the local image id
 /// (`sha256:…`, what containerd reports for imported images), which it resolves by id.
