@@ -248,7 +248,7 @@ pub fn exit_of(pod: &Pod, now: DateTime<Utc>) -> Option<ProcessExit> {
         .as_deref()
         .unwrap_or("the container cannot start");
     match waiting.reason.as_deref() {
-        Some(reason @ ("ErrImagePull" | "ImagePullBackOff" | "InvalidImageName")) => {
+        Some(reason) if IMAGE_PULL_FAILURES.contains(&reason) => {
             Some(ProcessExit::LaunchFailed(format!("{reason}: {why}")))
         }
         Some(reason @ ("CreateContainerConfigError" | "CreateContainerError")) if given_up => Some(
@@ -258,6 +258,9 @@ pub fn exit_of(pod: &Pod, now: DateTime<Utc>) -> Option<ProcessExit> {
     }
 }
 
+/// Why the kubelet waits for an image it cannot pull: the container will never start.
+const IMAGE_PULL_FAILURES: [&str; 3] = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName"];
+
 /// The flow container waits for an image the kubelet cannot pull: it will never start.
 pub fn image_cannot_be_pulled(pod: &Pod) -> bool {
     pod.status
@@ -265,12 +268,7 @@ pub fn image_cannot_be_pulled(pod: &Pod) -> bool {
         .and_then(|s| s.container_statuses.as_ref())
         .and_then(|c| c.iter().find(|c| c.name == "flow"))
         .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.as_deref())
-        .is_some_and(|reason| {
-            matches!(
-                reason,
-                "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName"
-            )
-        })
+        .is_some_and(|reason| IMAGE_PULL_FAILURES.contains(&reason))
 }
 
 /// The exact image the kubelet ran, as a reference later pods can use: the repo digest
@@ -524,10 +522,18 @@ mod tests {
             }),
             ..Default::default()
         };
+        let pull_failed = pod_with(2, pull_failed, None);
         assert_eq!(
-            exit_of(&pod_with(2, pull_failed, None), Utc::now()),
+            exit_of(&pull_failed, Utc::now()),
             Some(ProcessExit::LaunchFailed("ErrImagePull: not found".into()))
         );
+        // Such a pod is removed once its crash is recorded; nothing else is.
+        assert!(image_cannot_be_pulled(&pull_failed));
+        assert!(!image_cannot_be_pulled(&pod_with(
+            2,
+            ContainerState::default(),
+            None
+        )));
     }
 
     #[test]
@@ -559,6 +565,8 @@ mod tests {
             exit_of(&pod, created + grace + chrono::Duration::seconds(1)),
             Some(ProcessExit::LaunchFailed(why)) if why.contains("secret cache")
         ));
+        // A failed launch, but the kubelet may yet start it: the pod is kept.
+        assert!(!image_cannot_be_pulled(&pod));
     }
 
     #[test]
