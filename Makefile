@@ -16,6 +16,7 @@ demo:
 test: build test-core test-cluster
 
 test-core:
+	tests/install-deps.sh
 	$(CARGO) test --workspace
 
 # The real one-node cluster (built on first use): its smoke test, then the end-to-end tests of the
@@ -35,10 +36,9 @@ bench-steps:
 	$(CARGO) build --release -p cairn-bench
 	target/release/bench-steps
 
-# After changing SQL or a checked query: regenerate .sqlx/ against a migrated database
-# (needs sqlx-cli: `cargo install sqlx-cli --no-default-features --features postgres`).
+# After changing SQL or a checked query: regenerate .sqlx/ against a throwaway migrated Postgres.
 sqlx-prepare:
-	DATABASE_URL=$$(target/debug/cairn dev db-url) SQLX_OFFLINE=false $(CARGO) sqlx prepare --workspace
+	sql/sqlx-prepare.sh
 
 .PHONY: test-chart test-chaos cluster-demo
 

@@ -236,7 +236,7 @@ async fn emit_wakes_a_waiting_dev_run_and_refuses_a_payload_failing_its_schema()
 async fn run_id(db: &TestDb, name: &str) -> uuid::Uuid {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        if let Ok(run) = cairn_operator::store::find(&db.pool, cairn_tests::NS, name).await {
+        if let Ok(run) = cairn_engine::read::find(&db.pool, cairn_tests::NS, name).await {
             return run.id;
         }
         assert!(
@@ -260,7 +260,7 @@ async fn dev_run_of_an_unknown_flow_names_the_registered_ones() {
         err.contains(r#"flow "nope" is not registered"#) && err.contains("echo"),
         "{err}"
     );
-    cairn_operator::store::connect(&db.url).await.unwrap();
+    cairn_engine::schema::connect(&db.url).await.unwrap();
     let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM cairn.runs")
         .fetch_one(&db.pool)
         .await

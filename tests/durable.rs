@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use cairn::engine::{self, EngineError, Parked};
+use cairn_engine::read;
+use cairn_engine::runner::{self, Parked};
+use cairn_engine::{EngineError, launcher};
 use cairn_operator::lifecycle::Phase;
-use cairn_operator::store;
 use cairn_tests::{NS, TestDb, sigkill};
 use serde_json::{Value, json};
 
@@ -16,17 +17,11 @@ fn ms(delta: chrono::TimeDelta) -> i64 {
     delta.num_milliseconds()
 }
 
-async fn emit(db: &TestDb, event: &str, payload: Value) -> Result<engine::Emitted, EngineError> {
-    engine::emit(
-        &mut *db.conn().await,
-        engine::Emitter::External { namespace: NS },
-        event,
-        &payload,
-    )
-    .await
+async fn emit(db: &TestDb, event: &str, payload: Value) -> Result<launcher::Emitted, EngineError> {
+    launcher::emit(&mut *db.conn().await, NS, event, &payload).await
 }
 
-fn outcomes(attempts: &[store::AttemptRecord]) -> Vec<String> {
+fn outcomes(attempts: &[read::AttemptRecord]) -> Vec<String> {
     attempts
         .iter()
         .map(|a| a.outcome.as_deref().unwrap_or("running").to_owned())
@@ -120,8 +115,8 @@ async fn sigkill_between_steps_relaunches_and_every_step_runs_once() {
 // ---- 2. Fencing ------------------------------------------------------------------------------
 
 /// Claims the run, which must be at attempt `number` afterwards.
-async fn claimed(conn: &mut sqlx::PgConnection, id: uuid::Uuid, number: i32) -> engine::Attempt {
-    let attempt = engine::start_attempt(conn, id)
+async fn claimed(conn: &mut sqlx::PgConnection, id: uuid::Uuid, number: i32) -> runner::Attempt {
+    let attempt = launcher::start_attempt(conn, id)
         .await
         .unwrap()
         .expect("the run is pending");
@@ -129,8 +124,8 @@ async fn claimed(conn: &mut sqlx::PgConnection, id: uuid::Uuid, number: i32) -> 
     attempt
 }
 
-fn step<'a>(key: &'a str, result: &'a Value) -> engine::CompletedStep<'a> {
-    engine::CompletedStep {
+fn step<'a>(key: &'a str, result: &'a Value) -> runner::CompletedStep<'a> {
+    runner::CompletedStep {
         key,
         result,
         duration_ms: 1,
@@ -157,42 +152,42 @@ async fn fencing_rejects_every_write_of_a_superseded_attempt() {
 
     let a1 = claimed(&mut conn, id, 1).await;
     assert_eq!(
-        engine::start_attempt(&mut conn, id).await.unwrap(),
+        launcher::start_attempt(&mut conn, id).await.unwrap(),
         None,
         "a running run cannot be claimed twice"
     );
-    engine::load_run(&mut conn, &a1).await.unwrap();
+    runner::load_run(&mut conn, &a1).await.unwrap();
     let done = json!("a done");
     assert!(
-        !engine::complete_step(&mut conn, &a1, &step("a", &done))
+        !runner::complete_step(&mut conn, &a1, &step("a", &done))
             .await
             .unwrap()
     );
 
     // The supervisor loses attempt 1 (a partition, a pod it gave up on) and relaunches at once.
-    let state = engine::record_crash(&mut conn, id, 1, "lost", Some(0))
+    let state = launcher::record_crash(&mut conn, id, 1, "lost", Some(0))
         .await
         .unwrap();
-    assert_eq!(state, "retrying");
-    assert!(engine::wake_due(&mut conn).await.unwrap() >= 1);
+    assert_eq!(state, Some(Phase::Retrying));
+    assert!(launcher::wake_due(&mut conn).await.unwrap() >= 1);
     let a2 = claimed(&mut conn, id, 2).await;
 
     // Attempt 1 is a zombie: everything it tries to write is refused.
     let late = json!("b from the zombie");
     assert_fenced(
         "complete_step",
-        engine::complete_step(&mut conn, &a1, &step("b", &late)).await,
+        runner::complete_step(&mut conn, &a1, &step("b", &late)).await,
     );
     assert_fenced(
         "complete_run",
-        engine::complete_run(&mut conn, &a1, &json!("zombie result")).await,
+        runner::complete_run(&mut conn, &a1, &json!("zombie result")).await,
     );
     assert_fenced(
         "fail_run",
-        engine::fail_run(&mut conn, &a1, &json!({ "message": "zombie" })).await,
+        runner::fail_run(&mut conn, &a1, &json!({ "message": "zombie" })).await,
     );
-    assert_fenced("load_run", engine::load_run(&mut conn, &a1).await);
-    let wait = engine::EventWait {
+    assert_fenced("load_run", runner::load_run(&mut conn, &a1).await);
+    let wait = runner::EventWait {
         key: "event:x",
         event: "x",
         timeout_ms: None,
@@ -201,32 +196,28 @@ async fn fencing_rejects_every_write_of_a_superseded_attempt() {
     };
     assert_fenced(
         "await_event",
-        engine::await_event(&mut conn, &a1, &wait).await,
+        runner::await_event(&mut conn, &a1, &wait).await,
     );
     assert_fenced(
         "sleep",
-        engine::sleep(&mut conn, &a1, "sleep:s", None, 60_000, 0).await,
+        runner::sleep(&mut conn, &a1, "sleep:s", None, 60_000, 0).await,
     );
     assert_fenced(
         "spawn_child",
-        engine::spawn_child(&mut conn, &a1, "spawn:echo", "child", "echo", &json!(1)).await,
+        runner::spawn_child(&mut conn, &a1, "spawn:echo", "child", "echo", &json!(1)).await,
     );
     // Even with the current attempt's token, the old attempt number is refused (the fence).
-    let forged = engine::Attempt {
+    let forged = runner::Attempt {
         number: 1,
         ..a2.clone()
     };
     assert_fenced(
         "complete_step with the current token and an old attempt",
-        engine::complete_step(&mut conn, &forged, &step("b", &late)).await,
+        runner::complete_step(&mut conn, &forged, &step("b", &late)).await,
     );
-    let emitter = engine::Emitter::Run {
-        attempt: &a1,
-        key: "emit:e",
-    };
     assert_fenced(
         "emit",
-        engine::emit(&mut conn, emitter, "e", &json!(1)).await,
+        runner::emit(&mut conn, &a1, "emit:e", "e", &json!(1)).await,
     );
     drop(conn);
 
@@ -256,15 +247,15 @@ async fn fencing_rejects_every_write_of_a_superseded_attempt() {
     // The current attempt writes normally, and finishes the run.
     let mut conn = db.conn().await;
     let b = json!("b done");
-    engine::complete_step(&mut conn, &a2, &step("b", &b))
+    runner::complete_step(&mut conn, &a2, &step("b", &b))
         .await
         .unwrap();
-    engine::complete_run(&mut conn, &a2, &json!("ok"))
+    runner::complete_run(&mut conn, &a2, &json!("ok"))
         .await
         .unwrap();
     assert_fenced(
         "complete_run after the end",
-        engine::complete_run(&mut conn, &a1, &json!("zombie")).await,
+        runner::complete_run(&mut conn, &a1, &json!("zombie")).await,
     );
     let run = db.run(id).await;
     assert_eq!(
@@ -280,15 +271,15 @@ async fn a_superseded_flow_process_exits_without_running_or_writing_anything() {
     let id = db.create_run("zombie", "steps", json!({})).await;
     let mut conn = db.conn().await;
     let a1 = claimed(&mut conn, id, 1).await;
-    engine::record_crash(&mut conn, id, 1, "lost", Some(0))
+    launcher::record_crash(&mut conn, id, 1, "lost", Some(0))
         .await
         .unwrap();
-    engine::wake_due(&mut conn).await.unwrap();
+    launcher::wake_due(&mut conn).await.unwrap();
     let a2 = claimed(&mut conn, id, 2).await;
     drop(conn);
 
     // Processes launched as the supervisor does: the runner login, the attempt and its token.
-    let launch = |attempt: &engine::Attempt| {
+    let launch = |attempt: &runner::Attempt| {
         std::process::Command::new(FLOWS)
             .env(cairn::env::DATABASE_URL, &db.runner_url)
             .env(cairn::env::RUN_ID, id.to_string())
@@ -333,7 +324,7 @@ async fn an_event_emitted_before_the_wait_completes_the_run_without_suspending()
     let emitted = emit(&db, "go", payload.clone()).await.unwrap();
     assert_eq!(
         emitted,
-        engine::Emitted {
+        launcher::Emitted {
             duplicate: false,
             woken: 0
         }
@@ -378,7 +369,7 @@ async fn an_event_emitted_during_the_suspension_wakes_the_run() {
     let emitted = emit(&db, "go", payload.clone()).await.unwrap();
     assert_eq!(
         emitted,
-        engine::Emitted {
+        launcher::Emitted {
             duplicate: false,
             woken: 1
         }
@@ -411,7 +402,7 @@ async fn a_duplicate_emit_is_a_no_op_and_a_different_payload_is_a_conflict() {
         .unwrap();
     assert_eq!(
         again,
-        engine::Emitted {
+        launcher::Emitted {
             duplicate: true,
             woken: 0
         }
@@ -550,7 +541,7 @@ async fn an_event_emitted_after_the_deadline_does_not_count_even_before_the_rela
     let id = db.create_run("deadline", "approval", json!({})).await;
     let mut conn = db.conn().await;
     let a1 = claimed(&mut conn, id, 1).await;
-    let wait = engine::EventWait {
+    let wait = runner::EventWait {
         key: "event:x",
         event: "x",
         timeout_ms: Some(300),
@@ -558,7 +549,7 @@ async fn an_event_emitted_after_the_deadline_does_not_count_even_before_the_rela
         schema: None,
     };
     assert_eq!(
-        engine::await_event(&mut conn, &a1, &wait).await.unwrap(),
+        runner::await_event(&mut conn, &a1, &wait).await.unwrap(),
         Parked::Suspended
     );
     // This test is about time: the emit comes after the deadline (database clock), while the
@@ -566,10 +557,10 @@ async fn an_event_emitted_after_the_deadline_does_not_count_even_before_the_rela
     tokio::time::sleep(Duration::from_millis(600)).await;
     let emitted = emit(&db, "x", json!("too late")).await.unwrap();
     assert_eq!(emitted.woken, 0, "the deadline has passed");
-    assert!(engine::wake_due(&mut conn).await.unwrap() >= 1);
+    assert!(launcher::wake_due(&mut conn).await.unwrap() >= 1);
     let a2 = claimed(&mut conn, id, 2).await;
     assert_eq!(
-        engine::await_event(&mut conn, &a2, &wait).await.unwrap(),
+        runner::await_event(&mut conn, &a2, &wait).await.unwrap(),
         Parked::Ready(None),
         "timed out, although the event exists now"
     );
@@ -653,7 +644,7 @@ async fn fan_out_of_twenty_children_joins_all_results_in_order() {
         );
     }
     assert_eq!(log.effects().len(), 20);
-    let tree = store::tree(&db.pool, id).await.unwrap();
+    let tree = read::tree(&db.pool, id).await.unwrap();
     assert_eq!(tree.len(), 21, "the root and its 20 children");
     for child in tree.iter().filter(|r| r.id != id) {
         assert_eq!(child.parent_id, Some(id));
@@ -675,8 +666,14 @@ async fn cancelling_a_waiting_run_ends_it_at_once_and_clears_its_wait() {
     db.wait_for_phase(id, Phase::Waiting).await;
     assert_eq!(db.waits(id).await, 1);
 
-    let state = engine::cancel_run(&mut *db.conn().await, id).await.unwrap();
-    assert_eq!(state, "cancelled", "a parked run is cancelled immediately");
+    let state = launcher::cancel_run(&mut *db.conn().await, id)
+        .await
+        .unwrap();
+    assert_eq!(
+        state,
+        Phase::Cancelled,
+        "a parked run is cancelled immediately"
+    );
     let run = db.run(id).await;
     assert_eq!(run.phase, Phase::Cancelled);
     assert_eq!((run.wake_at, run.waiting_for), (None, None));
@@ -707,8 +704,10 @@ async fn cancelling_a_running_run_stops_it_at_the_next_step_boundary() {
     let is_tick = |e: &cairn_tests::Effect| e.what.starts_with("tick:");
     log.wait_for_count(3, is_tick).await;
 
-    let state = engine::cancel_run(&mut *db.conn().await, id).await.unwrap();
-    assert_eq!(state, "running", "a running run is only flagged");
+    let state = launcher::cancel_run(&mut *db.conn().await, id)
+        .await
+        .unwrap();
+    assert_eq!(state, Phase::Running, "a running run is only flagged");
     let ticks_at_cancel = log.effects().iter().filter(|e| is_tick(e)).count();
     let run = supervisor.await.unwrap();
 
@@ -881,7 +880,7 @@ async fn creating_a_run_twice_by_name_is_idempotent_and_a_different_request_conf
     let db = TestDb::new().await;
     let mut conn = db.conn().await;
     let input = json!({ "topic": "x", "count": 1 });
-    let request = engine::NewRun {
+    let request = launcher::NewRun {
         namespace: NS,
         name: "once",
         flow: "typed",
@@ -889,39 +888,39 @@ async fn creating_a_run_twice_by_name_is_idempotent_and_a_different_request_conf
         max_attempts: 3,
         retry_backoff_ms: 100,
     };
-    let (id, created) = engine::create_run(&mut conn, &request).await.unwrap();
+    let (id, created) = launcher::create_run(&mut conn, &request).await.unwrap();
     assert!(created);
-    let (again, created) = engine::create_run(&mut conn, &request).await.unwrap();
+    let (again, created) = launcher::create_run(&mut conn, &request).await.unwrap();
     assert_eq!((again, created), (id, false));
 
     let other_input = json!({ "topic": "y", "count": 1 });
-    let different_input = engine::NewRun {
+    let different_input = launcher::NewRun {
         input: &other_input,
         ..request.clone()
     };
-    match engine::create_run(&mut conn, &different_input).await {
+    match launcher::create_run(&mut conn, &different_input).await {
         Err(EngineError::RunConflict(message)) => assert!(
             message.contains("\"once\"") && message.contains("different input"),
             "{message}"
         ),
         other => panic!("expected a run conflict, got {other:?}"),
     }
-    let different_flow = engine::NewRun {
+    let different_flow = launcher::NewRun {
         flow: "echo",
         ..request.clone()
     };
-    match engine::create_run(&mut conn, &different_flow).await {
+    match launcher::create_run(&mut conn, &different_flow).await {
         Err(EngineError::RunConflict(message)) => {
             assert!(message.contains("different flow"), "{message}")
         }
         other => panic!("expected a run conflict, got {other:?}"),
     }
     // Another namespace is another name.
-    let elsewhere = engine::NewRun {
+    let elsewhere = launcher::NewRun {
         namespace: "other",
         ..request.clone()
     };
-    let (other_id, created) = engine::create_run(&mut conn, &elsewhere).await.unwrap();
+    let (other_id, created) = launcher::create_run(&mut conn, &elsewhere).await.unwrap();
     assert!(created && other_id != id);
     let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM cairn.runs")
         .fetch_one(&mut *conn)
@@ -940,7 +939,7 @@ async fn usage_recorded_by_steps_is_summed_per_run() {
     let run = db.supervise(&db.launcher(FLOWS, &log, &[]), id).await;
     assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
 
-    let totals = store::totals(&db.pool, id).await.unwrap();
+    let totals = read::totals(&db.pool, id).await.unwrap();
     assert_eq!(totals.steps, 4);
     // plan 0.25; draft 0.5 + 0.25; free 0; retried 2 tries × 0.125 (the failed try was paid).
     assert!((totals.usd - 1.25).abs() < 1e-9, "usd {}", totals.usd);
@@ -997,25 +996,25 @@ async fn a_flow_process_can_touch_only_its_own_run_and_no_table() {
         .await
         .unwrap();
 
-    engine::load_run(&mut runner, &my_attempt).await.unwrap();
+    runner::load_run(&mut runner, &my_attempt).await.unwrap();
     let done = json!("a done");
-    engine::complete_step(&mut runner, &my_attempt, &step("a", &done))
+    runner::complete_step(&mut runner, &my_attempt, &step("a", &done))
         .await
         .unwrap();
 
     // Another run, with this process's token: refused, reading as writing.
-    let forged = engine::Attempt {
+    let forged = runner::Attempt {
         run_id: theirs,
         ..my_attempt.clone()
     };
     assert_fenced(
         "load_run of another run",
-        engine::load_run(&mut runner, &forged).await,
+        runner::load_run(&mut runner, &forged).await,
     );
     let stolen = json!("forged");
     assert_fenced(
         "complete_step on another run",
-        engine::complete_step(&mut runner, &forged, &step("a", &stolen)).await,
+        runner::complete_step(&mut runner, &forged, &step("a", &stolen)).await,
     );
     // The tables and the launchers' functions: no access at all.
     for sql in [
@@ -1053,24 +1052,24 @@ async fn a_run_past_its_deadline_fails_and_its_running_attempt_is_fenced_off() {
     let mut conn = db.conn().await;
     let a1 = claimed(&mut conn, id, 1).await;
     let done = json!("a done");
-    engine::complete_step(&mut conn, &a1, &step("a", &done))
+    runner::complete_step(&mut conn, &a1, &step("a", &done))
         .await
         .unwrap();
 
     // Inside its deadline (by the database clock) nothing happens.
     assert_eq!(
-        engine::expire_run(&mut conn, id, 3600).await.unwrap(),
-        "running"
+        launcher::expire_run(&mut conn, id, 3600).await.unwrap(),
+        Phase::Running
     );
     assert_eq!(
-        engine::expire_run(&mut conn, id, 0).await.unwrap(),
-        "failed"
+        launcher::expire_run(&mut conn, id, 0).await.unwrap(),
+        Phase::Failed
     );
     // The attempt that was running can no longer write: it pays for nothing more.
     let late = json!("b done");
     assert_fenced(
         "complete_step",
-        engine::complete_step(&mut conn, &a1, &step("b", &late)).await,
+        runner::complete_step(&mut conn, &a1, &step("b", &late)).await,
     );
     let run = db.run(id).await;
     assert_eq!(run.phase, Phase::Failed);
@@ -1083,8 +1082,8 @@ async fn a_run_past_its_deadline_fails_and_its_running_attempt_is_fenced_off() {
     assert_eq!(outcomes(&db.attempts(id).await), ["failed"]);
     // Expiring a finished run changes nothing.
     assert_eq!(
-        engine::expire_run(&mut conn, id, 0).await.unwrap(),
-        "failed"
+        launcher::expire_run(&mut conn, id, 0).await.unwrap(),
+        Phase::Failed
     );
 }
 
@@ -1098,13 +1097,16 @@ async fn retrying_a_failed_run_resumes_from_its_last_checkpoint_and_only_failed_
         let mut conn = db.conn().await;
         let a1 = claimed(&mut conn, id, 1).await;
         let done = json!("a done");
-        engine::complete_step(&mut conn, &a1, &step("a", &done))
+        runner::complete_step(&mut conn, &a1, &step("a", &done))
             .await
             .unwrap();
-        engine::fail_run(&mut conn, &a1, &json!({ "message": "the API was down" }))
+        runner::fail_run(&mut conn, &a1, &json!({ "message": "the API was down" }))
             .await
             .unwrap();
-        assert_eq!(engine::retry_run(&mut conn, id).await.unwrap(), "pending");
+        assert_eq!(
+            launcher::retry_run(&mut conn, id).await.unwrap(),
+            Phase::Pending
+        );
     }
     let run = db.supervise(&db.launcher(FLOWS, &log, &[]), id).await;
 
@@ -1115,7 +1117,7 @@ async fn retrying_a_failed_run_resumes_from_its_last_checkpoint_and_only_failed_
     assert_eq!(log.summary(), ["step:b@2", "step:c@2"]);
     assert_eq!(outcomes(&db.attempts(id).await), ["failed", "completed"]);
 
-    let refused = engine::retry_run(&mut *db.conn().await, id).await;
+    let refused = launcher::retry_run(&mut *db.conn().await, id).await;
     match refused {
         Err(EngineError::WrongState(message)) => {
             assert!(message.contains("only a failed run"), "{message}")
@@ -1132,7 +1134,7 @@ async fn the_running_budget_holds_runs_pending_until_a_slot_frees_globally_and_p
     let mut conn = db.conn().await;
     let input = json!({});
     let create = async |namespace: &str, name: &str| {
-        let run = engine::NewRun {
+        let run = launcher::NewRun {
             namespace,
             name,
             flow: "steps",
@@ -1140,7 +1142,7 @@ async fn the_running_budget_holds_runs_pending_until_a_slot_frees_globally_and_p
             max_attempts: 3,
             retry_backoff_ms: 100,
         };
-        engine::create_run(&mut *db.conn().await, &run)
+        launcher::create_run(&mut *db.conn().await, &run)
             .await
             .unwrap()
             .0
@@ -1150,11 +1152,11 @@ async fn the_running_budget_holds_runs_pending_until_a_slot_frees_globally_and_p
         create("a", "a2").await,
         create("b", "b1").await,
     );
-    use engine::Claim;
+    use launcher::Claim;
 
     // Two slots in all, one per namespace. A started claim carries the attempt's token.
     let claim = async |conn: &mut sqlx::PgConnection, id| {
-        engine::claim(conn, id, Some(2), Some(1)).await.unwrap()
+        launcher::claim(conn, id, Some(2), Some(1)).await.unwrap()
     };
     let Claim::Started(first) = claim(&mut conn, a1).await else {
         panic!("a1 did not start")
@@ -1182,17 +1184,17 @@ async fn the_running_budget_holds_runs_pending_until_a_slot_frees_globally_and_p
     }
     // a1 parks: its slot frees, and a2 takes it.
     let done = json!("a done");
-    engine::complete_step(&mut conn, &first, &step("a", &done))
+    runner::complete_step(&mut conn, &first, &step("a", &done))
         .await
         .unwrap();
-    engine::complete_run(&mut conn, &first, &json!("finished"))
+    runner::complete_run(&mut conn, &first, &json!("finished"))
         .await
         .unwrap();
     assert!(matches!(claim(&mut conn, a2).await, Claim::Started(_)));
     assert_eq!(claim(&mut conn, a2).await, Claim::NotPending);
     // No cap at all: everything starts.
     assert!(matches!(
-        engine::claim(&mut conn, c1, None, None).await.unwrap(),
+        launcher::claim(&mut conn, c1, None, None).await.unwrap(),
         Claim::Started(_)
     ));
 }

@@ -27,9 +27,9 @@ async fn flows_run_through_pgbouncer_in_transaction_mode_with_two_server_connect
         .await;
     let runs = [fan, looper, approval].map(|id| db.supervise_in_background(&launcher, id));
     db.wait_for_phase(approval, Phase::Waiting).await;
-    cairn::engine::emit(
+    cairn_engine::launcher::emit(
         &mut *db.conn().await,
-        cairn::engine::Emitter::External { namespace: NS },
+        NS,
         "go",
         &json!({ "approved": true, "by": "pooler" }),
     )

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use cairn::engine;
+use cairn_engine::launcher;
 use cairn_operator::lifecycle::Phase;
 use cairn_tests::{NS, TestDb, restart_postgres};
 use serde_json::json;
@@ -85,14 +85,9 @@ async fn a_postgres_restart_while_a_run_waits_keeps_its_wait_and_the_event_wakes
     let waiting = db.run(id).await;
     assert_eq!(waiting.phase, Phase::Waiting);
     let payload = json!({ "approved": true, "by": "ann" });
-    let emitted = engine::emit(
-        &mut *db.conn().await,
-        engine::Emitter::External { namespace: NS },
-        "approve-patient",
-        &payload,
-    )
-    .await
-    .unwrap();
+    let emitted = launcher::emit(&mut *db.conn().await, NS, "approve-patient", &payload)
+        .await
+        .unwrap();
     assert_eq!(emitted.woken, 1);
     let run = supervisor.await.unwrap();
     assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);

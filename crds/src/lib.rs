@@ -20,8 +20,8 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-mod phase;
-pub use phase::Phase;
+/// The phase of a run is the engine's (one type for the engine's record, the CLI and the status).
+pub use cairn_engine::Phase;
 
 pub const GROUP: &str = "cairn.dev";
 pub const VERSION: &str = "v1alpha1";

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use cairn::engine::{self, EngineError};
+use cairn_engine::{EngineError, launcher as engine, read, schema};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -19,8 +19,8 @@ use crate::kubectl::{
 };
 use crate::lifecycle::Phase;
 use crate::localdb::LocalPostgres;
-use crate::store::{self, RunRecord};
 use crate::supervisor::{self, Launcher};
+use cairn_engine::read::RunRecord;
 
 #[derive(Parser)]
 #[command(
@@ -170,6 +170,12 @@ enum Command {
     ///
     /// The database is CAIRN_DATABASE_URL.
     Operator(crate::controller::Config),
+    /// Apply the engine's pending database migrations to CAIRN_DATABASE_URL, then exit.
+    ///
+    /// Runs them once, under a lock, as the schema owner: what the Helm chart's pre-upgrade Job
+    /// does with `migrations.mode=job` (the operator then runs with `--migrations verify`).
+    /// Prints the schema version and what it serves.
+    Migrate,
 }
 
 /// Where the cluster and the operator are.
@@ -334,7 +340,10 @@ pub async fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     init_tracing(matches!(cli.command, Command::Operator(_)));
-    let local = matches!(cli.command, Command::Dev(_) | Command::Operator(_));
+    let local = matches!(
+        cli.command,
+        Command::Dev(_) | Command::Operator(_) | Command::Migrate
+    );
     match run(cli.command).await {
         Ok(code) => code,
         // `cairn dev` and the operator keep their codes: every error is 2.
@@ -357,6 +366,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 anyhow!("the operator needs CAIRN_DATABASE_URL (a Postgres flow pods can reach)")
             })?;
             crate::controller::run(&url, config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let url = std::env::var("CAIRN_DATABASE_URL").map_err(|_| {
+                anyhow!("cairn migrate needs CAIRN_DATABASE_URL (the schema owner's login)")
+            })?;
+            let info = schema::migrate(&schema::open(&url, 1).await?).await?;
+            println!(
+                "schema version {}; launcher contract {}; runner protocols {} to {}",
+                info.schema_version, info.launcher_contract, info.runner_oldest, info.runner_newest
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Runs {
@@ -460,7 +480,7 @@ async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
         DevCommand::Run(args) => dev_run(args).await,
         DevCommand::DbUrl => {
             let url = LocalPostgres::new(LocalPostgres::default_root(), 5432)?.ensure_running()?;
-            store::connect(&url).await?; // applies migrations
+            schema::connect(&url).await?; // applies migrations
             println!("{url}");
             Ok(ExitCode::SUCCESS)
         }
@@ -476,16 +496,9 @@ async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
             let payload = parse_json(&data, "--data")?;
             let pool = open().await?;
             let mut conn = pool.acquire().await?;
-            let emitted = engine::emit(
-                &mut conn,
-                engine::Emitter::External {
-                    namespace: &namespace,
-                },
-                &event,
-                &payload,
-            )
-            .await
-            .map_err(explain)?;
+            let emitted = engine::emit(&mut conn, &namespace, &event, &payload)
+                .await
+                .map_err(explain)?;
             if emitted.duplicate {
                 println!("event {event} was already emitted with this payload (nothing changed)");
             } else {
@@ -495,7 +508,7 @@ async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
         }
         DevCommand::Runs { namespace, output } => {
             let pool = open().await?;
-            let records = store::list(&pool, namespace.as_deref()).await?;
+            let records = read::list(&pool, namespace.as_deref()).await?;
             let runs = api::summaries(&records);
             if output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&api::RunList { runs })?);
@@ -542,16 +555,16 @@ async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
         }
         DevCommand::Cancel { run, namespace } => {
             let pool = open().await?;
-            let record = store::find(&pool, &namespace, &run).await?;
+            let record = read::find(&pool, &namespace, &run).await?;
             let state = engine::cancel_run(&mut *pool.acquire().await?, record.id)
                 .await
                 .map_err(explain)?;
-            match state.as_str() {
-                "running" => println!(
+            match state {
+                Phase::Running => println!(
                     "{}: cancellation requested; it stops at its next step boundary",
                     record.name
                 ),
-                other => println!("{}: {other}", record.name),
+                other => println!("{}: {}", record.name, other.as_db()),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -590,8 +603,8 @@ async fn open() -> anyhow::Result<PgPool> {
 
 /// The database (`CAIRN_DATABASE_URL` or the private Postgres), migrated, and its URL.
 async fn open_with_url() -> anyhow::Result<(String, PgPool)> {
-    let url = tokio::task::spawn_blocking(store::database_url).await??;
-    let pool = store::connect(&url).await?;
+    let url = tokio::task::spawn_blocking(crate::localdb::database_url).await??;
+    let pool = schema::connect(&url).await?;
     Ok((url, pool))
 }
 
@@ -635,12 +648,12 @@ async fn dev_run(args: DevRun) -> anyhow::Result<ExitCode> {
     // Flow processes get the runner login, never the owner's.
     let launcher = Launcher {
         binary,
-        database_url: store::runner_url(&pool, &url).await?,
+        database_url: engine::runner_url(&pool, &url).await?,
         env: vec![],
         max_parallel: args.parallel.max(1),
     };
     let record = supervisor::supervise(&pool, &launcher, root).await?;
-    let tree = store::tree(&pool, root).await?;
+    let tree = read::tree(&pool, root).await?;
     eprintln!(
         "cairn: {} {} after {} attempt(s); {} run(s), {} steps, ${:.4} in all",
         record.name,
@@ -723,18 +736,16 @@ async fn wait_for(
     listener.listen("cairn_runs").await?;
     loop {
         // A run that does not exist yet may be about to: keep waiting (until the timeout).
-        let record = match store::find(pool, namespace, run).await {
+        let record = match read::find(pool, namespace, run).await {
             Ok(record) => record,
-            Err(e) if e.is::<store::NotFound>() => {
+            Err(e) if e.is::<read::NotFound>() => {
                 listener.try_recv().await?;
                 continue;
             }
             Err(e) => return Err(e),
         };
-        let waits_for_event = |name: &str| {
-            let waiting = record.waiting_for.as_ref().and_then(|w| w.get("event"));
-            waiting.and_then(Value::as_str) == Some(name)
-        };
+        let waits_for_event =
+            |name: &str| record.wait().as_ref().and_then(|w| w.event()) == Some(name);
         let reached = match target {
             Some(phase) => record.phase == phase && event.is_none_or(waits_for_event),
             None => record.phase.is_terminal(),

@@ -6,5 +6,4 @@ pub mod controller;
 pub mod kubectl;
 pub mod lifecycle;
 pub mod localdb;
-pub mod store;
 pub mod supervisor;

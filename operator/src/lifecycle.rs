@@ -5,7 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
-pub use cairn_crds::Phase;
+pub use cairn_engine::Phase;
+use cairn_engine::read::RunRecord;
 
 /// What the database says about a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +19,18 @@ pub struct RunView {
     pub max_attempts: i32,
     /// Delay before the first relaunch after a crash; doubles with each crash.
     pub retry_backoff: Duration,
+}
+
+impl RunView {
+    pub fn of(record: &RunRecord) -> RunView {
+        RunView {
+            phase: record.phase,
+            attempt: record.attempt,
+            crashes: record.crashes,
+            max_attempts: record.max_attempts,
+            retry_backoff: Duration::from_millis(record.retry_backoff_ms.max(0) as u64),
+        }
+    }
 }
 
 /// How a launched process ended, as the launcher observed it.
@@ -36,7 +49,7 @@ pub enum ProcessExit {
 impl fmt::Display for ProcessExit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProcessExit::Code(code) => match cairn::Exit::describe_code(*code) {
+            ProcessExit::Code(code) => match cairn_engine::protocol::Exit::describe_code(*code) {
                 Some(meaning) => write!(f, "exited with code {code} ({meaning})"),
                 None => write!(f, "exited with code {code}"),
             },

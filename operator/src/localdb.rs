@@ -22,6 +22,15 @@ pub struct LocalPostgres {
     run_as: Option<User>,
 }
 
+/// The database URL of `cairn dev` and the CLI: `CAIRN_DATABASE_URL`, else the private
+/// Postgres (started if needed).
+pub fn database_url() -> anyhow::Result<String> {
+    match std::env::var("CAIRN_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Ok(url),
+        _ => LocalPostgres::new(LocalPostgres::default_root(), 5432)?.ensure_running(),
+    }
+}
+
 impl LocalPostgres {
     /// Where `cairn` keeps its private Postgres: `$CAIRN_HOME`, else `/var/lib/cairn` as root,
     /// else `$XDG_DATA_HOME/cairn` (`~/.local/share/cairn`).
@@ -63,6 +72,11 @@ impl LocalPostgres {
 
     fn data_dir(&self) -> PathBuf {
         self.root.join("postgres")
+    }
+
+    /// Where the Postgres binaries (initdb, pg_ctl, pg_dump...) are.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
     }
 
     /// Holds the socket and the server log; only the server's user may enter it.

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use cairn::engine;
+use cairn_engine::{launcher as engine, read};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -18,14 +18,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::lifecycle::{Next, Phase, Process, ProcessExit, decide};
-use crate::store::{self, RunRecord};
+use crate::lifecycle::{Next, Phase, Process, ProcessExit, RunView, decide};
+use cairn_engine::read::RunRecord;
 
 /// How to launch the flow binary.
 #[derive(Debug, Clone)]
 pub struct Launcher {
     pub binary: PathBuf,
-    /// The runner's database URL (see `store::runner_url`), never the owner's.
+    /// The runner's database URL (see `read::runner_url`), never the owner's.
     pub database_url: String,
     /// Extra environment for every process (the rest is inherited).
     pub env: Vec<(String, String)>,
@@ -75,7 +75,7 @@ pub async fn supervise(
             }
             // Postgres restarting or unreachable: the runs are safe in it; look again soon.
             // Processes that lose their connection meanwhile crash and are relaunched after.
-            Err(e) if store::is_unavailable(&e) => {
+            Err(e) if cairn_engine::error::is_unavailable(&e) => {
                 tokio::select! {
                     _ = outage.wait(&e) => continue,
                     _ = interrupt.recv() => return Err(e.context("interrupted while the database was unavailable")),
@@ -145,7 +145,7 @@ impl Supervisor<'_> {
         engine::wake_due(&mut conn).await?;
         let next_wake = engine::next_wake_ms(&mut conn).await?;
         drop(conn);
-        let runs = store::tree(self.pool, root).await?;
+        let runs = read::tree(self.pool, root).await?;
         let root_record = runs
             .iter()
             .find(|r| r.id == root)
@@ -182,7 +182,7 @@ impl Supervisor<'_> {
 
     async fn step(&mut self, runs: &[RunRecord]) -> anyhow::Result<()> {
         for run in runs {
-            match decide(&run.view(), &self.process(run.id)) {
+            match decide(&RunView::of(&run), &self.process(run.id)) {
                 Next::Idle => {}
                 Next::Launch => {
                     if self.alive.len() < self.launcher.max_parallel {
@@ -205,8 +205,9 @@ impl Supervisor<'_> {
                             humantime::format_duration(delay)
                         ),
                         None => eprintln!(
-                            "cairn: {} attempt {attempt} crashed ({reason}); run is now {state}",
-                            run.name
+                            "cairn: {} attempt {attempt} crashed ({reason}); run is now {}",
+                            run.name,
+                            state.map_or("deleted", Phase::as_db)
                         ),
                     }
                     self.exits.remove(&run.id);

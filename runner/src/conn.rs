@@ -99,7 +99,7 @@ macro_rules! engine_call {
                 let $conn: &mut sqlx::PgConnection = &mut tx;
                 let value = $call.await?;
                 tx.commit().await?;
-                Ok::<_, $crate::engine::EngineError>(value)
+                Ok::<_, cairn_engine::EngineError>(value)
             }
             .await
         } else {

@@ -21,9 +21,10 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::conn::{RunnerConn, engine_call};
-use crate::engine::{self, EngineError, Parked, SleepOutcome};
 use crate::error::{Interrupted, is_permanent, permanent};
 use crate::usage::{STEP_USAGE, Usage, UsageCell};
+use cairn_engine::EngineError;
+use cairn_engine::runner::{self as engine, Parked, SleepOutcome};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -399,13 +400,15 @@ impl Ctx {
             return Ok(());
         }
         let payload = serde_json::to_value(payload)?;
-        let emitter = engine::Emitter::Run {
-            attempt: &self.inner.attempt,
-            key: &key,
-        };
         let outcome = {
             let mut conn = self.inner.conn.lock().await;
-            engine_call!(*conn, |conn| engine::emit(conn, emitter, name, &payload))
+            engine_call!(*conn, |conn| engine::emit(
+                conn,
+                &self.inner.attempt,
+                &key,
+                name,
+                &payload
+            ))
         };
         outcome.map_err(|e| self.engine_error(e))?;
         Ok(())

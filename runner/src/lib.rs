@@ -23,13 +23,13 @@
 
 mod conn;
 mod ctx;
-pub mod engine;
 mod error;
 mod runner;
 mod usage;
 
+pub use cairn_engine::protocol::{Exit, RUNNER_PROTOCOL, env};
 pub use conn::Pooler;
 pub use ctx::{ChildRun, Ctx, PendingStep, RetryPolicy, Step, StepStart, Wait, WaitWithTimeout};
 pub use error::{Interrupted, Permanent, is_permanent, permanent};
-pub use runner::{Exit, Runner, RunnerEnv, env};
+pub use runner::{Runner, RunnerEnv};
 pub use usage::{Usage, record_usage};

@@ -14,83 +14,10 @@ use serde_json::{Value, json};
 
 use crate::conn::{Pooler, RunnerConn, engine_call};
 use crate::ctx::{Ctx, decode};
-use crate::engine::{self, EngineError};
 use crate::error::Interrupted;
-
-/// The environment a supervisor gives a flow process (the runner contract).
-pub mod env {
-    /// Postgres URL the process checkpoints to.
-    pub const DATABASE_URL: &str = "CAIRN_DATABASE_URL";
-    /// The run to execute (UUID).
-    pub const RUN_ID: &str = "CAIRN_RUN_ID";
-    /// The attempt number this process was launched as (what fences it off once superseded).
-    pub const ATTEMPT: &str = "CAIRN_ATTEMPT";
-    /// The attempt's token: every database call carries it; it grants access to this run only.
-    pub const TOKEN: &str = "CAIRN_TOKEN";
-    /// The flow's name, for logs; the database record is authoritative.
-    pub const FLOW: &str = "CAIRN_FLOW";
-    /// Sleeps at most this long stay in-process (default 10000).
-    pub const INLINE_SLEEP_MAX_MS: &str = "CAIRN_INLINE_SLEEP_MAX_MS";
-    /// When set, the binary prints the flows it registers as JSON and exits.
-    pub const DESCRIBE: &str = "CAIRN_DESCRIBE";
-    /// `json` for JSON log lines.
-    pub const LOG_FORMAT: &str = "CAIRN_LOG_FORMAT";
-    /// Where to write the outcome summary (Kubernetes reads /dev/termination-log).
-    pub const TERMINATION_LOG: &str = "CAIRN_TERMINATION_LOG";
-    /// `transaction` behind a pooler in transaction mode (PgBouncer); unset: a direct connection.
-    pub const POOLER: &str = "CAIRN_DATABASE_POOLER";
-}
-
-/// How a flow process ended. The database holds the truth; the exit code is a fast hint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// The flow returned; its result is stored.
-    Completed,
-    /// The flow failed; its error is stored.
-    Failed,
-    /// The run waits (event, timer, children); relaunch when the wait ends.
-    Suspended,
-    Cancelled,
-    /// A newer attempt owns the run; this one wrote nothing further.
-    Superseded,
-    /// The process could not do its job (bad environment, database unreachable): a crash.
-    Crashed,
-}
-
-impl Exit {
-    /// Parking and cancelling exit 0 like completing: none of them is an error, and Kubernetes
-    /// shows a pod that exited 0 as Completed rather than Error.
-    pub const fn code(self) -> i32 {
-        match self {
-            Exit::Completed | Exit::Suspended | Exit::Cancelled => 0,
-            Exit::Failed => 1,
-            Exit::Crashed => 70,
-            Exit::Superseded => 77,
-        }
-    }
-
-    /// What an exit code means under the runner contract, for messages.
-    pub fn describe_code(code: i32) -> Option<&'static str> {
-        match code {
-            0 => Some("completed, suspended or cancelled"),
-            1 => Some("the flow failed"),
-            70 => Some("crashed: could not do its job"),
-            77 => Some("superseded by a newer attempt"),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Exit::Completed => "completed",
-            Exit::Failed => "failed",
-            Exit::Suspended => "suspended",
-            Exit::Cancelled => "cancelled",
-            Exit::Superseded => "superseded",
-            Exit::Crashed => "crashed",
-        }
-    }
-}
+use cairn_engine::EngineError;
+use cairn_engine::protocol::{Exit, env};
+use cairn_engine::runner::{self as engine, Handshake};
 
 /// The runner contract read from the environment.
 #[derive(Debug, Clone)]
@@ -132,6 +59,9 @@ impl RunnerEnv {
         })
     }
 }
+
+/// How this SDK names itself to the engine (in the message of a protocol it does not serve).
+const SDK: &str = concat!("the Cairn Rust SDK ", env!("CARGO_PKG_VERSION"));
 
 type FlowFuture = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<Value>> + Send>>;
 type FlowFn = Arc<dyn Fn(Ctx, Value) -> FlowFuture + Send + Sync>;
@@ -213,6 +143,21 @@ impl Runner {
                 return Exit::Crashed;
             }
         };
+        match engine_call!(conn, |conn| engine::handshake(conn, attempt, SDK)) {
+            Ok(Handshake::Served) => {}
+            Ok(Handshake::NotServed(why)) => {
+                tracing::error!("{why}");
+                return Exit::Failed;
+            }
+            Err(EngineError::Fenced(why)) => {
+                tracing::warn!("{why}");
+                return Exit::Superseded;
+            }
+            Err(e) => {
+                tracing::error!("cannot start the run: {e}");
+                return Exit::Crashed;
+            }
+        }
         let run = match engine_call!(conn, |conn| engine::load_run(conn, attempt)) {
             Ok(run) => run,
             Err(EngineError::Fenced(why)) => {

@@ -457,9 +457,14 @@ sed -i "0,/description: One execution of a flow, run by the Cairn operator/s//de
     "$workdir/chart/cairn/files/crds.yaml"
 crd_description() { kubectl get crd flowruns.cairn.dev -o jsonpath='{.spec.versions[0].schema.openAPIV3Schema.description}'; }
 old_pod=$(kubectl -n "$SYS_NS" get pods -l "app.kubernetes.io/instance=$REL" -o jsonpath='{.items[0].metadata.name}' 2>/dev/null || true)
+# The upgrade also moves migrations to a pre-upgrade Job (migrations.mode=job), which needs the
+# owner's URL in a Secret of the user's own.
+kubectl -n "$SYS_NS" create secret generic "$REL-db-owner" \
+    --from-literal=database-url="$CAIRN_CLUSTER_PG_URL" >/dev/null
 name="helm upgrade applies a changed CRD"
 t0="$EPOCHREALTIME"
 if out=$(helm upgrade "$REL" "$workdir/chart/cairn" -n "$SYS_NS" --reuse-values \
+    --set database.url= --set database.existingSecret="$REL-db-owner" --set migrations.mode=job \
     --set-string podAnnotations.e2e-rollout="$TS" --wait --timeout 180s 2>&1) &&
     [[ "$(crd_description)" == "($MARK)"* ]]; then
     pass "$name"
@@ -478,6 +483,17 @@ if [[ -n "$new_pod" && "$new_pod" != *" "* && "$new_pod" != "$old_pod" ]] && wai
     timings+=("upgrade-handover=${handover}s")
 else
     fail "$name" "old $old_pod, running now: '$new_pod', Lease held by '$(lease_holder)'"
+fi
+
+name="migrations.mode=job: the pre-upgrade Job ran \`cairn migrate\` to completion and the operator only verifies"
+job_events=$(kubectl -n "$SYS_NS" get events --field-selector "involvedObject.kind=Job,involvedObject.name=$DEPLOY-migrate" \
+    -o jsonpath='{range .items[*]}{.reason} {end}' 2>&1 || true)
+mode=$(kubectl -n "$SYS_NS" get "deploy/$DEPLOY" \
+    -o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="CAIRN_MIGRATIONS")].value}' 2>&1 || true)
+if [[ "$job_events" == *Completed* && "$mode" == verify ]]; then
+    pass "$name"
+else
+    fail "$name" "Job events: '$job_events'; CAIRN_MIGRATIONS='$mode'"
 fi
 
 name="the new leader runs new FlowRuns"

@@ -8,10 +8,10 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use cairn::engine::{self, NewRun};
+use cairn_engine::launcher::{self, NewRun};
+use cairn_engine::read::{self, RunRecord};
 use cairn_operator::lifecycle::Phase;
 use cairn_operator::localdb::LocalPostgres;
-use cairn_operator::store::{self, RunRecord};
 use cairn_operator::supervisor::{self, Launcher};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -155,10 +155,10 @@ impl TestDb {
     /// A database migrated by this test binary's engine version.
     pub async fn new() -> TestDb {
         let mut db = Self::unmigrated().await;
-        store::connect(&db.url)
+        cairn_engine::schema::connect(&db.url)
             .await
             .expect("cannot connect to and migrate the test database");
-        db.runner_url = store::runner_url(&db.pool, &db.url)
+        db.runner_url = launcher::runner_url(&db.pool, &db.url)
             .await
             .expect("cannot create the runner login");
         db
@@ -197,6 +197,33 @@ impl TestDb {
         }
     }
 
+    /// The database's schema as `pg_dump --schema-only` prints it (privileges included: the
+    /// runner role's grants are part of the engine), without the migrator's bookkeeping table
+    /// and pg_dump's per-run `\restrict` keys, so two databases built alike dump alike.
+    pub fn dump_schema(&self) -> String {
+        let server = server();
+        let pg = LocalPostgres::new(&server.root, server.port).expect("the test Postgres");
+        let output = Command::new(pg.bin_dir().join("pg_dump"))
+            .args([
+                "--schema-only",
+                "--exclude-table=cairn._sqlx_migrations",
+                "--dbname",
+            ])
+            .arg(&self.url)
+            .output()
+            .expect("cannot run pg_dump");
+        assert!(
+            output.status.success(),
+            "pg_dump failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| !line.starts_with("\\restrict") && !line.starts_with("\\unrestrict"))
+            .map(|line| format!("{line}\n"))
+            .collect()
+    }
+
     pub async fn conn(&self) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
         self.pool.acquire().await.expect("database connection")
     }
@@ -214,7 +241,7 @@ impl TestDb {
         max_attempts: i32,
         retry_backoff_ms: i64,
     ) -> Uuid {
-        let (id, created) = engine::create_run(
+        let (id, created) = launcher::create_run(
             &mut *self.conn().await,
             &NewRun {
                 namespace: NS,
@@ -232,7 +259,7 @@ impl TestDb {
     }
 
     pub async fn run(&self, id: Uuid) -> RunRecord {
-        store::find(&self.pool, NS, &id.to_string())
+        read::find(&self.pool, NS, &id.to_string())
             .await
             .expect("find run")
     }
@@ -262,12 +289,12 @@ impl TestDb {
         }
     }
 
-    pub async fn steps(&self, id: Uuid) -> Vec<store::StepRecord> {
-        store::steps(&self.pool, id).await.expect("steps")
+    pub async fn steps(&self, id: Uuid) -> Vec<read::StepRecord> {
+        read::steps(&self.pool, id).await.expect("steps")
     }
 
-    pub async fn attempts(&self, id: Uuid) -> Vec<store::AttemptRecord> {
-        store::attempts(&self.pool, id).await.expect("attempts")
+    pub async fn attempts(&self, id: Uuid) -> Vec<read::AttemptRecord> {
+        read::attempts(&self.pool, id).await.expect("attempts")
     }
 
     /// A checkpointed step's stored result, if any.

@@ -91,6 +91,9 @@ app.kubernetes.io/component: operator
 {{- if and $db.runner.url $db.runner.existingSecret }}
 {{- fail "\n\nSet only one of database.runner.url and database.runner.existingSecret." }}
 {{- end }}
+{{- if and (eq (.Values.migrations).mode "job") (not $db.existingSecret) }}
+{{- fail "\n\nmigrations.mode=job needs database.existingSecret: the migration Job runs before the chart's own resources (its Secret) exist." }}
+{{- end }}
 {{- $np := .Values.networkPolicy }}
 {{- if and $np.enabled (or (not $np.database.to) (not $np.apiServer.cidrs)) }}
 {{- fail "\n\nnetworkPolicy.enabled needs networkPolicy.database.to (where Postgres is) and networkPolicy.apiServer.cidrs (the API server's addresses): without them the operator could reach neither." }}

@@ -26,7 +26,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::lifecycle::Phase;
-use crate::store::{self, AttemptRecord, RunRecord, StepRecord};
+use cairn_engine::read::{self, AttemptRecord, RunRecord, StepRecord};
 
 /// What the read API needs: the engine's database and the namespaces it may show.
 #[derive(Clone)]
@@ -209,72 +209,76 @@ pub struct Wait {
     pub reason: Option<String>,
 }
 
+impl From<cairn_engine::Wait> for Wait {
+    fn from(wait: cairn_engine::Wait) -> Wait {
+        let kind = wait.kind().to_owned();
+        let mut wire = Wait {
+            kind,
+            event: None,
+            question: None,
+            schema: None,
+            deadline: None,
+            until: None,
+            children: None,
+            unfinished: None,
+            reason: None,
+        };
+        match wait {
+            cairn_engine::Wait::Event {
+                event,
+                question,
+                schema,
+                deadline,
+            } => {
+                wire.event = Some(event);
+                (wire.question, wire.schema, wire.deadline) = (question, schema, deadline);
+            }
+            cairn_engine::Wait::Children {
+                children,
+                unfinished,
+            } => (wire.children, wire.unfinished) = (children, unfinished),
+            cairn_engine::Wait::Sleep { until } => wire.until = until,
+            cairn_engine::Wait::Retry { reason, until } => {
+                (wire.reason, wire.until) = (reason, until)
+            }
+        }
+        wire
+    }
+}
+
 impl Wait {
-    /// Parses the engine's `waiting_for`.
-    pub fn from_engine(waiting_for: &Value, wake_at: Option<DateTime<Utc>>) -> Option<Wait> {
-        let text = |key: &str| {
-            waiting_for
-                .get(key)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        let time = |key: &str| {
-            waiting_for
-                .get(key)
-                .and_then(Value::as_str)
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc))
-        };
-        let number = |key: &str| waiting_for.get(key).and_then(Value::as_i64);
-        let kind = if waiting_for.get("event").is_some() {
-            "event"
-        } else if waiting_for.get("unfinished").is_some() {
-            "children"
-        } else if waiting_for.get("retry_after").is_some() {
-            "retry"
-        } else if waiting_for.get("until").is_some() || waiting_for.get("sleep").is_some() {
-            "sleep"
-        } else {
-            return None;
-        };
-        Some(Wait {
-            kind: kind.into(),
-            event: text("event"),
-            question: text("question"),
-            schema: waiting_for.get("schema").cloned(),
-            deadline: time("deadline"),
-            until: time("until").or(if kind == "event" { None } else { wake_at }),
-            children: number("children"),
-            unfinished: number("unfinished"),
-            reason: text("retry_after"),
+    /// The engine's typed wait again (`None` for a kind this build does not know).
+    pub fn to_engine(&self) -> Option<cairn_engine::Wait> {
+        Some(match self.kind.as_str() {
+            "event" => cairn_engine::Wait::Event {
+                event: self.event.clone().unwrap_or_default(),
+                question: self.question.clone(),
+                schema: self.schema.clone(),
+                deadline: self.deadline,
+            },
+            "children" => cairn_engine::Wait::Children {
+                children: self.children,
+                unfinished: self.unfinished,
+            },
+            "sleep" => cairn_engine::Wait::Sleep { until: self.until },
+            "retry" => cairn_engine::Wait::Retry {
+                reason: self.reason.clone(),
+                until: self.until,
+            },
+            _ => return None,
         })
     }
 
     /// In words, for tables: `event approve-x`, `2 of 3 child run(s)`, `timer ...`.
     pub fn summary(&self) -> String {
-        match self.kind.as_str() {
-            "event" => format!("event {}", self.event.as_deref().unwrap_or("?")),
-            "children" => match (self.unfinished, self.children) {
-                (Some(u), Some(c)) => format!("{u} of {c} child run(s)"),
-                (Some(u), None) => format!("{u} child run(s)"),
-                _ => "child runs".into(),
-            },
-            "sleep" => match self.until {
-                Some(until) => format!("timer {}", until.format("%Y-%m-%d %H:%M:%SZ")),
-                None => "timer".into(),
-            },
-            "retry" => "retry backoff".into(),
-            other => other.into(),
-        }
+        self.to_engine()
+            .map_or_else(|| self.kind.clone(), |wait| wait.summary())
     }
 }
 
 impl RunSummary {
     pub fn from_record(record: &RunRecord, parent: Option<String>) -> RunSummary {
-        let wait = record
-            .waiting_for
-            .as_ref()
-            .and_then(|w| Wait::from_engine(w, record.wake_at));
+        let wait = record.wait().map(Wait::from);
         RunSummary {
             id: record.id,
             namespace: record.namespace.clone(),
@@ -351,8 +355,8 @@ impl From<AttemptRecord> for Attempt {
     }
 }
 
-impl From<store::Totals> for Totals {
-    fn from(t: store::Totals) -> Totals {
+impl From<read::Totals> for Totals {
+    fn from(t: read::Totals) -> Totals {
         Totals {
             steps: t.steps,
             usd: t.usd,
@@ -371,7 +375,7 @@ pub async fn list(
     phases: &[Phase],
     flow: Option<&str>,
 ) -> anyhow::Result<Vec<RunSummary>> {
-    let records = store::list(pool, Some(namespace)).await?;
+    let records = read::list(pool, Some(namespace)).await?;
     Ok(summaries(&records)
         .into_iter()
         .filter(|r| phases.is_empty() || phases.contains(&r.phase))
@@ -402,39 +406,36 @@ pub async fn detail(
             "run \"{name_or_id}\" not found in namespace \"{namespace}\""
         ))
     };
-    let run = match store::find(pool, namespace, name_or_id).await {
+    let run = match read::find(pool, namespace, name_or_id).await {
         Ok(run) => run,
-        Err(e) if e.is::<store::NotFound>() => return Err(unknown()),
+        Err(e) if e.is::<read::NotFound>() => return Err(unknown()),
         Err(e) => return Err(e.into()),
     };
     // `find` also matches an id in any namespace: stay within the one asked for.
     if run.namespace != namespace {
         return Err(unknown());
     }
-    let steps = store::steps(pool, run.id).await?;
-    let attempts = store::attempts(pool, run.id).await?;
-    let totals = store::totals(pool, run.id).await?;
+    let steps = read::steps(pool, run.id).await?;
+    let attempts = read::attempts(pool, run.id).await?;
+    let totals = read::totals(pool, run.id).await?;
     // The root of the run's tree, then the tree: children with their phases, and the parent.
     let mut root = run.clone();
     let mut parent = None;
     while let Some(up) = root.parent_id {
-        root = store::find(pool, namespace, &up.to_string()).await?;
+        root = read::find(pool, namespace, &up.to_string()).await?;
         parent.get_or_insert_with(|| root.name.clone());
     }
-    let children = if store::children(pool, run.id).await?.is_empty() {
+    let children = if read::children(pool, run.id).await?.is_empty() {
         vec![]
     } else {
-        store::tree(pool, root.id)
+        read::tree(pool, root.id)
             .await?
             .iter()
             .filter(|r| r.parent_id == Some(run.id))
             .map(|r| RunSummary::from_record(r, Some(run.name.clone())))
             .collect()
     };
-    let wait = run
-        .waiting_for
-        .as_ref()
-        .and_then(|w| Wait::from_engine(w, run.wake_at));
+    let wait = run.wait().map(Wait::from);
     Ok(RunDetail {
         run: RunInfo::from_record(&run, parent),
         steps: steps.into_iter().map(Step::from).collect(),
@@ -674,6 +675,11 @@ mod tests {
         assert!(parse_phases("waiting,nope").is_err());
     }
 
+    /// The wire form of what the engine wrote.
+    fn wire(waiting_for: &Value, wake_at: Option<DateTime<Utc>>) -> Option<Wait> {
+        cairn_engine::Wait::from_engine(waiting_for, wake_at).map(Wait::from)
+    }
+
     #[test]
     fn engine_waits_are_parsed() {
         let event = json!({
@@ -682,7 +688,7 @@ mod tests {
             "schema": { "type": "boolean" },
             "deadline": "2030-01-02T03:04:05.123456+00:00",
         });
-        let wait = Wait::from_engine(&event, None).unwrap();
+        let wait = wire(&event, None).unwrap();
         assert_eq!(wait.kind, "event");
         assert_eq!(wait.event.as_deref(), Some("approve-x"));
         assert_eq!(wait.schema, Some(json!({ "type": "boolean" })));
@@ -691,20 +697,25 @@ mod tests {
             "2030-01-02T03:04:05.123456+00:00"
         );
         assert_eq!(wait.summary(), "event approve-x");
+        assert_eq!(
+            wait.to_engine(),
+            cairn_engine::Wait::from_engine(&event, None),
+            "the wire form carries the whole wait"
+        );
 
-        let join = Wait::from_engine(&json!({ "children": 3, "unfinished": 2 }), None).unwrap();
+        let join = wire(&json!({ "children": 3, "unfinished": 2 }), None).unwrap();
         assert_eq!(join.summary(), "2 of 3 child run(s)");
-        let sleep = Wait::from_engine(
+        let sleep = wire(
             &json!({ "sleep": "nap", "until": "2030-01-02T03:04:05+00:00" }),
             None,
         )
         .unwrap();
         assert_eq!(sleep.summary(), "timer 2030-01-02 03:04:05Z");
-        let retry = Wait::from_engine(&json!({ "retry_after": "SIGKILL" }), None).unwrap();
+        let retry = wire(&json!({ "retry_after": "SIGKILL" }), None).unwrap();
         assert_eq!(
             (retry.kind.as_str(), retry.reason.as_deref()),
             ("retry", Some("SIGKILL"))
         );
-        assert!(Wait::from_engine(&json!({}), None).is_none());
+        assert!(wire(&json!({}), None).is_none());
     }
 }

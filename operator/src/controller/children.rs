@@ -8,7 +8,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::{Context, Error, FIELD_MANAGER};
-use crate::store::{self, RunRecord};
+use cairn_engine::read::{self, RunRecord};
 
 pub const LABEL_PARENT: &str = "cairn.dev/parent";
 
@@ -21,7 +21,7 @@ pub async fn ensure_child_flowruns(
     image: Option<&str>,
     env: &[EnvVar],
 ) -> Result<bool, Error> {
-    let children = store::children(&ctx.pool, record.id).await?;
+    let children = read::children(&ctx.pool, record.id).await?;
     if children.is_empty() {
         return Ok(true);
     }

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use cairn::engine::{self, Emitter, EngineError};
 use cairn_crds::{FlowEvent, FlowEventStatus};
+use cairn_engine::{EngineError, launcher as engine};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
@@ -23,15 +23,7 @@ pub async fn reconcile(event: Arc<FlowEvent>, ctx: Arc<Context>) -> Result<Actio
         .clone()
         .unwrap_or(serde_json::Value::Null);
     let mut conn = ctx.pool.acquire().await?;
-    let emitted = engine::emit(
-        &mut conn,
-        Emitter::External {
-            namespace: &namespace,
-        },
-        &event.spec.event,
-        &payload,
-    )
-    .await;
+    let emitted = engine::emit(&mut conn, &namespace, &event.spec.event, &payload).await;
     let status = match emitted {
         Ok(emitted) => {
             let note = match emitted.duplicate {

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn::engine::{self, Claim, EngineError, NewRun};
 use cairn_crds::{
     Flow, FlowRun, FlowRunSpec, FlowRunStatus, RETRY_ANNOTATION, ResourceProfile,
     ResourceProfileSpec, WaitingFor,
 };
+use cairn_engine::launcher::{self as engine, Claim, NewRun};
+use cairn_engine::{EngineError, Wait};
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -21,8 +22,8 @@ use tracing::Instrument;
 
 use super::pod::{self, FlowPod, LABEL_RUN};
 use super::{Context, Error};
-use crate::lifecycle::{Next, Phase, ProcessExit, decide};
-use crate::store::{self, RunRecord};
+use crate::lifecycle::{Next, Phase, ProcessExit, RunView, decide};
+use cairn_engine::read::{self, RunRecord};
 
 pub const FINALIZER: &str = "cairn.dev/cleanup";
 /// Results larger than this stay in the database only (status must stay small).
@@ -329,7 +330,7 @@ async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
         }
         Err(e) => return Err(e.into()),
     }
-    let record = store::find(&ctx.pool, &namespace, &name).await?;
+    let record = read::find(&ctx.pool, &namespace, &name).await?;
     tracing::Span::current().record("attempt", record.attempt);
     if run.spec.cancel && !record.phase.is_terminal() {
         engine::cancel_run(&mut *ctx.pool.acquire().await?, record.id).await?;
@@ -346,7 +347,7 @@ async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
         // The database clock has the last word; a running attempt is fenced off, and the
         // kubelet stops its pod (activeDeadlineSeconds).
         let state = engine::expire_run(&mut *ctx.pool.acquire().await?, record.id, seconds).await?;
-        if state == "failed" {
+        if state == Phase::Failed {
             ctx.warn(
                 run,
                 "DeadlineExceeded",
@@ -376,10 +377,10 @@ async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
     )
     .await?;
 
-    let record = store::find(&ctx.pool, &namespace, &name).await?;
+    let record = read::find(&ctx.pool, &namespace, &name).await?;
     let seen_at = chrono::Utc::now();
     let mut next = decide(
-        &record.view(),
+        &RunView::of(&record),
         &pod::process_of(&pods, record.attempt, seen_at),
     );
     // The cache can trail the API server: a pod created a moment ago may be missing, one
@@ -388,7 +389,7 @@ async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
     if matches!(next, Next::RecordCrash { .. }) {
         pods = pods_api.list(&run_pods).await?.items;
         next = decide(
-            &record.view(),
+            &RunView::of(&record),
             &pod::process_of(&pods, record.attempt, seen_at),
         );
     }
@@ -446,7 +447,7 @@ async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
     ctx.queue_for_slot(run, waiting_for_slot.is_some());
 
     // Status from what the engine now says.
-    let record = store::find(&ctx.pool, &namespace, &name).await?;
+    let record = read::find(&ctx.pool, &namespace, &name).await?;
     let status = build_status(
         run,
         &record,
@@ -617,8 +618,8 @@ impl Launch<'_> {
             // rather than as "the process is gone" on the next look.
             Err(e) => {
                 let reason = format!("could not launch the pod: {e}");
-                let retry =
-                    crate::lifecycle::retry_delay(&record.view()).map(|d| d.as_millis() as i64);
+                let retry = crate::lifecycle::retry_delay(&RunView::of(&record))
+                    .map(|d| d.as_millis() as i64);
                 engine::record_crash(&mut conn, record.id, attempt, &reason, retry).await?;
                 ctx.forget_prepared(&namespace);
                 ctx.warn(run, "LaunchFailed", &reason).await;
@@ -643,9 +644,9 @@ impl Launch<'_> {
 async fn cleanup(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
     let namespace = run.namespace().unwrap_or_default();
     ctx.queue_for_slot(run, false);
-    if let Ok(record) = store::find(&ctx.pool, &namespace, &run.name_any()).await {
+    if let Ok(record) = read::find(&ctx.pool, &namespace, &run.name_any()).await {
         engine::cancel_run(&mut *ctx.pool.acquire().await?, record.id).await?;
-        store::delete_run(&ctx.pool, record.id).await?;
+        read::delete_run(&ctx.pool, record.id).await?;
     }
     Ok(Action::await_change())
 }
@@ -674,21 +675,24 @@ pub fn build_status(
     retried: Option<String>,
     waiting_for_slot: Option<&str>,
 ) -> FlowRunStatus {
-    let waiting_for = record.waiting_for.as_ref().map(|w| WaitingFor {
-        event: w.get("event").and_then(|v| v.as_str()).map(str::to_owned),
-        question: w
-            .get("question")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned),
-        schema: w.get("schema").cloned(),
-        deadline: w
-            .get("deadline")
-            .and_then(|v| v.as_str())
-            .and_then(parse_time),
-        children: w
-            .get("unfinished")
-            .and_then(|v| v.as_i64())
-            .map(|n| n as i32),
+    let waiting_for = record.wait().map(|wait| match wait {
+        Wait::Event {
+            event,
+            question,
+            schema,
+            deadline,
+        } => WaitingFor {
+            event: Some(event),
+            question,
+            schema,
+            deadline: deadline.map(to_time),
+            children: None,
+        },
+        Wait::Children { unfinished, .. } => WaitingFor {
+            children: unfinished.map(|n| n as i32),
+            ..WaitingFor::default()
+        },
+        Wait::Sleep { .. } | Wait::Retry { .. } => WaitingFor::default(),
     });
     let result = record.result.clone().filter(|r| {
         serde_json::to_string(r)
@@ -773,12 +777,6 @@ fn to_time(at: chrono::DateTime<chrono::Utc>) -> Time {
 
 fn jiff_now() -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::now()
-}
-
-fn parse_time(text: &str) -> Option<Time> {
-    chrono::DateTime::parse_from_rfc3339(text)
-        .ok()
-        .map(|t| to_time(t.to_utc()))
 }
 
 async fn patch_status(ctx: &Context, run: &FlowRun, status: &FlowRunStatus) -> Result<(), Error> {

@@ -14,8 +14,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn::engine::{self, EngineError};
 use cairn_crds::{Flow, FlowEvent, FlowRun, FlowRunStatus, ResourceProfile};
+use cairn_engine::{EngineError, launcher as engine, runner::Attempt};
 use futures::channel::mpsc::UnboundedSender;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
@@ -77,6 +77,11 @@ pub struct Config {
     #[arg(long, env = "CAIRN_RECONCILE_CONCURRENCY", default_value_t = 64,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub reconcile_concurrency: u16,
+    /// `apply`: apply the engine's pending migrations at start (one replica migrates under a
+    /// lock, others wait). `verify`: only check that the schema is migrated, when a separate
+    /// step does it (`cairn migrate`, the Helm chart's pre-upgrade Job).
+    #[arg(long, env = "CAIRN_MIGRATIONS", default_value = "apply")]
+    pub migrations: cairn_engine::schema::Migrations,
     /// Address of /livez, /readyz, /metrics and the read API.
     #[arg(long, env = "CAIRN_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: std::net::SocketAddr,
@@ -178,7 +183,7 @@ impl Context {
     /// Puts the token of a run's new attempt where its pod reads it: a Secret of that attempt
     /// (created once, never updated, so the operator needs no rights on others' Secrets),
     /// owned by the FlowRun so it goes with it.
-    async fn hand_token(&self, run: &FlowRun, claim: &engine::Attempt) -> Result<(), kube::Error> {
+    async fn hand_token(&self, run: &FlowRun, claim: &Attempt) -> Result<(), kube::Error> {
         let name = pod::token_secret_name(&claim.run_id.to_string(), claim.number);
         let secret: Secret = serde_json::from_value(json!({
             "apiVersion": "v1",
@@ -263,7 +268,7 @@ impl Context {
 /// one holding the Lease acts, so two replicas (a rollout, a stray process) never both launch pods.
 pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
-    let pool = crate::store::connect_with_pool_size(database_url, 16).await?;
+    let pool = cairn_engine::schema::connect_with(database_url, 16, config.migrations).await?;
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -274,7 +279,7 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
     // Flow pods get the runner login (it can only call the runner's functions), never ours.
     let runner_database_url = match &config.runner_database_url {
         Some(url) => url.clone(),
-        None => crate::store::runner_url(&pool, database_url).await?,
+        None => cairn_engine::launcher::runner_url(&pool, database_url).await?,
     };
     let ctx = Arc::new(Context {
         client: client.clone(),

@@ -105,7 +105,7 @@ async fn readyz(State(ctx): State<Arc<Context>>) -> (StatusCode, String) {
 async fn metrics(State(ctx): State<Arc<Context>>) -> (StatusCode, String) {
     // Run counts come from the engine at scrape time: the database is the truth, and it keeps
     // the operator's memory flat whatever the number of runs.
-    match crate::store::count_by_phase(&ctx.pool).await {
+    match cairn_engine::read::count_by_phase(&ctx.pool).await {
         Ok(counts) => {
             ctx.metrics.runs.clear();
             for (phase, count) in counts {

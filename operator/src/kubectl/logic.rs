@@ -82,7 +82,7 @@ pub fn check_payload(
     let Some(schema) = schema else {
         return Ok(());
     };
-    cairn::engine::check_payload(schema, payload).map_err(|problems| {
+    cairn_engine::runner::check_payload(schema, payload).map_err(|problems| {
         format!(
             "the payload {payload} does not match the schema run \"{run}\" waits for event \"{event}\" with: {problems}\n  schema: {schema}\n  fix --data to match it (nothing was created)"
         )

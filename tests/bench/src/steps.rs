@@ -14,7 +14,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use cairn::{Ctx, Exit, Runner, RunnerEnv, engine};
+use cairn::{Ctx, Exit, Runner, RunnerEnv};
+use cairn_engine::{launcher, runner};
 use cairn_operator::localdb::LocalPostgres;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
@@ -25,7 +26,7 @@ const WARMUP: usize = 200;
 /// The samples, and the connection and run the `raw` and `engine` samples use.
 struct Probe {
     conn: PgConnection,
-    engine_run: engine::Attempt,
+    engine_run: runner::Attempt,
     raw: Vec<Duration>,
     engine: Vec<Duration>,
     step: Vec<Duration>,
@@ -59,15 +60,15 @@ async fn interleaved(ctx: Ctx, steps: usize) -> anyhow::Result<usize> {
         .await?;
         probe.raw.push(started.elapsed());
 
-        let step = engine::CompletedStep {
+        let step = runner::CompletedStep {
             key: &format!("{}/{key}", ctx.run_id()),
             result: &value,
             duration_ms: 0,
             tries: 1,
-            usage: engine::StepUsage::default(),
+            usage: runner::StepUsage::default(),
         };
         let started = Instant::now();
-        engine::complete_step(&mut probe.conn, &probe.engine_run, &step).await?;
+        runner::complete_step(&mut probe.conn, &probe.engine_run, &step).await?;
         probe.engine.push(started.elapsed());
 
         let started = Instant::now();
@@ -101,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn bench(url: &str) -> anyhow::Result<()> {
-    let pool = cairn_operator::store::connect(url).await?;
+    let pool = cairn_engine::schema::connect(url).await?;
     let mut conn = PgConnection::connect(url).await?;
     let mut setting = async |name: &str| -> anyhow::Result<String> {
         Ok(sqlx::query_scalar("SELECT current_setting($1)")
@@ -181,11 +182,11 @@ async fn started_run(
     pool: &sqlx::PgPool,
     flow: &str,
     input: usize,
-) -> anyhow::Result<engine::Attempt> {
+) -> anyhow::Result<runner::Attempt> {
     let name = format!("bench-{}", Uuid::new_v4().simple());
     let input = serde_json::json!(input);
     let mut conn = pool.acquire().await?;
-    let request = engine::NewRun {
+    let request = launcher::NewRun {
         namespace: "bench",
         name: &name,
         flow,
@@ -193,8 +194,8 @@ async fn started_run(
         max_attempts: 1,
         retry_backoff_ms: 0,
     };
-    let (run_id, _) = engine::create_run(&mut conn, &request).await?;
-    engine::start_attempt(&mut conn, run_id)
+    let (run_id, _) = launcher::create_run(&mut conn, &request).await?;
+    launcher::start_attempt(&mut conn, run_id)
         .await?
         .context("run not pending")
 }

@@ -239,7 +239,9 @@ impl Cluster {
             .execute(&mut admin)
             .await?;
         let db_url = with_database(&admin_url, &db_name)?;
-        let pool = cairn_operator::store::connect_with_pool_size(&db_url, 4).await?;
+        let pool =
+            cairn_engine::schema::connect_with(&db_url, 4, cairn_engine::schema::Migrations::Apply)
+                .await?;
         Api::<Namespace>::all(client.clone())
             .create(&PostParams::default(), &namespace(&ns))
             .await?;

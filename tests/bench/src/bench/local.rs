@@ -12,7 +12,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use cairn::{Ctx, Exit, Runner, RunnerEnv, engine};
+use cairn::{Ctx, Exit, Runner, RunnerEnv};
+use cairn_engine::{launcher, runner};
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::postgres::PgListener;
@@ -181,7 +182,7 @@ async fn claimed_run(
 ) -> anyhow::Result<RunnerEnv> {
     let name = format!("bench-{}", Uuid::new_v4().simple());
     let mut conn = pool.acquire().await?;
-    let request = engine::NewRun {
+    let request = launcher::NewRun {
         namespace: "bench",
         name: &name,
         flow: "steps",
@@ -189,8 +190,8 @@ async fn claimed_run(
         max_attempts: 1,
         retry_backoff_ms: 0,
     };
-    let (run_id, _) = engine::create_run(&mut conn, &request).await?;
-    let attempt = engine::start_attempt(&mut conn, run_id)
+    let (run_id, _) = launcher::create_run(&mut conn, &request).await?;
+    let attempt = launcher::start_attempt(&mut conn, run_id)
         .await?
         .context("run not pending")?;
     Ok(RunnerEnv {
@@ -282,14 +283,14 @@ pub async fn engine_parallel(
                         format!("s#{}", i + 1)
                     };
                     let value = json!(i);
-                    let step = engine::CompletedStep {
+                    let step = runner::CompletedStep {
                         key: &key,
                         result: &value,
                         duration_ms: 0,
                         tries: 1,
-                        usage: engine::StepUsage::default(),
+                        usage: runner::StepUsage::default(),
                     };
-                    engine::complete_step(&mut conn, &env.attempt, &step).await?;
+                    runner::complete_step(&mut conn, &env.attempt, &step).await?;
                 }
                 anyhow::Ok((first, Instant::now()))
             })
@@ -385,15 +386,7 @@ pub async fn cairn_resume(
         tokio::time::sleep(settle).await;
         let emitted = unix_ms();
         let mut conn = pool.acquire().await?;
-        engine::emit(
-            &mut conn,
-            engine::Emitter::External {
-                namespace: "default",
-            },
-            &event,
-            &json!(i),
-        )
-        .await?;
+        launcher::emit(&mut conn, "default", &event, &json!(i)).await?;
         drop(conn);
         let key = if i == 0 {
             "resumed".to_owned()

@@ -273,7 +273,9 @@ async fn local_figures(
     pg.create_database("cairn_bench")?;
     let absurd_url = pg.url("absurd");
     let dbos_url = pg.url("dbos_bench"); // DBOS creates it
-    let pool = cairn_operator::store::connect_with_pool_size(&cairn_url, 8).await?;
+    let pool =
+        cairn_engine::schema::connect_with(&cairn_url, 8, cairn_engine::schema::Migrations::Apply)
+            .await?;
     let server: String = sqlx::query_scalar("SELECT version()")
         .fetch_one(&pool)
         .await?;

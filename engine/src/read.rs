@@ -1,130 +1,14 @@
-//! Connecting to the engine's database, applying migrations, and the read queries behind
-//! `cairn dev runs`, `cairn dev inspect` and the read API.
+//! The read queries behind `cairn dev runs`, `cairn dev inspect`, the operator's reconcile and
+//! its read API: runs, their steps, attempts and costs, as the engine's tables hold them.
 
-use std::time::Duration;
-
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::lifecycle::{Phase, RunView};
-use crate::localdb::LocalPostgres;
-
-/// The engine's migrations. Their bookkeeping table lives in the `cairn` schema too: with the
-/// default search path (`"$user", public`) a database user named `cairn` would otherwise see
-/// a different `_sqlx_migrations` before and after the first migration creates the schema.
-pub fn migrator() -> sqlx::migrate::Migrator {
-    let mut migrator = sqlx::migrate!("../sql/migrations");
-    migrator.dangerous_set_table_name("cairn._sqlx_migrations");
-    migrator.create_schema("cairn");
-    migrator
-}
-
-/// The database URL: `CAIRN_DATABASE_URL`, else the private Postgres (started if needed).
-pub fn database_url() -> anyhow::Result<String> {
-    match std::env::var("CAIRN_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => Ok(url),
-        _ => LocalPostgres::new(LocalPostgres::default_root(), 5432)?.ensure_running(),
-    }
-}
-
-/// Hides the password of a URL for messages and logs.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "<unparseable database URL>".into(),
-    }
-}
-
-/// The URL flow processes use: `owner_url` with the database's runner login (created on first
-/// use; see migration 0004), which can only call the `cairn_runner` functions, for its own run.
-pub async fn runner_url(pool: &PgPool, owner_url: &str) -> anyhow::Result<String> {
-    let login = sqlx::query!(
-        r#"SELECT login AS "login!", password AS "password!" FROM cairn.ensure_runner_login()"#
-    )
-    .fetch_one(pool)
-    .await
-    .context(
-        "cannot create the runner's database login (the owner needs CREATEROLE once); \
-         or create a login in role cairn_runner and pass its URL as CAIRN_RUNNER_DATABASE_URL",
-    )?;
-    let mut url = url::Url::parse(owner_url)
-        .with_context(|| format!("not a valid database URL: {}", redact(owner_url)))?;
-    url.set_username(&login.login)
-        .and_then(|()| url.set_password(Some(&login.password)))
-        .map_err(|()| anyhow::anyhow!("cannot put a login into {}", redact(owner_url)))?;
-    Ok(url.to_string())
-}
-
-/// Connects a small pool and applies pending migrations (under sqlx's advisory lock, so
-/// concurrent starts are safe). A database that is down gives one clear error, quickly.
-pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
-    connect_with_pool_size(url, 4).await
-}
-
-/// [`connect`] with a larger pool, for the operator's concurrent reconciles.
-pub async fn connect_with_pool_size(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = url.parse().with_context(|| {
-        format!(
-            "CAIRN_DATABASE_URL is not a valid Postgres URL: {}",
-            redact(url)
-        )
-    })?;
-    // One direct connection first: a pool would retry until its timeout and then report only
-    // "timed out", hiding the cause (refused, unknown host, bad password).
-    let probe = PgConnection::connect_with(&options).await.map_err(|e| {
-        anyhow!(
-            "cannot connect to the database at {}: {e}\n\
-             Is Postgres running and reachable? Set CAIRN_DATABASE_URL, or unset it to use Cairn's private Postgres.",
-            redact(url)
-        )
-    })?;
-    probe.close().await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_lazy_with(options);
-    migrator()
-        .run(&pool)
-        .await
-        .context("cannot apply Cairn's database migrations")?;
-    Ok(pool)
-}
-
-/// Whether an error means the database is unreachable or restarting (worth waiting out), as
-/// opposed to a mistake.
-pub fn is_unavailable(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        let sqlx_error = cause.downcast_ref::<sqlx::Error>().or(
-            match cause.downcast_ref::<cairn::engine::EngineError>() {
-                Some(cairn::engine::EngineError::Database(e)) => Some(e),
-                _ => None,
-            },
-        );
-        match sqlx_error {
-            Some(
-                sqlx::Error::Io(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::Protocol(_),
-            ) => true,
-            // Class 08: connection exceptions; 57: operator intervention (shutdown, restart).
-            Some(e) => e
-                .as_database_error()
-                .and_then(|db| db.code())
-                .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
-            None => false,
-        }
-    })
-}
+use crate::{Phase, Wait};
 
 /// A run as the supervisors and the CLI see it.
 #[derive(Debug, Clone, Serialize)]
@@ -153,18 +37,13 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    pub fn view(&self) -> RunView {
-        RunView {
-            phase: self.phase,
-            attempt: self.attempt,
-            crashes: self.crashes,
-            max_attempts: self.max_attempts,
-            retry_backoff: Duration::from_millis(self.retry_backoff_ms.max(0) as u64),
-        }
-    }
-
     pub fn error_message(&self) -> Option<&str> {
         self.error.as_ref()?.get("message")?.as_str()
+    }
+
+    /// What the run waits for, if it is parked.
+    pub fn wait(&self) -> Option<Wait> {
+        Wait::from_engine(self.waiting_for.as_ref()?, self.wake_at)
     }
 }
 

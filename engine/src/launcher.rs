@@ -1,0 +1,239 @@
+//! The launchers' calls (the operator, `cairn dev`, the CLI), as the database owner: creating,
+//! claiming, waking and steering runs, and emitting events from outside a flow. Each is one
+//! round trip to a function of `sql/schema/40_launchers.sql`. Run states come back typed.
+
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::Phase;
+use crate::error::{EngineError, EngineResult, Result};
+use crate::runner::{Attempt, Waiter, check_waiters};
+
+/// A request to create a run; idempotent by (namespace, name).
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub flow: &'a str,
+    pub input: &'a Value,
+    pub max_attempts: i32,
+    pub retry_backoff_ms: i64,
+}
+
+/// Creates a run, or returns the existing one created by the same request. Returns
+/// `(run id, created)`.
+pub async fn create_run(conn: &mut PgConnection, run: &NewRun<'_>) -> Result<(Uuid, bool)> {
+    let row = sqlx::query!(
+        r#"SELECT run_id AS "run_id!", created AS "created!"
+           FROM cairn.create_run($1, $2, $3, $4, $5, $6)"#,
+        run.namespace,
+        run.name,
+        run.flow,
+        run.input,
+        run.max_attempts,
+        run.retry_backoff_ms,
+    )
+    .fetch_one(conn)
+    .await
+    .engine()?;
+    Ok((row.run_id, row.created))
+}
+
+/// The outcome of claiming a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The run is now running this attempt: launch its process with it.
+    Started(Attempt),
+    /// The run is not pending any more (someone else claimed it, or it ended).
+    NotPending,
+    /// The running budget is used up; the run stays pending. Says why, for the run's status.
+    Refused(String),
+}
+
+/// Claims a pending run for a new process if fewer than `max_running` runs are running in all
+/// and fewer than `max_in_namespace` in its namespace (`None`: no cap), and issues the new
+/// attempt's token.
+pub async fn claim(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    max_running: Option<i32>,
+    max_in_namespace: Option<i32>,
+) -> Result<Claim> {
+    let row = sqlx::query!(
+        "SELECT attempt, token, refused FROM cairn.claim($1, $2, $3)",
+        run_id,
+        max_running,
+        max_in_namespace
+    )
+    .fetch_one(conn)
+    .await
+    .engine()?;
+    Ok(match (row.attempt, row.token, row.refused) {
+        (Some(number), Some(token), _) => Claim::Started(Attempt {
+            run_id,
+            number,
+            token,
+        }),
+        (_, _, Some(why)) => Claim::Refused(why),
+        _ => Claim::NotPending,
+    })
+}
+
+/// Claims a pending run with no running budget; `None` when it is not pending any more.
+pub async fn start_attempt(conn: &mut PgConnection, run_id: Uuid) -> Result<Option<Attempt>> {
+    Ok(match claim(conn, run_id, None, None).await? {
+        Claim::Started(attempt) => Some(attempt),
+        _ => None,
+    })
+}
+
+/// The result of an emit from outside a flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emitted {
+    /// The same payload had already been emitted: nothing changed.
+    pub duplicate: bool,
+    /// Runs woken by this emit.
+    pub woken: i32,
+}
+
+/// Emits an event into a namespace (first write wins; the same payload again is a no-op)
+/// after checking the payload against the schema of every wait for it, in one transaction that
+/// holds the event's lock, so no wait can slip in between check and emit.
+pub async fn emit(
+    conn: &mut PgConnection,
+    namespace: &str,
+    event: &str,
+    payload: &Value,
+) -> Result<Emitted> {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.engine()?;
+    let waiters = sqlx::query_as!(
+        Waiter,
+        r#"SELECT run_name AS "run_name!", question, schema FROM cairn.event_waiters($1, $2)"#,
+        namespace,
+        event
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .engine()?;
+    check_waiters(&waiters, event, payload)?;
+    let row = sqlx::query!(
+        r#"SELECT duplicate AS "duplicate!", woken AS "woken!" FROM cairn.emit_event($1, $2, $3)"#,
+        namespace,
+        event,
+        payload
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .engine()?;
+    tx.commit().await.engine()?;
+    Ok(Emitted {
+        duplicate: row.duplicate,
+        woken: row.woken,
+    })
+}
+
+/// Settles a run whose process died while it was running. `retry_in_ms` comes from the
+/// lifecycle policy (`None` gives up). Returns the run's phase afterwards (`None`: the run
+/// no longer exists).
+pub async fn record_crash(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    attempt: i32,
+    reason: &str,
+    retry_in_ms: Option<i64>,
+) -> Result<Option<Phase>> {
+    let state = sqlx::query_scalar!(
+        r#"SELECT cairn.record_crash($1, $2, $3, $4) AS "state!""#,
+        run_id,
+        attempt,
+        reason,
+        retry_in_ms
+    )
+    .fetch_one(conn)
+    .await
+    .engine()?;
+    // "missing": the run was deleted meanwhile.
+    (state != "missing").then(|| phase(state)).transpose()
+}
+
+/// Makes due sleeping, retrying and timed-out runs runnable; returns how many.
+pub async fn wake_due(conn: &mut PgConnection) -> Result<i32> {
+    sqlx::query_scalar!(r#"SELECT cairn.wake_due() AS "woken!""#)
+        .fetch_one(conn)
+        .await
+        .engine()
+}
+
+/// Milliseconds until the next timer, by the database clock.
+pub async fn next_wake_ms(conn: &mut PgConnection) -> Result<Option<i64>> {
+    sqlx::query_scalar!("SELECT cairn.next_wake_ms()")
+        .fetch_one(conn)
+        .await
+        .engine()
+}
+
+/// Fails the run if it has outlived `deadline_seconds` (by the database clock), fencing off a
+/// running attempt; returns its state afterwards.
+pub async fn expire_run(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    deadline_seconds: i64,
+) -> Result<Phase> {
+    let state = sqlx::query_scalar!(
+        r#"SELECT cairn.expire_run($1, $2) AS "state!""#,
+        run_id,
+        deadline_seconds
+    )
+    .fetch_one(conn)
+    .await
+    .engine()?;
+    phase(state)
+}
+
+/// Makes a failed run runnable again from its last checkpoint, with a fresh crash budget.
+pub async fn retry_run(conn: &mut PgConnection, run_id: Uuid) -> Result<Phase> {
+    let state = sqlx::query_scalar!(r#"SELECT cairn.retry_run($1) AS "state!""#, run_id)
+        .fetch_one(conn)
+        .await
+        .engine()?;
+    phase(state)
+}
+
+/// Cancels a run (and its unfinished children); returns its state afterwards.
+pub async fn cancel_run(conn: &mut PgConnection, run_id: Uuid) -> Result<Phase> {
+    let state = sqlx::query_scalar!(r#"SELECT cairn.cancel_run($1) AS "state!""#, run_id)
+        .fetch_one(conn)
+        .await
+        .engine()?;
+    phase(state)
+}
+
+/// A state the engine returned, typed. Anything else is a schema this build does not know.
+fn phase(state: String) -> Result<Phase> {
+    state
+        .parse()
+        .map_err(|e: String| EngineError::Database(sqlx::Error::Decode(e.into())))
+}
+
+/// The URL flow processes use: `owner_url` with the database's runner login (created on first
+/// use), which can only call the runner protocol's functions, for its own run.
+pub async fn runner_url(pool: &PgPool, owner_url: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let login = sqlx::query!(
+        r#"SELECT login AS "login!", password AS "password!" FROM cairn.ensure_runner_login()"#
+    )
+    .fetch_one(pool)
+    .await
+    .context(
+        "cannot create the runner's database login (the owner needs CREATEROLE once); \
+         or create a login in role cairn_runner and pass its URL as CAIRN_RUNNER_DATABASE_URL",
+    )?;
+    let redacted = crate::schema::redact(owner_url);
+    let mut url = url::Url::parse(owner_url)
+        .with_context(|| format!("not a valid database URL: {redacted}"))?;
+    url.set_username(&login.login)
+        .and_then(|()| url.set_password(Some(&login.password)))
+        .map_err(|()| anyhow::anyhow!("cannot put a login into {redacted}"))?;
+    Ok(url.to_string())
+}

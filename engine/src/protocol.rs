@@ -1,0 +1,114 @@
+//! The contract between a launcher (the operator, `cairn dev`) and a flow process: what the
+//! process is given (its environment), what it says back (its exit code and termination
+//! message), and the versions each side speaks. Pure: no I/O.
+//!
+//! Versions (see README, "Upgrading"):
+//! - [`RUNNER_PROTOCOL`]: the functions a flow process calls (`cairn_runner_v<N>` in SQL). An
+//!   SDK states it in `cairn_runner.handshake` before anything else. A run keeps its image, and
+//!   so its SDK, for life, so the engine serves the current protocol and the previous one.
+//! - [`LAUNCHER_CONTRACT`]: what launchers rely on in the schema. A migration raises the
+//!   schema's contract only when launchers built before it could no longer work with it.
+
+/// The runner protocol this SDK speaks.
+pub const RUNNER_PROTOCOL: i32 = 1;
+
+/// The launcher contract this build implements: it works with any schema whose contract is
+/// at most this (`cairn.engine_info().launcher_contract`), including schemas migrated by newer
+/// releases, so that rolling an operator back works.
+pub const LAUNCHER_CONTRACT: i32 = 1;
+
+/// The environment a launcher gives a flow process.
+pub mod env {
+    /// Postgres URL the process checkpoints to.
+    pub const DATABASE_URL: &str = "CAIRN_DATABASE_URL";
+    /// The run to execute (UUID).
+    pub const RUN_ID: &str = "CAIRN_RUN_ID";
+    /// The attempt number this process was launched as (what fences it off once superseded).
+    pub const ATTEMPT: &str = "CAIRN_ATTEMPT";
+    /// The attempt's token: every database call carries it; it grants access to this run only.
+    pub const TOKEN: &str = "CAIRN_TOKEN";
+    /// The flow's name, for logs; the database record is authoritative.
+    pub const FLOW: &str = "CAIRN_FLOW";
+    /// Sleeps at most this long stay in-process (default 10000).
+    pub const INLINE_SLEEP_MAX_MS: &str = "CAIRN_INLINE_SLEEP_MAX_MS";
+    /// When set, the binary prints the flows it registers as JSON and exits.
+    pub const DESCRIBE: &str = "CAIRN_DESCRIBE";
+    /// `json` for JSON log lines.
+    pub const LOG_FORMAT: &str = "CAIRN_LOG_FORMAT";
+    /// Where to write the outcome summary (Kubernetes reads /dev/termination-log).
+    pub const TERMINATION_LOG: &str = "CAIRN_TERMINATION_LOG";
+    /// `transaction` behind a pooler in transaction mode (PgBouncer); unset: a direct connection.
+    pub const POOLER: &str = "CAIRN_DATABASE_POOLER";
+}
+
+/// How a flow process ended. The database holds the truth; the exit code is a fast hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The flow returned; its result is stored.
+    Completed,
+    /// The flow failed; its error is stored (this includes an SDK whose runner protocol the
+    /// engine does not serve: the engine failed the run, saying so).
+    Failed,
+    /// The run waits (event, timer, children); relaunch when the wait ends.
+    Suspended,
+    Cancelled,
+    /// A newer attempt owns the run; this one wrote nothing further.
+    Superseded,
+    /// The process could not do its job (bad environment, database unreachable): a crash.
+    Crashed,
+}
+
+impl Exit {
+    /// Parking and cancelling exit 0 like completing: none of them is an error, and Kubernetes
+    /// shows a pod that exited 0 as Completed rather than Error.
+    pub const fn code(self) -> i32 {
+        match self {
+            Exit::Completed | Exit::Suspended | Exit::Cancelled => 0,
+            Exit::Failed => 1,
+            Exit::Crashed => 70,
+            Exit::Superseded => 77,
+        }
+    }
+
+    /// What an exit code means under the runner contract, for messages.
+    pub fn describe_code(code: i32) -> Option<&'static str> {
+        match code {
+            0 => Some("completed, suspended or cancelled"),
+            1 => Some("the flow failed"),
+            70 => Some("crashed: could not do its job"),
+            77 => Some("superseded by a newer attempt"),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Exit::Completed => "completed",
+            Exit::Failed => "failed",
+            Exit::Suspended => "suspended",
+            Exit::Cancelled => "cancelled",
+            Exit::Superseded => "superseded",
+            Exit::Crashed => "crashed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_exit_code_is_described() {
+        for exit in [
+            Exit::Completed,
+            Exit::Failed,
+            Exit::Suspended,
+            Exit::Cancelled,
+            Exit::Superseded,
+            Exit::Crashed,
+        ] {
+            assert!(Exit::describe_code(exit.code()).is_some(), "{exit:?}");
+        }
+        assert_eq!(Exit::describe_code(3), None);
+    }
+}

@@ -1,0 +1,162 @@
+-- Cairn's durable engine: every rule about runs, steps, waits and events lives here, so the
+-- SDKs, `cairn dev` and the operator stay thin. The files of sql/schema/, in the order of
+-- their names, are the current schema, each read top to bottom: roles and tables (this file),
+-- helpers, the rules behind a flow's calls, the runner protocol (what flow processes may
+-- call), the launchers' functions, then the triggers that wake runs and broadcast changes.
+--
+-- They are the readable source. Databases are built by the migrations in sql/migrations/
+-- (0001 is these files as of the baseline; each later migration moves a database from one
+-- version to the next). Change both together: the schema test (tests/schema.rs) builds a
+-- database each way and fails on any difference between their dumps.
+--
+-- Conventions
+-- * Every write made on behalf of a running flow passes (run_id, attempt) and starts with
+--   cairn.fence(), which rejects a superseded attempt (SQLSTATE CN001).
+-- * Times come from the database clock (now()), never from a client.
+-- * A run's `state` changes only here; each change is broadcast with NOTIFY on `cairn_runs`.
+--
+-- Error codes raised (class CN, "Cairn"):
+--   CN001 fenced: the attempt is not the run's current running attempt, or the token is not its
+--   CN002 event conflict: the event exists with a different payload
+--   CN003 run conflict: a run with that name exists with another flow or input
+--   CN004 not found
+--   CN005 invalid request
+--
+-- Compatibility (see README, "Upgrading"): a run's pods keep the image, and so the SDK, they
+-- started with. Flow processes call only the functions of a versioned schema,
+-- `cairn_runner_v<N>` (the runner protocol N), after `cairn_runner.handshake`, whose signature
+-- never changes. The engine serves the current and the previous protocol (cairn.engine_info).
+
+CREATE SCHEMA IF NOT EXISTS cairn;  -- the migrator creates it first, for its own table
+
+-- Flow processes log in as a member of role `cairn_runner`, which may call the runner
+-- protocol's functions and nothing else: no table, no function of schema `cairn`. The
+-- launchers (the operator, `cairn dev`) keep the owner role. Roles are per server, so another
+-- database on the same server may already have created it.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'cairn_runner') THEN
+        CREATE ROLE cairn_runner NOLOGIN;
+    END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;  -- another database on this server created it at the same moment
+END $$;
+
+-- Functions are executable by PUBLIC unless revoked, now and for later migrations.
+ALTER DEFAULT PRIVILEGES IN SCHEMA cairn REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+
+----------------------------------------------------------------------------------------------
+-- Tables
+
+CREATE TABLE cairn.runs (
+    id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    namespace        text NOT NULL,
+    name             text NOT NULL,
+    flow             text NOT NULL,
+    input            jsonb NOT NULL,
+    parent_id        uuid REFERENCES cairn.runs (id) ON DELETE CASCADE,
+    root_id          uuid NOT NULL,
+    state            text NOT NULL DEFAULT 'pending' CHECK (state IN (
+                         'pending', 'running', 'waiting', 'sleeping', 'retrying',
+                         'succeeded', 'failed', 'cancelled')),
+    -- Launch counter: every process started for this run gets the next number (fencing token).
+    attempt          integer NOT NULL DEFAULT 0,
+    -- Crashed launches so far; the retry policy limits these, not suspensions.
+    crashes          integer NOT NULL DEFAULT 0,
+    max_attempts     integer NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+    retry_backoff_ms bigint NOT NULL DEFAULT 1000 CHECK (retry_backoff_ms >= 0),
+    -- When a sleeping, retrying or time-limited waiting run becomes runnable again.
+    wake_at          timestamptz,
+    -- A small description of the current wait, for people and tools (the waits table is the
+    -- truth). One of: {"event", "question"?, "schema"?, "deadline"?}, {"children",
+    -- "unfinished"}, {"sleep", "until"}, {"retry_after"} (cairn-engine's `Wait` parses it).
+    waiting_for      jsonb,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    result           jsonb,
+    error            jsonb,
+    -- SHA-256 of the current attempt's token (cairn.claim); the token itself is never stored.
+    token_hash       bytea,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    finished_at      timestamptz,
+    UNIQUE (namespace, name)
+);
+CREATE INDEX runs_root_idx ON cairn.runs (root_id);
+CREATE INDEX runs_parent_idx ON cairn.runs (parent_id);
+CREATE INDEX runs_wake_idx ON cairn.runs (wake_at) WHERE wake_at IS NOT NULL;
+-- The running budget counts these (cairn.claim).
+CREATE INDEX runs_running_idx ON cairn.runs (namespace) WHERE state = 'running';
+
+-- One row per launched process.
+CREATE TABLE cairn.attempts (
+    run_id     uuid NOT NULL REFERENCES cairn.runs (id) ON DELETE CASCADE,
+    attempt    integer NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    ended_at   timestamptz,
+    outcome    text CHECK (outcome IN ('completed', 'suspended', 'failed', 'crashed', 'cancelled')),
+    detail     text,
+    PRIMARY KEY (run_id, attempt)
+);
+
+-- steps.kind. A domain, not a CHECK on the table: a domain's check is prepared once per
+-- session (type cache), a table's IN list is deserialised again for every INSERT, which was
+-- about a tenth of the per-step cost. Readers see the column as text.
+CREATE DOMAIN cairn.step_kind AS text
+    CONSTRAINT step_kind_check CHECK (VALUE IN ('step', 'wait', 'sleep', 'spawn', 'join', 'emit'));
+
+-- Checkpoints: the result of every completed step, keyed by name plus occurrence (`plan`, `plan#2`).
+-- No foreign key: the insert is the hot path (one per step), a foreign key check would add a
+-- trigger and a row lock on the run to every step, and fence() has just proved the run exists.
+-- runs_delete_steps removes a run's steps with it.
+CREATE TABLE cairn.steps (
+    run_id       uuid NOT NULL,
+    key          text NOT NULL,
+    kind         cairn.step_kind NOT NULL,
+    result       jsonb NOT NULL,
+    attempt      integer NOT NULL,
+    tries        integer NOT NULL DEFAULT 1,
+    started_at   timestamptz NOT NULL,
+    completed_at timestamptz NOT NULL DEFAULT now(),
+    usd          numeric,
+    tokens_in    bigint,
+    tokens_out   bigint,
+    model        text,
+    usage_meta   jsonb,
+    PRIMARY KEY (run_id, key)
+);
+
+-- What a run is blocked on. A row exists from the moment a wait is first reached until it is
+-- checkpointed; its deadline is computed once, so every replay sees the same one.
+CREATE TABLE cairn.waits (
+    run_id     uuid NOT NULL REFERENCES cairn.runs (id) ON DELETE CASCADE,
+    step_key   text NOT NULL,
+    kind       text NOT NULL CHECK (kind IN ('event', 'sleep', 'children')),
+    namespace  text NOT NULL,
+    event_name text,
+    question   text,
+    schema     jsonb,
+    children   uuid[],
+    deadline   timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, step_key)
+);
+CREATE INDEX waits_event_idx ON cairn.waits (namespace, event_name) WHERE kind = 'event';
+CREATE INDEX waits_children_idx ON cairn.waits USING gin (children) WHERE kind = 'children';
+
+-- Named, durable, write-once events.
+CREATE TABLE cairn.events (
+    namespace   text NOT NULL,
+    name        text NOT NULL,
+    payload     jsonb NOT NULL,
+    emitted_at  timestamptz NOT NULL DEFAULT now(),
+    emitted_by  uuid REFERENCES cairn.runs (id) ON DELETE SET NULL,
+    PRIMARY KEY (namespace, name)
+);
+
+-- The login flow processes use: one per database, in role cairn_runner, created by the
+-- launcher (which needs CREATEROLE once) with a random password kept here for it.
+CREATE TABLE cairn.runner_login (
+    login    text PRIMARY KEY,
+    password text NOT NULL
+);
+

@@ -1,0 +1,272 @@
+----------------------------------------------------------------------------------------------
+-- What a flow does: the rules behind each call of the runner protocol (below), on behalf of
+-- (run, attempt). Owner-only; flow processes reach them through cairn_runner_v<N>.
+
+-- Everything a process needs to (re)enter its flow, in one round trip.
+CREATE FUNCTION cairn.load_run(p_run_id uuid, p_attempt integer)
+RETURNS TABLE (namespace text, name text, flow text, input jsonb, steps jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r cairn.runs := cairn.fence(p_run_id, p_attempt);
+BEGIN
+    RETURN QUERY
+    SELECT r.namespace, r.name, r.flow, r.input,
+           coalesce((SELECT jsonb_object_agg(s.key, s.result) FROM cairn.steps s
+                     WHERE s.run_id = p_run_id), '{}'::jsonb);
+END $$;
+
+-- Stores a completed step (its duration measured by the process, its times by the database).
+-- Returns true when cancellation was requested: the run is then cancelled here, at the step
+-- boundary, and the process must stop. (The runner's usual path is the one-INSERT fast path in
+-- cairn_runner_v1.complete_step; this is the general one.)
+CREATE FUNCTION cairn.complete_step(p_run_id uuid, p_attempt integer, p_key text, p_result jsonb,
+                                    p_duration_ms bigint, p_tries integer,
+                                    p_usd double precision, p_tokens_in bigint, p_tokens_out bigint,
+                                    p_model text, p_usage_meta jsonb)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    r cairn.runs := cairn.fence(p_run_id, p_attempt);
+BEGIN
+    INSERT INTO cairn.steps (run_id, key, kind, result, attempt, tries, started_at,
+                             usd, tokens_in, tokens_out, model, usage_meta)
+    VALUES (p_run_id, p_key, 'step', p_result, p_attempt, p_tries,
+            now() - p_duration_ms * interval '1 millisecond',
+            p_usd::numeric, p_tokens_in, p_tokens_out, p_model, p_usage_meta)
+    ON CONFLICT (run_id, key) DO NOTHING;
+    IF r.cancel_requested THEN
+        PERFORM cairn.end_attempt(p_run_id, p_attempt, 'cancelled', NULL);
+        PERFORM cairn.finish(p_run_id, 'cancelled', NULL,
+                             jsonb_build_object('message', 'cancelled at step boundary after "' || p_key || '"'));
+    END IF;
+    RETURN r.cancel_requested;
+END $$;
+
+-- The flow finished: store its result (or error) and end the run.
+CREATE FUNCTION cairn.complete_run(p_run_id uuid, p_attempt integer, p_result jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM cairn.fence(p_run_id, p_attempt);
+    PERFORM cairn.end_attempt(p_run_id, p_attempt, 'completed', NULL);
+    PERFORM cairn.finish(p_run_id, 'succeeded', p_result, NULL);
+END $$;
+
+CREATE FUNCTION cairn.fail_run(p_run_id uuid, p_attempt integer, p_error jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM cairn.fence(p_run_id, p_attempt);
+    PERFORM cairn.end_attempt(p_run_id, p_attempt, 'failed', p_error ->> 'message');
+    PERFORM cairn.finish(p_run_id, 'failed', NULL, p_error);
+END $$;
+
+-- A cancel seen by the process itself (at a wait, sleep or join).
+CREATE FUNCTION cairn.acknowledge_cancel(p_run_id uuid, p_attempt integer)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM cairn.fence(p_run_id, p_attempt);
+    PERFORM cairn.end_attempt(p_run_id, p_attempt, 'cancelled', NULL);
+    PERFORM cairn.finish(p_run_id, 'cancelled', NULL, '{"message": "cancelled"}'::jsonb);
+END $$;
+
+-- Reached by a flow at `wait_for_event`. The outcome is checkpointed, including a timeout, so
+-- replays never diverge. An event counts when it was emitted no later than the deadline.
+CREATE FUNCTION cairn.await_event(p_run_id uuid, p_attempt integer, p_key text, p_event text,
+                                  p_timeout_ms bigint, p_question text, p_schema jsonb)
+RETURNS TABLE (outcome text, payload jsonb, deadline timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r cairn.runs := cairn.fence(p_run_id, p_attempt);
+    w cairn.waits;
+    e cairn.events;
+BEGIN
+    IF r.cancel_requested THEN
+        RETURN QUERY SELECT 'cancelled'::text, NULL::jsonb, NULL::timestamptz;
+        RETURN;
+    END IF;
+    PERFORM cairn.lock_event(r.namespace, p_event);
+    INSERT INTO cairn.waits (run_id, step_key, kind, namespace, event_name, question, schema, deadline)
+    VALUES (p_run_id, p_key, 'event', r.namespace, p_event, p_question, p_schema,
+            now() + p_timeout_ms * interval '1 millisecond')
+    ON CONFLICT (run_id, step_key) DO NOTHING;
+    SELECT * INTO w FROM cairn.waits WHERE run_id = p_run_id AND step_key = p_key;
+    SELECT * INTO e FROM cairn.events WHERE namespace = r.namespace AND name = p_event;
+
+    IF e.name IS NOT NULL AND (w.deadline IS NULL OR e.emitted_at <= w.deadline) THEN
+        PERFORM cairn.checkpoint(p_run_id, p_attempt, p_key, 'wait',
+                                 jsonb_build_object('event', e.payload), w.created_at);
+        DELETE FROM cairn.waits WHERE run_id = p_run_id AND step_key = p_key;
+        RETURN QUERY SELECT 'received'::text, e.payload, w.deadline;
+    ELSIF w.deadline IS NOT NULL AND w.deadline <= now() THEN
+        PERFORM cairn.checkpoint(p_run_id, p_attempt, p_key, 'wait',
+                                 jsonb_build_object('timed_out', true), w.created_at);
+        DELETE FROM cairn.waits WHERE run_id = p_run_id AND step_key = p_key;
+        RETURN QUERY SELECT 'timed_out'::text, NULL::jsonb, w.deadline;
+    ELSE
+        PERFORM cairn.suspend(p_run_id, p_attempt, 'waiting', w.deadline,
+            jsonb_strip_nulls(jsonb_build_object('event', p_event, 'question', p_question,
+                                                 'schema', p_schema, 'deadline', w.deadline)));
+        RETURN QUERY SELECT 'suspended'::text, NULL::jsonb, w.deadline;
+    END IF;
+END $$;
+
+-- Events, emitted by flows (below) and from outside (launchers, FlowEvents).
+
+-- The waits an emitted payload must satisfy. Call it in the emitting transaction, before
+-- emit_event: it takes the event's lock, so no new wait can appear between check and emit.
+CREATE FUNCTION cairn.event_waiters(p_namespace text, p_name text)
+RETURNS TABLE (run_name text, question text, schema jsonb)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM cairn.lock_event(p_namespace, p_name);
+    RETURN QUERY
+    SELECT r.name, w.question, w.schema
+    FROM cairn.waits w JOIN cairn.runs r ON r.id = w.run_id
+    WHERE w.kind = 'event' AND w.namespace = p_namespace AND w.event_name = p_name
+    ORDER BY r.name;
+END $$;
+
+-- Emits an event (first write wins). Emitting the same payload again is a no-op; another
+-- payload is a conflict. Wakes every run waiting for it whose deadline has not passed.
+CREATE FUNCTION cairn.emit_event(p_namespace text, p_name text, p_payload jsonb,
+                                 p_emitted_by uuid DEFAULT NULL)
+RETURNS TABLE (duplicate boolean, woken integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_existing jsonb;
+    v_woken    integer;
+BEGIN
+    PERFORM cairn.lock_event(p_namespace, p_name);
+    INSERT INTO cairn.events (namespace, name, payload, emitted_by)
+    VALUES (p_namespace, p_name, p_payload, p_emitted_by)
+    ON CONFLICT (namespace, name) DO NOTHING;
+    IF NOT FOUND THEN
+        SELECT payload INTO v_existing FROM cairn.events WHERE namespace = p_namespace AND name = p_name;
+        IF v_existing = p_payload THEN
+            RETURN QUERY SELECT true, 0;
+            RETURN;
+        END IF;
+        RAISE EXCEPTION 'event "%" was already emitted in namespace "%" with a different payload',
+            p_name, p_namespace
+            USING ERRCODE = 'CN002',
+                  HINT = 'events are write-once (the first emit wins); use a new event name to send another value';
+    END IF;
+    WITH woken AS (
+        UPDATE cairn.runs r SET state = 'pending', wake_at = NULL, updated_at = now()
+        FROM cairn.waits w
+        WHERE w.run_id = r.id AND w.kind = 'event' AND w.namespace = p_namespace
+          AND w.event_name = p_name AND (w.deadline IS NULL OR w.deadline >= now())
+          AND r.state = 'waiting'
+        RETURNING r.id)
+    SELECT count(*) INTO v_woken FROM woken;
+    RETURN QUERY SELECT false, v_woken;
+END $$;
+
+-- An emit from inside a flow: checkpointed as a step, so a replay does not emit again.
+CREATE FUNCTION cairn.emit_from_run(p_run_id uuid, p_attempt integer, p_key text,
+                                    p_name text, p_payload jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    r cairn.runs := cairn.fence(p_run_id, p_attempt);
+BEGIN
+    PERFORM cairn.emit_event(r.namespace, p_name, p_payload, p_run_id);
+    PERFORM cairn.checkpoint(p_run_id, p_attempt, p_key, 'emit',
+                             jsonb_build_object('event', p_name), NULL);
+END $$;
+
+-- The wake time is fixed the first time the sleep is reached. Returns 'done' (checkpointed),
+-- 'inline' with the remaining time when it is short enough to sleep in-process, or 'suspended'.
+CREATE FUNCTION cairn.sleep(p_run_id uuid, p_attempt integer, p_key text,
+                            p_until timestamptz, p_duration_ms bigint, p_inline_max_ms bigint)
+RETURNS TABLE (outcome text, remaining_ms bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r cairn.runs := cairn.fence(p_run_id, p_attempt);
+    w cairn.waits;
+    v_remaining bigint;
+BEGIN
+    IF r.cancel_requested THEN
+        RETURN QUERY SELECT 'cancelled'::text, 0::bigint;
+        RETURN;
+    END IF;
+    INSERT INTO cairn.waits (run_id, step_key, kind, namespace, deadline)
+    VALUES (p_run_id, p_key, 'sleep', r.namespace,
+            coalesce(p_until, now() + p_duration_ms * interval '1 millisecond'))
+    ON CONFLICT (run_id, step_key) DO NOTHING;
+    SELECT * INTO w FROM cairn.waits WHERE run_id = p_run_id AND step_key = p_key;
+    v_remaining := ceil(extract(epoch FROM (w.deadline - now())) * 1000)::bigint;
+
+    IF v_remaining <= 0 THEN
+        PERFORM cairn.checkpoint(p_run_id, p_attempt, p_key, 'sleep',
+                                 jsonb_build_object('until', w.deadline), w.created_at);
+        DELETE FROM cairn.waits WHERE run_id = p_run_id AND step_key = p_key;
+        RETURN QUERY SELECT 'done'::text, 0::bigint;
+    ELSIF v_remaining <= p_inline_max_ms THEN
+        RETURN QUERY SELECT 'inline'::text, v_remaining;
+    ELSE
+        PERFORM cairn.suspend(p_run_id, p_attempt, 'sleeping', w.deadline,
+                              jsonb_build_object('sleep', p_key, 'until', w.deadline));
+        RETURN QUERY SELECT 'suspended'::text, v_remaining;
+    END IF;
+END $$;
+
+-- Spawning is a checkpointed step: the child is created once, by name, whatever the replays.
+CREATE FUNCTION cairn.spawn_child(p_run_id uuid, p_attempt integer, p_key text, p_child_name text,
+                                  p_flow text, p_input jsonb)
+RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    r       cairn.runs := cairn.fence(p_run_id, p_attempt);
+    v_child uuid;
+BEGIN
+    SELECT c.run_id INTO v_child
+    FROM cairn.create_run(r.namespace, p_child_name, p_flow, p_input,
+                          r.max_attempts, r.retry_backoff_ms, p_run_id) c;
+    PERFORM cairn.checkpoint(p_run_id, p_attempt, p_key, 'spawn',
+                             jsonb_build_object('run_id', v_child, 'name', p_child_name), NULL);
+    RETURN v_child;
+END $$;
+
+CREATE FUNCTION cairn.children_outcomes(p_children uuid[]) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(jsonb_agg(jsonb_build_object('run_id', c.id, 'name', c.name, 'state', c.state,
+                                                 'result', c.result, 'error', c.error)
+                              ORDER BY k.ord), '[]'::jsonb)
+    FROM unnest(p_children) WITH ORDINALITY AS k(id, ord)
+    JOIN cairn.runs c ON c.id = k.id
+$$;
+
+-- Returns 'done' with the children's outcomes (checkpointed) when all are finished, else
+-- suspends the run until the last one finishes (see on_run_finished).
+CREATE FUNCTION cairn.join_children(p_run_id uuid, p_attempt integer, p_key text, p_children uuid[])
+RETURNS TABLE (outcome text, results jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r cairn.runs := cairn.fence(p_run_id, p_attempt);
+    v_unfinished integer;
+    v_results jsonb;
+BEGIN
+    IF r.cancel_requested THEN
+        RETURN QUERY SELECT 'cancelled'::text, NULL::jsonb;
+        RETURN;
+    END IF;
+    -- Lock our row before counting: a child finishing concurrently (on_run_finished locks it
+    -- too) then either is counted as finished here or sees our wait and wakes us.
+    PERFORM 1 FROM cairn.runs WHERE id = p_run_id FOR UPDATE;
+    SELECT count(*) INTO v_unfinished FROM cairn.runs
+    WHERE id = ANY (p_children) AND NOT cairn.is_terminal(state);
+    IF v_unfinished = 0 THEN
+        v_results := cairn.children_outcomes(p_children);
+        PERFORM cairn.checkpoint(p_run_id, p_attempt, p_key, 'join', v_results,
+            (SELECT created_at FROM cairn.waits WHERE run_id = p_run_id AND step_key = p_key));
+        DELETE FROM cairn.waits WHERE run_id = p_run_id AND step_key = p_key;
+        RETURN QUERY SELECT 'done'::text, v_results;
+    ELSE
+        INSERT INTO cairn.waits (run_id, step_key, kind, namespace, children)
+        VALUES (p_run_id, p_key, 'children', r.namespace, p_children)
+        ON CONFLICT (run_id, step_key) DO NOTHING;
+        PERFORM cairn.suspend(p_run_id, p_attempt, 'waiting', NULL,
+            jsonb_build_object('children', cardinality(p_children), 'unfinished', v_unfinished));
+        RETURN QUERY SELECT 'suspended'::text, NULL::jsonb;
+    END IF;
+END $$;
+

@@ -1,0 +1,274 @@
+----------------------------------------------------------------------------------------------
+-- The launchers' functions (the operator, `cairn dev`, the CLI), as the owner role.
+
+-- Idempotent by (namespace, name): the same request returns the existing run; a different
+-- flow or input under the same name is a conflict.
+CREATE FUNCTION cairn.create_run(p_namespace text, p_name text, p_flow text, p_input jsonb,
+                                 p_max_attempts integer, p_retry_backoff_ms bigint,
+                                 p_parent_id uuid DEFAULT NULL)
+RETURNS TABLE (run_id uuid, created boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id   uuid := gen_random_uuid();
+    v_root uuid;
+    r      cairn.runs;
+BEGIN
+    IF p_parent_id IS NOT NULL THEN
+        SELECT root_id INTO v_root FROM cairn.runs WHERE id = p_parent_id;
+    END IF;
+    INSERT INTO cairn.runs (id, namespace, name, flow, input, parent_id, root_id,
+                            max_attempts, retry_backoff_ms)
+    VALUES (v_id, p_namespace, p_name, p_flow, p_input, p_parent_id, coalesce(v_root, v_id),
+            p_max_attempts, p_retry_backoff_ms)
+    ON CONFLICT (namespace, name) DO NOTHING;
+    IF FOUND THEN
+        RETURN QUERY SELECT v_id, true;
+        RETURN;
+    END IF;
+    SELECT * INTO r FROM cairn.runs WHERE namespace = p_namespace AND name = p_name;
+    IF r.flow <> p_flow OR r.input <> p_input THEN
+        RAISE EXCEPTION 'run "%" already exists in namespace "%" with a different %',
+            p_name, p_namespace, CASE WHEN r.flow <> p_flow THEN 'flow ("' || r.flow || '")' ELSE 'input' END
+            USING ERRCODE = 'CN003', HINT = 'choose another run name, or repeat the original request';
+    END IF;
+    RETURN QUERY SELECT r.id, false;
+END $$;
+
+-- Claims a pending run for a new process: returns the new attempt number, or nothing when the
+-- run is not pending (someone else launched it, or it was cancelled meanwhile).
+CREATE FUNCTION cairn.start_attempt(p_run_id uuid) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_attempt integer;
+BEGIN
+    PERFORM pg_advisory_xact_lock(cairn.attempt_lock_key(p_run_id));
+    UPDATE cairn.runs
+    SET state = 'running', attempt = attempt + 1, wake_at = NULL, waiting_for = NULL,
+        updated_at = now()
+    WHERE id = p_run_id AND state = 'pending'
+    RETURNING attempt INTO v_attempt;
+    IF v_attempt IS NOT NULL THEN
+        INSERT INTO cairn.attempts (run_id, attempt) VALUES (p_run_id, v_attempt);
+    END IF;
+    RETURN v_attempt;
+END $$;
+
+-- Claims the next attempt of a pending run, like start_attempt, if fewer than `p_max_running`
+-- runs are running in all and fewer than `p_max_in_namespace` in the run's namespace (NULL: no
+-- cap). Returns the attempt, or NULL and why the run must wait for a slot.
+CREATE FUNCTION cairn.start_attempt_within(p_run_id uuid, p_max_running integer,
+                                           p_max_in_namespace integer)
+RETURNS TABLE (attempt integer, refused text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_namespace text;
+    v_state     text;
+    v_running   bigint;
+BEGIN
+    -- One claim at a time, so two launchers never both take the last slot.
+    PERFORM pg_advisory_xact_lock(hashtextextended('cairn.running_budget', 0));
+    SELECT namespace, state INTO v_namespace, v_state FROM cairn.runs WHERE id = p_run_id;
+    IF v_state IS DISTINCT FROM 'pending' THEN
+        RETURN QUERY SELECT NULL::integer, NULL::text;   -- claimed by someone else, or over
+        RETURN;
+    END IF;
+    IF p_max_running IS NOT NULL THEN
+        SELECT count(*) INTO v_running FROM cairn.runs WHERE state = 'running';
+        IF v_running >= p_max_running THEN
+            RETURN QUERY SELECT NULL::integer, format(
+                'waiting for a slot: %s of %s flow pods are running', v_running, p_max_running);
+            RETURN;
+        END IF;
+    END IF;
+    IF p_max_in_namespace IS NOT NULL THEN
+        SELECT count(*) INTO v_running FROM cairn.runs
+        WHERE state = 'running' AND namespace = v_namespace;
+        IF v_running >= p_max_in_namespace THEN
+            RETURN QUERY SELECT NULL::integer, format(
+                'waiting for a slot: %s of %s flow pods are running in namespace "%s"',
+                v_running, p_max_in_namespace, v_namespace);
+            RETURN;
+        END IF;
+    END IF;
+    RETURN QUERY SELECT cairn.start_attempt(p_run_id), NULL::text;
+END $$;
+
+-- Claims the next attempt of a pending run within the running budget (see
+-- start_attempt_within) and issues the attempt's token, returned once and stored hashed.
+CREATE FUNCTION cairn.claim(p_run_id uuid, p_max_running integer, p_max_in_namespace integer)
+RETURNS TABLE (attempt integer, token text, refused text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_attempt integer;
+    v_refused text;
+    v_token   text;
+BEGIN
+    SELECT s.attempt, s.refused INTO v_attempt, v_refused
+    FROM cairn.start_attempt_within(p_run_id, p_max_running, p_max_in_namespace) s;
+    IF v_attempt IS NOT NULL THEN
+        -- 244 random bits (gen_random_uuid draws from the strong random source).
+        v_token := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
+        UPDATE cairn.runs SET token_hash = cairn.hash_token(v_token) WHERE id = p_run_id;
+    END IF;
+    RETURN QUERY SELECT v_attempt, v_token, v_refused;
+END $$;
+
+-- A launched process died while its run was still running (crash, kill, OOM, lost pod).
+-- The supervisor's lifecycle policy passes the retry delay, or NULL to give up.
+CREATE FUNCTION cairn.record_crash(p_run_id uuid, p_attempt integer, p_reason text,
+                                   p_retry_delay_ms bigint)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    r cairn.runs;
+BEGIN
+    PERFORM pg_advisory_xact_lock(cairn.attempt_lock_key(p_run_id));
+    SELECT * INTO r FROM cairn.runs WHERE id = p_run_id FOR UPDATE;
+    IF NOT FOUND OR r.attempt <> p_attempt OR r.state <> 'running' THEN
+        RETURN coalesce(r.state, 'missing');   -- already settled by someone else
+    END IF;
+    PERFORM cairn.end_attempt(p_run_id, p_attempt, 'crashed', p_reason);
+    UPDATE cairn.runs SET crashes = crashes + 1 WHERE id = p_run_id;
+    IF r.cancel_requested THEN
+        PERFORM cairn.finish(p_run_id, 'cancelled', NULL, '{"message": "cancelled"}'::jsonb);
+    ELSIF p_retry_delay_ms IS NOT NULL THEN
+        UPDATE cairn.runs
+        SET state = 'retrying', wake_at = now() + p_retry_delay_ms * interval '1 millisecond',
+            waiting_for = jsonb_build_object('retry_after', p_reason), updated_at = now()
+        WHERE id = p_run_id;
+    ELSE
+        PERFORM cairn.finish(p_run_id, 'failed', NULL, jsonb_build_object(
+            'message', format('gave up after %s crashed attempts; last: %s', r.crashes + 1, p_reason),
+            'kind', 'crashed'));
+    END IF;
+    RETURN (SELECT state FROM cairn.runs WHERE id = p_run_id);
+END $$;
+
+-- Makes every sleeping, retrying or timed-out waiting run whose time has come runnable.
+CREATE FUNCTION cairn.wake_due() RETURNS integer
+LANGUAGE sql AS $$
+    WITH woken AS (
+        UPDATE cairn.runs SET state = 'pending', wake_at = NULL, updated_at = now()
+        WHERE wake_at <= now() AND state IN ('sleeping', 'retrying', 'waiting')
+        RETURNING id)
+    SELECT count(*)::integer FROM woken
+$$;
+
+-- Milliseconds until the next wake-up among unfinished runs (NULL when none), by the database clock.
+CREATE FUNCTION cairn.next_wake_ms() RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT greatest(0, ceil(extract(epoch FROM (min(wake_at) - now())) * 1000))::bigint
+    FROM cairn.runs WHERE wake_at IS NOT NULL AND state IN ('sleeping', 'retrying', 'waiting')
+$$;
+
+-- Cancels a run and its unfinished descendants. Parked runs end at once (their waits and timers
+-- are cleared); a running one is flagged and stops at its next step boundary.
+CREATE FUNCTION cairn.cancel_run(p_run_id uuid) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    r cairn.runs;
+    v_child uuid;
+BEGIN
+    -- Children first: every path locks a child before its parent, so none can deadlock.
+    FOR v_child IN SELECT id FROM cairn.runs WHERE parent_id = p_run_id AND NOT cairn.is_terminal(state) LOOP
+        PERFORM cairn.cancel_run(v_child);
+    END LOOP;
+    SELECT * INTO r FROM cairn.runs WHERE id = p_run_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'run % does not exist', p_run_id USING ERRCODE = 'CN004';
+    END IF;
+    IF cairn.is_terminal(r.state) THEN
+        RETURN r.state;
+    END IF;
+    IF r.state = 'running' THEN
+        UPDATE cairn.runs SET cancel_requested = true, updated_at = now() WHERE id = p_run_id;
+    ELSE
+        UPDATE cairn.runs SET cancel_requested = true WHERE id = p_run_id;
+        PERFORM cairn.finish(p_run_id, 'cancelled', NULL, '{"message": "cancelled"}'::jsonb);
+    END IF;
+    RETURN (SELECT state FROM cairn.runs WHERE id = p_run_id);
+END $$;
+
+-- Fails a run that has outlived its deadline (`p_deadline_seconds` after it was created, by the
+-- database clock), whatever it is doing: a parked run ends at once; a running attempt is fenced
+-- off (its next write is refused, so it pays for nothing more) and its launcher stops it.
+-- Unfinished children are cancelled. Returns the run's state afterwards; a run still inside its
+-- deadline is left alone.
+CREATE FUNCTION cairn.expire_run(p_run_id uuid, p_deadline_seconds bigint) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    r       cairn.runs;
+    v_child uuid;
+BEGIN
+    -- Exclusive, like start_attempt: no write of the running attempt is half done meanwhile.
+    PERFORM pg_advisory_xact_lock(cairn.attempt_lock_key(p_run_id));
+    SELECT * INTO r FROM cairn.runs WHERE id = p_run_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'run % does not exist', p_run_id USING ERRCODE = 'CN004';
+    END IF;
+    IF cairn.is_terminal(r.state) OR r.created_at + p_deadline_seconds * interval '1 second' > now() THEN
+        RETURN r.state;
+    END IF;
+    -- Children first, then the run: the same row-lock order as cancel_run.
+    FOR v_child IN SELECT id FROM cairn.runs WHERE parent_id = p_run_id AND NOT cairn.is_terminal(state) LOOP
+        PERFORM cairn.cancel_run(v_child);
+    END LOOP;
+    PERFORM 1 FROM cairn.runs WHERE id = p_run_id FOR UPDATE;
+    IF r.state = 'running' THEN
+        PERFORM cairn.end_attempt(p_run_id, r.attempt, 'failed', 'deadline exceeded');
+    END IF;
+    PERFORM cairn.finish(p_run_id, 'failed', NULL, jsonb_build_object(
+        'message', format('deadline exceeded: the run did not finish within %s seconds', p_deadline_seconds),
+        'kind', 'deadline'));
+    RETURN 'failed';
+END $$;
+
+-- Retries a failed run from its last checkpoint: completed steps stay, the step that failed runs
+-- again in a new attempt with a fresh crash budget. Only failed runs can be retried (CN005).
+CREATE FUNCTION cairn.retry_run(p_run_id uuid) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    r cairn.runs;
+BEGIN
+    PERFORM pg_advisory_xact_lock(cairn.attempt_lock_key(p_run_id));
+    SELECT * INTO r FROM cairn.runs WHERE id = p_run_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'run % does not exist', p_run_id USING ERRCODE = 'CN004';
+    END IF;
+    IF r.state <> 'failed' THEN
+        RAISE EXCEPTION 'run "%" is %; only a failed run can be retried', r.name, r.state
+            USING ERRCODE = 'CN005',
+                  HINT = 'cancel a running run instead, or create a new run';
+    END IF;
+    UPDATE cairn.runs
+    SET state = 'pending', crashes = 0, result = NULL, error = NULL, finished_at = NULL,
+        cancel_requested = false, updated_at = now()
+    WHERE id = p_run_id;
+    RETURN 'pending';
+END $$;
+
+-- Returns (login, password) of the runner login, creating it on first use.
+CREATE FUNCTION cairn.ensure_runner_login() RETURNS TABLE (login text, password text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_login    text := left(current_database(), 40) || '_runner_login';
+    v_password text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('cairn.runner_login', 0));
+    SELECT l.password INTO v_password FROM cairn.runner_login l WHERE l.login = v_login;
+    IF v_password IS NULL
+       OR NOT EXISTS (SELECT FROM pg_roles WHERE rolname = v_login) THEN
+        v_password := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
+        IF EXISTS (SELECT FROM pg_roles WHERE rolname = v_login) THEN
+            EXECUTE format('ALTER ROLE %I LOGIN PASSWORD %L', v_login, v_password);
+            EXECUTE format('GRANT cairn_runner TO %I', v_login);
+        ELSE
+            EXECUTE format('CREATE ROLE %I LOGIN PASSWORD %L IN ROLE cairn_runner',
+                           v_login, v_password);
+        END IF;
+        INSERT INTO cairn.runner_login VALUES (v_login, v_password)
+        ON CONFLICT ON CONSTRAINT runner_login_pkey DO UPDATE SET password = EXCLUDED.password;
+    END IF;
+    RETURN QUERY SELECT v_login, v_password;
+END $$;
+
