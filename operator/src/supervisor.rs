@@ -182,7 +182,7 @@ impl Supervisor<'_> {
 
     async fn step(&mut self, runs: &[RunRecord]) -> anyhow::Result<()> {
         for run in runs {
-            match decide(&RunView::of(&run), &self.process(run.id)) {
+            match decide(&RunView::of(run), &self.process(run.id)) {
                 Next::Idle => {}
                 Next::Launch => {
                     if self.alive.len() < self.launcher.max_parallel {

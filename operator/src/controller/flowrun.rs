@@ -618,7 +618,7 @@ impl Launch<'_> {
             // rather than as "the process is gone" on the next look.
             Err(e) => {
                 let reason = format!("could not launch the pod: {e}");
-                let retry = crate::lifecycle::retry_delay(&RunView::of(&record))
+                let retry = crate::lifecycle::retry_delay(&RunView::of(record))
                     .map(|d| d.as_millis() as i64);
                 engine::record_crash(&mut conn, record.id, attempt, &reason, retry).await?;
                 ctx.forget_prepared(&namespace);
