@@ -8,6 +8,7 @@ mod children;
 mod flowevent;
 pub mod flowrun;
 pub mod pod;
+mod startup;
 mod telemetry;
 
 use std::collections::{HashMap, VecDeque};
@@ -268,7 +269,6 @@ impl Context {
 /// one holding the Lease acts, so two replicas (a rollout, a stray process) never both launch pods.
 pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
-    let pool = cairn_engine::schema::connect_with(database_url, 16, config.migrations).await?;
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -276,6 +276,11 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
             instance: std::env::var("HOSTNAME").ok(),
         },
     );
+    let Some(pool) =
+        startup::open_engine(database_url, &config, &recorder, shutdown_signal()).await?
+    else {
+        return Ok(());
+    };
     // Flow pods get the runner login (it can only call the runner's functions), never ours.
     let runner_database_url = match &config.runner_database_url {
         Some(url) => url.clone(),
