@@ -2,6 +2,7 @@
 //! claiming, waking and steering runs, and emitting events from outside a flow. Each is one
 //! round trip to a function of `sql/schema/40_launchers.sql`. Run states come back typed.
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -236,4 +237,49 @@ pub async fn runner_url(pool: &PgPool, owner_url: &str) -> anyhow::Result<String
         .and_then(|()| url.set_password(Some(&login.password)))
         .map_err(|()| anyhow::anyhow!("cannot put a login into {redacted}"))?;
     Ok(url.to_string())
+}
+
+/// What [`gc`] deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Collected {
+    pub runs: i32,
+    pub events: i32,
+}
+
+/// Retention: deletes runs finished before `runs_before` (with everything they own) and
+/// events emitted before `events_before` that no run waits for; `None` keeps that kind, and
+/// `namespace` limits it to one namespace. Runs mirrored by FlowRuns go with their FlowRun
+/// instead (the operator passes `None` for runs).
+pub async fn gc(
+    conn: &mut PgConnection,
+    runs_before: Option<DateTime<Utc>>,
+    events_before: Option<DateTime<Utc>>,
+    namespace: Option<&str>,
+) -> Result<Collected> {
+    let row = sqlx::query!(
+        r#"SELECT runs AS "runs!", events AS "events!" FROM cairn.gc($1, $2, $3)"#,
+        runs_before,
+        events_before,
+        namespace
+    )
+    .fetch_one(conn)
+    .await
+    .engine()?;
+    Ok(Collected {
+        runs: row.runs,
+        events: row.events,
+    })
+}
+
+/// Deletes an event (its FlowEvent is gone); a later wait for the name waits for a new emit.
+/// Returns whether it existed.
+pub async fn delete_event(conn: &mut PgConnection, namespace: &str, name: &str) -> Result<bool> {
+    sqlx::query_scalar!(
+        r#"SELECT cairn.delete_event($1, $2) AS "deleted!""#,
+        namespace,
+        name
+    )
+    .fetch_one(conn)
+    .await
+    .engine()
 }

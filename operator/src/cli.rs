@@ -285,6 +285,18 @@ enum DevCommand {
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Delete runs that finished, and events emitted, longer ago than --older-than.
+    ///
+    /// A run goes with everything it owns (children, steps, attempts). An event some run
+    /// still waits for is kept.
+    Gc {
+        /// Age beyond which finished runs and events are deleted (e.g. 7d, 12h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Duration,
+        /// Only in this namespace (default: every namespace).
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+    },
     /// Print the private Postgres URL (starting and migrating it if needed).
     DbUrl,
     /// Stop the private Postgres.
@@ -482,6 +494,33 @@ async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
             let url = LocalPostgres::new(LocalPostgres::default_root(), 5432)?.ensure_running()?;
             schema::connect(&url).await?; // applies migrations
             println!("{url}");
+            Ok(ExitCode::SUCCESS)
+        }
+        DevCommand::Gc {
+            older_than,
+            namespace,
+        } => {
+            let before = chrono::Utc::now()
+                - chrono::Duration::from_std(older_than).map_err(|_| {
+                    anyhow!(
+                        "--older-than {} is too long",
+                        humantime::format_duration(older_than)
+                    )
+                })?;
+            let pool = open().await?;
+            let collected = engine::gc(
+                &mut *pool.acquire().await?,
+                Some(before),
+                Some(before),
+                namespace.as_deref(),
+            )
+            .await?;
+            println!(
+                "deleted {} finished run(s) and {} event(s) older than {}",
+                collected.runs,
+                collected.events,
+                humantime::format_duration(older_than)
+            );
             Ok(ExitCode::SUCCESS)
         }
         DevCommand::DbStop => {

@@ -42,8 +42,9 @@ EXCEPTION WHEN duplicate_object OR unique_violation THEN
     NULL;  -- another database on this server created it at the same moment
 END $$;
 
--- Functions are executable by PUBLIC unless revoked, now and for later migrations.
-ALTER DEFAULT PRIVILEGES IN SCHEMA cairn REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+-- Functions are executable by PUBLIC unless revoked, and a per-schema ALTER DEFAULT PRIVILEGES
+-- cannot revoke that: the last section revokes it from every function, and every migration
+-- that adds functions does the same at its end.
 
 ----------------------------------------------------------------------------------------------
 -- Tables
@@ -86,6 +87,9 @@ CREATE INDEX runs_parent_idx ON cairn.runs (parent_id);
 CREATE INDEX runs_wake_idx ON cairn.runs (wake_at) WHERE wake_at IS NOT NULL;
 -- The running budget counts these (cairn.claim).
 CREATE INDEX runs_running_idx ON cairn.runs (namespace) WHERE state = 'running';
+-- Retention deletes finished runs by age (cairn.gc).
+CREATE INDEX runs_finished_idx ON cairn.runs (finished_at)
+    WHERE parent_id IS NULL AND finished_at IS NOT NULL;
 
 -- One row per launched process.
 CREATE TABLE cairn.attempts (
@@ -152,6 +156,7 @@ CREATE TABLE cairn.events (
     emitted_by  uuid REFERENCES cairn.runs (id) ON DELETE SET NULL,
     PRIMARY KEY (namespace, name)
 );
+CREATE INDEX events_emitted_idx ON cairn.events (emitted_at);
 
 -- The login flow processes use: one per database, in role cairn_runner, created by the
 -- launcher (which needs CREATEROLE once) with a random password kept here for it.

@@ -247,6 +247,50 @@ BEGIN
     RETURN 'pending';
 END $$;
 
+-- Retention. Deletes runs (with their children, steps, attempts and waits) that finished
+-- before p_runs_before, and events emitted before p_events_before that no wait is waiting for;
+-- NULL keeps that kind. Runs that a FlowRun mirrors go with their FlowRun (its TTL), not here:
+-- the operator passes NULL for runs. Returns how many of each were deleted.
+CREATE FUNCTION cairn.gc(p_runs_before timestamptz, p_events_before timestamptz,
+                         p_namespace text DEFAULT NULL)
+RETURNS TABLE (runs integer, events integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_runs   integer := 0;
+    v_events integer := 0;
+BEGIN
+    IF p_runs_before IS NOT NULL THEN
+        WITH gone AS (
+            DELETE FROM cairn.runs r
+            WHERE r.parent_id IS NULL AND r.finished_at < p_runs_before
+              AND (p_namespace IS NULL OR r.namespace = p_namespace)
+            RETURNING 1)
+        SELECT count(*) INTO v_runs FROM gone;
+    END IF;
+    IF p_events_before IS NOT NULL THEN
+        WITH gone AS (
+            DELETE FROM cairn.events e
+            WHERE e.emitted_at < p_events_before
+              AND (p_namespace IS NULL OR e.namespace = p_namespace)
+              AND NOT EXISTS (SELECT 1 FROM cairn.waits w
+                              WHERE w.kind = 'event' AND w.namespace = e.namespace
+                                AND w.event_name = e.name)
+            RETURNING 1)
+        SELECT count(*) INTO v_events FROM gone;
+    END IF;
+    RETURN QUERY SELECT v_runs, v_events;
+END $$;
+
+-- Deletes an event (its FlowEvent was deleted): a later wait for that name waits for a new
+-- emit. Returns whether there was one.
+CREATE FUNCTION cairn.delete_event(p_namespace text, p_name text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM cairn.lock_event(p_namespace, p_name);
+    DELETE FROM cairn.events WHERE namespace = p_namespace AND name = p_name;
+    RETURN FOUND;
+END $$;
+
 -- Returns (login, password) of the runner login, creating it on first use.
 CREATE FUNCTION cairn.ensure_runner_login() RETURNS TABLE (login text, password text)
 LANGUAGE plpgsql AS $$
