@@ -102,7 +102,9 @@ pub struct FlowRunSpec {
     /// Fail the run if it has not finished this many seconds after it was created.
     #[schemars(range(min = 1))]
     pub deadline_seconds: Option<i64>,
-    /// Delete the FlowRun (and its database rows) this long after it finished.
+    /// Delete the FlowRun (and its database rows) this long after it finished; 0 keeps it.
+    /// Overrides the Flow's, which overrides the operator's default (the chart's
+    /// `flowRuns.ttlSecondsAfterFinished`).
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i32>,
     /// Set to true to cancel the run: a parked run ends at once, a running one at its next
@@ -200,6 +202,9 @@ pub struct FlowSpec {
     /// Kubernetes API rights).
     pub service_account_name: Option<String>,
     pub retry: Option<RetryPolicy>,
+    /// Default for its FlowRuns: delete a FlowRun this long after it finished; 0 keeps it.
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i32>,
 }
 
 /// Delivers a named event to the runs waiting for it.

@@ -173,6 +173,46 @@ else
     fail "$name" "status: $(kget fr to-cancel -o jsonpath='{.status}')"
 fi
 
+# --- retention: tokens, events and finished runs do not pile up ---------------------------------
+# until SECONDS COMMAND...: true once COMMAND prints 0 (polled every half second).
+until_zero() {
+    local deadline=$((SECONDS + $1)) out
+    shift
+    while true; do
+        out=$("$@" 2>/dev/null || true)
+        [[ "$out" == 0 ]] && return 0
+        ((SECONDS < deadline)) || { echo "$out"; return 1; }
+        sleep 0.5
+    done
+}
+engine_count() { psql "$CAIRN_CLUSTER_PG_URL" -XtAc "$1"; }
+tokens_of() { kget secrets -l "cairn.dev/run=$1" -o name | wc -l; }
+
+name="every attempt's token Secret is deleted once the attempt ended"
+demo_id=$(kget fr research-demo -o jsonpath='{.status.runId}')
+if left=$(until_zero 30 tokens_of "$demo_id"); then
+    pass "$name"
+else
+    fail "$name" "$left token Secrets of run $demo_id left: $(kget secrets -l "cairn.dev/run=$demo_id" -o name)"
+fi
+
+name="deleting a delivered FlowEvent deletes its event from the database"
+kubectl -n "$NS" delete flowevent approve-research-demo --timeout=60s >/dev/null
+if left=$(until_zero 30 engine_count "SELECT count(*) FROM cairn.events WHERE namespace = '$NS' AND name = 'approve-research-demo'"); then
+    pass "$name"
+else
+    fail "$name" "$left event rows left"
+fi
+
+name="a finished FlowRun is deleted, with its rows, once its ttlSecondsAfterFinished has passed"
+kubectl -n "$NS" patch fr to-cancel --type merge -p '{"spec":{"ttlSecondsAfterFinished":1}}' >/dev/null
+if kubectl -n "$NS" wait fr/to-cancel --for=delete --timeout=60s >/dev/null 2>&1 &&
+    left=$(until_zero 30 engine_count "SELECT count(*) FROM cairn.runs WHERE namespace = '$NS' AND name = 'to-cancel'"); then
+    pass "$name"
+else
+    fail "$name" "FlowRun: $(kget fr to-cancel -o jsonpath='{.status.phase}'); rows: $left"
+fi
+
 # --- deleting a run deletes its rows -----------------------------------------------------------
 name="deleting a FlowRun deletes its runs, children included, from the database"
 kubectl -n "$NS" delete fr research-demo --timeout=60s >/dev/null

@@ -1,5 +1,7 @@
 //! FlowEvents deliver engine events. Creating one is the approval: Kubernetes RBAC decides who
-//! may create them. Delivery is idempotent (the engine's events are write-once).
+//! may create them. Delivery is idempotent (the engine's events are write-once). Deleting a
+//! delivered FlowEvent deletes its event, so a later wait for that name (a run created again
+//! under a reused name) is not answered by it.
 
 use std::sync::Arc;
 
@@ -11,6 +13,42 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::{Context, Error, FIELD_MANAGER};
+
+/// A FlowEvent was deleted: if it delivered its event and no other FlowEvent of the namespace
+/// names the same event, the event goes too. `remaining` is the watch cache, without it.
+pub async fn forget(
+    gone: &FlowEvent,
+    remaining: &kube::runtime::reflector::Store<FlowEvent>,
+    ctx: &Context,
+) {
+    let delivered = gone.status.as_ref().and_then(|s| s.delivered) == Some(true);
+    let namespace = gone.namespace().unwrap_or_default();
+    let still_named = remaining.state().iter().any(|other| {
+        other.namespace().as_deref() == Some(namespace.as_str())
+            && other.spec.event == gone.spec.event
+    });
+    if !delivered || still_named {
+        return;
+    }
+    let deleted = async {
+        engine::delete_event(
+            &mut *ctx.pool.acquire().await?,
+            &namespace,
+            &gone.spec.event,
+        )
+        .await
+        .map_err(Error::from)
+    }
+    .await;
+    match deleted {
+        Ok(_) => {
+            tracing::info!(%namespace, event = %gone.spec.event, "FlowEvent deleted: its event is gone too")
+        }
+        Err(e) => {
+            tracing::warn!(%namespace, event = %gone.spec.event, error = %e, "cannot delete the event of a deleted FlowEvent; retention removes it later")
+        }
+    }
+}
 
 pub async fn reconcile(event: Arc<FlowEvent>, ctx: Arc<Context>) -> Result<Action, Error> {
     if event.status.as_ref().and_then(|s| s.delivered).is_some() {

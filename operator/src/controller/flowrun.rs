@@ -39,6 +39,9 @@ pub struct Resolved {
     pub service_account: Option<String>,
     pub max_attempts: i32,
     pub retry_backoff: Duration,
+    /// How long the FlowRun stays after it finished, if the FlowRun or its Flow says
+    /// (`Some(0)`: for ever); `None` leaves it to the operator's default.
+    pub ttl_after_finished: Option<Duration>,
 }
 
 /// Why a FlowRun cannot run as written; the message says what to fix.
@@ -113,6 +116,10 @@ pub fn resolve(
         service_account: template.and_then(|t| t.service_account_name.clone()),
         max_attempts: retry.max_attempts.unwrap_or(3).max(1),
         retry_backoff: Duration::from_secs(retry.backoff_seconds.unwrap_or(10).max(0) as u64),
+        ttl_after_finished: spec
+            .ttl_seconds_after_finished
+            .or(template.and_then(|t| t.ttl_seconds_after_finished))
+            .map(|seconds| Duration::from_secs(seconds.max(0) as u64)),
     })
 }
 
@@ -457,13 +464,18 @@ async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
         waiting_for_slot.as_deref(),
     );
     patch_status(ctx, run, &status).await?;
+    super::history::tidy(ctx, run, &record, &pods).await;
 
     // Look again at the next thing due here (timers are the engine's: see `wake_timers`).
     let now = chrono::Utc::now();
     let next = if record.phase.is_terminal() {
-        match (run.spec.ttl_seconds_after_finished, record.finished_at) {
+        let ttl = resolved
+            .ttl_after_finished
+            .or(ctx.config.default_ttl_after_finished())
+            .filter(|ttl| !ttl.is_zero());
+        match (ttl, record.finished_at) {
             (Some(ttl), Some(finished)) => {
-                let expires = finished + chrono::Duration::seconds(ttl as i64);
+                let expires = finished + chrono::Duration::from_std(ttl).unwrap_or_default();
                 if expires <= now {
                     Api::<FlowRun>::namespaced(client.clone(), &namespace)
                         .delete(&name, &Default::default())
@@ -904,6 +916,33 @@ mod tests {
             (5, Duration::from_secs(2))
         );
         assert_eq!(resolved.profile, None);
+    }
+
+    #[test]
+    fn the_time_to_live_comes_from_the_run_else_from_its_flow() {
+        let mut template = flow(None);
+        template.spec.ttl_seconds_after_finished = Some(600);
+        let ttl = |spec: &FlowRunSpec, flow: &Flow| {
+            resolve(spec, "ns", Some(flow), None)
+                .unwrap()
+                .ttl_after_finished
+        };
+        assert_eq!(
+            ttl(&by_ref(None), &template),
+            Some(Duration::from_secs(600))
+        );
+        let mut keep = by_ref(None);
+        keep.ttl_seconds_after_finished = Some(0);
+        assert_eq!(
+            ttl(&keep, &template),
+            Some(Duration::ZERO),
+            "0 keeps the run"
+        );
+        assert_eq!(
+            ttl(&by_ref(None), &flow(None)),
+            None,
+            "the operator's default applies"
+        );
     }
 
     #[test]

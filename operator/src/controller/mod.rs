@@ -7,6 +7,7 @@ pub mod api;
 mod children;
 mod flowevent;
 pub mod flowrun;
+mod history;
 pub mod pod;
 mod startup;
 mod telemetry;
@@ -78,6 +79,23 @@ pub struct Config {
     #[arg(long, env = "CAIRN_RECONCILE_CONCURRENCY", default_value_t = 64,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub reconcile_concurrency: u16,
+    /// Delete a FlowRun (and its runs in the database) this many seconds after it finished,
+    /// unless it or its Flow says otherwise (`ttlSecondsAfterFinished`). 0 keeps them.
+    #[arg(
+        long,
+        env = "CAIRN_DEFAULT_TTL_SECONDS_AFTER_FINISHED",
+        default_value_t = 0
+    )]
+    pub default_ttl_seconds_after_finished: u32,
+    /// Finished flow pods kept per run (the newest; the current attempt's is always kept), for
+    /// `kubectl logs`. Older ones are deleted as new ones finish, like a Job's history.
+    #[arg(long, env = "CAIRN_FINISHED_PODS_KEPT", default_value_t = 5)]
+    pub finished_pods_kept: u16,
+    /// Events (FlowEvents' and flows' emits) are deleted from the database this long after
+    /// they were emitted, unless a run still waits on one (e.g. `30d`; `0s` keeps them).
+    #[arg(long, env = "CAIRN_EVENT_RETENTION", default_value = "30d",
+          value_parser = humantime::parse_duration)]
+    pub event_retention: Duration,
     /// `apply`: apply the engine's pending migrations at start (one replica migrates under a
     /// lock, others wait). `verify`: only check that the schema is migrated, when a separate
     /// step does it (`cairn migrate`, the Helm chart's pre-upgrade Job).
@@ -95,8 +113,14 @@ impl Config {
         (cap(self.max_running), cap(self.max_running_per_namespace))
     }
 
+    /// The operator's default time-to-live of finished FlowRuns (`None`: kept).
+    pub fn default_ttl_after_finished(&self) -> Option<Duration> {
+        (self.default_ttl_seconds_after_finished > 0)
+            .then(|| Duration::from_secs(self.default_ttl_seconds_after_finished.into()))
+    }
+
     /// The namespaces to watch; `None` means all.
-    fn namespaces(&self) -> Option<Vec<String>> {
+    pub fn namespaces(&self) -> Option<Vec<String>> {
         let named: Vec<String> = self
             .watch_namespaces
             .iter()
@@ -380,6 +404,7 @@ async fn act(ctx: Arc<Context>) {
     }
     tokio::spawn(forward_notifications(ctx.clone(), wakers, timers.clone()));
     tokio::spawn(wake_timers(ctx.pool.clone(), timers));
+    tokio::spawn(history::expire_events(ctx.clone()));
     futures::future::join_all(controllers).await;
 }
 
@@ -478,18 +503,33 @@ async fn run_controllers(
                 tracing::debug!(error = %e, "flowrun reconcile");
             }
         });
-    let flowevents = Controller::new(
+    let (flowevents_cache, flowevents_writer) = reflector::store();
+    let deleted_events = {
+        let (ctx, cache) = (ctx.clone(), flowevents_cache.clone());
+        move |event: &Result<watcher::Event<FlowEvent>, watcher::Error>| {
+            if let Ok(watcher::Event::Delete(gone)) = event {
+                let (ctx, cache, gone) = (ctx.clone(), cache.clone(), gone.clone());
+                tokio::spawn(async move { flowevent::forget(&gone, &cache, &ctx).await });
+            }
+        }
+    };
+    let flowevents_watch = watcher(
         scoped::<FlowEvent>(client, &scope),
         watcher::Config::default(),
     )
-    .with_config(config)
-    .shutdown_on_signal()
-    .run(flowevent::reconcile, error_policy, ctx.clone())
-    .for_each(|outcome| async move {
-        if let Err(e) = outcome {
-            tracing::debug!(error = %e, "flowevent reconcile");
-        }
-    });
+    .default_backoff()
+    .reflect(flowevents_writer)
+    .inspect(deleted_events)
+    .applied_objects();
+    let flowevents = Controller::for_stream(flowevents_watch, flowevents_cache)
+        .with_config(config)
+        .shutdown_on_signal()
+        .run(flowevent::reconcile, error_policy, ctx.clone())
+        .for_each(|outcome| async move {
+            if let Err(e) = outcome {
+                tracing::debug!(error = %e, "flowevent reconcile");
+            }
+        });
     tracing::info!(
         namespace = scope.as_deref().unwrap_or("(all)"),
         "controllers started"
