@@ -18,9 +18,8 @@ EXCEPTION WHEN duplicate_object OR unique_violation THEN
     NULL;  -- another database on this server created it at the same moment
 END $$;
 
--- Functions are executable by PUBLIC unless revoked, and a per-schema ALTER DEFAULT PRIVILEGES
--- cannot revoke that: the last section revokes it from every function, and every migration
--- that adds functions does the same at its end.
+-- Functions are executable by PUBLIC unless revoked, now and for later migrations.
+ALTER DEFAULT PRIVILEGES IN SCHEMA cairn REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
 
 ----------------------------------------------------------------------------------------------
 -- Tables

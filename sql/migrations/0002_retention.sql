@@ -44,4 +44,7 @@ BEGIN
     RETURN FOUND;
 END $$;
 
+-- 0001's ALTER DEFAULT PRIVILEGES IN SCHEMA cairn cannot revoke PUBLIC's EXECUTE (a default
+-- given per schema only adds to the global one), so every migration that adds functions
+-- revokes it at its end.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA cairn FROM PUBLIC;
