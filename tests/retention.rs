@@ -213,3 +213,52 @@ async fn cairn_dev_gc_says_what_it_deleted() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--older-than"));
 }
+
+#[tokio::test]
+async fn an_ended_attempts_token_opens_nothing_not_even_reads() {
+    let db = TestDb::new().await;
+    let id = db.create_run("parked", "any", json!(null)).await;
+    let attempt = launcher::start_attempt(&mut *db.conn().await, id)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut runner_conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.runner_url)
+        .await
+        .unwrap();
+    let wait = EventWait {
+        key: "approval",
+        event: "approve-parked",
+        timeout_ms: None,
+        question: Some("Ship it?"),
+        schema: None,
+    };
+    let parked = runner::await_event(&mut runner_conn, &attempt, &wait)
+        .await
+        .unwrap();
+    assert_eq!(parked, Parked::Suspended);
+    // The process has exited; a copy of its token (its Secret) must not read or write anything.
+    let read = runner::emit(
+        &mut runner_conn,
+        &attempt,
+        "emit:x",
+        "approve-parked",
+        &json!(1),
+    )
+    .await;
+    assert!(
+        matches!(read, Err(cairn_engine::EngineError::Fenced(_))),
+        "{read:?}"
+    );
+    let handshake = runner::handshake(&mut runner_conn, &attempt, "a leaked token").await;
+    assert!(
+        matches!(handshake, Err(cairn_engine::EngineError::Fenced(_))),
+        "{handshake:?}"
+    );
+    let hash: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT token_hash FROM cairn.runs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(hash, None, "the parked run keeps no token");
+}

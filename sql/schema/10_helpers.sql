@@ -79,22 +79,32 @@ RETURNS void LANGUAGE sql AS $$
 $$;
 
 -- Parks a running run: the process exits after this and a supervisor relaunches it on wake.
+-- Parking and finishing change a run's row in one UPDATE each, also revoking the attempt's
+-- token (token_hash): from then on it opens nothing, wherever a copy of it is left (its
+-- Secret, a log). One UPDATE per transaction matters: a second update of a row the same
+-- transaction wrote makes Postgres re-check its foreign key, which share-locks the parent run,
+-- and two children finishing at once then deadlock on their parent (on_run_finished).
 CREATE FUNCTION cairn.suspend(p_run_id uuid, p_attempt integer, p_state text,
                               p_wake_at timestamptz, p_waiting_for jsonb)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE cairn.runs
-    SET state = p_state, wake_at = p_wake_at, waiting_for = p_waiting_for, updated_at = now()
+    SET state = p_state, wake_at = p_wake_at, waiting_for = p_waiting_for, updated_at = now(),
+        token_hash = NULL
     WHERE id = p_run_id;
     PERFORM cairn.end_attempt(p_run_id, p_attempt, 'suspended', p_state);
 END $$;
 
-CREATE FUNCTION cairn.finish(p_run_id uuid, p_state text, p_result jsonb, p_error jsonb)
+-- Ends a run for good; `p_crashed` counts the crash that ended it.
+CREATE FUNCTION cairn.finish(p_run_id uuid, p_state text, p_result jsonb, p_error jsonb,
+                             p_crashed boolean DEFAULT false)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE cairn.runs
     SET state = p_state, result = p_result, error = p_error, finished_at = now(),
-        updated_at = now(), wake_at = NULL, waiting_for = NULL
+        updated_at = now(), wake_at = NULL, waiting_for = NULL, token_hash = NULL,
+        cancel_requested = cancel_requested OR p_state = 'cancelled',
+        crashes = crashes + p_crashed::integer
     WHERE id = p_run_id;
     DELETE FROM cairn.waits WHERE run_id = p_run_id;
 END $$;

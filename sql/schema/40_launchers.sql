@@ -128,18 +128,19 @@ BEGIN
         RETURN coalesce(r.state, 'missing');   -- already settled by someone else
     END IF;
     PERFORM cairn.end_attempt(p_run_id, p_attempt, 'crashed', p_reason);
-    UPDATE cairn.runs SET crashes = crashes + 1 WHERE id = p_run_id;
+    -- One UPDATE of the run on each path (see cairn.suspend).
     IF r.cancel_requested THEN
-        PERFORM cairn.finish(p_run_id, 'cancelled', NULL, '{"message": "cancelled"}'::jsonb);
+        PERFORM cairn.finish(p_run_id, 'cancelled', NULL, '{"message": "cancelled"}'::jsonb, true);
     ELSIF p_retry_delay_ms IS NOT NULL THEN
         UPDATE cairn.runs
         SET state = 'retrying', wake_at = now() + p_retry_delay_ms * interval '1 millisecond',
-            waiting_for = jsonb_build_object('retry_after', p_reason), updated_at = now()
+            waiting_for = jsonb_build_object('retry_after', p_reason), updated_at = now(),
+            crashes = crashes + 1, token_hash = NULL
         WHERE id = p_run_id;
     ELSE
         PERFORM cairn.finish(p_run_id, 'failed', NULL, jsonb_build_object(
             'message', format('gave up after %s crashed attempts; last: %s', r.crashes + 1, p_reason),
-            'kind', 'crashed'));
+            'kind', 'crashed'), true);
     END IF;
     RETURN (SELECT state FROM cairn.runs WHERE id = p_run_id);
 END $$;
@@ -183,7 +184,6 @@ BEGIN
     IF r.state = 'running' THEN
         UPDATE cairn.runs SET cancel_requested = true, updated_at = now() WHERE id = p_run_id;
     ELSE
-        UPDATE cairn.runs SET cancel_requested = true WHERE id = p_run_id;
         PERFORM cairn.finish(p_run_id, 'cancelled', NULL, '{"message": "cancelled"}'::jsonb);
     END IF;
     RETURN (SELECT state FROM cairn.runs WHERE id = p_run_id);

@@ -186,14 +186,16 @@ until_zero() {
     done
 }
 engine_count() { psql "$CAIRN_CLUSTER_PG_URL" -XtAc "$1"; }
-tokens_of() { kget secrets -l "cairn.dev/run=$1" -o name | wc -l; }
 
-name="every attempt's token Secret is deleted once the attempt ended"
+name="an ended attempt's token, left in its Secret, is refused by the database"
 demo_id=$(kget fr research-demo -o jsonpath='{.status.runId}')
-if left=$(until_zero 30 tokens_of "$demo_id"); then
+old_token=$(kget secret "cairn-token-$demo_id-a1" -o jsonpath='{.data.token}' | base64 -d)
+pods_url=$(kget secret cairn-runner-db -o jsonpath='{.data.database-url}' | base64 -d)
+refused=$(psql "$pods_url" -XtAc "SELECT served FROM cairn_runner.handshake('$old_token', '$demo_id', 1, 1, 'e2e')" 2>&1 || true)
+if [[ -n "$old_token" && "$refused" == *"no longer current"* ]]; then
     pass "$name"
 else
-    fail "$name" "$left token Secrets of run $demo_id left: $(kget secrets -l "cairn.dev/run=$demo_id" -o name)"
+    fail "$name" "token of attempt 1: ${#old_token} characters; the database said: $refused"
 fi
 
 name="deleting a delivered FlowEvent deletes its event from the database"

@@ -1,25 +1,15 @@
-//! What a run leaves behind in Kubernetes, kept small (like a Job's history): an attempt's
-//! token Secret is deleted once the attempt is over (its pod read it when it started), and of
-//! a run's finished pods only the newest few stay, for `kubectl logs`. The selection is pure;
-//! `tidy` does the deleting. Whatever a missed change leaves behind goes with the FlowRun
-//! (owner references).
+//! What a run leaves behind, kept small: of a run's finished pods only the newest few stay,
+//! for `kubectl logs` (like a Job's history), and events expire after the retention period.
+//! Attempts' token Secrets stay with their FlowRun (owner reference): the operator may not
+//! delete Secrets (least privilege), and the engine revokes a token when its attempt ends,
+//! so what is left opens nothing. The selection of pods is pure; `tidy` does the deleting.
 
-use cairn_crds::{FlowRun, FlowRunStatus};
-use cairn_engine::Phase;
+use cairn_crds::FlowRun;
 use cairn_engine::read::RunRecord;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, ResourceExt};
 
 use super::{Context, pod};
-
-/// The attempt whose token is no longer needed: the one the last status showed running,
-/// once the run no longer runs it.
-pub fn ended_attempt(previous: Option<&FlowRunStatus>, record: &RunRecord) -> Option<i32> {
-    let previous = previous?;
-    let attempt = previous.attempt?;
-    let still_running = record.phase == Phase::Running && record.attempt == attempt;
-    (previous.phase == Some(Phase::Running) && !still_running).then_some(attempt)
-}
 
 /// Finished pods beyond the newest `keep` (by attempt), never the current attempt's.
 pub fn pods_beyond_history(pods: &[Pod], current_attempt: i32, keep: usize) -> Vec<&Pod> {
@@ -33,21 +23,10 @@ pub fn pods_beyond_history(pods: &[Pod], current_attempt: i32, keep: usize) -> V
     old.into_iter().skip(keep).collect()
 }
 
-/// Deletes what `ended_attempt` and `pods_beyond_history` select. Best effort: what fails
-/// here is tried again at the next change, or goes with the FlowRun.
+/// Deletes the pods `pods_beyond_history` selects. Best effort: what fails here is tried
+/// again at the next change, or goes with the FlowRun.
 pub async fn tidy(ctx: &Context, run: &FlowRun, record: &RunRecord, pods: &[Pod]) {
     let namespace = run.namespace().unwrap_or_default();
-    if let Some(attempt) = ended_attempt(run.status.as_ref(), record) {
-        let name = pod::token_secret_name(&record.id.to_string(), attempt);
-        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-        match secrets.delete(&name, &Default::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(e) => {
-                tracing::warn!(secret = %name, error = %e, "cannot delete an ended attempt's token")
-            }
-        }
-    }
     let keep = usize::from(ctx.config.finished_pods_kept);
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     for old in pods_beyond_history(pods, record.attempt, keep) {
@@ -100,26 +79,6 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn record(phase: Phase, attempt: i32) -> RunRecord {
-        serde_json::from_value(json!({
-            "id": "00000000-0000-0000-0000-000000000001", "namespace": "ns", "name": "r",
-            "flow": "f", "parent_id": null, "phase": phase, "attempt": attempt, "crashes": 0,
-            "max_attempts": 3, "retry_backoff_ms": 0, "wake_at": null, "waiting_for": null,
-            "cancel_requested": false, "result": null, "error": null,
-            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
-            "finished_at": null, "steps": 0, "usd": 0.0
-        }))
-        .unwrap()
-    }
-
-    fn status(phase: Phase, attempt: i32) -> FlowRunStatus {
-        FlowRunStatus {
-            phase: Some(phase),
-            attempt: Some(attempt),
-            ..FlowRunStatus::default()
-        }
-    }
-
     fn pod(attempt: i32, phase: &str) -> Pod {
         serde_json::from_value(json!({
             "metadata": { "name": format!("p-a{attempt}"),
@@ -127,34 +86,6 @@ mod tests {
             "status": { "phase": phase }
         }))
         .unwrap()
-    }
-
-    #[test]
-    fn a_token_is_deleted_once_its_attempt_is_over() {
-        let running = status(Phase::Running, 2);
-        assert_eq!(
-            ended_attempt(Some(&running), &record(Phase::Running, 2)),
-            None
-        );
-        assert_eq!(
-            ended_attempt(Some(&running), &record(Phase::Waiting, 2)),
-            Some(2)
-        );
-        assert_eq!(
-            ended_attempt(Some(&running), &record(Phase::Running, 3)),
-            Some(2)
-        );
-        assert_eq!(
-            ended_attempt(Some(&running), &record(Phase::Succeeded, 2)),
-            Some(2)
-        );
-        // Already handled when the status left Running: no second delete.
-        let waiting = status(Phase::Waiting, 2);
-        assert_eq!(
-            ended_attempt(Some(&waiting), &record(Phase::Waiting, 2)),
-            None
-        );
-        assert_eq!(ended_attempt(None, &record(Phase::Succeeded, 1)), None);
     }
 
     #[test]
