@@ -40,13 +40,20 @@ bench-steps:
 sqlx-prepare:
 	sql/sqlx-prepare.sh
 
-.PHONY: test-chart test-chaos cluster-demo
+.PHONY: test-chart test-chaos test-upgrade cluster-demo
 
 # Failure tests on the real cluster that take minutes (CI runs them after `make test`): a frozen
 # flow process on a silent node, the operator SIGKILLed while it launches 200 runs, and one
 # FlowEvent waking all 200 under the running budget.
 test-chaos:
 	tests/cluster/chaos-e2e.sh
+
+# Upgrade and rollback on the real cluster: the operator, chart and flow images of an earlier
+# commit park 20 runs; `helm upgrade` to this tree migrates the schema; every run resumes on the
+# image it started with and finishes, nothing paid twice; `helm rollback` runs the old operator
+# on the newer schema. The earlier commit's binaries are built once per machine (cached).
+test-upgrade:
+	tests/cluster/upgrade-e2e.sh
 
 # The Helm chart (charts/cairn) on the real cluster: lint, schema, server dry run, install with the
 # operator in-cluster, the example to Succeeded, RBAC, an upgrade changing a CRD, uninstall.
