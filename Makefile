@@ -3,7 +3,7 @@ CARGO ?= cargo
 # Queries are checked at compile time against the committed offline data (.sqlx/).
 export SQLX_OFFLINE ?= true
 
-.PHONY: build demo test test-core test-cluster lint bench-steps sqlx-prepare
+.PHONY: build demo test test-core test-cluster lint bench-steps bench-volume sqlx-prepare
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -35,6 +35,12 @@ lint:
 bench-steps:
 	$(CARGO) build --release -p cairn-bench
 	target/release/bench-steps
+
+# A simulated week of work (1,000,000 steps) with retention running (cairn.gc every simulated
+# hour): table sizes and per-step p50/p99 at 0, 250k, 500k and 1M steps. BENCH_VOLUME_ARGS="--steps N".
+bench-volume:
+	$(CARGO) build --release -p cairn-bench
+	target/release/bench-volume $(BENCH_VOLUME_ARGS)
 
 # After changing SQL or a checked query: regenerate .sqlx/ against a throwaway migrated Postgres.
 sqlx-prepare:
