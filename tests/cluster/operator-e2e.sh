@@ -533,3 +533,32 @@ if [[ "$livez" == ok && "$readyz" == ok && "$metrics" == *'cairn_runs{phase="suc
 else
     fail "$name" "livez '$livez', readyz '$readyz', launches '$launches' since the restart"
 fi
+
+# --- an image whose SDK the engine no longer serves -----------------------------------------------
+# What a release that drops runner protocol 1 does to a run of an image built before it: the
+# schema's engine_info is set as that release's migration would set it.
+name="a flow image whose SDK speaks a protocol the engine no longer serves fails its run, saying so, once"
+engine_info() {
+    psql "$CAIRN_CLUSTER_PG_URL" -XqAt -v ON_ERROR_STOP=1 -c "CREATE OR REPLACE FUNCTION cairn.engine_info()
+        RETURNS TABLE (launcher_contract integer, runner_oldest integer, runner_newest integer)
+        LANGUAGE sql STABLE AS \$\$ SELECT 1, $1, $1 \$\$" >/dev/null
+}
+engine_info 2
+kubectl apply -n "$NS" -f - >/dev/null <<EOF2
+apiVersion: cairn.dev/v1alpha1
+kind: FlowRun
+metadata: { name: old-sdk }
+spec: { flowRef: research, input: { topic: protocols, breadth: 1 } }
+EOF2
+if wait_jsonpath fr/old-sdk '{.status.phase}' Failed 120s; then
+    message=$(kget fr old-sdk -o jsonpath='{.status.error}')
+    pods=$(kget pods -l "cairn.dev/run=$(kget fr old-sdk -o jsonpath='{.status.runId}')" -o name | wc -l)
+    if [[ "$message" == *"speaks runner protocol 1"*"serves runner protocols 2 to 2"*"rebuild the image"* && "$pods" == 1 ]]; then
+        pass "$name"
+    else
+        fail "$name" "error '$message'; $pods pods"
+    fi
+else
+    fail "$name" "status: $(kget fr old-sdk -o jsonpath='{.status}')"; explain old-sdk
+fi
+engine_info 1
