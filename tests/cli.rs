@@ -322,30 +322,22 @@ async fn a_database_down_at_start_gives_a_clear_error() {
 
 // ---- the operator's read API, against a real database ------------------------------------------
 
-/// `GET path` over plain HTTP/1.1: the status and the JSON body.
+/// `GET path` on the read API: the status and the JSON body.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
+    let answer = cairn_tests::http_get(addr, path)
         .await
-        .expect("connect to the read API");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).expect("UTF-8 answer");
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+        .unwrap_or_else(|| panic!("{path}: no HTTP answer from the read API"));
     assert!(
-        head.to_ascii_lowercase()
+        answer
+            .head
+            .to_ascii_lowercase()
             .contains("content-type: application/json"),
-        "{path}: {head}"
+        "{path}: {}",
+        answer.head
     );
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
-    (status, json)
+    let json = serde_json::from_str(&answer.body)
+        .unwrap_or_else(|e| panic!("{path}: {e}: {}", answer.body));
+    (answer.status, json)
 }
 
 fn names(list: &Value) -> Vec<&str> {

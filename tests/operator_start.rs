@@ -7,22 +7,12 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cairn_tests::{PATIENCE, TestDb, cairn_cli};
+use cairn_tests::{PATIENCE, TestDb, cairn_cli, http_get};
 
-/// `GET path` over plain HTTP/1.1: the status and the body, or `None` while nothing listens.
+/// `GET path` on the operator's port: the status and the body, `None` while nothing listens.
 async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.ok()?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
+    let answer = http_get(([127, 0, 0, 1], port).into(), path).await?;
+    Some((answer.status, answer.body))
 }
 
 /// Polls `check` every 100 ms until it gives a value, for at most PATIENCE.

@@ -91,15 +91,6 @@ impl Wait {
         }
     }
 
-    /// When the wait ends by itself: an event's deadline, a sleep's or a backoff's end.
-    pub fn until(&self) -> Option<DateTime<Utc>> {
-        match self {
-            Wait::Event { deadline, .. } => *deadline,
-            Wait::Sleep { until } | Wait::Retry { until, .. } => *until,
-            Wait::Children { .. } => None,
-        }
-    }
-
     /// In words, for tables: `event approve-x`, `2 of 3 child run(s)`, `timer ...`.
     pub fn summary(&self) -> String {
         match self {
@@ -149,8 +140,10 @@ mod tests {
         assert_eq!(children.summary(), "2 of 3 child run(s)");
         let sleep = json!({ "sleep": "nap", "until": "2026-01-02T03:04:05+00:00" });
         assert_eq!(
-            Wait::from_engine(&sleep, None).unwrap().until(),
-            Some(at("2026-01-02T03:04:05Z"))
+            Wait::from_engine(&sleep, None),
+            Some(Wait::Sleep {
+                until: Some(at("2026-01-02T03:04:05Z"))
+            })
         );
         let retry = Wait::from_engine(&json!({ "retry_after": "OOM" }), wake).unwrap();
         assert_eq!(

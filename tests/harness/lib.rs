@@ -557,3 +557,28 @@ impl Drop for PgBouncer {
         let _ = self.process.wait();
     }
 }
+
+/// An HTTP answer: the status, the head (status line and headers) and the body.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// `GET path` over plain HTTP/1.1 (what the operator's endpoints speak); `None` while nothing
+/// listens on `addr` or the answer is not HTTP.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<HttpAnswer> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some(HttpAnswer {
+        status: head.split_whitespace().nth(1)?.parse().ok()?,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    })
+}
