@@ -63,8 +63,8 @@ impl<T> EngineResult<T> for std::result::Result<T, sqlx::Error> {
 }
 
 /// Whether anything in an error's chain says the database is unreachable or restarting.
-pub fn is_unavailable(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
+pub fn is_unavailable(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |cause| cause.source()).any(|cause| {
         cause
             .downcast_ref::<sqlx::Error>()
             .is_some_and(sqlx_unavailable)

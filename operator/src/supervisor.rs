@@ -75,7 +75,7 @@ pub async fn supervise(
             }
             // Postgres restarting or unreachable: the runs are safe in it; look again soon.
             // Processes that lose their connection meanwhile crash and are relaunched after.
-            Err(e) if cairn_engine::error::is_unavailable(&e) => {
+            Err(e) if cairn_engine::error::is_unavailable(e.as_ref()) => {
                 tokio::select! {
                     _ = outage.wait(&e) => continue,
                     _ = interrupt.recv() => return Err(e.context("interrupted while the database was unavailable")),

@@ -248,7 +248,7 @@ gpu=$(kubectl get resourceprofile "${PREFIX}gpu" -o jsonpath='{.spec.resources.l
 want="resourceprofile.cairn.dev/${PREFIX}gpu resourceprofile.cairn.dev/${PREFIX}large resourceprofile.cairn.dev/${PREFIX}medium resourceprofile.cairn.dev/${PREFIX}small "
 if [[ "$profiles" == "$want" && "$gpu" == "1 nvidia.com/gpu" ]]; then pass "$name"; else fail "$name" "profiles: $profiles; gpu: $gpu"; fi
 
-name="the operator's rights are scoped: pods of its namespace only; Secrets: create, and get/patch only the runner's"
+name="the operator's rights are scoped: pods of its namespace only; Secrets: create, delete only tokens, get/patch only the runner's"
 denied=""
 can() { kubectl auth can-i "$@" --as="$OPERATOR_SA" 2>/dev/null || true; }
 [[ "$(can create pods -n "$NS")" == yes ]] || denied+="cannot create pods in $NS; "
@@ -258,13 +258,23 @@ can() { kubectl auth can-i "$@" --as="$OPERATOR_SA" 2>/dev/null || true; }
 [[ "$(can patch leases/"$LEASE" -n "$SYS_NS")" == yes ]] || denied+="cannot renew its Lease; "
 [[ "$(can create pods -n default)" == no ]] || denied+="may create pods in default; "
 [[ "$(can create secrets -n default)" == no ]] || denied+="may create Secrets in default; "
-for verb in get patch update delete; do
+for verb in get patch update; do
     for secret in other cairn-token-00000000-0000-4000-8000-000000000000-a1; do
         [[ "$(can "$verb" "secrets/$secret" -n "$NS")" == no ]] || denied+="may $verb Secret $secret; "
     done
 done
 [[ "$(can update secrets/cairn-runner-db -n "$NS")" == no ]] || denied+="may update (not just apply) its runner Secret; "
-[[ "$(can delete secrets/cairn-runner-db -n "$NS")" == no ]] || denied+="may delete its runner Secret; "
+# RBAC grants delete on Secrets (it cannot name a prefix); the chart's admission policy lets the
+# operator delete token Secrets only. Server dry runs go through admission like real deletes.
+token_secret=cairn-token-00000000-0000-4000-8000-000000000000-a1
+kubectl -n "$NS" create secret generic "$token_secret" --from-literal=token=x >/dev/null
+kubectl -n "$NS" create secret generic other-secret --from-literal=x=y >/dev/null
+delete_as_operator() { kubectl -n "$NS" delete secret "$1" --dry-run=server --as="$OPERATOR_SA" 2>&1 || true; }
+refused=$(delete_as_operator other-secret)
+[[ "$refused" == *"may delete only attempts' token Secrets"* ]] || denied+="may delete Secret other-secret: $refused; "
+allowed=$(delete_as_operator "$token_secret")
+[[ "$allowed" == *deleted* ]] || denied+="cannot delete a token Secret: $allowed; "
+kubectl -n "$NS" delete secret "$token_secret" other-secret >/dev/null
 [[ "$(can list secrets -n "$NS")" == no ]] || denied+="may list Secrets; "
 [[ "$(can watch secrets -n "$NS")" == no ]] || denied+="may watch Secrets; "
 [[ "$(can list flowruns.cairn.dev -A)" == no ]] || denied+="may list FlowRuns cluster-wide; "
@@ -426,18 +436,22 @@ else
     fail "$name" "exit $rc: $out"
 fi
 
-name="every attempt got a token Secret of its own, owned by the FlowRun"
+name="every attempt had a token Secret of its own, deleted by the operator once the attempt ended"
 run_id=$(kubectl -n "$NS" get fr research-demo -o jsonpath='{.status.runId}')
 attempts=$(kubectl -n "$NS" get fr research-demo -o jsonpath='{.status.attempt}')
-want="" got=""
-for ((i = 1; i <= ${attempts:-0}; i++)); do want+="cairn-token-$run_id-a$i/FlowRun/research-demo "; done
-got=$(kubectl -n "$NS" get secrets -l "cairn.dev/run=$run_id" \
-    -o jsonpath='{range .items[*]}{.metadata.name}/{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}{"\n"}{end}' |
+want=""
+for ((i = 1; i <= ${attempts:-0}; i++)); do want+="cairn-token-$run_id-a$i "; done
+# The pods (all kept: fewer than flowPods.finishedPodsKept) name the Secret their token came from.
+used=$(kubectl -n "$NS" get pods -l "cairn.dev/run=$run_id" \
+    -o jsonpath='{range .items[*]}{.spec.containers[0].env[?(@.name=="CAIRN_TOKEN")].valueFrom.secretKeyRef.name}{"\n"}{end}' |
     sort -V | tr '\n' ' ')
-if [[ -n "$run_id" && "${attempts:-0}" -ge 2 && "$got" == "$want" ]]; then
+tokens_left() { kubectl -n "$NS" get secrets -l "cairn.dev/run=$run_id" -o name 2>/dev/null; }
+no_tokens_left() { [[ -z "$(tokens_left)" ]]; }
+for ((i = 0; i < 30; i++)); do no_tokens_left && break; sleep 1; done
+if [[ -n "$run_id" && "${attempts:-0}" -ge 2 && "$used" == "$want" ]] && no_tokens_left; then
     pass "$name ($attempts attempts)"
 else
-    fail "$name" "run $run_id, $attempts attempts; want: $want; got: $got"
+    fail "$name" "run $run_id, $attempts attempts; pods used: $used (want $want); Secrets left: $(tokens_left | tr '\n' ' ')"
 fi
 
 name="the operator was never refused by the API server, and its Events reached the FlowRuns"

@@ -3,6 +3,8 @@
 //! per test, a side-effect log the test flows append to, and helpers to drive runs through the
 //! in-process `cairn dev` supervisor.
 
+pub mod fake_api;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;

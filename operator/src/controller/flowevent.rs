@@ -12,6 +12,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
+use super::error::{AtStage, Stage};
 use super::{Context, Error, FIELD_MANAGER};
 
 /// A FlowEvent was deleted: if it delivered its event and no other FlowEvent of the namespace
@@ -51,6 +52,14 @@ pub async fn forget(
 }
 
 pub async fn reconcile(event: Arc<FlowEvent>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let delivered = deliver(&event, &ctx).await.at(Stage::Deliver);
+    if delivered.is_ok() {
+        super::succeeded(&ctx, event.as_ref());
+    }
+    delivered
+}
+
+async fn deliver(event: &FlowEvent, ctx: &Context) -> Result<Action, Error> {
     if event.status.as_ref().and_then(|s| s.delivered).is_some() {
         return Ok(Action::await_change());
     }
@@ -68,7 +77,7 @@ pub async fn reconcile(event: Arc<FlowEvent>, ctx: Arc<Context>) -> Result<Actio
                 true => "already delivered with this payload".to_owned(),
                 false => format!("delivered; {} run(s) woken", emitted.woken),
             };
-            ctx.event(event.as_ref(), "Delivered", &note).await;
+            ctx.event(event, "Delivered", &note).await;
             FlowEventStatus {
                 delivered: Some(true),
                 delivered_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -82,7 +91,7 @@ pub async fn reconcile(event: Arc<FlowEvent>, ctx: Arc<Context>) -> Result<Actio
         }
         // Refused for good: say why on the object; a new FlowEvent is the way to retry.
         Err(EngineError::InvalidPayload(message) | EngineError::EventConflict(message)) => {
-            ctx.warn(event.as_ref(), "Refused", &message).await;
+            ctx.warn(event, "Refused", &message).await;
             FlowEventStatus {
                 delivered: Some(false),
                 message: Some(message),

@@ -1,10 +1,12 @@
 //! What a run leaves behind, kept small: of a run's finished pods only the newest few stay,
-//! for `kubectl logs` (like a Job's history), and events expire after the retention period.
-//! Attempts' token Secrets stay with their FlowRun (owner reference): the operator may not
-//! delete Secrets (least privilege), and the engine revokes a token when its attempt ends,
-//! so what is left opens nothing. The selection of pods is pure; `tidy` does the deleting.
+//! for `kubectl logs` (like a Job's history); an attempt's token Secret is deleted once the
+//! attempt ended (the engine revoked the token then already); events expire after the
+//! retention period. What to delete is chosen purely; `tidy` does the deleting.
 
-use cairn_crds::FlowRun;
+use std::ops::RangeInclusive;
+
+use cairn_crds::{FlowRun, FlowRunStatus};
+use cairn_engine::Phase;
 use cairn_engine::read::RunRecord;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, ResourceExt};
@@ -23,8 +25,23 @@ pub fn pods_beyond_history(pods: &[Pod], current_attempt: i32, keep: usize) -> V
     old.into_iter().skip(keep).collect()
 }
 
-/// Deletes the pods `pods_beyond_history` selects. Best effort: what fails here is tried
-/// again at the next change, or goes with the FlowRun.
+/// The attempts that ended since the status last written (`previous`): the attempt it showed
+/// running, if that one is not running now, and any started and ended in between. Usually
+/// empty or one.
+pub fn ended_attempts(previous: Option<&FlowRunStatus>, record: &RunRecord) -> RangeInclusive<i32> {
+    let shown = previous.and_then(|s| s.attempt).unwrap_or(0);
+    let shown_running = previous.and_then(|s| s.phase) == Some(Phase::Running);
+    let first = if shown_running { shown } else { shown + 1 };
+    let last = match record.phase {
+        Phase::Running => record.attempt - 1,
+        _ => record.attempt,
+    };
+    first.max(1)..=last
+}
+
+/// Deletes the pods `pods_beyond_history` selects and the token Secrets of the attempts
+/// `ended_attempts` finds. Best effort: a pod that fails here is tried again at the next
+/// change; anything left goes with the FlowRun, which owns it.
 pub async fn tidy(ctx: &Context, run: &FlowRun, record: &RunRecord, pods: &[Pod]) {
     let namespace = run.namespace().unwrap_or_default();
     let keep = usize::from(ctx.config.finished_pods_kept);
@@ -34,6 +51,10 @@ pub async fn tidy(ctx: &Context, run: &FlowRun, record: &RunRecord, pods: &[Pod]
         if let Err(e) = pods_api.delete(&name, &Default::default()).await {
             tracing::warn!(pod = %name, error = %e, "cannot delete a finished pod beyond the history");
         }
+    }
+    let run_id = record.id.to_string();
+    for attempt in ended_attempts(run.status.as_ref(), record) {
+        super::flowrun::delete_token(ctx, &namespace, &run_id, attempt).await;
     }
 }
 
@@ -86,6 +107,48 @@ mod tests {
             "status": { "phase": phase }
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn an_attempt_ends_when_the_status_showed_it_running_and_the_engine_no_longer_does() {
+        use crate::controller::flowrun::fixtures::record;
+        let shown = |phase: Phase, attempt: i32| FlowRunStatus {
+            phase: Some(phase),
+            attempt: Some(attempt),
+            ..Default::default()
+        };
+        let ended = |previous: Option<FlowRunStatus>, phase, attempt| {
+            ended_attempts(previous.as_ref(), &record(phase, attempt)).collect::<Vec<_>>()
+        };
+        // Launched: nothing ended.
+        assert!(ended(None, Phase::Pending, 0).is_empty());
+        assert!(ended(Some(shown(Phase::Pending, 0)), Phase::Running, 1).is_empty());
+        // Finished, crashed or parked: the attempt shown running ended.
+        assert_eq!(
+            ended(Some(shown(Phase::Running, 1)), Phase::Succeeded, 1),
+            [1]
+        );
+        assert_eq!(
+            ended(Some(shown(Phase::Running, 2)), Phase::Retrying, 2),
+            [2]
+        );
+        assert_eq!(
+            ended(Some(shown(Phase::Running, 1)), Phase::Waiting, 1),
+            [1]
+        );
+        // A relaunch after a park: the old attempt ended, the new one runs.
+        assert_eq!(
+            ended(Some(shown(Phase::Running, 1)), Phase::Running, 2),
+            [1]
+        );
+        // An attempt that ran and ended between two statuses.
+        assert_eq!(
+            ended(Some(shown(Phase::Pending, 0)), Phase::Succeeded, 1),
+            [1]
+        );
+        // Already handled when the status was written: nothing again.
+        assert!(ended(Some(shown(Phase::Waiting, 1)), Phase::Waiting, 1).is_empty());
+        assert!(ended(Some(shown(Phase::Waiting, 1)), Phase::Running, 2).is_empty());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod api;
 mod children;
+pub mod error;
 mod flowevent;
 pub mod flowrun;
 mod history;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_crds::{Flow, FlowEvent, FlowRun, FlowRunStatus, ResourceProfile};
-use cairn_engine::{EngineError, launcher as engine, runner::Attempt};
+use cairn_engine::{launcher as engine, runner::Attempt};
 use futures::channel::mpsc::UnboundedSender;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
@@ -145,26 +146,50 @@ pub struct Context {
     pub written_status: WrittenStatuses,
     pub metrics: telemetry::Metrics,
     recorder: Recorder,
+    /// Objects failing reconcile after reconcile, for the backoff.
+    failures: error::Backoff,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("engine: {0}")]
-    Engine(#[from] EngineError),
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("{0:#}")]
-    Other(#[from] anyhow::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-}
+pub use error::Error;
 
 impl Context {
+    /// The operator's context; `runner_database_url` is what flow pods get in their Secret.
+    pub fn new(client: Client, pool: PgPool, config: Config, runner_database_url: String) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: std::env::var("HOSTNAME").ok(),
+            },
+        );
+        Context {
+            client,
+            pool,
+            runner_database_url,
+            config,
+            metrics: telemetry::Metrics::default(),
+            recorder,
+            waiting_for_slot: Default::default(),
+            prepared_namespaces: Default::default(),
+            written_status: Default::default(),
+            failures: Default::default(),
+        }
+    }
+
     async fn publish(
         &self,
         object: &impl Resource<DynamicType = ()>,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) {
+        self.publish_to(&object.object_ref(&()), type_, reason, note)
+            .await;
+    }
+
+    async fn publish_to(
+        &self,
+        object: &k8s_openapi::api::core::v1::ObjectReference,
         type_: EventType,
         reason: &str,
         note: &str,
@@ -176,7 +201,7 @@ impl Context {
             action: reason.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+        if let Err(e) = self.recorder.publish(&event, object).await {
             tracing::warn!(error = %e, reason, "could not publish a Kubernetes event");
         }
     }
@@ -293,7 +318,7 @@ impl Context {
 /// one holding the Lease acts, so two replicas (a rollout, a stray process) never both launch pods.
 pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
-    let recorder = Recorder::new(
+    let events = Recorder::new(
         client.clone(),
         Reporter {
             controller: FIELD_MANAGER.into(),
@@ -301,7 +326,7 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
         },
     );
     let Some(pool) =
-        startup::open_engine(database_url, &config, &recorder, shutdown_signal()).await?
+        startup::open_engine(database_url, &config, &events, shutdown_signal()).await?
     else {
         return Ok(());
     };
@@ -310,17 +335,12 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
         Some(url) => url.clone(),
         None => cairn_engine::launcher::runner_url(&pool, database_url).await?,
     };
-    let ctx = Arc::new(Context {
-        client: client.clone(),
+    let ctx = Arc::new(Context::new(
+        client.clone(),
         pool,
-        runner_database_url,
         config,
-        metrics: telemetry::Metrics::default(),
-        recorder,
-        waiting_for_slot: Default::default(),
-        prepared_namespaces: Default::default(),
-        written_status: Default::default(),
-    });
+        runner_database_url,
+    ));
     let mut endpoints = tokio::spawn(telemetry::serve(ctx.config.listen, ctx.clone()));
 
     let identity = format!(
@@ -583,13 +603,37 @@ impl WrittenStatuses {
     }
 }
 
+/// A failed reconcile: counted by controller, stage and category, told once per streak as a
+/// Warning Event (reason: the category), and looked at again after a growing delay.
 fn error_policy<K>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
 where
     K: Resource<DynamicType = ()>,
 {
-    ctx.metrics.reconcile_errors.inc();
-    tracing::warn!(object = %ObjectRef::from_obj(object.as_ref()), error = %error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    let category = error.category();
+    let stage = error.stage().map_or("reconcile", error::Stage::as_str);
+    let key = ObjectRef::from_obj(object.as_ref()).erase().to_string();
+    let (delay, news) = ctx.failures.failed(&key, category);
+    ctx.metrics
+        .reconcile_failed(&K::kind(&()), stage, category.as_str());
+    tracing::warn!(object = %key, %stage, category = category.as_str(), error = %error, retry_in = ?delay, "reconcile failed");
+    if news {
+        let reference = object.object_ref(&());
+        let note = format!(
+            "{error}; trying again in {}",
+            humantime::format_duration(delay)
+        );
+        tokio::spawn(async move {
+            ctx.publish_to(&reference, EventType::Warning, category.as_str(), &note)
+                .await;
+        });
+    }
+    Action::requeue(delay)
+}
+
+/// The end of a reconcile that succeeded: the object's failure streak (if any) is over.
+fn succeeded<K: Resource<DynamicType = ()>>(ctx: &Context, object: &K) {
+    ctx.failures
+        .succeeded(&ObjectRef::from_obj(object).erase().to_string());
 }
 
 /// Turns the engine's `cairn_runs` notifications into reconciles of the FlowRuns concerned (by

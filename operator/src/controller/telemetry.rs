@@ -22,11 +22,18 @@ struct PhaseLabel {
     phase: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    controller: String,
+    stage: String,
+    category: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     runs: Family<PhaseLabel, Gauge>,
     pub launches: Counter,
-    pub reconcile_errors: Counter,
+    reconcile_errors: Family<ErrorLabels, Counter>,
     /// From a run becoming runnable (an event, a timer, a finished child) to its pod's creation.
     pub resume_latency: Histogram,
     /// How long one FlowRun reconcile takes (its calls to the API server and the database).
@@ -40,10 +47,10 @@ impl Default for Metrics {
         registry.register("runs", "Runs by phase", runs.clone());
         let launches = Counter::default();
         registry.register("pod_launches", "Flow pods created", launches.clone());
-        let reconcile_errors = Counter::default();
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "reconcile_errors",
-            "Reconciles that failed and were retried",
+            "Reconciles that failed and were retried, by controller (kind), stage and category",
             reconcile_errors.clone(),
         );
         let resume_latency = Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
@@ -71,6 +78,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn reconcile_failed(&self, controller: &str, stage: &str, category: &str) {
+        let labels = ErrorLabels {
+            controller: controller.to_owned(),
+            stage: stage.to_owned(),
+            category: category.to_owned(),
+        };
+        self.reconcile_errors.get_or_create(&labels).inc();
+    }
+
     pub fn observe_resume(&self, waited: Duration) {
         self.resume_latency.observe(waited.as_secs_f64());
     }

@@ -1,0 +1,120 @@
+//! Stage "sync with the engine" (I/O): the engine's run for the FlowRun, created once by
+//! (namespace, name), then what the FlowRun asks of it: cancel (`spec.cancel`), retry (the
+//! retry annotation, once per value) and the deadline (`spec.deadlineSeconds`, by the
+//! database clock). Ends with the run as the engine now has it.
+
+use cairn_crds::{FlowRun, RETRY_ANNOTATION};
+use cairn_engine::launcher::{self as engine, NewRun};
+use cairn_engine::read::{self, RunRecord};
+use cairn_engine::{EngineError, Phase};
+use chrono::{DateTime, Utc};
+use kube::ResourceExt;
+
+use super::resolve::{Invalid, Resolved};
+use crate::controller::{Context, Error};
+
+/// The engine's run, and what this stage did to it.
+pub struct Synced {
+    pub record: RunRecord,
+    /// The retry annotation's value acted on last (for the status).
+    pub retried: Option<String>,
+    /// When the run must have finished, if it has a deadline.
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+pub async fn sync(
+    ctx: &Context,
+    run: &FlowRun,
+    resolved: &Resolved,
+) -> Result<Result<Synced, Invalid>, Error> {
+    let namespace = run.namespace().unwrap_or_default();
+    let name = run.name_any();
+    let input = run.spec.input.clone().unwrap_or(serde_json::Value::Null);
+    let request = NewRun {
+        namespace: &namespace,
+        name: &name,
+        flow: &resolved.flow,
+        input: &input,
+        max_attempts: resolved.max_attempts,
+        retry_backoff_ms: resolved.retry_backoff.as_millis() as i64,
+    };
+    // Connections are taken per call and never held across another acquire: reconciles run
+    // concurrently and must not starve the pool.
+    let created = engine::create_run(&mut *ctx.pool.acquire().await?, &request).await;
+    match created {
+        // (No Kubernetes Event for this: the status says it, and an Event is one more write
+        // to the API server for every FlowRun admitted.)
+        Ok(_) => {}
+        Err(EngineError::RunConflict(message)) => {
+            return Ok(Err(Invalid {
+                reason: "RunConflict",
+                message,
+            }));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let record = read::find(&ctx.pool, &namespace, &name).await?;
+    tracing::Span::current().record("attempt", record.attempt);
+    let mut changed = false;
+    if run.spec.cancel && !record.phase.is_terminal() {
+        engine::cancel_run(&mut *ctx.pool.acquire().await?, record.id).await?;
+        changed = true;
+    }
+    let mut retried = run.status.as_ref().and_then(|s| s.retried.clone());
+    if let Some(asked) = retry_asked(run) {
+        changed |= retry(ctx, run, &record).await?;
+        retried = Some(asked.to_owned());
+    }
+    let deadline = run
+        .spec
+        .deadline_seconds
+        .map(|seconds| record.created_at + chrono::Duration::seconds(seconds));
+    if let (Some(at), Some(seconds)) = (deadline, run.spec.deadline_seconds)
+        && at <= Utc::now()
+        && !record.phase.is_terminal()
+    {
+        // The database clock has the last word; a running attempt is fenced off, and the
+        // kubelet stops its pod (activeDeadlineSeconds).
+        let state = engine::expire_run(&mut *ctx.pool.acquire().await?, record.id, seconds).await?;
+        changed = true;
+        if state == Phase::Failed {
+            let note = format!("the run did not finish within {seconds} seconds");
+            ctx.warn(run, "DeadlineExceeded", &note).await;
+        }
+    }
+    let record = match changed {
+        true => read::find(&ctx.pool, &namespace, &name).await?,
+        false => record,
+    };
+    Ok(Ok(Synced {
+        record,
+        retried,
+        deadline,
+    }))
+}
+
+/// The retry annotation's value, when not yet acted on (each value is acted on once).
+pub fn retry_asked(run: &FlowRun) -> Option<&str> {
+    let done = run.status.as_ref().and_then(|s| s.retried.as_deref());
+    run.annotations()
+        .get(RETRY_ANNOTATION)
+        .map(String::as_str)
+        .filter(|asked| Some(*asked) != done)
+}
+
+/// A failed run is made runnable again from its last checkpoint; a retry asked of a run that
+/// has not failed is noted and ignored. Returns whether the engine's run changed.
+async fn retry(ctx: &Context, run: &FlowRun, record: &RunRecord) -> Result<bool, Error> {
+    if record.phase != Phase::Failed {
+        let note = format!(
+            "only a failed run can be retried; this one is {}",
+            record.phase
+        );
+        ctx.warn(run, "RetryIgnored", &note).await;
+        return Ok(false);
+    }
+    engine::retry_run(&mut *ctx.pool.acquire().await?, record.id).await?;
+    let note = "retrying the failed run from its last checkpoint";
+    ctx.event(run, "Retried", note).await;
+    Ok(true)
+}

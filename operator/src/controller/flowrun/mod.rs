@@ -1,0 +1,243 @@
+//! FlowRun reconciliation: a pipeline of named stages, each in its own module, each pure or
+//! doing I/O. A failure carries its stage (see `controller::error`).
+//!
+//! | stage | module | |
+//! |---|---|---|
+//! | dereference: the Flow and ResourceProfile named | `dereference` | I/O (caches) |
+//! | resolve: what to run, with defaults | `resolve` | pure |
+//! | sync with the engine: the run's row; cancel, retry, deadline | `engine_sync` | I/O (database) |
+//! | observe pods: the run's pods, its pinned digest | `observe` | I/O (cache; API to confirm) |
+//! | decide: what happens next (`lifecycle::decide`) | `decide` | pure |
+//! | act: launch, record a crash, create children's FlowRuns | `act` | I/O |
+//! | build status | `status` | pure |
+//! | patch: the status, as a merge patch | `patch` | I/O |
+//! | tidy: old pods, ended attempts' tokens | `controller::history` | I/O (best effort) |
+//! | next requeue, or the end of the time to live | `requeue` | pure |
+
+mod act;
+mod decide;
+mod dereference;
+mod engine_sync;
+#[cfg(test)]
+pub(crate) mod fixtures;
+mod observe;
+mod patch;
+mod requeue;
+mod resolve;
+mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_crds::{Flow, FlowRun, ResourceProfile};
+use cairn_engine::launcher as engine;
+use cairn_engine::read;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::Store;
+use kube::{Api, Resource, ResourceExt};
+use tracing::Instrument;
+
+use super::error::{AtStage, Stage};
+use super::{Context, Error};
+pub use act::delete_token;
+pub use resolve::{Invalid, Resolved, resolve};
+pub use status::build_status;
+
+pub const FINALIZER: &str = "cairn.dev/cleanup";
+
+/// What one scope's FlowRun controller reconciles with: the operator's context and the watch
+/// caches of that scope's flow pods and Flows, and of the ResourceProfiles.
+pub struct Scope {
+    pub ctx: Arc<Context>,
+    pub pods: Store<Pod>,
+    pub flows: Store<Flow>,
+    pub profiles: Store<ResourceProfile>,
+}
+
+pub async fn reconcile(run: Arc<FlowRun>, scope: Arc<Scope>) -> Result<Action, Error> {
+    let ctx = &scope.ctx;
+    // Statuses are built and patched from the one last written (see `WrittenStatuses`).
+    let run = match ctx.written_status.seen(&run) {
+        seen if seen != run.status => Arc::new(FlowRun {
+            status: seen,
+            ..FlowRun::clone(&run)
+        }),
+        _ => run,
+    };
+    let namespace = run.namespace().unwrap_or_default();
+    // Every log line of this reconcile carries the run, its namespace and (once read) attempt.
+    let span = tracing::info_span!(
+        "flowrun",
+        namespace = %namespace,
+        run = %run.name_any(),
+        attempt = tracing::field::Empty
+    );
+    let api: Api<FlowRun> = Api::namespaced(ctx.client.clone(), &namespace);
+    let started = std::time::Instant::now();
+    let adds_finalizer =
+        run.meta().deletion_timestamp.is_none() && !run.finalizers().iter().any(|f| f == FINALIZER);
+    let outcome = async {
+        let outcome = finalizer(&api, FINALIZER, run.clone(), |event| async {
+            match event {
+                Finalizer::Apply(run) => apply(&run, &scope).await,
+                Finalizer::Cleanup(run) => cleanup(&run, ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))?;
+        // Having added the finalizer, the helper waits for the change to come back through
+        // the watch: a second reconcile for every FlowRun admitted. With the finalizer in
+        // place, carry straight on (the watch ignores finalizer changes: see the controller).
+        match adds_finalizer {
+            true => apply(&run, &scope).await,
+            false => Ok(outcome),
+        }
+    }
+    .instrument(span)
+    .await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    if outcome.is_ok() {
+        super::succeeded(ctx, run.as_ref());
+    }
+    outcome
+}
+
+/// The stages, in order, for a FlowRun that is not being deleted.
+async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
+    let ctx = scope.ctx.as_ref();
+    let referenced = dereference::fetch(run, scope)
+        .await
+        .at(Stage::Dereference)?;
+    let namespace = run.namespace().unwrap_or_default();
+    let resolved = match resolve(
+        &run.spec,
+        &namespace,
+        referenced.flow.as_ref(),
+        referenced.profile.as_ref(),
+    ) {
+        Ok(resolved) => resolved,
+        Err(invalid) => {
+            // Not a crash loop: report once, look again when something changes or in a minute.
+            ctx.warn(run, invalid.reason, &invalid.message).await;
+            let look_again = Action::requeue(Duration::from_secs(60));
+            return report_invalid(ctx, run, &invalid, look_again).await;
+        }
+    };
+    let synced = match engine_sync::sync(ctx, run, &resolved)
+        .await
+        .at(Stage::SyncEngine)?
+    {
+        Ok(synced) => synced,
+        Err(conflict) => return report_invalid(ctx, run, &conflict, Action::await_change()).await,
+    };
+    let record = synced.record;
+
+    let observe::Observed { mut pods, pinned } = observe::cached(&scope.pods, run, &record);
+    let children_ready = act::create_children(ctx, run, &record, pinned.as_deref(), &resolved)
+        .await
+        .at(Stage::Act)?;
+    let seen_at = chrono::Utc::now();
+    let mut next = decide::next(&record, &pods, seen_at);
+    if decide::needs_listed_pods(&next) {
+        pods = observe::listed(ctx, run, &record)
+            .await
+            .at(Stage::ObservePods)?;
+        next = decide::next(&record, &pods, seen_at);
+    }
+    let launch = act::Launch {
+        run,
+        record: &record,
+        resolved: &resolved,
+        image: pinned.as_deref().unwrap_or(&resolved.image),
+        deadline: synced.deadline,
+    };
+    let acted = act::act(ctx, launch, next, &pods, seen_at)
+        .await
+        .at(Stage::Act)?;
+    // A run the budget held back queues for a slot; any other leaves the queue.
+    ctx.queue_for_slot(run, acted.waiting_for_slot.is_some());
+    pods.extend(acted.launched);
+
+    // The status from what the engine now says.
+    let record = match acted.changed {
+        true => read::find(&ctx.pool, &namespace, &run.name_any())
+            .await
+            .at(Stage::Act)?,
+        false => record,
+    };
+    let status = build_status(
+        run,
+        &record,
+        &pods,
+        pinned,
+        synced.retried,
+        acted.waiting_for_slot.as_deref(),
+    );
+    patch::patch_status(ctx, run, &status)
+        .await
+        .at(Stage::PatchStatus)?;
+    super::history::tidy(ctx, run, &record, &pods).await;
+
+    let due = requeue::Due {
+        record: &record,
+        pods: &pods,
+        ttl: resolved
+            .ttl_after_finished
+            .or(ctx.config.default_ttl_after_finished()),
+        deadline: synced.deadline,
+        children_deferred: !children_ready,
+        waiting_for_slot: acted.waiting_for_slot.is_some(),
+    };
+    let now = chrono::Utc::now();
+    match requeue::after(&due, now) {
+        requeue::After::Delete => {
+            Api::<FlowRun>::namespaced(ctx.client.clone(), &namespace)
+                .delete(&run.name_any(), &Default::default())
+                .await
+                .at(Stage::Expire)?;
+            Ok(Action::await_change())
+        }
+        requeue::After::LookAt(Some(at)) => {
+            Ok(Action::requeue((at - now).to_std().unwrap_or_default()))
+        }
+        requeue::After::LookAt(None) => Ok(Action::await_change()),
+    }
+}
+
+/// A run that cannot run as written shows why on its status (and its Ready condition).
+async fn report_invalid(
+    ctx: &Context,
+    run: &FlowRun,
+    invalid: &Invalid,
+    then: Action,
+) -> Result<Action, Error> {
+    let status = status::invalid_status(run, invalid);
+    patch::patch_status(ctx, run, &status)
+        .await
+        .at(Stage::PatchStatus)?;
+    Ok(then)
+}
+
+/// On deletion: cancel the run (clearing its waits and timers) and delete its rows.
+async fn cleanup(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
+    let namespace = run.namespace().unwrap_or_default();
+    ctx.queue_for_slot(run, false);
+    let removed = async {
+        // Never registered (an invalid run): nothing to delete. Any other failure (the
+        // database is down) keeps the finalizer, so no run is left behind in the engine.
+        let record = match read::find(&ctx.pool, &namespace, &run.name_any()).await {
+            Ok(record) => record,
+            Err(e) if e.is::<read::NotFound>() => return Ok(()),
+            Err(e) => return Err(Error::from(e)),
+        };
+        engine::cancel_run(&mut *ctx.pool.acquire().await?, record.id).await?;
+        read::delete_run(&ctx.pool, record.id).await?;
+        Ok::<_, Error>(())
+    };
+    removed.await.at(Stage::Cleanup)?;
+    Ok(Action::await_change())
+}

@@ -1,0 +1,357 @@
+//! Stage "resolve" (pure): a FlowRun with the Flow and ResourceProfile it names, looked up by
+//! the "dereference" stage, becomes what to run — image, flow, profile, environment, retry
+//! policy and time to live, with defaults applied — or the reason it cannot run as written.
+
+use std::time::Duration;
+
+use cairn_crds::{Flow, FlowRunSpec, ResourceProfile, ResourceProfileSpec};
+use k8s_openapi::api::core::v1::EnvVar;
+
+/// A FlowRun with its Flow and profile looked up and defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub image: String,
+    pub flow: String,
+    pub profile: Option<ResourceProfileSpec>,
+    pub env: Vec<EnvVar>,
+    pub service_account: Option<String>,
+    pub max_attempts: i32,
+    pub retry_backoff: Duration,
+    /// How long the FlowRun stays after it finished, if the FlowRun or its Flow says
+    /// (`Some(0)`: for ever); `None` leaves it to the operator's default.
+    pub ttl_after_finished: Option<Duration>,
+}
+
+/// Why a FlowRun cannot run as written; the message says what to fix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invalid {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Resolves a FlowRun against its Flow and ResourceProfile (looked up by the caller).
+pub fn resolve(
+    spec: &FlowRunSpec,
+    namespace: &str,
+    flow: Option<&Flow>,
+    profile: Option<&ResourceProfile>,
+) -> Result<Resolved, Invalid> {
+    let template = match (&spec.flow_ref, flow) {
+        (Some(name), None) => {
+            return Err(Invalid {
+                reason: "FlowNotFound",
+                message: format!(
+                    "Flow \"{name}\" not found in namespace \"{namespace}\"; create it or fix spec.flowRef"
+                ),
+            });
+        }
+        (Some(_), Some(flow)) => Some(&flow.spec),
+        (None, _) => None,
+    };
+    let (image, flow_name) = match (template, &spec.image, &spec.flow) {
+        (Some(t), _, _) => (t.image.clone(), t.flow.clone()),
+        (None, Some(image), Some(flow)) => (image.clone(), flow.clone()),
+        _ => {
+            return Err(Invalid {
+                reason: "InvalidSpec",
+                message: "set spec.flowRef, or both spec.image and spec.flow".into(),
+            });
+        }
+    };
+    let profile_name = spec
+        .profile
+        .as_ref()
+        .or(template.and_then(|t| t.profile.as_ref()));
+    let profile = match (profile_name, profile) {
+        (Some(name), None) => {
+            return Err(Invalid {
+                reason: "ProfileNotFound",
+                message: format!(
+                    "ResourceProfile \"{name}\" not found; create it or fix spec.profile"
+                ),
+            });
+        }
+        (_, found) => found.map(|p| p.spec.clone()),
+    };
+    if let (Some(name), Some(profile)) = (profile_name, &profile) {
+        check_profile(name, profile)?;
+    }
+    let retry = spec
+        .retry
+        .clone()
+        .or_else(|| template.and_then(|t| t.retry.clone()))
+        .unwrap_or_default();
+    Ok(Resolved {
+        image,
+        flow: flow_name,
+        profile,
+        env: template
+            .map(|t| t.env.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(spec.env.iter().cloned())
+            .collect(),
+        service_account: template.and_then(|t| t.service_account_name.clone()),
+        max_attempts: retry.max_attempts.unwrap_or(3).max(1),
+        retry_backoff: Duration::from_secs(retry.backoff_seconds.unwrap_or(10).max(0) as u64),
+        ttl_after_finished: spec
+            .ttl_seconds_after_finished
+            .or(template.and_then(|t| t.ttl_seconds_after_finished))
+            .map(|seconds| Duration::from_secs(seconds.max(0) as u64)),
+    })
+}
+
+/// What the API server does not check in a ResourceProfile but a pod would refuse: found here,
+/// the run gets a condition naming the profile and the fix instead of crashing at launch.
+fn check_profile(name: &str, profile: &ResourceProfileSpec) -> Result<(), Invalid> {
+    let invalid = |what: String| Invalid {
+        reason: "InvalidProfile",
+        message: format!("ResourceProfile \"{name}\": {what}"),
+    };
+    let resources = profile.resources.as_ref();
+    for (kind, amounts) in [
+        ("requests", resources.and_then(|r| r.requests.as_ref())),
+        ("limits", resources.and_then(|r| r.limits.as_ref())),
+    ] {
+        for (resource, amount) in amounts.into_iter().flatten() {
+            if !is_quantity(&amount.0) {
+                return Err(invalid(format!(
+                    "resources.{kind}.{resource} is \"{}\", not a quantity (such as 250m, 2 or 512Mi)",
+                    amount.0
+                )));
+            }
+        }
+    }
+    for toleration in &profile.tolerations {
+        if let Some(effect) = toleration.effect.as_deref()
+            && !["NoSchedule", "PreferNoSchedule", "NoExecute", ""].contains(&effect)
+        {
+            return Err(invalid(format!(
+                "toleration effect \"{effect}\" is not NoSchedule, PreferNoSchedule or NoExecute"
+            )));
+        }
+        if let Some(operator) = toleration.operator.as_deref()
+            && !["Exists", "Equal", ""].contains(&operator)
+        {
+            return Err(invalid(format!(
+                "toleration operator \"{operator}\" is not Exists or Equal"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A Kubernetes quantity: a decimal number, then a binary (Ki…Ei) or decimal (n, u, m, k…E)
+/// suffix or an exponent (e3).
+fn is_quantity(text: &str) -> bool {
+    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let end = unsigned
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(unsigned.len());
+    let (number, suffix) = unsigned.split_at(end);
+    let number_ok = number.chars().any(|c| c.is_ascii_digit()) && number.matches('.').count() <= 1;
+    let exponent_ok = |e: &str| {
+        let digits = e.strip_prefix(['+', '-']).unwrap_or(e);
+        !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())
+    };
+    let suffix_ok = matches!(
+        suffix,
+        "" | "Ki"
+            | "Mi"
+            | "Gi"
+            | "Ti"
+            | "Pi"
+            | "Ei"
+            | "n"
+            | "u"
+            | "m"
+            | "k"
+            | "M"
+            | "G"
+            | "T"
+            | "P"
+            | "E"
+    ) || suffix.strip_prefix(['e', 'E']).is_some_and(exponent_ok);
+    number_ok && suffix_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_crds::{FlowSpec, RetryPolicy};
+
+    fn flow(profile: Option<&str>) -> Flow {
+        Flow::new(
+            "agent",
+            FlowSpec {
+                image: "localhost/agent:dev".into(),
+                flow: "research".into(),
+                profile: profile.map(str::to_owned),
+                retry: Some(RetryPolicy {
+                    max_attempts: Some(5),
+                    backoff_seconds: Some(2),
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn by_ref(profile: Option<&str>) -> FlowRunSpec {
+        FlowRunSpec {
+            flow_ref: Some("agent".into()),
+            profile: profile.map(str::to_owned),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_flow_reference_takes_image_flow_and_defaults_from_the_flow() {
+        let resolved = resolve(&by_ref(None), "ns", Some(&flow(None)), None).unwrap();
+        assert_eq!(
+            (resolved.image.as_str(), resolved.flow.as_str()),
+            ("localhost/agent:dev", "research")
+        );
+        assert_eq!(
+            (resolved.max_attempts, resolved.retry_backoff),
+            (5, Duration::from_secs(2))
+        );
+        assert_eq!(resolved.profile, None);
+    }
+
+    #[test]
+    fn the_time_to_live_comes_from_the_run_else_from_its_flow() {
+        let mut template = flow(None);
+        template.spec.ttl_seconds_after_finished = Some(600);
+        let ttl = |spec: &FlowRunSpec, flow: &Flow| {
+            resolve(spec, "ns", Some(flow), None)
+                .unwrap()
+                .ttl_after_finished
+        };
+        assert_eq!(
+            ttl(&by_ref(None), &template),
+            Some(Duration::from_secs(600))
+        );
+        let mut keep = by_ref(None);
+        keep.ttl_seconds_after_finished = Some(0);
+        assert_eq!(
+            ttl(&keep, &template),
+            Some(Duration::ZERO),
+            "0 keeps the run"
+        );
+        assert_eq!(
+            ttl(&by_ref(None), &flow(None)),
+            None,
+            "the operator's default applies"
+        );
+    }
+
+    #[test]
+    fn the_runs_env_adds_to_the_flows() {
+        let mut template = flow(None);
+        template.spec.env = vec![EnvVar {
+            name: "A".into(),
+            value: Some("flow".into()),
+            ..Default::default()
+        }];
+        let mut spec = by_ref(None);
+        spec.env = vec![EnvVar {
+            name: "B".into(),
+            value: Some("run".into()),
+            ..Default::default()
+        }];
+        let resolved = resolve(&spec, "ns", Some(&template), None).unwrap();
+        let names: Vec<&str> = resolved.env.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["A", "B"]);
+    }
+
+    #[test]
+    fn an_inline_spec_needs_image_and_flow() {
+        let inline = FlowRunSpec {
+            image: Some("img:1".into()),
+            flow: Some("f".into()),
+            ..Default::default()
+        };
+        let resolved = resolve(&inline, "ns", None, None).unwrap();
+        assert_eq!(
+            (resolved.max_attempts, resolved.retry_backoff),
+            (3, Duration::from_secs(10))
+        );
+        let half = FlowRunSpec {
+            image: Some("img:1".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(&half, "ns", None, None).unwrap_err().reason,
+            "InvalidSpec"
+        );
+    }
+
+    #[test]
+    fn missing_references_say_what_to_fix() {
+        let missing_flow = resolve(&by_ref(None), "team-a", None, None).unwrap_err();
+        assert_eq!(missing_flow.reason, "FlowNotFound");
+        assert!(
+            missing_flow.message.contains("\"agent\"") && missing_flow.message.contains("team-a")
+        );
+        let missing_profile =
+            resolve(&by_ref(Some("huge")), "ns", Some(&flow(None)), None).unwrap_err();
+        assert_eq!(missing_profile.reason, "ProfileNotFound");
+        // The Flow's default profile is looked up too.
+        let default_missing =
+            resolve(&by_ref(None), "ns", Some(&flow(Some("small"))), None).unwrap_err();
+        assert!(default_missing.message.contains("\"small\""));
+    }
+
+    #[test]
+    fn a_profile_a_pod_would_refuse_is_reported_naming_the_field() {
+        use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let profile = |cpu: &str, effect: &str| {
+            ResourceProfile::new(
+                "small",
+                ResourceProfileSpec {
+                    resources: Some(ResourceRequirements {
+                        requests: Some([("cpu".to_owned(), Quantity(cpu.into()))].into()),
+                        ..Default::default()
+                    }),
+                    tolerations: vec![Toleration {
+                        effect: Some(effect.into()),
+                        operator: Some("Exists".into()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )
+        };
+        let spec = by_ref(Some("small"));
+        let good = profile("250m", "NoSchedule");
+        assert!(resolve(&spec, "ns", Some(&flow(None)), Some(&good)).is_ok());
+        let lots = profile("lots", "NoSchedule");
+        let bad = resolve(&spec, "ns", Some(&flow(None)), Some(&lots)).unwrap_err();
+        assert_eq!(bad.reason, "InvalidProfile");
+        assert!(
+            bad.message.contains("resources.requests.cpu is \"lots\""),
+            "{}",
+            bad.message
+        );
+        let sometimes = profile("1", "Sometimes");
+        let bad = resolve(&spec, "ns", Some(&flow(None)), Some(&sometimes)).unwrap_err();
+        assert!(
+            bad.message.contains("effect \"Sometimes\""),
+            "{}",
+            bad.message
+        );
+    }
+
+    #[test]
+    fn quantities_follow_the_kubernetes_grammar() {
+        for good in [
+            "1", "250m", "0.5", "1.5Gi", "512Mi", "2k", "1e3", "1E-2", "+3", ".5", "100n",
+        ] {
+            assert!(is_quantity(good), "{good} is a quantity");
+        }
+        for bad in ["lots", "", "m", "1.2.3", "5 Gi", "1e", "1KB", "Gi"] {
+            assert!(!is_quantity(bad), "{bad} is not a quantity");
+        }
+    }
+}

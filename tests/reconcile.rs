@@ -1,0 +1,318 @@
+//! The FlowRun reconcile against a stand-in API server (`harness::fake_api`) and a real
+//! Postgres: for a new run, a relaunch, a crash, a cancel, a deletion, a run naming a missing
+//! Flow and a database that is down, the exact requests sent to Kubernetes and what the engine
+//! holds afterwards. The same cases run on the real cluster in `tests/e2e`.
+
+use std::sync::Arc;
+
+use cairn_crds::FlowRun;
+use cairn_engine::launcher::{self, Claim};
+use cairn_engine::read;
+use cairn_operator::controller::error::{Category, Stage};
+use cairn_operator::controller::flowrun::{self, FINALIZER, Scope};
+use cairn_operator::controller::{Config, Context};
+use cairn_operator::lifecycle::Phase;
+use cairn_tests::TestDb;
+use cairn_tests::fake_api::FakeApi;
+use clap::Parser;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector;
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const NS: &str = "team-a";
+const RUNS: &str = "/apis/cairn.dev/v1alpha1/namespaces/team-a/flowruns";
+const DIGEST: &str =
+    "localhost/agent@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    config: Config,
+}
+
+/// A FlowRun `research` in `NS`, with the finalizer, changed by `overrides` (merged in).
+fn flowrun(overrides: Value) -> FlowRun {
+    let mut run = json!({
+        "apiVersion": "cairn.dev/v1alpha1",
+        "kind": "FlowRun",
+        "metadata": { "name": "research", "namespace": NS, "uid": "uid-1", "generation": 1,
+                      "finalizers": [FINALIZER] },
+        "spec": { "image": "localhost/agent:dev", "flow": "research" },
+    });
+    json_patch::merge(&mut run, &overrides);
+    serde_json::from_value(run).expect("a FlowRun")
+}
+
+/// A pod of attempt `attempt` of engine run `run_id`, with the given status.
+fn pod(run_id: Uuid, attempt: i32, status: Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": { "name": format!("research-a{attempt}"), "namespace": NS,
+                      "labels": { "cairn.dev/run": run_id.to_string(), "cairn.dev/attempt": attempt.to_string(),
+                                  "app.kubernetes.io/managed-by": "cairn" } },
+        "status": status,
+    }))
+    .expect("a pod")
+}
+
+fn exited(code: i32) -> Value {
+    json!({ "phase": "Failed", "containerStatuses": [{ "name": "flow", "ready": false, "restartCount": 0,
+        "image": "localhost/agent:dev", "imageID": DIGEST,
+        "state": { "terminated": { "exitCode": code, "reason": "Error" } } }] })
+}
+
+struct Case {
+    db: TestDb,
+    api: FakeApi,
+    scope: Arc<Scope>,
+}
+
+/// The reconcile's world: a fresh database, the fake API server serving `run`, and the watch
+/// cache holding `cached` pods.
+async fn case(run: &FlowRun, cached: Vec<Pod>) -> Case {
+    let db = TestDb::new().await;
+    let (api, client) = FakeApi::new(run);
+    let config = Flags::parse_from(["cairn"]).config;
+    let ctx = Context::new(client, db.pool.clone(), config, db.runner_url.clone());
+    let scope = scope(Arc::new(ctx), cached);
+    Case { db, api, scope }
+}
+
+impl Case {
+    async fn reconcile(&self, run: FlowRun) -> Result<(), cairn_operator::controller::Error> {
+        flowrun::reconcile(Arc::new(run), self.scope.clone())
+            .await
+            .map(|_| ())
+    }
+
+    async fn engine_run(&self) -> Option<read::RunRecord> {
+        read::find(&self.db.pool, NS, "research").await.ok()
+    }
+
+    /// The engine's run, created and started (attempt 1 running), as a launch leaves it.
+    async fn started(&self) -> Uuid {
+        let mut conn = self.db.conn().await;
+        let (id, _) = launcher::create_run(
+            &mut conn,
+            &launcher::NewRun {
+                namespace: NS,
+                name: "research",
+                flow: "research",
+                input: &Value::Null,
+                max_attempts: 3,
+                retry_backoff_ms: 0,
+            },
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            launcher::claim(&mut conn, id, None, None).await.unwrap(),
+            Claim::Started(_)
+        ));
+        id
+    }
+}
+
+#[tokio::test]
+async fn a_new_run_gets_the_finalizer_its_engine_run_and_its_first_pod() {
+    let run = flowrun(json!({ "metadata": { "finalizers": null } }));
+    let case = case(&run, vec![]).await;
+    case.reconcile(run).await.unwrap();
+
+    let record = case.engine_run().await.expect("the engine's run");
+    assert_eq!((record.phase, record.attempt), (Phase::Running, 1));
+    assert_eq!(
+        case.api.lines(),
+        [
+            format!("PATCH {RUNS}/research"),
+            "PATCH /api/v1/namespaces/team-a/secrets/cairn-runner-db".into(),
+            "POST /api/v1/namespaces/team-a/secrets".into(),
+            "POST /api/v1/namespaces/team-a/pods".into(),
+            format!("PATCH {RUNS}/research/status"),
+        ]
+    );
+    let finalizer = case.api.body_of(&format!("PATCH {RUNS}/research"));
+    assert!(finalizer.to_string().contains(FINALIZER), "{finalizer}");
+    let token = case.api.body_of("POST /api/v1/namespaces/team-a/secrets");
+    let token_name = format!("cairn-token-{}-a1", record.id);
+    assert_eq!(token["metadata"]["name"], json!(token_name));
+    assert_eq!(token["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+    let pod = case.api.body_of("POST /api/v1/namespaces/team-a/pods");
+    assert_eq!(pod["metadata"]["name"], "research-a1");
+    assert_eq!(
+        pod["metadata"]["labels"]["cairn.dev/run"],
+        json!(record.id.to_string())
+    );
+    assert_eq!(pod["spec"]["containers"][0]["image"], "localhost/agent:dev");
+    assert!(
+        pod.to_string().contains(&token_name),
+        "the pod reads its token: {pod}"
+    );
+    let status = case.api.body_of(&format!("PATCH {RUNS}/research/status"))["status"].clone();
+    assert_eq!(
+        (&status["phase"], &status["attempt"], &status["pod"]),
+        (&json!("Running"), &json!(1), &json!("research-a1"))
+    );
+    assert_eq!(case.api.events(), ["Launched"]);
+}
+
+#[tokio::test]
+async fn a_relaunch_runs_the_pinned_digest_and_says_resumed() {
+    let status = json!({ "phase": "Retrying", "attempt": 1, "imageDigest": DIGEST });
+    let run = flowrun(json!({ "status": status }));
+    let case = case(&run, vec![]).await;
+    let id = case.started().await;
+    let mut conn = case.db.conn().await;
+    launcher::record_crash(&mut conn, id, 1, "exit code 3", Some(0))
+        .await
+        .unwrap();
+    launcher::wake_due(&mut conn).await.unwrap();
+    drop(conn);
+    // The failed first pod is in the cache.
+    let case = Case {
+        scope: case_with_pods(&case, vec![pod(id, 1, exited(3))]),
+        ..case
+    };
+    case.reconcile(run).await.unwrap();
+
+    assert_eq!(
+        case.api.lines(),
+        [
+            "PATCH /api/v1/namespaces/team-a/secrets/cairn-runner-db".to_owned(),
+            "POST /api/v1/namespaces/team-a/secrets".into(),
+            "POST /api/v1/namespaces/team-a/pods".into(),
+            format!("PATCH {RUNS}/research/status"),
+        ]
+    );
+    let pod = case.api.body_of("POST /api/v1/namespaces/team-a/pods");
+    assert_eq!(pod["metadata"]["name"], "research-a2");
+    assert_eq!(pod["spec"]["containers"][0]["image"], DIGEST);
+    assert_eq!(case.api.events(), ["Resumed"]);
+    let record = case.engine_run().await.unwrap();
+    assert_eq!((record.phase, record.attempt), (Phase::Running, 2));
+}
+
+/// The same case with other pods in the watch cache.
+fn case_with_pods(case: &Case, cached: Vec<Pod>) -> Arc<Scope> {
+    scope(case.scope.ctx.clone(), cached)
+}
+
+/// A reconcile scope over `ctx` whose pod cache holds `cached` (no Flows, no profiles).
+fn scope(ctx: Arc<Context>, cached: Vec<Pod>) -> Arc<Scope> {
+    let (pods, mut writer) = reflector::store();
+    for pod in cached {
+        writer.apply_watcher_event(&watcher::Event::Apply(pod));
+    }
+    Arc::new(Scope {
+        ctx,
+        pods,
+        flows: reflector::store().0,
+        profiles: reflector::store().0,
+    })
+}
+
+#[tokio::test]
+async fn a_crash_is_confirmed_from_the_api_server_recorded_and_its_token_deleted() {
+    let run = flowrun(json!({ "status": { "phase": "Running", "attempt": 1 } }));
+    let case = case(&run, vec![]).await;
+    let id = case.started().await;
+    let failed = pod(id, 1, exited(3));
+    let case = Case {
+        scope: case_with_pods(&case, vec![failed.clone()]),
+        ..case
+    };
+    case.api.with_pods(vec![failed]);
+    case.reconcile(run).await.unwrap();
+
+    let record = case.engine_run().await.unwrap();
+    assert_eq!((record.phase, record.crashes), (Phase::Retrying, 1));
+    assert_eq!(
+        case.api.lines(),
+        [
+            "GET /api/v1/namespaces/team-a/pods".to_owned(),
+            format!("PATCH {RUNS}/research/status"),
+            format!("DELETE /api/v1/namespaces/team-a/secrets/cairn-token-{id}-a1"),
+        ]
+    );
+    let list = &case.api.sent()[0].uri;
+    assert!(list.contains(&format!("cairn.dev%2Frun%3D{id}")), "{list}");
+    let status = case.api.body_of(&format!("PATCH {RUNS}/research/status"))["status"].clone();
+    assert_eq!(status["phase"], "Retrying");
+    assert_eq!(case.api.events(), ["Crashed"]);
+}
+
+#[tokio::test]
+async fn a_cancelled_run_that_never_started_is_finished_and_launches_nothing() {
+    let run = flowrun(
+        json!({ "spec": { "cancel": true }, "status": { "phase": "Pending", "attempt": 0 } }),
+    );
+    let case = case(&run, vec![]).await;
+    case.reconcile(run).await.unwrap();
+
+    let record = case.engine_run().await.unwrap();
+    assert_eq!(record.phase, Phase::Cancelled);
+    assert_eq!(case.api.lines(), [format!("PATCH {RUNS}/research/status")]);
+    let status = case.api.body_of(&format!("PATCH {RUNS}/research/status"))["status"].clone();
+    assert_eq!(status["phase"], "Cancelled");
+    assert_eq!(status["conditions"][0]["reason"], "Cancelled");
+}
+
+#[tokio::test]
+async fn a_deleted_run_leaves_the_engine_then_loses_its_finalizer() {
+    let run = flowrun(
+        json!({ "metadata": { "deletionTimestamp": "2026-01-01T00:00:00Z" },
+                              "status": { "phase": "Running", "attempt": 1 } }),
+    );
+    let case = case(&run, vec![]).await;
+    case.started().await;
+    case.reconcile(run).await.unwrap();
+
+    assert!(
+        case.engine_run().await.is_none(),
+        "the engine's run is deleted"
+    );
+    assert_eq!(case.api.lines(), [format!("PATCH {RUNS}/research")]);
+    let patch = case.api.body_of(&format!("PATCH {RUNS}/research"));
+    assert!(
+        patch.to_string().contains("remove"),
+        "the finalizer is removed: {patch}"
+    );
+}
+
+#[tokio::test]
+async fn a_run_naming_a_missing_flow_says_so_and_creates_nothing() {
+    let run = flowrun(json!({ "spec": { "image": null, "flow": null, "flowRef": "agent" } }));
+    let case = case(&run, vec![]).await;
+    case.reconcile(run).await.unwrap();
+
+    assert!(case.engine_run().await.is_none());
+    assert_eq!(
+        case.api.lines(),
+        [
+            "GET /apis/cairn.dev/v1alpha1/namespaces/team-a/flows/agent".to_owned(),
+            format!("PATCH {RUNS}/research/status"),
+        ]
+    );
+    let status = case.api.body_of(&format!("PATCH {RUNS}/research/status"))["status"].clone();
+    assert_eq!(status["conditions"][0]["reason"], "FlowNotFound");
+    assert!(
+        status["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("\"agent\"") && e.contains("team-a")),
+        "{status}"
+    );
+    assert_eq!(case.api.events(), ["FlowNotFound"]);
+}
+
+#[tokio::test]
+async fn a_database_that_is_down_fails_the_stage_as_unavailable_and_writes_nothing() {
+    let run = flowrun(json!({}));
+    let case = case(&run, vec![]).await;
+    case.db.pool.close().await;
+    let error = case.reconcile(run).await.unwrap_err();
+
+    assert_eq!(error.category(), Category::DatabaseUnavailable, "{error}");
+    assert_eq!(error.stage(), Some(Stage::SyncEngine), "{error}");
+    assert!(case.api.lines().is_empty(), "{:?}", case.api.lines());
+}
