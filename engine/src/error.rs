@@ -89,3 +89,36 @@ fn sqlx_unavailable(error: &sqlx::Error) -> bool {
             .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
     }
 }
+
+/// Why a connection to `url` failed, in the terms of its TLS settings (libpq's `sslmode`,
+/// default `prefer`) when TLS is the cause, with what to change. The URL's password is not
+/// in it.
+pub fn explain_connect_error(url: &str, error: &sqlx::Error) -> String {
+    let mode = url::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            u.query_pairs()
+                .find(|(key, _)| key == "sslmode")
+                .map(|(_, value)| value.into_owned())
+        })
+        .unwrap_or_else(|| "prefer".to_owned());
+    let text = error.to_string();
+    let lower = text.to_lowercase();
+    let hint = if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
+        "the server's certificate is not trusted: set sslrootcert to the CA that signed it"
+    } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+        "the server's certificate does not name this host name: connect by a name it lists, \
+         or use sslmode=verify-ca"
+    } else if lower.contains("does not support tls") || lower.contains("does not support ssl") {
+        "the server does not support TLS: turn ssl on in the server, or choose sslmode=prefer \
+         or disable"
+    } else if lower.contains("no encryption") {
+        "the server takes only TLS connections: choose sslmode=require or stronger"
+    } else {
+        ""
+    };
+    match hint {
+        "" => format!("(sslmode={mode}) {text}"),
+        hint => format!("(sslmode={mode}) {hint} ({text})"),
+    }
+}

@@ -112,9 +112,10 @@ pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     })?;
     let probe = PgConnection::connect_with(&options).await.map_err(|e| {
         anyhow!(
-            "cannot connect to the database at {}: {e}\n\
+            "cannot connect to the database at {} {}\n\
              Is Postgres running and reachable? Set CAIRN_DATABASE_URL, or unset it to use Cairn's private Postgres.",
-            redact(url)
+            redact(url),
+            crate::error::explain_connect_error(url, &e)
         )
     })?;
     probe.close().await?;

@@ -20,6 +20,8 @@ pub struct LocalPostgres {
     bin_dir: PathBuf,
     port: u16,
     run_as: Option<User>,
+    /// More server settings for `pg_ctl start` (`-c name=value ...`).
+    server_options: String,
 }
 
 /// The database URL of `cairn dev` and the CLI: `CAIRN_DATABASE_URL`, else the private
@@ -67,11 +69,28 @@ impl LocalPostgres {
             bin_dir: find_bin_dir()?,
             port,
             run_as,
+            server_options: String::new(),
         })
     }
 
-    fn data_dir(&self) -> PathBuf {
+    /// The same server started with more settings (`-c name=value ...`, after the defaults, so
+    /// they win): the tests' TLS server listens on TCP with `ssl=on`.
+    pub fn with_server_options(mut self, options: &str) -> Self {
+        self.server_options = options.to_owned();
+        self
+    }
+
+    /// The directory of the server's data (its configuration files are there).
+    pub fn data_dir(&self) -> PathBuf {
         self.root.join("postgres")
+    }
+
+    /// Makes `path` (a file the server reads, such as a key) the server user's own.
+    pub fn give_to_server(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(user) = &self.run_as {
+            chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
+        }
+        Ok(())
     }
 
     /// Where the Postgres binaries (initdb, pg_ctl, pg_dump...) are.
@@ -111,9 +130,10 @@ impl LocalPostgres {
         if !self.is_running()? {
             self.private_dir(&self.socket_dir())?;
             let options = format!(
-                "-c listen_addresses='' -k {} -p {}",
+                "-c listen_addresses='' -k {} -p {} {}",
                 self.socket_dir().display(),
-                self.port
+                self.port,
+                self.server_options
             );
             let log = self.log_file();
             let status = self

@@ -139,7 +139,8 @@ impl Runner {
         {
             Ok(conn) => conn,
             Err(e) => {
-                tracing::error!("cannot reach the database: {e}");
+                let why = cairn_engine::error::explain_connect_error(&runner_env.database_url, &e);
+                tracing::error!("cannot reach the database {why}");
                 return Exit::Crashed;
             }
         };

@@ -4,6 +4,7 @@
 //! in-process `cairn dev` supervisor.
 
 pub mod fake_api;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -116,7 +117,7 @@ fn run_blocking<T: Send + 'static>(
 
 /// Stops the server and removes its directory once this test binary has exited: a detached
 /// watcher (its own process group, so Ctrl-C on the tests does not stop it) polls our pid.
-fn reap_when_done(root: &Path) {
+pub(crate) fn reap_when_done(root: &Path) {
     use std::os::unix::process::CommandExt;
     let script = r#"
         while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
