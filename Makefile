@@ -16,7 +16,7 @@ demo:
 test: build test-core test-cluster
 
 test-core:
-	tests/install-deps.sh
+	tests/install-deps.sh test
 	$(CARGO) test --workspace
 
 # The real one-node cluster (built on first use): its smoke test, then the end-to-end tests of the
@@ -27,9 +27,14 @@ test-cluster:
 	tests/cluster/kubectl-cairn-e2e.sh
 	tests/cluster/chart-e2e.sh
 
+# Style and hygiene: rustfmt, clippy, shellcheck on every script, and cargo-deny (licenses,
+# banned crates, sources; deny.toml says why advisories are not checked here).
 lint:
+	tests/install-deps.sh lint
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	shellcheck $$(git ls-files '*.sh') .ci/run
+	$(CARGO) deny --log-level error check licenses bans sources
 
 # Per-step checkpoint overhead next to a raw INSERT + COMMIT (not a test: prints figures).
 bench-steps:

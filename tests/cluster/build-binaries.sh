@@ -45,9 +45,9 @@ EOF
         if [[ -n "$godebug" ]]; then go mod edit -godebug="$godebug"; fi
         go mod edit -require="k8s.io/kubernetes@$v"
         local m
-        for m in $(sed -n 's|^[[:space:]]*\(k8s\.io/[^ ]*\) => \./staging/.*|\1|p' "$upstream_mod"); do
+        while read -r m; do
             go mod edit -replace="$m=$m@$staging_v"
-        done
+        done < <(sed -n 's|^[[:space:]]*\(k8s\.io/[^ ]*\) => \./staging/.*|\1|p' "$upstream_mod")
         # No `go mod tidy`: this module has no .go files and tidy would drop the require.
         local pkgs=() c
         for c in "${K8S_COMPONENTS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done

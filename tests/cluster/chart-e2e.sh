@@ -46,6 +46,8 @@ fail() {
 
 # What the API server refused in an operator log: "cannot VERB resource R in API group G", counted.
 refusals() {
+    # The log quotes JSON: the backslashes are literal characters, not escapes.
+    # shellcheck disable=SC1003
     grep -oE 'cannot [a-z]+ resource \\"[^\\]*\\" in API group \\"[^\\]*\\"' | tr -d '\\' | sort | uniq -c | grep .
 }
 

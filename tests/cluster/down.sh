@@ -77,9 +77,9 @@ rm -f "$RUN_DIR/postgres.pid"
 unmount_under() {
     local prefix="$1" m
     # /proc/self/mounts escapes spaces as \040; our paths have none.
-    for m in $(awk -v p="$prefix" 'index($2, p) == 1 {print $2}' /proc/self/mounts | sort -r); do
+    while read -r m; do
         umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "could not unmount $m"
-    done
+    done < <(awk -v p="$prefix" 'index($2, p) == 1 {print $2}' /proc/self/mounts | sort -r)
 }
 unmount_under "$STATE_DIR/"
 unmount_under "$(dirname "$CONTAINERD_SOCK")/"

@@ -50,9 +50,9 @@ die() { printf '[cluster] ERROR: %s\n' "$*" >&2; exit 1; }
 latest_version() {
     local mod="$1" series="$2" cache_prefix="$3" v
     # A version prefix query ("mod@v1.33") resolves to the newest release with that prefix.
-    v="$(cd /tmp && GOTOOLCHAIN=local go list -m -f '{{.Version}}' "$mod@$series" 2>/dev/null || true)"
+    v="$(cd /tmp && { GOTOOLCHAIN=local go list -m -f '{{.Version}}' "$mod@$series" 2>/dev/null || true; })"
     if [[ -z "$v" ]]; then
-        v="$(ls -d "${cache_prefix}"v* 2>/dev/null | sed "s|^${cache_prefix}||" | grep -E "^${series//./\\.}\." | sort -V | tail -1 || true)"
+        v="$(printf '%s\n' "${cache_prefix}"v* | sed "s|^${cache_prefix}||" | grep -E "^${series//./\\.}\." | sort -V | tail -1 || true)"
     fi
     [[ -n "$v" ]] || die "cannot find a $series version of $mod (Go module proxy unreachable and nothing cached)"
     echo "$v"

@@ -19,8 +19,8 @@ finish() {
     # Runs first, while an operator still runs their finalizers (and deletes their rows); a
     # namespace holding FlowRuns nobody finalizes would stay Terminating.
     kubectl -n "$NS" delete flowruns --all --timeout=60s >/dev/null 2>&1 || true
-    [[ -n "$operator_pid" ]] && kill "$operator_pid" 2>/dev/null || true
-    [[ -n "$standby_pid" ]] && kill "$standby_pid" 2>/dev/null || true
+    if [[ -n "$operator_pid" ]]; then kill "$operator_pid" 2>/dev/null || true; fi
+    if [[ -n "$standby_pid" ]]; then kill "$standby_pid" 2>/dev/null || true; fi
     kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
     kubectl delete resourceprofile "$PROFILE" --wait=false >/dev/null 2>&1 || true
     drop_own_database
