@@ -108,6 +108,9 @@ run kubectl -n "$SYS_NS" get deploy,pods,svc
 run kubectl get resourceprofiles
 
 say "running the example: a Flow and a FlowRun (plan, three child summaries, draft, wait for approval)"
+# The chart's profiles carry the demo- prefix; the example's Flow asks for `small`, which the
+# example brings (a fresh cluster has no other).
+run kubectl apply -f "$EXAMPLE/profile.yaml"
 run kubectl -n "$NS" apply -f "$EXAMPLE/flow.yaml" -f "$EXAMPLE/flowrun.yaml"
 echo "\$ kubectl -n $NS get flowruns -w"
 kubectl -n "$NS" get flowruns -w &
