@@ -10,6 +10,7 @@ use cairn_engine::launcher::{self, Claim};
 use cairn_engine::read;
 use cairn_operator::controller::error::{Category, Stage};
 use cairn_operator::controller::flowrun::{self, FINALIZER, Scope};
+use cairn_operator::controller::runner_db::RunnerDb;
 use cairn_operator::controller::{Config, Context};
 use cairn_operator::lifecycle::Phase;
 use cairn_tests::TestDb;
@@ -74,7 +75,8 @@ async fn case(run: &FlowRun, cached: Vec<Pod>) -> Case {
     let db = TestDb::new().await;
     let (api, client) = FakeApi::new(run);
     let config = Flags::parse_from(["cairn"]).config;
-    let ctx = Context::new(client, db.pool.clone(), config, db.runner_url.clone());
+    let runner = RunnerDb::from_url(&db.runner_url).unwrap();
+    let ctx = Context::new(client, db.pool.clone(), config, runner);
     let scope = scope(Arc::new(ctx), cached);
     Case { db, api, scope }
 }

@@ -10,6 +10,7 @@ mod flowevent;
 pub mod flowrun;
 mod history;
 pub mod pod;
+pub mod runner_db;
 mod startup;
 mod telemetry;
 
@@ -136,8 +137,9 @@ pub struct Context {
     pub client: Client,
     pub pool: PgPool,
     pub config: Config,
-    /// `config.runner_database_url`, or the operator's own address with the runner login.
-    runner_database_url: String,
+    /// `config.runner_database_url`, or the operator's own address with the runner login, as
+    /// pods use it (with the CA it names).
+    runner_db: runner_db::RunnerDb,
     /// Runs refused a launch by the running budget, oldest first; woken as slots free.
     pub waiting_for_slot: std::sync::Mutex<VecDeque<ObjectRef<FlowRun>>>,
     /// When each namespace last had its flow pods' Secret (and service account) applied.
@@ -153,8 +155,13 @@ pub struct Context {
 pub use error::Error;
 
 impl Context {
-    /// The operator's context; `runner_database_url` is what flow pods get in their Secret.
-    pub fn new(client: Client, pool: PgPool, config: Config, runner_database_url: String) -> Self {
+    /// The operator's context; `runner_db` is what flow pods get in their Secret.
+    pub fn new(
+        client: Client,
+        pool: PgPool,
+        config: Config,
+        runner_db: runner_db::RunnerDb,
+    ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -165,7 +172,7 @@ impl Context {
         Context {
             client,
             pool,
-            runner_database_url,
+            runner_db,
             config,
             metrics: telemetry::Metrics::default(),
             recorder,
@@ -174,6 +181,11 @@ impl Context {
             written_status: Default::default(),
             failures: Default::default(),
         }
+    }
+
+    /// Whether flow pods get the database's CA (the runner URL names one).
+    pub fn runner_ca(&self) -> bool {
+        self.runner_db.ca.is_some()
     }
 
     async fn publish(
@@ -277,11 +289,15 @@ impl Context {
         }
         let apply = PatchParams::apply(FIELD_MANAGER).force();
         let labels = json!({ pod::LABEL_MANAGED: "cairn" });
+        let mut data = json!({ pod::DB_SECRET_KEY: self.runner_db.url });
+        if let Some(ca) = &self.runner_db.ca {
+            data[runner_db::CA_KEY] = json!(ca);
+        }
         let secret = json!({
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": { "name": self.config.runner_secret, "labels": labels },
-            "stringData": { pod::DB_SECRET_KEY: self.runner_database_url },
+            "stringData": data,
         });
         Api::<Secret>::namespaced(self.client.clone(), namespace)
             .patch(&self.config.runner_secret, &apply, &Patch::Apply(&secret))
@@ -335,12 +351,8 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
         Some(url) => url.clone(),
         None => cairn_engine::launcher::runner_url(&pool, database_url).await?,
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        pool,
-        config,
-        runner_database_url,
-    ));
+    let runner_db = runner_db::RunnerDb::from_url(&runner_database_url)?;
+    let ctx = Arc::new(Context::new(client.clone(), pool, config, runner_db));
     let mut endpoints = tokio::spawn(telemetry::serve(ctx.config.listen, ctx.clone()));
 
     let identity = format!(

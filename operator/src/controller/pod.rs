@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use cairn_crds::{FlowRun, ResourceProfileSpec};
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, Pod, PodSecurityContext, PodSpec,
-    SeccompProfile, SecretKeySelector, SecurityContext,
+    Capabilities, Container, EnvVar, EnvVarSource, KeyToPath, Pod, PodSecurityContext, PodSpec,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
@@ -42,6 +42,9 @@ pub struct FlowPod<'a> {
     pub db_secret: &'a str,
     /// How that URL is reached (a pooler in transaction mode, or directly).
     pub pooler: cairn::Pooler,
+    /// Whether that Secret also holds the CA the URL's `sslrootcert` names (mounted at
+    /// `runner_db::CA_DIR`).
+    pub db_ca: bool,
     /// Seconds left before the run's deadline: the kubelet stops the pod then (keeping it,
     /// and its logs), while the engine fails the run.
     pub deadline_in: Option<i64>,
@@ -114,6 +117,14 @@ pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
                 env: Some(env),
                 resources: profile.resources,
                 termination_message_policy: Some("FallbackToLogsOnError".into()),
+                volume_mounts: spec.db_ca.then(|| {
+                    vec![VolumeMount {
+                        name: DB_CA_VOLUME.into(),
+                        mount_path: super::runner_db::CA_DIR.into(),
+                        read_only: Some(true),
+                        ..Default::default()
+                    }]
+                }),
                 security_context: Some(SecurityContext {
                     allow_privilege_escalation: Some(false),
                     read_only_root_filesystem: Some(true),
@@ -127,6 +138,21 @@ pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
             }],
             node_selector: (!profile.node_selector.is_empty()).then_some(profile.node_selector),
             tolerations: (!profile.tolerations.is_empty()).then_some(profile.tolerations),
+            volumes: spec.db_ca.then(|| {
+                vec![Volume {
+                    name: DB_CA_VOLUME.into(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(spec.db_secret.into()),
+                        items: Some(vec![KeyToPath {
+                            key: super::runner_db::CA_KEY.into(),
+                            path: super::runner_db::CA_KEY.into(),
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]
+            }),
             runtime_class_name: profile.runtime_class_name,
             priority_class_name: profile.priority_class_name,
             ..Default::default()
@@ -134,6 +160,9 @@ pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
         status: None,
     }
 }
+
+/// The volume of the database's CA certificate (from the runner's Secret).
+const DB_CA_VOLUME: &str = "db-ca";
 
 /// Credentials reach pods as Secret references, never as literals in the pod spec.
 fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
@@ -308,6 +337,10 @@ mod tests {
     }
 
     fn pod_with_pooler(profile: Option<&ResourceProfileSpec>, pooler: cairn::Pooler) -> Pod {
+        flow_pod(profile, pooler, false)
+    }
+
+    fn flow_pod(profile: Option<&ResourceProfileSpec>, pooler: cairn::Pooler, db_ca: bool) -> Pod {
         let run = flowrun();
         build_pod(&FlowPod {
             run: &run,
@@ -319,6 +352,7 @@ mod tests {
             extra_env: &[],
             service_account: Some("cairn-flow"),
             db_secret: "cairn-runner-db",
+            db_ca,
             deadline_in: None,
             pooler,
         })
@@ -331,6 +365,28 @@ mod tests {
             .iter()
             .find(|e| e.name == name)
             .and_then(|e| e.value.clone())
+    }
+
+    #[test]
+    fn the_databases_ca_is_mounted_read_only_from_the_runner_secret_only_when_there_is_one() {
+        let pod = flow_pod(None, cairn::Pooler::None, true);
+        let spec = pod.spec.as_ref().unwrap();
+        let volume = &spec.volumes.as_ref().unwrap()[0];
+        let secret = volume.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("cairn-runner-db"));
+        assert_eq!(secret.items.as_ref().unwrap()[0].key, "ca.crt");
+        let mount = &spec.containers[0].volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only, &mount.name),
+            ("/etc/cairn/db", Some(true), &volume.name)
+        );
+        let plain = pod_spec_for(None);
+        assert!(plain.spec.as_ref().unwrap().volumes.is_none());
+        assert!(
+            plain.spec.as_ref().unwrap().containers[0]
+                .volume_mounts
+                .is_none()
+        );
     }
 
     #[test]

@@ -149,6 +149,7 @@ impl Launch<'_> {
                 .as_deref()
                 .or(ctx.config.flow_service_account.as_deref()),
             db_secret: &ctx.config.runner_secret,
+            db_ca: ctx.runner_ca(),
             pooler: ctx.config.runner_pooler,
             deadline_in: self.deadline.map(|at| (at - Utc::now()).num_seconds()),
         });
