@@ -20,11 +20,17 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod labels;
+
+pub use labels::*;
+
 /// The phase of a run is the engine's (one type for the engine's record, the CLI and the status).
 pub use cairn_engine::Phase;
 
 pub const GROUP: &str = "cairn.dev";
 pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` of every Cairn object.
+pub const API_VERSION: &str = "cairn.dev/v1alpha1";
 
 /// Any JSON value, kept as is by the API server.
 fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -163,9 +169,6 @@ pub struct FlowRunStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
-
-/// Set this annotation on a failed FlowRun to a new value to retry it from its last checkpoint.
-pub const RETRY_ANNOTATION: &str = "cairn.dev/retry";
 
 /// A reusable flow template.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]

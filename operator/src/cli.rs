@@ -21,6 +21,7 @@ use crate::lifecycle::Phase;
 use crate::localdb::LocalPostgres;
 use crate::supervisor::{self, Launcher};
 use cairn_engine::read::RunRecord;
+use cairn_engine::read_api::RunList;
 
 #[derive(Parser)]
 #[command(
@@ -550,7 +551,7 @@ async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
             let records = read::list(&pool, namespace.as_deref()).await?;
             let runs = api::summaries(&records);
             if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&api::RunList { runs })?);
+                println!("{}", serde_json::to_string_pretty(&RunList { runs })?);
             } else {
                 let rows: Vec<RunRow> = runs.iter().map(RunRow::from).collect();
                 let table = render::runs_table(

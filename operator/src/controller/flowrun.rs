@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_crds::{
-    Flow, FlowRun, FlowRunSpec, FlowRunStatus, RETRY_ANNOTATION, ResourceProfile,
-    ResourceProfileSpec, WaitingFor,
+    FINALIZER, Flow, FlowRun, FlowRunSpec, FlowRunStatus, LABEL_RUN, RETRY_ANNOTATION,
+    ResourceProfile, ResourceProfileSpec, WaitingFor,
 };
 use cairn_engine::launcher::{self as engine, Claim, NewRun};
 use cairn_engine::{EngineError, Wait};
@@ -20,12 +20,11 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::Instrument;
 
-use super::pod::{self, FlowPod, LABEL_RUN};
+use super::pod::{self, FlowPod};
 use super::{Context, Error};
 use crate::lifecycle::{Next, Phase, ProcessExit, RunView, decide};
 use cairn_engine::read::{self, RunRecord};
 
-pub const FINALIZER: &str = "cairn.dev/cleanup";
 /// Results larger than this stay in the database only (status must stay small).
 const MAX_STATUS_RESULT_BYTES: usize = 4096;
 

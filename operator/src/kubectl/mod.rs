@@ -16,7 +16,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
-use cairn_crds::{FlowEvent, FlowEventSpec, FlowRun, RETRY_ANNOTATION};
+use cairn_crds::{
+    FlowEvent, FlowEventSpec, FlowRun, LABEL_ATTEMPT, LABEL_MANAGED, LABEL_PARENT, LABEL_RUN,
+    MANAGED_BY_KUBECTL, RETRY_ANNOTATION,
+};
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use k8s_openapi::api::core::v1::Pod;
@@ -29,7 +32,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::controller::pod::{LABEL_ATTEMPT, LABEL_RUN};
 use crate::lifecycle::Phase;
 pub use logic::Until;
 use logic::Verdict;
@@ -501,10 +503,9 @@ impl Kube {
                 payload: Some(payload.clone()),
             },
         );
-        flowevent.labels_mut().insert(
-            "app.kubernetes.io/managed-by".into(),
-            "kubectl-cairn".into(),
-        );
+        flowevent
+            .labels_mut()
+            .insert(LABEL_MANAGED.into(), MANAGED_BY_KUBECTL.into());
         match self
             .events()
             .create(&PostParams::default(), &flowevent)
@@ -943,7 +944,7 @@ fn status_text(
         ),
     );
     line("Flow", logic::flow_of(run));
-    if let Some(parent) = run.labels().get(logic::LABEL_PARENT) {
+    if let Some(parent) = run.labels().get(LABEL_PARENT) {
         line("Parent", parent.clone());
     }
     line(

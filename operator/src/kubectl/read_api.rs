@@ -10,7 +10,7 @@ use kube::client::Body;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::controller::api::RunDetail;
+use cairn_engine::read_api::RunDetail;
 
 /// How long one read may take before the operator counts as unreachable.
 const READ_TIMEOUT: Duration = Duration::from_secs(20);

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use comfy_table::{Attribute, Cell, CellAlignment, Color, Table, presets::UTF8_BORDERS_ONLY};
 use serde_json::Value;
 
-use crate::controller::api::{Attempt, RunDetail, RunSummary, Step};
 use crate::lifecycle::Phase;
+use cairn_engine::read_api::{Attempt, RunDetail, RunSummary, Step};
 
 /// Whether to colour what goes to stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -569,7 +569,7 @@ pub fn compact_json(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::api::{RunInfo, Totals, Wait};
+    use cairn_engine::read_api::{RunInfo, Totals, Wait};
     use chrono::TimeZone;
     use serde_json::json;
 
