@@ -582,10 +582,8 @@ async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
             } else {
                 let answer =
                     |event: &str| format!("cairn dev emit {event} --data <JSON> -n {namespace}");
-                let text = render::detail_text(
-                    &detail,
-                    None,
-                    Some(&answer),
+                let text = render::inspect_text(
+                    &render::Inspect::of_detail(&detail, None, Some(&answer)),
                     &Ui::detect(),
                     chrono::Utc::now(),
                 );
