@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 
+use cairn_crds::FINALIZER;
 use cairn_crds::FlowRun;
 use cairn_engine::launcher::{self, Claim};
 use cairn_engine::read;
 use cairn_operator::controller::error::{Category, Stage};
-use cairn_operator::controller::flowrun::{self, FINALIZER, Scope};
+use cairn_operator::controller::flowrun::{self, Scope};
 use cairn_operator::controller::runner_db::RunnerDb;
 use cairn_operator::controller::{Config, Context};
 use cairn_operator::lifecycle::Phase;

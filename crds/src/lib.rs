@@ -20,11 +20,17 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod labels;
+
+pub use labels::*;
+
 /// The phase of a run is the engine's (one type for the engine's record, the CLI and the status).
 pub use cairn_engine::Phase;
 
 pub const GROUP: &str = "cairn.dev";
 pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` of every Cairn object.
+pub const API_VERSION: &str = "cairn.dev/v1alpha1";
 
 /// Any JSON value, kept as is by the API server.
 fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -164,9 +170,6 @@ pub struct FlowRunStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// Set this annotation on a failed FlowRun to a new value to retry it from its last checkpoint.
-pub const RETRY_ANNOTATION: &str = "cairn.dev/retry";
-
 /// A reusable flow template.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[kube(
@@ -252,6 +255,54 @@ pub struct FlowEventStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// A ResourceProfile's `resources`, bounded so that the API server can cost the rules that
+/// check every amount: at most 12 resources each in requests and limits (cpu, memory,
+/// ephemeral-storage, a GPU and hugepages fit many times). The API server refuses rules it
+/// estimates too costly, and the estimate grows with this bound: 16 is already too many.
+fn bounded_resources(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Option<ResourceRequirements>>();
+    for map in ["requests", "limits"] {
+        let pointer = format!("/properties/{map}");
+        let map = schema.pointer_mut(&pointer).and_then(Value::as_object_mut);
+        map.expect("ResourceRequirements has requests and limits maps")
+            .insert("maxProperties".into(), 12.into());
+    }
+    schema
+}
+
+/// A CEL rule on a ResourceProfile spec: every amount of `resources.<map>` is a quantity.
+/// (A macro, because the attributes that use it need literals.)
+macro_rules! quantities_rule {
+    ($map:literal) => {
+        concat!(
+            "!has(self.resources) || !has(self.resources.",
+            $map,
+            ") || self.resources.",
+            $map,
+            ".all(r, isQuantity(string(self.resources.",
+            $map,
+            "[r])))"
+        )
+    };
+}
+
+/// Its message, naming the first resource whose amount is not a quantity. (Echoing the
+/// amount too would make the API server estimate the message too costly.)
+macro_rules! quantities_message {
+    ($map:literal) => {
+        concat!(
+            "'resources.",
+            $map,
+            ".' + self.resources.",
+            $map,
+            ".filter(r, !isQuantity(string(self.resources.",
+            $map,
+            "[r])))[0]",
+            " + ' is not a quantity (such as 250m, 2 or 512Mi)'"
+        )
+    };
+}
+
 /// Resources and placement for flow pods.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[kube(
@@ -267,11 +318,31 @@ pub struct FlowEventStatus {
         json_path = ".metadata.creationTimestamp"
     )
 )]
+// What a pod would refuse is refused here, at `kubectl apply`, instead of failing runs later.
+// The operator checks the same again (`check_profile`): rules apply to objects written after
+// they were added, so a profile stored under an older CRD can still hold what they refuse.
+#[x_kube(validation = Rule::new(quantities_rule!("requests"))
+    .message(Message::Expression(quantities_message!("requests").into()))
+    .field_path(".resources.requests"))]
+#[x_kube(validation = Rule::new(quantities_rule!("limits"))
+    .message(Message::Expression(quantities_message!("limits").into()))
+    .field_path(".resources.limits"))]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceProfileSpec {
+    #[schemars(schema_with = "bounded_resources")]
+    #[serde(default)]
     pub resources: Option<ResourceRequirements>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the flow pods (at most 64).
+    // The bound lets the API server cost the rules that check each one.
+    #[x_kube(validation = Rule::new(
+        "self.all(t, !has(t.effect) || t.effect in ['NoSchedule', 'PreferNoSchedule', 'NoExecute', ''])"
+    ).message("a toleration's effect must be NoSchedule, PreferNoSchedule or NoExecute"))]
+    #[x_kube(validation = Rule::new(
+        "self.all(t, !has(t.operator) || t.operator in ['Exists', 'Equal', ''])"
+    ).message("a toleration's operator must be Exists or Equal"))]
+    #[schemars(length(max = 64))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
     pub runtime_class_name: Option<String>,
@@ -326,6 +397,32 @@ mod tests {
         assert!(
             !required.contains(&"input".into()),
             "spec.input must be optional: {required:?}"
+        );
+    }
+
+    /// The API server refuses a CRD whose rules it cannot bound the cost of (checked against a
+    /// real API server with `kubectl apply --dry-run=server`): keep the bounds with the rules.
+    #[test]
+    fn profile_rules_come_with_the_bounds_that_make_them_affordable() {
+        let profile = serde_json::to_value(ResourceProfile::crd()).unwrap();
+        let spec =
+            &profile["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let rules = spec["x-kubernetes-validations"].to_string();
+        assert!(rules.contains("isQuantity"), "{rules}");
+        let resources = &spec["properties"]["resources"]["properties"];
+        assert_eq!(resources["requests"]["maxProperties"], 12);
+        assert_eq!(resources["limits"]["maxProperties"], 12);
+        let tolerations = &spec["properties"]["tolerations"];
+        assert_eq!(tolerations["maxItems"], 64);
+        assert_eq!(
+            tolerations["x-kubernetes-validations"]
+                .as_array()
+                .map(Vec::len),
+            Some(2)
+        );
+        assert!(
+            !spec["required"].to_string().contains("resources"),
+            "resources stays optional"
         );
     }
 

@@ -1,8 +1,9 @@
 //! Cairn's durable engine. The rules live in SQL (`sql/schema/`, built into databases by
 //! `sql/migrations/`); this crate is their one typed front door:
 //!
-//! - pure types shared by everyone: [`Phase`], the parsed [`Wait`], and the [`protocol`]
-//!   between launchers and flow processes (environment, exit codes, versions);
+//! - pure types shared by everyone: [`Phase`], the parsed [`Wait`], the [`protocol`]
+//!   between launchers and flow processes (environment, exit codes, versions), and the
+//!   [`read_api`]'s wire types (what the operator serves and `kubectl cairn` reads);
 //! - [`runner`] (feature `runner`): the calls a flow process makes, the runner protocol. The
 //!   SDK depends on this side only; flow processes log in as a role that can do nothing else;
 //! - [`launcher`], [`read`] and [`schema`] (feature `launcher`): creating, claiming, waking and
@@ -11,6 +12,7 @@
 
 pub mod phase;
 pub mod protocol;
+pub mod read_api;
 pub mod wait;
 
 pub use phase::Phase;

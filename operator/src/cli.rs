@@ -1,26 +1,20 @@
-//! The `cairn` command line (also `kubectl cairn`): argument definitions and dispatch. The
-//! Kubernetes commands live in `kubectl`, the local database ones (`cairn dev`) here.
+//! The `cairn` command line (also `kubectl cairn`): the arguments, parsed, and handed to the
+//! command that runs them. Nothing else happens here: the Kubernetes commands are in
+//! `kubectl`, the local ones (`cairn dev`) in `dev`, the operator in `controller`. Flags
+//! several commands share are `#[command(flatten)]` groups, so they read the same everywhere.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
-use cairn_engine::{EngineError, launcher as engine, read, schema};
+use anyhow::anyhow;
+use cairn_engine::schema;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
-use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 
-use crate::controller::api;
-use crate::kubectl::{
-    self,
-    render::{self, RunRow, Ui},
-};
+use crate::dev;
+use crate::kubectl;
 use crate::lifecycle::Phase;
-use crate::localdb::LocalPostgres;
-use crate::supervisor::{self, Launcher};
-use cairn_engine::read::RunRecord;
 
 #[derive(Parser)]
 #[command(
@@ -53,8 +47,8 @@ enum Command {
         all_namespaces: bool,
         #[command(flatten)]
         target: KubeTarget,
-        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
-        output: Output,
+        #[command(flatten)]
+        output: OutputFlag,
     },
     /// Show a run: steps, durations, tokens, costs, attempts, and the question it waits on.
     ///
@@ -66,8 +60,8 @@ enum Command {
         run: String,
         #[command(flatten)]
         target: KubeTarget,
-        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
-        output: Output,
+        #[command(flatten)]
+        output: OutputFlag,
     },
     /// Answer the event a run waits for (a FlowEvent).
     ///
@@ -83,8 +77,8 @@ enum Command {
         wait: WaitFlags,
         #[command(flatten)]
         target: KubeTarget,
-        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
-        output: Output,
+        #[command(flatten)]
+        output: OutputFlag,
     },
     /// Emit an event (a FlowEvent); runs waiting for it wake up.
     ///
@@ -98,8 +92,8 @@ enum Command {
         data: String,
         #[command(flatten)]
         target: KubeTarget,
-        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
-        output: Output,
+        #[command(flatten)]
+        output: OutputFlag,
     },
     /// Cancel a run.
     ///
@@ -111,8 +105,8 @@ enum Command {
         wait: WaitFlags,
         #[command(flatten)]
         target: KubeTarget,
-        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
-        output: Output,
+        #[command(flatten)]
+        output: OutputFlag,
     },
     /// Retry a failed run from its last checkpoint.
     ///
@@ -125,8 +119,8 @@ enum Command {
         wait: WaitFlags,
         #[command(flatten)]
         target: KubeTarget,
-        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
-        output: Output,
+        #[command(flatten)]
+        output: OutputFlag,
     },
     /// Logs of a run's pods, attempt by attempt.
     Logs {
@@ -141,6 +135,7 @@ enum Command {
         #[command(flatten)]
         target: KubeTarget,
         /// `json`: one object per line (attempt, pod, line).
+        // Its own flag, not OutputFlag: the help says what JSON means for a stream of lines.
         #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
         output: Output,
     },
@@ -158,8 +153,8 @@ enum Command {
         timeout: Duration,
         #[command(flatten)]
         target: KubeTarget,
-        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
-        output: Output,
+        #[command(flatten)]
+        output: OutputFlag,
     },
     /// The local loop on a Postgres, no cluster: run, list, inspect, answer, cancel, wait.
     ///
@@ -227,6 +222,45 @@ impl WaitFlags {
     }
 }
 
+/// `-o`: a table for people, or JSON for programs.
+#[derive(Args)]
+struct OutputFlag {
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+impl OutputFlag {
+    fn json(&self) -> bool {
+        self.output == Output::Json
+    }
+}
+
+/// `-n`: the namespace of a `cairn dev` run or event.
+#[derive(Args)]
+pub struct Namespace {
+    #[arg(
+        id = "namespace",
+        long = "namespace",
+        short = 'n',
+        value_name = "NAMESPACE",
+        default_value = "default"
+    )]
+    pub name: String,
+}
+
+/// `-n` where leaving it out means every namespace.
+#[derive(Args)]
+struct NamespaceFilter {
+    /// Only in this namespace (default: every namespace).
+    #[arg(
+        id = "namespace",
+        long = "namespace",
+        short = 'n',
+        value_name = "NAMESPACE"
+    )]
+    name: Option<String>,
+}
+
 fn parse_phase(text: &str) -> Result<Phase, String> {
     text.trim().parse()
 }
@@ -242,18 +276,18 @@ enum DevCommand {
     Run(DevRun),
     /// List runs.
     Runs {
-        #[arg(long, short = 'n')]
-        namespace: Option<String>,
-        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
-        output: Output,
+        #[command(flatten)]
+        namespace: NamespaceFilter,
+        #[command(flatten)]
+        output: OutputFlag,
     },
     /// Show a run: its steps with durations and cost, attempts, current wait and result.
     Inspect {
         run: String,
-        #[arg(long, short = 'n', default_value = "default")]
-        namespace: String,
-        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
-        output: Output,
+        #[command(flatten)]
+        namespace: Namespace,
+        #[command(flatten)]
+        output: OutputFlag,
     },
     /// Emit an event; runs waiting for it wake up.
     Emit {
@@ -262,20 +296,20 @@ enum DevCommand {
         /// JSON payload.
         #[arg(long, default_value = "null")]
         data: String,
-        #[arg(long, short = 'n', default_value = "default")]
-        namespace: String,
+        #[command(flatten)]
+        namespace: Namespace,
     },
     /// Cancel a run (and its unfinished children). A running run stops at its next step boundary.
     Cancel {
         run: String,
-        #[arg(long, short = 'n', default_value = "default")]
-        namespace: String,
+        #[command(flatten)]
+        namespace: Namespace,
     },
     /// Wait until a run reaches a phase (or any final phase), like `kubectl wait`.
     Wait {
         run: String,
-        #[arg(long, short = 'n', default_value = "default")]
-        namespace: String,
+        #[command(flatten)]
+        namespace: Namespace,
         /// A phase (pending, running, waiting, sleeping, retrying, succeeded, failed, cancelled) or `finished`.
         #[arg(long = "for", default_value = "finished")]
         until: String,
@@ -293,9 +327,8 @@ enum DevCommand {
         /// Age beyond which finished runs and events are deleted (e.g. 7d, 12h).
         #[arg(long, value_parser = humantime::parse_duration)]
         older_than: Duration,
-        /// Only in this namespace (default: every namespace).
-        #[arg(long, short = 'n')]
-        namespace: Option<String>,
+        #[command(flatten)]
+        namespace: NamespaceFilter,
     },
     /// Print the private Postgres URL (starting and migrating it if needed).
     DbUrl,
@@ -304,29 +337,29 @@ enum DevCommand {
 }
 
 #[derive(Args)]
-struct DevRun {
+pub struct DevRun {
     /// The flow binary (built with the `cairn` SDK).
-    binary: PathBuf,
+    pub binary: PathBuf,
     /// Flow name, as registered in the binary.
     #[arg(long)]
-    flow: String,
+    pub flow: String,
     /// Input JSON.
     #[arg(long, default_value = "null")]
-    input: String,
+    pub input: String,
     /// Run name (idempotency key): the same name resumes the same run. Default: <flow>-<random>.
     #[arg(long)]
-    name: Option<String>,
-    #[arg(long, short = 'n', default_value = "default")]
-    namespace: String,
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub namespace: Namespace,
     /// Crashed attempts before the run fails.
     #[arg(long, default_value_t = 3)]
-    max_attempts: i32,
+    pub max_attempts: i32,
     /// Delay before relaunching after the first crash; doubles per crash.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    retry_backoff: Duration,
+    pub retry_backoff: Duration,
     /// Processes running at once (children included).
     #[arg(long, default_value_t = 16)]
-    parallel: usize,
+    pub parallel: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -398,7 +431,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             target,
             output,
         } => {
-            let kube = connect(target, output).await?;
+            let kube = connect(target, output.json()).await?;
             kube.list(all_namespaces, &phase, flow.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -407,7 +440,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             target,
             output,
         } => {
-            connect(target, output).await?.inspect(&run).await?;
+            connect(target, output.json()).await?.inspect(&run).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Approve {
@@ -418,7 +451,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             output,
         } => {
             let payload = kube_json(&data, "--data")?;
-            let kube = connect(target, output).await?;
+            let kube = connect(target, output.json()).await?;
             kube.approve(&run, payload, wait.timeout()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -429,7 +462,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             output,
         } => {
             let payload = kube_json(&data, "--data")?;
-            connect(target, output).await?.emit(&event, payload).await?;
+            let kube = connect(target, output.json()).await?;
+            kube.emit(&event, payload).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel {
@@ -438,7 +472,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             target,
             output,
         } => {
-            let kube = connect(target, output).await?;
+            let kube = connect(target, output.json()).await?;
             kube.cancel(&run, wait.timeout()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -448,7 +482,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             target,
             output,
         } => {
-            let kube = connect(target, output).await?;
+            let kube = connect(target, output.json()).await?;
             kube.retry(&run, wait.timeout()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -459,7 +493,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             target,
             output,
         } => {
-            let kube = connect(target, output).await?;
+            let kube = connect(target, output == Output::Json).await?;
             kube.logs(&run, attempt, follow).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -471,15 +505,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             target,
             output,
         } => {
-            let kube = connect(target, output).await?;
+            let kube = connect(target, output.json()).await?;
             kube.wait(&run, until, event.as_deref(), timeout).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-async fn connect(target: KubeTarget, output: Output) -> anyhow::Result<kubectl::Kube> {
-    kubectl::Kube::connect(target.into(), output == Output::Json).await
+async fn connect(target: KubeTarget, json: bool) -> anyhow::Result<kubectl::Kube> {
+    kubectl::Kube::connect(target.into(), json).await
 }
 
 /// JSON given to a `kubectl cairn` command (a mistake there is an input error).
@@ -489,320 +523,45 @@ fn kube_json(text: &str, flag: &str) -> anyhow::Result<Value> {
 
 async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
     match command {
-        DevCommand::Run(args) => dev_run(args).await,
-        DevCommand::DbUrl => {
-            let url = LocalPostgres::new(LocalPostgres::default_root(), 5432)?.ensure_running()?;
-            schema::connect(&url).await?; // applies migrations
-            println!("{url}");
-            Ok(ExitCode::SUCCESS)
+        DevCommand::Run(args) => {
+            let input = parse_json(&args.input, "--input")?;
+            dev::run::run(args, input).await
         }
-        DevCommand::Gc {
-            older_than,
+        DevCommand::Runs { namespace, output } => {
+            dev::runs::list(namespace.name.as_deref(), output.json()).await
+        }
+        DevCommand::Inspect {
+            run,
             namespace,
-        } => {
-            let before = chrono::Utc::now()
-                - chrono::Duration::from_std(older_than).map_err(|_| {
-                    anyhow!(
-                        "--older-than {} is too long",
-                        humantime::format_duration(older_than)
-                    )
-                })?;
-            let pool = open().await?;
-            let collected = engine::gc(
-                &mut *pool.acquire().await?,
-                Some(before),
-                Some(before),
-                namespace.as_deref(),
-            )
-            .await?;
-            println!(
-                "deleted {} finished run(s) and {} event(s) older than {}",
-                collected.runs,
-                collected.events,
-                humantime::format_duration(older_than)
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        DevCommand::DbStop => {
-            LocalPostgres::new(LocalPostgres::default_root(), 5432)?.stop()?;
-            Ok(ExitCode::SUCCESS)
-        }
+            output,
+        } => dev::runs::inspect(&run, &namespace.name, output.json()).await,
         DevCommand::Emit {
             event,
             data,
             namespace,
         } => {
             let payload = parse_json(&data, "--data")?;
-            let pool = open().await?;
-            let mut conn = pool.acquire().await?;
-            let emitted = engine::emit(&mut conn, &namespace, &event, &payload)
-                .await
-                .map_err(explain)?;
-            if emitted.duplicate {
-                println!("event {event} was already emitted with this payload (nothing changed)");
-            } else {
-                println!("event {event} emitted; {} run(s) woken", emitted.woken);
-            }
-            Ok(ExitCode::SUCCESS)
+            dev::steer::emit(&event, &payload, &namespace.name).await
         }
-        DevCommand::Runs { namespace, output } => {
-            let pool = open().await?;
-            let records = read::list(&pool, namespace.as_deref()).await?;
-            let runs = api::summaries(&records);
-            if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&api::RunList { runs })?);
-            } else {
-                let rows: Vec<RunRow> = runs.iter().map(RunRow::from).collect();
-                let table = render::runs_table(
-                    &rows,
-                    namespace.is_none(),
-                    &Ui::detect(),
-                    chrono::Utc::now(),
-                );
-                println!("{table}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        DevCommand::Inspect {
-            run,
-            namespace,
-            output,
-        } => {
-            let pool = open().await?;
-            let detail =
-                api::detail(&pool, &namespace, &run)
-                    .await
-                    .map_err(|e| match e.status {
-                        axum::http::StatusCode::NOT_FOUND => anyhow!("{e} (see `cairn dev runs`)"),
-                        _ => anyhow!(e),
-                    })?;
-            if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&detail)?);
-            } else {
-                let answer =
-                    |event: &str| format!("cairn dev emit {event} --data <JSON> -n {namespace}");
-                let text = render::detail_text(
-                    &detail,
-                    None,
-                    Some(&answer),
-                    &Ui::detect(),
-                    chrono::Utc::now(),
-                );
-                print!("{text}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        DevCommand::Cancel { run, namespace } => {
-            let pool = open().await?;
-            let record = read::find(&pool, &namespace, &run).await?;
-            let state = engine::cancel_run(&mut *pool.acquire().await?, record.id)
-                .await
-                .map_err(explain)?;
-            match state {
-                Phase::Running => println!(
-                    "{}: cancellation requested; it stops at its next step boundary",
-                    record.name
-                ),
-                other => println!("{}: {}", record.name, other.as_db()),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        DevCommand::Cancel { run, namespace } => dev::steer::cancel(&run, &namespace.name).await,
         DevCommand::Wait {
             run,
             namespace,
             until,
             event,
             timeout,
-        } => {
-            let target = match until.as_str() {
-                "finished" => None,
-                phase => Some(phase.parse::<Phase>().map_err(|e| anyhow!(e))?),
-            };
-            let pool = open().await?;
-            let record = tokio::time::timeout(
-                timeout,
-                wait_for(&pool, &namespace, &run, target, event.as_deref()),
-            )
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "timed out after {} waiting for {run} to be {until}",
-                    humantime::format_duration(timeout)
-                )
-            })??;
-            println!("{} is {}", record.name, record.phase);
-            Ok(ExitCode::SUCCESS)
-        }
+        } => dev::steer::wait(&run, &namespace.name, &until, event.as_deref(), timeout).await,
+        DevCommand::Gc {
+            older_than,
+            namespace,
+        } => dev::db::gc(older_than, namespace.name.as_deref()).await,
+        DevCommand::DbUrl => dev::db::url().await,
+        DevCommand::DbStop => dev::db::stop(),
     }
-}
-
-async fn open() -> anyhow::Result<PgPool> {
-    Ok(open_with_url().await?.1)
-}
-
-/// The database (`CAIRN_DATABASE_URL` or the private Postgres), migrated, and its URL.
-async fn open_with_url() -> anyhow::Result<(String, PgPool)> {
-    let url = tokio::task::spawn_blocking(crate::localdb::database_url).await??;
-    let pool = schema::connect(&url).await?;
-    Ok((url, pool))
-}
-
-async fn dev_run(args: DevRun) -> anyhow::Result<ExitCode> {
-    let input = parse_json(&args.input, "--input")?;
-    let binary = resolve_binary(&args.binary)?;
-    let flows = describe(&binary).await?;
-    if !flows.iter().any(|f| f == &args.flow) {
-        bail!(
-            "flow \"{}\" is not registered in {} (it registers: {})",
-            args.flow,
-            binary.display(),
-            flows.join(", ")
-        );
-    }
-    let (url, pool) = open_with_url().await?;
-    let name = args.name.unwrap_or_else(|| {
-        format!(
-            "{}-{}",
-            args.flow,
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        )
-    });
-    let request = engine::NewRun {
-        namespace: &args.namespace,
-        name: &name,
-        flow: &args.flow,
-        input: &input,
-        max_attempts: args.max_attempts.max(1),
-        retry_backoff_ms: args.retry_backoff.as_millis() as i64,
-    };
-    let (root, created) = engine::create_run(&mut *pool.acquire().await?, &request)
-        .await
-        .map_err(explain)?;
-    eprintln!(
-        "cairn: {} run {name} ({})",
-        if created { "started" } else { "resuming" },
-        args.flow
-    );
-
-    // Flow processes get the runner login, never the owner's.
-    let launcher = Launcher {
-        binary,
-        database_url: engine::runner_url(&pool, &url).await?,
-        env: vec![],
-        max_parallel: args.parallel.max(1),
-    };
-    let record = supervisor::supervise(&pool, &launcher, root).await?;
-    let tree = read::tree(&pool, root).await?;
-    eprintln!(
-        "cairn: {} {} after {} attempt(s); {} run(s), {} steps, ${:.4} in all",
-        record.name,
-        record.phase,
-        record.attempt,
-        tree.len(),
-        tree.iter().map(|r| r.steps).sum::<i64>(),
-        tree.iter().map(|r| r.usd).sum::<f64>()
-    );
-    match record.phase {
-        Phase::Succeeded => {
-            println!("{}", record.result.unwrap_or(Value::Null));
-            Ok(ExitCode::SUCCESS)
-        }
-        _ => {
-            println!("{}", record.error.unwrap_or(Value::Null));
-            Ok(ExitCode::FAILURE)
-        }
-    }
-}
-
-fn resolve_binary(path: &Path) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).with_context(|| {
-        format!(
-            "flow binary {} not found (build it first, e.g. `cargo build`)",
-            path.display()
-        )
-    })?;
-    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        bail!("{} is not an executable file", path.display());
-    }
-    Ok(std::fs::canonicalize(path)?)
-}
-
-/// Asks the binary which flows it registers (the runner answers `CAIRN_DESCRIBE`).
-async fn describe(binary: &Path) -> anyhow::Result<Vec<String>> {
-    let output = tokio::process::Command::new(binary)
-        .env(cairn::env::DESCRIBE, "1")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .with_context(|| format!("cannot run {}", binary.display()))?;
-    let described: Option<Value> = serde_json::from_slice(&output.stdout).ok();
-    let flows = described
-        .as_ref()
-        .and_then(|d| d.get("flows"))
-        .and_then(Value::as_array)
-        .filter(|_| output.status.success());
-    let Some(flows) = flows else {
-        bail!(
-            "{} did not describe its flows; is it a flow binary built with the cairn SDK (`cairn::Runner`)?",
-            binary.display()
-        );
-    };
-    Ok(flows
-        .iter()
-        .filter_map(Value::as_str)
-        .map(str::to_owned)
-        .collect())
 }
 
 fn parse_json(text: &str, flag: &str) -> anyhow::Result<Value> {
     serde_json::from_str(text).map_err(|e| anyhow!("{flag} is not valid JSON: {e} (got {text:?})"))
-}
-
-/// Turns engine errors into user-facing ones (they already say what to fix).
-fn explain(err: EngineError) -> anyhow::Error {
-    anyhow!(err)
-}
-
-async fn wait_for(
-    pool: &PgPool,
-    namespace: &str,
-    run: &str,
-    target: Option<Phase>,
-    event: Option<&str>,
-) -> anyhow::Result<RunRecord> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen("cairn_runs").await?;
-    loop {
-        // A run that does not exist yet may be about to: keep waiting (until the timeout).
-        let record = match read::find(pool, namespace, run).await {
-            Ok(record) => record,
-            Err(e) if e.is::<read::NotFound>() => {
-                listener.try_recv().await?;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let waits_for_event =
-            |name: &str| record.wait().as_ref().and_then(|w| w.event()) == Some(name);
-        let reached = match target {
-            Some(phase) => record.phase == phase && event.is_none_or(waits_for_event),
-            None => record.phase.is_terminal(),
-        };
-        if reached {
-            return Ok(record);
-        }
-        if let Some(phase) = target
-            && record.phase.is_terminal()
-        {
-            bail!(
-                "{} finished as {} and will never be {phase}",
-                record.name,
-                record.phase
-            );
-        }
-        listener.try_recv().await?;
-    }
 }
 
 /// Commands log warnings to stderr; the operator logs JSON lines at info.

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod controller;
+pub mod dev;
 pub mod kubectl;
 pub mod lifecycle;
 pub mod localdb;

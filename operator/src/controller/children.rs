@@ -1,7 +1,7 @@
 //! Child flows spawned inside a flow become child FlowRuns, owned by the parent FlowRun (so
 //! they show up in kubectl and are deleted with it) and running the parent's pinned image.
 
-use cairn_crds::{FlowRun, FlowRunSpec};
+use cairn_crds::{API_VERSION, FlowRun, FlowRunSpec, LABEL_PARENT};
 use k8s_openapi::api::core::v1::EnvVar;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
@@ -9,8 +9,6 @@ use serde_json::json;
 
 use super::{Context, Error, FIELD_MANAGER};
 use cairn_engine::read::{self, RunRecord};
-
-pub const LABEL_PARENT: &str = "cairn.dev/parent";
 
 /// Creates the FlowRuns of the children the run spawned. They run the parent's pinned digest,
 /// so nothing is created before it is known: returns false when that deferred the children.
@@ -50,7 +48,7 @@ pub async fn ensure_child_flowruns(
             ..Default::default()
         };
         let flowrun = json!({
-            "apiVersion": "cairn.dev/v1alpha1",
+            "apiVersion": API_VERSION,
             "kind": "FlowRun",
             "metadata": {
                 "name": child.name,

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use cairn_crds::{FlowEvent, FlowEventStatus};
+use cairn_crds::{API_VERSION, FlowEvent, FlowEventStatus};
 use cairn_engine::{EngineError, launcher as engine};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -101,8 +101,7 @@ async fn deliver(event: &FlowEvent, ctx: &Context) -> Result<Action, Error> {
         }
         Err(e) => return Err(e.into()),
     };
-    let patch =
-        json!({ "apiVersion": "cairn.dev/v1alpha1", "kind": "FlowEvent", "status": status });
+    let patch = json!({ "apiVersion": API_VERSION, "kind": "FlowEvent", "status": status });
     Api::<FlowEvent>::namespaced(ctx.client.clone(), &namespace)
         .patch_status(
             &event.name_any(),

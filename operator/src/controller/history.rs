@@ -98,12 +98,13 @@ pub async fn expire_events(ctx: std::sync::Arc<Context>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_crds::LABEL_ATTEMPT;
     use serde_json::json;
 
     fn pod(attempt: i32, phase: &str) -> Pod {
         serde_json::from_value(json!({
             "metadata": { "name": format!("p-a{attempt}"),
-                          "labels": { pod::LABEL_ATTEMPT: attempt.to_string() } },
+                          "labels": { LABEL_ATTEMPT: attempt.to_string() } },
             "status": { "phase": phase }
         }))
         .unwrap()

@@ -18,7 +18,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_crds::{Flow, FlowEvent, FlowRun, FlowRunStatus, ResourceProfile};
+use cairn_crds::{
+    Flow, FlowEvent, FlowRun, FlowRunStatus, LABEL_ATTEMPT, LABEL_MANAGED, LABEL_RUN,
+    MANAGED_BY_OPERATOR, ResourceProfile,
+};
 use cairn_engine::{launcher as engine, runner::Attempt};
 use futures::channel::mpsc::UnboundedSender;
 use futures::{FutureExt, StreamExt};
@@ -253,9 +256,9 @@ impl Context {
             "metadata": {
                 "name": name,
                 "labels": {
-                    pod::LABEL_MANAGED: "cairn",
-                    pod::LABEL_RUN: claim.run_id.to_string(),
-                    pod::LABEL_ATTEMPT: claim.number.to_string(),
+                    LABEL_MANAGED: MANAGED_BY_OPERATOR,
+                    LABEL_RUN: claim.run_id.to_string(),
+                    LABEL_ATTEMPT: claim.number.to_string(),
                 },
                 "ownerReferences": [run.controller_owner_ref(&())],
             },
@@ -288,7 +291,7 @@ impl Context {
             return Ok(());
         }
         let apply = PatchParams::apply(FIELD_MANAGER).force();
-        let labels = json!({ pod::LABEL_MANAGED: "cairn" });
+        let labels = json!({ LABEL_MANAGED: MANAGED_BY_OPERATOR });
         let mut data = json!({ pod::DB_SECRET_KEY: self.runner_db.url });
         if let Some(ca) = &self.runner_db.ca {
             data[runner_db::CA_KEY] = json!(ca);
@@ -487,7 +490,7 @@ async fn run_controllers(
     let (pods_cache, pods_writer) = reflector::store();
     let pods = watcher(
         scoped::<Pod>(client, &scope),
-        watcher::Config::default().labels(&format!("{}=cairn", pod::LABEL_MANAGED)),
+        watcher::Config::default().labels(&format!("{LABEL_MANAGED}={MANAGED_BY_OPERATOR}")),
     )
     .default_backoff()
     .modify(|pod| {

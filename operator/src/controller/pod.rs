@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use cairn_crds::{FlowRun, ResourceProfileSpec};
+use cairn_crds::{
+    FlowRun, LABEL_ATTEMPT, LABEL_MANAGED, LABEL_RUN, MANAGED_BY_OPERATOR, ResourceProfileSpec,
+};
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvVar, EnvVarSource, KeyToPath, Pod, PodSecurityContext, PodSpec,
@@ -14,9 +16,6 @@ use kube::Resource;
 
 use crate::lifecycle::{Process, ProcessExit};
 
-pub const LABEL_RUN: &str = "cairn.dev/run";
-pub const LABEL_ATTEMPT: &str = "cairn.dev/attempt";
-pub const LABEL_MANAGED: &str = "app.kubernetes.io/managed-by";
 /// The key, in the per-namespace runner Secret, holding the database URL flow pods use.
 pub const DB_SECRET_KEY: &str = "database-url";
 /// Key of the attempt's token in the run's token Secret.
@@ -66,7 +65,7 @@ pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
     let labels = BTreeMap::from([
         (LABEL_RUN.to_owned(), label_value(spec.run_id)),
         (LABEL_ATTEMPT.to_owned(), spec.attempt.to_string()),
-        (LABEL_MANAGED.to_owned(), "cairn".to_owned()),
+        (LABEL_MANAGED.to_owned(), MANAGED_BY_OPERATOR.to_owned()),
     ]);
     let mut env = vec![
         secret_env(cairn::env::DATABASE_URL, spec.db_secret, DB_SECRET_KEY),

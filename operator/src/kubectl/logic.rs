@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use cairn_crds::{FlowRun, FlowRunStatus, RETRY_ANNOTATION};
+use cairn_crds::{FlowRun, FlowRunStatus, LABEL_PARENT, RETRY_ANNOTATION};
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -11,9 +11,6 @@ use serde_json::Value;
 
 use super::render::RunRow;
 use crate::lifecycle::Phase;
-
-/// The label the operator puts on child FlowRuns, naming their parent FlowRun.
-pub const LABEL_PARENT: &str = "cairn.dev/parent";
 
 /// The FlowEvent object name for an event: the event name itself when it is a valid object
 /// name (so `kubectl apply` of `approve-x` and `kubectl cairn approve` meet on one object),

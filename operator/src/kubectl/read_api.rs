@@ -10,7 +10,7 @@ use kube::client::Body;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::controller::api::RunDetail;
+use cairn_engine::read_api::RunDetail;
 
 /// How long one read may take before the operator counts as unreachable.
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
@@ -102,7 +102,7 @@ impl ReadApi {
         };
         let (status, body) = match tokio::time::timeout(READ_TIMEOUT, exchange).await {
             Err(_) => return Err(unreachable(format!("no answer within {READ_TIMEOUT:?}"))),
-            Ok(Err(e)) => return Err(unreachable(super::innermost(&e))),
+            Ok(Err(e)) => return Err(unreachable(super::client::innermost(&e))),
             Ok(Ok(answer)) => answer,
         };
         let json: Option<Value> = serde_json::from_slice(&body).ok();

@@ -6,7 +6,7 @@ use cairn_engine::read::RunRecord;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
-use crate::controller::pod::{LABEL_ATTEMPT, LABEL_RUN};
+use cairn_crds::{LABEL_ATTEMPT, LABEL_RUN};
 
 pub fn record(phase: Phase, attempt: i32) -> RunRecord {
     let created = chrono::Utc::now() - chrono::Duration::minutes(5);

@@ -29,7 +29,7 @@ mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_crds::{Flow, FlowRun, ResourceProfile};
+use cairn_crds::{FINALIZER, Flow, FlowRun, ResourceProfile};
 use cairn_engine::launcher as engine;
 use cairn_engine::read;
 use k8s_openapi::api::core::v1::Pod;
@@ -44,8 +44,6 @@ use super::{Context, Error};
 pub use act::delete_token;
 pub use resolve::{Invalid, Resolved, resolve};
 pub use status::build_status;
-
-pub const FINALIZER: &str = "cairn.dev/cleanup";
 
 /// What one scope's FlowRun controller reconciles with: the operator's context and the watch
 /// caches of that scope's flow pods and Flows, and of the ResourceProfiles.

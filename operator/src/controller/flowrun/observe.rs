@@ -7,8 +7,9 @@ use kube::api::ListParams;
 use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 
-use crate::controller::pod::{self, LABEL_RUN};
+use crate::controller::pod;
 use crate::controller::{Context, Error};
+use cairn_crds::LABEL_RUN;
 use cairn_engine::read::RunRecord;
 use k8s_openapi::api::core::v1::Pod;
 

@@ -101,8 +101,9 @@ pub fn resolve(
     })
 }
 
-/// What the API server does not check in a ResourceProfile but a pod would refuse: found here,
-/// the run gets a condition naming the profile and the fix instead of crashing at launch.
+/// What a pod would refuse in a ResourceProfile. The CRD's CEL rules refuse it at `kubectl
+/// apply`, but only for profiles written since those rules exist: one stored before still
+/// gives the run a condition naming the profile and the fix, instead of a crash at launch.
 fn check_profile(name: &str, profile: &ResourceProfileSpec) -> Result<(), Invalid> {
     let invalid = |what: String| Invalid {
         reason: "InvalidProfile",

@@ -19,7 +19,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use cairn_crds::{FlowEvent, FlowEventSpec, FlowRun, FlowRunSpec};
+use cairn_crds::{
+    FlowEvent, FlowEventSpec, FlowRun, FlowRunSpec, LABEL_ATTEMPT, LABEL_MANAGED, LABEL_RUN,
+    MANAGED_BY_OPERATOR,
+};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Container, EnvVar, Namespace, Pod, PodSpec};
 use kube::api::{DeleteParams, ListParams, LogParams, ObjectMeta, PostParams};
@@ -463,7 +466,7 @@ impl Cluster {
             // The parked attempt's pod has exited before the event comes (as it would, minutes
             // or days before a person answers).
             // (Its status can lag far behind on a loaded node: then go on after 30 s.)
-            let selector = format!("cairn.dev/run={run_id},cairn.dev/attempt={}", i + 1);
+            let selector = format!("{LABEL_RUN}={run_id},{LABEL_ATTEMPT}={}", i + 1);
             if !self
                 .wait_pod_finished(&selector, Duration::from_secs(30))
                 .await?
@@ -984,7 +987,8 @@ impl Cluster {
     async fn figure7(&self, results: &mut Results, n: usize) -> anyhow::Result<()> {
         progress(&format!("figure 7: one event waking {n} waiting runs"));
         let pods = self.pods();
-        let config = watcher::Config::default().labels("app.kubernetes.io/managed-by=cairn");
+        let config =
+            watcher::Config::default().labels(&format!("{LABEL_MANAGED}={MANAGED_BY_OPERATOR}"));
         let mut events = watcher::watcher(pods, config).boxed();
         // The pods that exist already (earlier attempts) are not counted.
         while let Some(event) = events.try_next().await? {
@@ -1008,7 +1012,7 @@ impl Cluster {
                     let Some(event) = event? else { break };
                     if let watcher::Event::Apply(pod) = event {
                         let name = pod.metadata.name.clone().unwrap_or_default();
-                        let attempt = pod.metadata.labels.as_ref().and_then(|l| l.get("cairn.dev/attempt")).cloned();
+                        let attempt = pod.metadata.labels.as_ref().and_then(|l| l.get(LABEL_ATTEMPT)).cloned();
                         if attempt.as_deref() == Some("2") && created.insert(name.clone())
                             && created.len() == n {
                             all_created = Some(started.elapsed());

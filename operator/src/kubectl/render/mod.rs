@@ -1,16 +1,20 @@
 //! How runs look in a terminal: tables, colours (only on a terminal, never with `NO_COLOR`),
-//! durations, money and ages. Pure: everything renders to strings, so it is unit-tested.
+//! durations, money and ages; `inspect` has its own module. Pure: everything renders to
+//! strings, so it is unit-tested.
+
+mod inspect;
+
+pub use inspect::{AnswerHint, Header, Inspect, KubeView, WaitLines, inspect_text};
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use anstyle::{AnsiColor, Style};
 use chrono::{DateTime, Utc};
 use comfy_table::{Attribute, Cell, CellAlignment, Color, Table, presets::UTF8_BORDERS_ONLY};
 use serde_json::Value;
 
-use crate::controller::api::{Attempt, RunDetail, RunSummary, Step};
 use crate::lifecycle::Phase;
+use cairn_engine::read_api::{Attempt, RunSummary, Step};
 
 /// Whether to colour what goes to stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,177 +377,6 @@ pub fn attempts_table(attempts: &[Attempt], pods: &BTreeMap<i32, String>, ui: &U
     table
 }
 
-/// Kubernetes' view of a run, shown next to (or instead of) the engine's detail.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct KubeView {
-    pub pod: Option<String>,
-    pub image_digest: Option<String>,
-    /// The Ready condition's message.
-    pub condition: Option<String>,
-    /// Pods by attempt.
-    pub pods: BTreeMap<i32, String>,
-}
-
-/// Labelled lines (`Label:  value`), aligned.
-struct Lines<'a> {
-    out: String,
-    ui: &'a Ui,
-}
-
-impl Lines<'_> {
-    fn line(&mut self, label: &str, value: impl AsRef<str>) {
-        let _ = writeln!(
-            self.out,
-            "{}{} {}",
-            self.ui.bold(&format!("{label}:")),
-            " ".repeat(10usize.saturating_sub(label.len() + 1)),
-            value.as_ref()
-        );
-    }
-
-    fn section(&mut self, title: &str) {
-        let _ = writeln!(self.out, "\n{}", self.ui.bold(title));
-    }
-}
-
-/// How to answer a wait, for the hint under a question (`kubectl cairn approve RUN --data`).
-pub type AnswerHint<'a> = &'a dyn Fn(&str) -> String;
-
-/// `inspect` from the engine's detail (and Kubernetes' view of the run, when there is one).
-pub fn detail_text(
-    detail: &RunDetail,
-    kube: Option<&KubeView>,
-    answer: Option<AnswerHint<'_>>,
-    ui: &Ui,
-    now: DateTime<Utc>,
-) -> String {
-    let run = &detail.run;
-    let mut l = Lines {
-        out: String::new(),
-        ui,
-    };
-    l.line(
-        "Run",
-        format!(
-            "{}  {}",
-            ui.bold(&run.name),
-            ui.dim(&format!("(namespace {}, id {})", run.namespace, run.id))
-        ),
-    );
-    l.line("Flow", &run.flow);
-    if let Some(parent) = &run.parent {
-        l.line("Parent", parent);
-    }
-    let cancel = if run.cancel_requested && !run.phase.is_terminal() {
-        ", cancellation requested"
-    } else {
-        ""
-    };
-    l.line(
-        "Phase",
-        format!(
-            "{}  attempt {}, {} crash(es) of {} allowed{cancel}",
-            ui.phase(Some(run.phase)),
-            run.attempt,
-            run.crashes,
-            run.max_attempts
-        ),
-    );
-    if let Some(kube) = kube {
-        if let Some(pod) = &kube.pod {
-            l.line("Pod", pod);
-        }
-        if let Some(digest) = &kube.image_digest {
-            l.line("Image", digest);
-        }
-    }
-    l.line("Created", when(run.created_at, now));
-    if let Some(finished) = run.finished_at {
-        l.line(
-            "Finished",
-            format!(
-                "{}, took {}",
-                when(finished, now),
-                duration((finished - run.created_at).num_milliseconds() as f64)
-            ),
-        );
-    }
-    if let Some(wait) = &detail.wait {
-        l.line("Waiting", ui.wait_text(&wait.summary()));
-        if let Some(question) = &wait.question {
-            l.line("Question", question);
-        }
-        if let Some(schema) = &wait.schema {
-            l.line("Schema", schema_text(schema));
-        }
-        if let Some(deadline) = wait.deadline {
-            l.line("Deadline", when(deadline, now));
-        }
-        if wait.kind != "event"
-            && let Some(until) = wait.until
-        {
-            l.line("Until", when(until, now));
-        }
-        if let Some(reason) = &wait.reason {
-            l.line("Crash", reason);
-        }
-        if let (Some(event), Some(answer)) = (&wait.event, answer) {
-            l.line("Answer", ui.dim(&answer(event)));
-        }
-    }
-    if let Some(result) = &run.result {
-        l.line("Result", compact_json(result));
-    }
-    if let Some(message) = run.error_message() {
-        l.line("Error", ui.error(message));
-    }
-
-    l.section("Steps");
-    if detail.steps.is_empty() {
-        let _ = writeln!(l.out, "{}", ui.dim("(none yet)"));
-    } else {
-        let _ = writeln!(l.out, "{}", steps_table(&detail.steps, ui));
-    }
-    let t = &detail.totals;
-    let _ = writeln!(
-        l.out,
-        "{} {} steps, {} tokens in, {} tokens out, {}",
-        ui.bold("Totals:"),
-        t.steps,
-        t.tokens_in,
-        t.tokens_out,
-        money(t.usd)
-    );
-
-    l.section("Attempts");
-    if detail.attempts.is_empty() {
-        let _ = writeln!(l.out, "{}", ui.dim("(none yet)"));
-    } else {
-        let pods = kube.map(|k| k.pods.clone()).unwrap_or_default();
-        let _ = writeln!(l.out, "{}", attempts_table(&detail.attempts, &pods, ui));
-    }
-
-    if !detail.children.is_empty() {
-        l.section("Children");
-        let rows: Vec<RunRow> = detail
-            .children
-            .iter()
-            .map(|c| RunRow {
-                parent: None,
-                ..RunRow::from(c)
-            })
-            .collect();
-        let _ = writeln!(l.out, "{}", runs_table(&rows, false, ui, now));
-    }
-    l.out
-}
-
-impl Ui {
-    fn wait_text(&self, text: &str) -> String {
-        self.paint(text, Style::new().fg_color(Some(AnsiColor::Yellow.into())))
-    }
-}
-
 /// A schema for people: without its `$schema` meta-schema URL (it says nothing about the answer).
 pub fn schema_text(schema: &Value) -> String {
     match schema {
@@ -569,7 +402,6 @@ pub fn compact_json(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::api::{RunInfo, Totals, Wait};
     use chrono::TimeZone;
     use serde_json::json;
 
@@ -677,124 +509,5 @@ mod tests {
                 .phase(Some(Phase::Failed))
                 .contains("Failed\u{1b}")
         );
-    }
-
-    fn detail() -> RunDetail {
-        RunDetail {
-            run: RunInfo {
-                id: uuid::Uuid::nil(),
-                namespace: "ns".into(),
-                name: "research-1".into(),
-                flow: "research".into(),
-                parent_id: None,
-                parent: None,
-                phase: Phase::Waiting,
-                attempt: 2,
-                crashes: 1,
-                max_attempts: 3,
-                cancel_requested: false,
-                wake_at: None,
-                waiting_for: None,
-                result: None,
-                error: None,
-                created_at: t(0),
-                updated_at: t(10),
-                finished_at: None,
-                steps: 1,
-                usd: 0.5,
-            },
-            steps: vec![
-                Step {
-                    key: "plan".into(),
-                    kind: "step".into(),
-                    status: "completed".into(),
-                    attempt: Some(1),
-                    tries: Some(2),
-                    started_at: t(1),
-                    duration_ms: 1500.0,
-                    usd: Some(0.5),
-                    tokens_in: Some(100),
-                    tokens_out: Some(20),
-                    model: Some("fake-llm-1".into()),
-                },
-                Step {
-                    key: "approve".into(),
-                    kind: "wait".into(),
-                    status: "waiting".into(),
-                    attempt: None,
-                    tries: None,
-                    started_at: t(3),
-                    duration_ms: 7000.0,
-                    usd: None,
-                    tokens_in: None,
-                    tokens_out: None,
-                    model: None,
-                },
-            ],
-            attempts: vec![
-                Attempt {
-                    attempt: 1,
-                    started_at: t(0),
-                    ended_at: Some(t(2)),
-                    outcome: Some("crashed".into()),
-                    detail: Some("killed by SIGKILL".into()),
-                },
-                Attempt {
-                    attempt: 2,
-                    started_at: t(2),
-                    ended_at: Some(t(3)),
-                    outcome: Some("suspended".into()),
-                    detail: None,
-                },
-            ],
-            totals: Totals {
-                steps: 1,
-                usd: 0.5,
-                tokens_in: 100,
-                tokens_out: 20,
-            },
-            children: vec![],
-            wait: Some(Wait {
-                kind: "event".into(),
-                event: Some("approve-research-1".into()),
-                question: Some("Publish?".into()),
-                schema: Some(json!({ "type": "boolean" })),
-                deadline: None,
-                until: None,
-                children: None,
-                unfinished: None,
-                reason: None,
-            }),
-        }
-    }
-
-    #[test]
-    fn inspect_shows_steps_attempts_and_the_question() {
-        let kube = KubeView {
-            pod: Some("research-1-a2".into()),
-            image_digest: Some("localhost/agent@sha256:abc".into()),
-            condition: None,
-            pods: BTreeMap::from([(1, "research-1-a1".into()), (2, "research-1-a2".into())]),
-        };
-        let hint = |event: &str| format!("kubectl cairn approve research-1 # event {event}");
-        let text = detail_text(&detail(), Some(&kube), Some(&hint), &Ui::plain(), t(10));
-        for expected in [
-            "Run:       research-1  (namespace ns, id 00000000-0000-0000-0000-000000000000)",
-            "Phase:     Waiting  attempt 2, 1 crash(es) of 3 allowed",
-            "Pod:       research-1-a2",
-            "Waiting:   event approve-research-1",
-            "Question:  Publish?",
-            r#"Schema:    {"type":"boolean"}"#,
-            "Answer:    kubectl cairn approve research-1 # event approve-research-1",
-            "fake-llm-1",
-            "100/20",
-            "1.5 s",
-            "Totals: 1 steps, 100 tokens in, 20 tokens out, $0.5000",
-            "research-1-a1",
-            "killed by SIGKILL",
-        ] {
-            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
-        }
-        assert!(!text.contains('\u{1b}'), "{text}");
     }
 }

@@ -1,0 +1,24 @@
+//! Every label, annotation and finalizer Cairn puts on Kubernetes objects, in one place: they
+//! are a contract between the operator, `kubectl cairn`, the chart and anyone selecting Cairn's
+//! objects with `kubectl -l`, so a key is written once here and referred to everywhere else.
+//! Renaming one strands the objects an earlier release labelled: keep the values stable.
+
+/// On flow pods and attempt token Secrets: the engine's id of the run.
+pub const LABEL_RUN: &str = "cairn.dev/run";
+/// On flow pods: the attempt number the pod runs.
+pub const LABEL_ATTEMPT: &str = "cairn.dev/attempt";
+/// On child FlowRuns: the name of the parent FlowRun.
+pub const LABEL_PARENT: &str = "cairn.dev/parent";
+/// The standard label naming who manages an object (values below).
+pub const LABEL_MANAGED: &str = "app.kubernetes.io/managed-by";
+/// [`LABEL_MANAGED`] on what the operator creates (flow pods, token Secrets): its watches
+/// select on it.
+pub const MANAGED_BY_OPERATOR: &str = "cairn";
+/// [`LABEL_MANAGED`] on the FlowEvents `kubectl cairn approve` and `emit` create.
+pub const MANAGED_BY_KUBECTL: &str = "kubectl-cairn";
+
+/// Set this annotation on a failed FlowRun to a new value to retry it from its last checkpoint.
+pub const RETRY_ANNOTATION: &str = "cairn.dev/retry";
+
+/// The operator's finalizer on FlowRuns: it deletes the run's database rows and pods first.
+pub const FINALIZER: &str = "cairn.dev/cleanup";

@@ -1,0 +1,356 @@
+//! The operator's read API on the wire: the JSON the operator serves
+//! (`GET /api/v1/namespaces/{ns}/runs[/{name}]`, `cairn dev runs -o json`) and `kubectl cairn`
+//! reads. Every field is a projection of the engine's records ([`crate::read`]), so the types
+//! live with the engine; the HTTP handlers stay in the operator. Fields are only ever added
+//! (with `Option` or a default): an older `kubectl cairn` must still read a newer operator.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::Phase;
+
+/// `GET .../runs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunList {
+    pub runs: Vec<RunSummary>,
+}
+
+/// One run in a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub id: Uuid,
+    pub namespace: String,
+    pub name: String,
+    pub flow: String,
+    pub phase: Phase,
+    pub attempt: i32,
+    /// Completed steps.
+    pub steps: i64,
+    /// Cost recorded by its steps, in US dollars.
+    pub usd: f64,
+    /// The event it waits for, if it waits for one.
+    pub waiting_for_event: Option<String>,
+    /// What it waits for, in words (`event approve-x`, `2 child run(s)`, `timer ...`).
+    pub waiting: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The parent run's name, for a child run.
+    pub parent: Option<String>,
+    pub parent_id: Option<Uuid>,
+}
+
+/// `GET .../runs/{name}`: what `cairn inspect` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunDetail {
+    pub run: RunInfo,
+    pub steps: Vec<Step>,
+    pub attempts: Vec<Attempt>,
+    pub totals: Totals,
+    pub children: Vec<RunSummary>,
+    /// The current wait (event, children, sleep or crash backoff), if the run is parked.
+    pub wait: Option<Wait>,
+}
+
+/// A run's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub id: Uuid,
+    pub namespace: String,
+    pub name: String,
+    pub flow: String,
+    pub parent_id: Option<Uuid>,
+    pub parent: Option<String>,
+    pub phase: Phase,
+    pub attempt: i32,
+    pub crashes: i32,
+    pub max_attempts: i32,
+    pub cancel_requested: bool,
+    pub wake_at: Option<DateTime<Utc>>,
+    /// The engine's description of the wait (see `wait` for the parsed form).
+    pub waiting_for: Option<Value>,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub steps: i64,
+    pub usd: f64,
+}
+
+impl RunInfo {
+    pub fn error_message(&self) -> Option<&str> {
+        self.error.as_ref()?.get("message")?.as_str()
+    }
+}
+
+/// A checkpointed step, or the wait, sleep or join the run is blocked on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub key: String,
+    pub kind: String,
+    /// `completed` or `waiting`.
+    pub status: String,
+    /// The attempt that completed it.
+    pub attempt: Option<i32>,
+    pub tries: Option<i32>,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: f64,
+    pub usd: Option<f64>,
+    pub tokens_in: Option<i64>,
+    pub tokens_out: Option<i64>,
+    pub model: Option<String>,
+}
+
+/// One launched process (a pod on Kubernetes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// `None` while it runs.
+    pub outcome: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub steps: i64,
+    pub usd: f64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+}
+
+/// What a parked run waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Wait {
+    /// `event`, `children`, `sleep` or `retry` (the backoff after a crash).
+    pub kind: String,
+    pub event: Option<String>,
+    pub question: Option<String>,
+    /// The JSON schema an event's payload must satisfy.
+    pub schema: Option<Value>,
+    /// When an event wait times out.
+    pub deadline: Option<DateTime<Utc>>,
+    /// When a sleep (or a crash backoff) ends.
+    pub until: Option<DateTime<Utc>>,
+    /// Children being joined, and how many of them are unfinished.
+    pub children: Option<i64>,
+    pub unfinished: Option<i64>,
+    /// Why the run is backing off (the crash).
+    pub reason: Option<String>,
+}
+
+impl From<crate::Wait> for Wait {
+    fn from(wait: crate::Wait) -> Wait {
+        let kind = wait.kind().to_owned();
+        let mut wire = Wait {
+            kind,
+            event: None,
+            question: None,
+            schema: None,
+            deadline: None,
+            until: None,
+            children: None,
+            unfinished: None,
+            reason: None,
+        };
+        match wait {
+            crate::Wait::Event {
+                event,
+                question,
+                schema,
+                deadline,
+            } => {
+                wire.event = Some(event);
+                (wire.question, wire.schema, wire.deadline) = (question, schema, deadline);
+            }
+            crate::Wait::Children {
+                children,
+                unfinished,
+            } => (wire.children, wire.unfinished) = (children, unfinished),
+            crate::Wait::Sleep { until } => wire.until = until,
+            crate::Wait::Retry { reason, until } => (wire.reason, wire.until) = (reason, until),
+        }
+        wire
+    }
+}
+
+impl Wait {
+    /// The engine's typed wait again (`None` for a kind this build does not know).
+    pub fn to_engine(&self) -> Option<crate::Wait> {
+        Some(match self.kind.as_str() {
+            "event" => crate::Wait::Event {
+                event: self.event.clone().unwrap_or_default(),
+                question: self.question.clone(),
+                schema: self.schema.clone(),
+                deadline: self.deadline,
+            },
+            "children" => crate::Wait::Children {
+                children: self.children,
+                unfinished: self.unfinished,
+            },
+            "sleep" => crate::Wait::Sleep { until: self.until },
+            "retry" => crate::Wait::Retry {
+                reason: self.reason.clone(),
+                until: self.until,
+            },
+            _ => return None,
+        })
+    }
+
+    /// In words, for tables: `event approve-x`, `2 of 3 child run(s)`, `timer ...`.
+    pub fn summary(&self) -> String {
+        self.to_engine()
+            .map_or_else(|| self.kind.clone(), |wait| wait.summary())
+    }
+}
+
+// ---- built from the engine's records (the launchers' side) ------------------------------------
+
+#[cfg(feature = "launcher")]
+mod from_records {
+    use super::*;
+    use crate::read::{self, AttemptRecord, RunRecord, StepRecord};
+
+    impl RunSummary {
+        pub fn from_record(record: &RunRecord, parent: Option<String>) -> RunSummary {
+            let wait = record.wait().map(Wait::from);
+            RunSummary {
+                id: record.id,
+                namespace: record.namespace.clone(),
+                name: record.name.clone(),
+                flow: record.flow.clone(),
+                phase: record.phase,
+                attempt: record.attempt,
+                steps: record.steps,
+                usd: record.usd,
+                waiting_for_event: wait.as_ref().and_then(|w| w.event.clone()),
+                waiting: wait.as_ref().map(Wait::summary),
+                created_at: record.created_at,
+                finished_at: record.finished_at,
+                parent,
+                parent_id: record.parent_id,
+            }
+        }
+    }
+
+    impl RunInfo {
+        pub fn from_record(record: &RunRecord, parent: Option<String>) -> RunInfo {
+            RunInfo {
+                id: record.id,
+                namespace: record.namespace.clone(),
+                name: record.name.clone(),
+                flow: record.flow.clone(),
+                parent_id: record.parent_id,
+                parent,
+                phase: record.phase,
+                attempt: record.attempt,
+                crashes: record.crashes,
+                max_attempts: record.max_attempts,
+                cancel_requested: record.cancel_requested,
+                wake_at: record.wake_at,
+                waiting_for: record.waiting_for.clone(),
+                result: record.result.clone(),
+                error: record.error.clone(),
+                created_at: record.created_at,
+                updated_at: record.updated_at,
+                finished_at: record.finished_at,
+                steps: record.steps,
+                usd: record.usd,
+            }
+        }
+    }
+
+    impl From<StepRecord> for Step {
+        fn from(s: StepRecord) -> Step {
+            Step {
+                key: s.key,
+                kind: s.kind,
+                status: s.status,
+                attempt: s.attempt,
+                tries: s.tries,
+                started_at: s.started_at,
+                duration_ms: s.duration_ms,
+                usd: s.usd,
+                tokens_in: s.tokens_in,
+                tokens_out: s.tokens_out,
+                model: s.model,
+            }
+        }
+    }
+
+    impl From<AttemptRecord> for Attempt {
+        fn from(a: AttemptRecord) -> Attempt {
+            Attempt {
+                attempt: a.attempt,
+                started_at: a.started_at,
+                ended_at: a.ended_at,
+                outcome: a.outcome,
+                detail: a.detail,
+            }
+        }
+    }
+
+    impl From<read::Totals> for Totals {
+        fn from(t: read::Totals) -> Totals {
+            Totals {
+                steps: t.steps,
+                usd: t.usd,
+                tokens_in: t.tokens_in,
+                tokens_out: t.tokens_out,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The wire form of what the engine wrote.
+    fn wire(waiting_for: &Value, wake_at: Option<DateTime<Utc>>) -> Option<Wait> {
+        crate::Wait::from_engine(waiting_for, wake_at).map(Wait::from)
+    }
+
+    #[test]
+    fn engine_waits_are_parsed() {
+        let event = json!({
+            "event": "approve-x",
+            "question": "Publish?",
+            "schema": { "type": "boolean" },
+            "deadline": "2030-01-02T03:04:05.123456+00:00",
+        });
+        let wait = wire(&event, None).unwrap();
+        assert_eq!(wait.kind, "event");
+        assert_eq!(wait.event.as_deref(), Some("approve-x"));
+        assert_eq!(wait.schema, Some(json!({ "type": "boolean" })));
+        assert_eq!(
+            wait.deadline.unwrap().to_rfc3339(),
+            "2030-01-02T03:04:05.123456+00:00"
+        );
+        assert_eq!(wait.summary(), "event approve-x");
+        assert_eq!(
+            wait.to_engine(),
+            crate::Wait::from_engine(&event, None),
+            "the wire form carries the whole wait"
+        );
+
+        let join = wire(&json!({ "children": 3, "unfinished": 2 }), None).unwrap();
+        assert_eq!(join.summary(), "2 of 3 child run(s)");
+        let sleep = wire(
+            &json!({ "sleep": "nap", "until": "2030-01-02T03:04:05+00:00" }),
+            None,
+        )
+        .unwrap();
+        assert_eq!(sleep.summary(), "timer 2030-01-02 03:04:05Z");
+        let retry = wire(&json!({ "retry_after": "SIGKILL" }), None).unwrap();
+        assert_eq!(
+            (retry.kind.as_str(), retry.reason.as_deref()),
+            ("retry", Some("SIGKILL"))
+        );
+        assert!(wire(&json!({}), None).is_none());
+    }
+}

@@ -1,0 +1,30 @@
+//! `cairn dev`: the local loop, straight on a Postgres (`CAIRN_DATABASE_URL`, or a private
+//! one this command starts), no cluster. The arguments are parsed in `cli`; the commands are
+//! here, one file per group: `run` (start and supervise a run), `runs` (list and inspect),
+//! `steer` (emit, cancel, wait) and `db` (the private Postgres, garbage collection).
+
+pub mod db;
+pub mod run;
+pub mod runs;
+pub mod steer;
+
+use anyhow::anyhow;
+use cairn_engine::{EngineError, schema};
+use sqlx::PgPool;
+
+/// The database, migrated.
+async fn open() -> anyhow::Result<PgPool> {
+    Ok(open_with_url().await?.1)
+}
+
+/// The database (`CAIRN_DATABASE_URL` or the private Postgres), migrated, and its URL.
+async fn open_with_url() -> anyhow::Result<(String, PgPool)> {
+    let url = tokio::task::spawn_blocking(crate::localdb::database_url).await??;
+    let pool = schema::connect(&url).await?;
+    Ok((url, pool))
+}
+
+/// Turns engine errors into user-facing ones (they already say what to fix).
+fn explain(err: EngineError) -> anyhow::Error {
+    anyhow!(err)
+}

@@ -1,0 +1,122 @@
+//! `cairn dev run`: starts a run of a flow binary (or resumes the run of that name) and
+//! supervises it, relaunching the binary as the engine says, until the run ends.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use cairn_engine::{launcher as engine, read};
+use serde_json::Value;
+
+use crate::cli::DevRun;
+use crate::lifecycle::Phase;
+use crate::supervisor::{self, Launcher};
+
+/// `run`: starts the run (or resumes the one of that name) and supervises it until it ends;
+/// prints the result JSON (or the error) last. Exits 0 only when the run succeeded.
+pub async fn run(args: DevRun, input: Value) -> anyhow::Result<ExitCode> {
+    let binary = resolve_binary(&args.binary)?;
+    let flows = describe(&binary).await?;
+    if !flows.iter().any(|f| f == &args.flow) {
+        bail!(
+            "flow \"{}\" is not registered in {} (it registers: {})",
+            args.flow,
+            binary.display(),
+            flows.join(", ")
+        );
+    }
+    let (url, pool) = super::open_with_url().await?;
+    let name = args.name.unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            args.flow,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )
+    });
+    let request = engine::NewRun {
+        namespace: &args.namespace.name,
+        name: &name,
+        flow: &args.flow,
+        input: &input,
+        max_attempts: args.max_attempts.max(1),
+        retry_backoff_ms: args.retry_backoff.as_millis() as i64,
+    };
+    let (root, created) = engine::create_run(&mut *pool.acquire().await?, &request)
+        .await
+        .map_err(super::explain)?;
+    eprintln!(
+        "cairn: {} run {name} ({})",
+        if created { "started" } else { "resuming" },
+        args.flow
+    );
+
+    // Flow processes get the runner login, never the owner's.
+    let launcher = Launcher {
+        binary,
+        database_url: engine::runner_url(&pool, &url).await?,
+        env: vec![],
+        max_parallel: args.parallel.max(1),
+    };
+    let record = supervisor::supervise(&pool, &launcher, root).await?;
+    let tree = read::tree(&pool, root).await?;
+    eprintln!(
+        "cairn: {} {} after {} attempt(s); {} run(s), {} steps, ${:.4} in all",
+        record.name,
+        record.phase,
+        record.attempt,
+        tree.len(),
+        tree.iter().map(|r| r.steps).sum::<i64>(),
+        tree.iter().map(|r| r.usd).sum::<f64>()
+    );
+    match record.phase {
+        Phase::Succeeded => {
+            println!("{}", record.result.unwrap_or(Value::Null));
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            println!("{}", record.error.unwrap_or(Value::Null));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn resolve_binary(path: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!(
+            "flow binary {} not found (build it first, e.g. `cargo build`)",
+            path.display()
+        )
+    })?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        bail!("{} is not an executable file", path.display());
+    }
+    Ok(std::fs::canonicalize(path)?)
+}
+
+/// Asks the binary which flows it registers (the runner answers `CAIRN_DESCRIBE`).
+async fn describe(binary: &Path) -> anyhow::Result<Vec<String>> {
+    let output = tokio::process::Command::new(binary)
+        .env(cairn::env::DESCRIBE, "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("cannot run {}", binary.display()))?;
+    let described: Option<Value> = serde_json::from_slice(&output.stdout).ok();
+    let flows = described
+        .as_ref()
+        .and_then(|d| d.get("flows"))
+        .and_then(Value::as_array)
+        .filter(|_| output.status.success());
+    let Some(flows) = flows else {
+        bail!(
+            "{} did not describe its flows; is it a flow binary built with the cairn SDK (`cairn::Runner`)?",
+            binary.display()
+        );
+    };
+    Ok(flows
+        .iter()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect())
+}

@@ -1,0 +1,54 @@
+//! `cairn dev runs` and `cairn dev inspect`: the database's runs, as tables (the same ones
+//! `kubectl cairn` prints) or as the read API's JSON.
+
+use std::process::ExitCode;
+
+use anyhow::anyhow;
+use cairn_engine::read;
+use cairn_engine::read_api::RunList;
+
+use crate::controller::api;
+use crate::kubectl::render::{self, Inspect, RunRow, Ui};
+
+/// `runs`: every run (of one namespace, or all), children under their parents.
+pub async fn list(namespace: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    let pool = super::open().await?;
+    let records = read::list(&pool, namespace).await?;
+    let runs = api::summaries(&records);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&RunList { runs })?);
+    } else {
+        let rows: Vec<RunRow> = runs.iter().map(RunRow::from).collect();
+        let table = render::runs_table(
+            &rows,
+            namespace.is_none(),
+            &Ui::detect(),
+            chrono::Utc::now(),
+        );
+        println!("{table}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `inspect`: a run with its steps, attempts, children and current wait.
+pub async fn inspect(run: &str, namespace: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let pool = super::open().await?;
+    let detail = api::detail(&pool, namespace, run)
+        .await
+        .map_err(|e| match e.status {
+            axum::http::StatusCode::NOT_FOUND => anyhow!("{e} (see `cairn dev runs`)"),
+            _ => anyhow!(e),
+        })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&detail)?);
+    } else {
+        let answer = |event: &str| format!("cairn dev emit {event} --data <JSON> -n {namespace}");
+        let text = render::inspect_text(
+            &Inspect::of_detail(&detail, None, Some(&answer)),
+            &Ui::detect(),
+            chrono::Utc::now(),
+        );
+        print!("{text}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

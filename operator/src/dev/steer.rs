@@ -1,0 +1,113 @@
+//! `cairn dev emit`, `cancel` and `wait`: answering, stopping and waiting for runs in the
+//! database, the local counterparts of `kubectl cairn emit`, `cancel` and `wait`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use cairn_engine::launcher as engine;
+use cairn_engine::read::{self, RunRecord};
+use serde_json::Value;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+
+use crate::lifecycle::Phase;
+
+/// `emit`: an event; the runs waiting for it wake up.
+pub async fn emit(event: &str, payload: &Value, namespace: &str) -> anyhow::Result<ExitCode> {
+    let pool = super::open().await?;
+    let mut conn = pool.acquire().await?;
+    let emitted = engine::emit(&mut conn, namespace, event, payload)
+        .await
+        .map_err(super::explain)?;
+    if emitted.duplicate {
+        println!("event {event} was already emitted with this payload (nothing changed)");
+    } else {
+        println!("event {event} emitted; {} run(s) woken", emitted.woken);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cancel`: a parked run ends now, a running one at its next step boundary.
+pub async fn cancel(run: &str, namespace: &str) -> anyhow::Result<ExitCode> {
+    let pool = super::open().await?;
+    let record = read::find(&pool, namespace, run).await?;
+    let state = engine::cancel_run(&mut *pool.acquire().await?, record.id)
+        .await
+        .map_err(super::explain)?;
+    match state {
+        Phase::Running => println!(
+            "{}: cancellation requested; it stops at its next step boundary",
+            record.name
+        ),
+        other => println!("{}: {}", record.name, other.as_db()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `wait`: until the run is in the phase `until` names (or finished), like `kubectl wait`.
+pub async fn wait(
+    run: &str,
+    namespace: &str,
+    until: &str,
+    event: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let target = match until {
+        "finished" => None,
+        phase => Some(phase.parse::<Phase>().map_err(|e| anyhow!(e))?),
+    };
+    let pool = super::open().await?;
+    let record = tokio::time::timeout(timeout, wait_for(&pool, namespace, run, target, event))
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "timed out after {} waiting for {run} to be {until}",
+                humantime::format_duration(timeout)
+            )
+        })??;
+    println!("{} is {}", record.name, record.phase);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits on the engine's notifications for the run to get where `target` says.
+async fn wait_for(
+    pool: &PgPool,
+    namespace: &str,
+    run: &str,
+    target: Option<Phase>,
+    event: Option<&str>,
+) -> anyhow::Result<RunRecord> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen("cairn_runs").await?;
+    loop {
+        // A run that does not exist yet may be about to: keep waiting (until the timeout).
+        let record = match read::find(pool, namespace, run).await {
+            Ok(record) => record,
+            Err(e) if e.is::<read::NotFound>() => {
+                listener.try_recv().await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let waits_for_event =
+            |name: &str| record.wait().as_ref().and_then(|w| w.event()) == Some(name);
+        let reached = match target {
+            Some(phase) => record.phase == phase && event.is_none_or(waits_for_event),
+            None => record.phase.is_terminal(),
+        };
+        if reached {
+            return Ok(record);
+        }
+        if let Some(phase) = target
+            && record.phase.is_terminal()
+        {
+            bail!(
+                "{} finished as {} and will never be {phase}",
+                record.name,
+                record.phase
+            );
+        }
+        listener.try_recv().await?;
+    }
+}

@@ -1,0 +1,155 @@
+//! `kubectl cairn inspect`: a run's FlowRun status with what the database knows (steps,
+//! attempts, costs, children), read through the operator's read API, and its pods. Without the
+//! read API it shows the status alone and says why the rest is missing.
+
+use cairn_crds::{FlowRun, LABEL_ATTEMPT, LABEL_PARENT, LABEL_RUN};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::ListParams;
+use serde_json::json;
+
+use super::client::{Kube, kube_error};
+use super::logic;
+use super::program;
+use super::read_api::{ReadApi, ReadApiError};
+use super::render::{self, Header, Inspect, KubeView, WaitLines};
+
+impl Kube {
+    /// `inspect`: the FlowRun's status with the read API's detail (steps, attempts, costs).
+    pub async fn inspect(&self, name: &str) -> anyhow::Result<()> {
+        let run = self.get_run(name).await?;
+        let detail = async {
+            match self.read_api() {
+                Ok(api) => api
+                    .run(&self.namespace, name)
+                    .await
+                    .map_err(|e| explain_missing_detail(e, &api)),
+                Err(e) => Err(format!("{e:#}")),
+            }
+        };
+        let (pods, detail) = tokio::join!(self.pods_of(&run), detail);
+        let pods = pods.unwrap_or_default();
+        if self.json {
+            let (detail, error) = match &detail {
+                Ok(d) => (Some(d), None),
+                Err(e) => (None, Some(e.clone())),
+            };
+            return self.print_json(&json!({
+                "flowRun": run,
+                "pods": pods.iter().map(|(a, p)| json!({ "attempt": a, "pod": p.name_any() })).collect::<Vec<_>>(),
+                "detail": detail,
+                "detailError": error,
+            }));
+        }
+        let status = run.status.clone().unwrap_or_default();
+        let view = KubeView {
+            pod: status.pod.clone(),
+            image_digest: status.image_digest.clone(),
+            condition: status.conditions.first().map(|c| c.message.clone()),
+            pods: pods.iter().map(|(a, p)| (*a, p.name_any())).collect(),
+        };
+        let answer = |event: &str| approve_hint(&run, event);
+        let (header, detail, missing) = match &detail {
+            Ok(detail) => (Header::of_detail(detail), Some(detail), None),
+            Err(why) => (header_of(&run), None, Some(why)),
+        };
+        let inspect = Inspect {
+            header,
+            detail,
+            kube: Some(&view),
+            answer: Some(&answer),
+        };
+        print!(
+            "{}",
+            render::inspect_text(&inspect, &self.ui, chrono::Utc::now())
+        );
+        if let Some(why) = missing {
+            eprintln!("\nwarning: steps, attempts and costs are not shown: {why}");
+        }
+        Ok(())
+    }
+
+    /// The run's pods by attempt (deleted ones are missing).
+    pub(super) async fn pods_of(&self, run: &FlowRun) -> anyhow::Result<Vec<(i32, Pod)>> {
+        let Some(run_id) = run.status.as_ref().and_then(|s| s.run_id.clone()) else {
+            return Ok(vec![]);
+        };
+        let pods = self
+            .pods()
+            .list(&ListParams::default().labels(&format!("{LABEL_RUN}={run_id}")))
+            .await
+            .map_err(|e| kube_error(e, "list pods"))?
+            .items;
+        let mut pods: Vec<(i32, Pod)> = pods
+            .into_iter()
+            .filter_map(|p| {
+                let attempt = p.labels().get(LABEL_ATTEMPT)?.parse().ok()?;
+                Some((attempt, p))
+            })
+            .collect();
+        pods.sort_by_key(|(attempt, _)| *attempt);
+        Ok(pods)
+    }
+}
+
+/// What a FlowRun's status says of its run, for `inspect` without the engine's detail.
+fn header_of(run: &FlowRun) -> Header {
+    let status = run.status.clone().unwrap_or_default();
+    let waiting = logic::waiting_summary(&status);
+    let wait = status.waiting_for.as_ref();
+    let cost = status.cost_usd.as_deref().and_then(|c| c.parse().ok());
+    Header {
+        name: run.name_any(),
+        namespace: run.namespace().unwrap_or_default(),
+        id: status
+            .run_id
+            .clone()
+            .unwrap_or_else(|| "not registered yet".into()),
+        flow: logic::flow_of(run),
+        parent: run.labels().get(LABEL_PARENT).cloned(),
+        phase: status.phase,
+        progress: format!(
+            "attempt {}, {} steps, {}",
+            status.attempt.unwrap_or(0),
+            status.steps_completed.unwrap_or(0),
+            render::money(cost.unwrap_or(0.0))
+        ),
+        created: run.metadata.creation_timestamp.as_ref().map(logic::to_utc),
+        finished: status.finished_at.as_ref().map(logic::to_utc),
+        waiting: (!waiting.is_empty()).then_some(waiting),
+        wait: WaitLines {
+            question: wait.and_then(|w| w.question.clone()),
+            schema: wait.and_then(|w| w.schema.clone()),
+            deadline: wait.and_then(|w| w.deadline.as_ref()).map(logic::to_utc),
+            until: None,
+            crash: None,
+            event: wait.and_then(|w| w.event.clone()),
+        },
+        result: status.result.clone(),
+        error: status.error.clone(),
+    }
+}
+
+/// How to answer a run's event from here.
+fn approve_hint(run: &FlowRun, event: &str) -> String {
+    let name = run.name_any();
+    if event == format!("approve-{name}") {
+        format!("{} approve {name} --data <JSON, default true>", program())
+    } else {
+        format!(
+            "{} approve {name} --data <JSON>  (event {event})",
+            program()
+        )
+    }
+}
+
+/// Why `inspect` shows no detail, and what to do about it.
+fn explain_missing_detail(error: ReadApiError, api: &ReadApi) -> String {
+    match error {
+        ReadApiError::NotFound(message) => format!(
+            "{} does not know this run: {message} (the operator may not have registered it yet, or may not manage this namespace)",
+            api.location
+        ),
+        ReadApiError::Unreachable(message) | ReadApiError::Failed(message) => message,
+    }
+}
