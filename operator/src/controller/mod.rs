@@ -5,6 +5,7 @@
 
 pub mod api;
 mod children;
+mod config;
 pub mod error;
 mod flowevent;
 pub mod flowrun;
@@ -13,17 +14,21 @@ pub mod pod;
 pub mod runner_db;
 mod startup;
 mod telemetry;
+mod wakeups;
+mod written;
+
+pub use config::Config;
+pub use written::WrittenStatuses;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_crds::{
-    Flow, FlowEvent, FlowRun, FlowRunStatus, LABEL_ATTEMPT, LABEL_MANAGED, LABEL_RUN,
-    MANAGED_BY_OPERATOR, ResourceProfile,
+    Flow, FlowEvent, FlowRun, LABEL_ATTEMPT, LABEL_MANAGED, LABEL_RUN, MANAGED_BY_OPERATOR,
+    ResourceProfile,
 };
-use cairn_engine::{launcher as engine, runner::Attempt};
-use futures::channel::mpsc::UnboundedSender;
+use cairn_engine::runner::Attempt;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::api::{Patch, PatchParams, PostParams};
@@ -33,108 +38,11 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
-use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 
 pub const FIELD_MANAGER: &str = "cairn-operator";
-
-/// How the operator runs flows (the `cairn operator` flags; each can also be set by environment,
-/// which is how the Helm chart configures it).
-#[derive(Debug, Clone, clap::Args)]
-pub struct Config {
-    /// The database URL flow pods use: a login in role `cairn_runner`, as pods reach the
-    /// database. Default: the operator's own address with the login it creates for them.
-    /// Handed to pods through a Secret, never inline.
-    #[arg(long, env = "CAIRN_RUNNER_DATABASE_URL", hide_env_values = true)]
-    pub runner_database_url: Option<String>,
-    /// `transaction` when that URL is a PgBouncer (or another pooler) in transaction mode:
-    /// flow processes then run each engine call in a transaction of its own. `none`: direct.
-    #[arg(long, env = "CAIRN_RUNNER_POOLER", default_value = "none")]
-    pub runner_pooler: cairn::Pooler,
-    /// Name of the per-namespace Secret the operator keeps the runner's database URL in.
-    #[arg(long, env = "CAIRN_RUNNER_SECRET", default_value = "cairn-runner-db")]
-    pub runner_secret: String,
-    /// Service account for flow pods whose Flow names none. The operator creates it (without
-    /// an API token) in each namespace it launches pods in.
-    #[arg(long, env = "CAIRN_FLOW_SERVICE_ACCOUNT")]
-    pub flow_service_account: Option<String>,
-    /// Namespaces whose FlowRuns and FlowEvents this operator manages, comma-separated
-    /// (default: all namespaces).
-    #[arg(long, env = "CAIRN_WATCH_NAMESPACES", value_delimiter = ',')]
-    pub watch_namespaces: Vec<String>,
-    /// Namespace of the Lease that elects the one active replica (in a pod: its own namespace).
-    #[arg(long, env = "CAIRN_LEASE_NAMESPACE", default_value = "default")]
-    pub lease_namespace: String,
-    /// Name of that Lease; operators sharing it never act at the same time.
-    #[arg(long, env = "CAIRN_LEASE_NAME", default_value = "cairn-operator")]
-    pub lease_name: String,
-    /// Flow pods running at once, in all. Each holds a database connection: keep this well
-    /// under the database's max_connections (or put PgBouncer in front of it).
-    #[arg(long, env = "CAIRN_MAX_RUNNING", default_value_t = 50)]
-    pub max_running: i32,
-    /// Flow pods running at once in any one namespace (0: only the global cap applies).
-    #[arg(long, env = "CAIRN_MAX_RUNNING_PER_NAMESPACE", default_value_t = 0)]
-    pub max_running_per_namespace: i32,
-    /// FlowRuns reconciled at once (per watched namespace). Bounds the operator's memory and
-    /// its load on the API server and the database when thousands of FlowRuns change together
-    /// (one event waking them all, a burst of creates); the others queue, each at most once.
-    #[arg(long, env = "CAIRN_RECONCILE_CONCURRENCY", default_value_t = 64,
-          value_parser = clap::value_parser!(u16).range(1..))]
-    pub reconcile_concurrency: u16,
-    /// Delete a FlowRun (and its runs in the database) this many seconds after it finished,
-    /// unless it or its Flow says otherwise (`ttlSecondsAfterFinished`). 0 keeps them.
-    #[arg(
-        long,
-        env = "CAIRN_DEFAULT_TTL_SECONDS_AFTER_FINISHED",
-        default_value_t = 0
-    )]
-    pub default_ttl_seconds_after_finished: u32,
-    /// Finished flow pods kept per run (the newest; the current attempt's is always kept), for
-    /// `kubectl logs`. Older ones are deleted as new ones finish, like a Job's history.
-    #[arg(long, env = "CAIRN_FINISHED_PODS_KEPT", default_value_t = 5)]
-    pub finished_pods_kept: u16,
-    /// Events (FlowEvents' and flows' emits) are deleted from the database this long after
-    /// they were emitted, unless a run still waits on one (e.g. `30d`; `0s` keeps them).
-    #[arg(long, env = "CAIRN_EVENT_RETENTION", default_value = "30d",
-          value_parser = humantime::parse_duration)]
-    pub event_retention: Duration,
-    /// `apply`: apply the engine's pending migrations at start (one replica migrates under a
-    /// lock, others wait). `verify`: only check that the schema is migrated, when a separate
-    /// step does it (`cairn migrate`, the Helm chart's pre-upgrade Job).
-    #[arg(long, env = "CAIRN_MIGRATIONS", default_value = "apply")]
-    pub migrations: cairn_engine::schema::Migrations,
-    /// Address of /livez, /readyz, /metrics and the read API.
-    #[arg(long, env = "CAIRN_LISTEN", default_value = "0.0.0.0:8080")]
-    pub listen: std::net::SocketAddr,
-}
-
-impl Config {
-    /// The caps as the engine takes them (`None`: no cap).
-    pub fn budget(&self) -> (Option<i32>, Option<i32>) {
-        let cap = |n: i32| (n > 0).then_some(n);
-        (cap(self.max_running), cap(self.max_running_per_namespace))
-    }
-
-    /// The operator's default time-to-live of finished FlowRuns (`None`: kept).
-    pub fn default_ttl_after_finished(&self) -> Option<Duration> {
-        (self.default_ttl_seconds_after_finished > 0)
-            .then(|| Duration::from_secs(self.default_ttl_seconds_after_finished.into()))
-    }
-
-    /// The namespaces to watch; `None` means all.
-    pub fn namespaces(&self) -> Option<Vec<String>> {
-        let named: Vec<String> = self
-            .watch_namespaces
-            .iter()
-            .map(|n| n.trim().to_owned())
-            .filter(|n| !n.is_empty())
-            .collect();
-        (!named.is_empty()).then_some(named)
-    }
-}
 
 pub struct Context {
     pub client: Client,
@@ -437,8 +345,12 @@ async fn act(ctx: Arc<Context>) {
         wakers.insert(scope.clone(), wake_tx);
         controllers.push(run_controllers(ctx.clone(), scope, wake_rx).boxed());
     }
-    tokio::spawn(forward_notifications(ctx.clone(), wakers, timers.clone()));
-    tokio::spawn(wake_timers(ctx.pool.clone(), timers));
+    tokio::spawn(wakeups::forward_notifications(
+        ctx.clone(),
+        wakers,
+        timers.clone(),
+    ));
+    tokio::spawn(wakeups::wake_timers(ctx.pool.clone(), timers));
     tokio::spawn(history::expire_events(ctx.clone()));
     futures::future::join_all(controllers).await;
 }
@@ -577,47 +489,6 @@ async fn run_controllers(
     .await;
 }
 
-/// The status each FlowRun (by uid) was last given, for a few seconds. Right after a status
-/// write, the watch cache still shows the one before: a reconcile in between (a pod's change,
-/// the engine's notification) must neither write the same status again, nor restart its
-/// conditions' transition times, nor compute its patch from the older one. The cache has the
-/// last word once it shows the written status, or after a few seconds.
-#[derive(Default)]
-pub struct WrittenStatuses(std::sync::Mutex<HashMap<String, (std::time::Instant, FlowRunStatus)>>);
-
-impl WrittenStatuses {
-    /// How long a written status outranks the watch cache's (which normally shows it within
-    /// milliseconds).
-    const MEMORY: Duration = Duration::from_secs(10);
-
-    /// The status `run` has on the API server as far as this operator knows.
-    pub fn seen(&self, run: &FlowRun) -> Option<FlowRunStatus> {
-        let mut written = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let uid = run.metadata.uid.as_deref().unwrap_or_default();
-        match written.get(uid) {
-            Some((at, status))
-                if at.elapsed() < Self::MEMORY && run.status.as_ref() != Some(status) =>
-            {
-                Some(status.clone())
-            }
-            Some(_) => {
-                written.remove(uid);
-                run.status.clone()
-            }
-            None => run.status.clone(),
-        }
-    }
-
-    pub fn wrote(&self, run: &FlowRun, status: &FlowRunStatus) {
-        let mut written = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if written.len() >= 1024 {
-            written.retain(|_, (at, _)| at.elapsed() < Self::MEMORY);
-        }
-        let uid = run.metadata.uid.clone().unwrap_or_default();
-        written.insert(uid, (std::time::Instant::now(), status.clone()));
-    }
-}
-
 /// A failed reconcile: counted by controller, stage and category, told once per streak as a
 /// Warning Event (reason: the category), and looked at again after a growing delay.
 fn error_policy<K>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
@@ -649,173 +520,4 @@ where
 fn succeeded<K: Resource<DynamicType = ()>>(ctx: &Context, object: &K) {
     ctx.failures
         .succeeded(&ObjectRef::from_obj(object).erase().to_string());
-}
-
-/// Turns the engine's `cairn_runs` notifications into reconciles of the FlowRuns concerned (by
-/// the controller of their namespace). Also tells the timer task when a run parks with a timer,
-/// and when a run stops running, wakes the runs waiting longest for its slot.
-async fn forward_notifications(
-    ctx: Arc<Context>,
-    wakers: HashMap<Option<String>, UnboundedSender<ObjectRef<FlowRun>>>,
-    timers: Arc<Notify>,
-) {
-    #[derive(Deserialize)]
-    struct Changed {
-        namespace: String,
-        name: String,
-        state: String,
-        from: Option<String>,
-    }
-    let wake = |run: ObjectRef<FlowRun>| {
-        let scope = run.namespace.clone();
-        if let Some(waker) = wakers.get(&scope).or_else(|| wakers.get(&None)) {
-            let _ = waker.unbounded_send(run);
-        }
-    };
-    loop {
-        let listening = async {
-            let mut listener = PgListener::connect_with(&ctx.pool).await?;
-            listener.listen("cairn_runs").await?;
-            // Anything may have changed while not listening.
-            timers.notify_one();
-            loop {
-                let notification = listener.recv().await?;
-                let Ok(changed) = serde_json::from_str::<Changed>(notification.payload()) else {
-                    continue;
-                };
-                if matches!(changed.state.as_str(), "sleeping" | "retrying" | "waiting") {
-                    timers.notify_one();
-                }
-                if changed.from.as_deref() == Some("running") {
-                    let chosen = next_for_slot(
-                        &ctx.waiting_for_slot
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner()),
-                        &changed.namespace,
-                    );
-                    chosen.into_iter().for_each(wake);
-                }
-                if !made_by_a_reconcile(changed.from.as_deref(), &changed.state) {
-                    wake(ObjectRef::new(&changed.name).within(&changed.namespace));
-                }
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), sqlx::Error>(())
-        };
-        if let Err(e) = listening.await {
-            tracing::warn!(error = %e, "lost the engine's notifications; reconnecting");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-}
-
-/// Changes the operator makes in a reconcile of that very FlowRun (registering its run, starting
-/// an attempt for the pod it creates) need no further look at it: waking it again would only
-/// repeat the reconcile, one more for every run in a burst of thousands.
-fn made_by_a_reconcile(from: Option<&str>, state: &str) -> bool {
-    from.is_none() || state == "running"
-}
-
-/// Who gets a freed slot a look: the two runs waiting longest, and the one waiting longest in
-/// the namespace where the slot freed (it may be held back by its namespace's cap). They leave
-/// the queue when they launch.
-fn next_for_slot(queue: &VecDeque<ObjectRef<FlowRun>>, namespace: &str) -> Vec<ObjectRef<FlowRun>> {
-    let mut chosen: Vec<ObjectRef<FlowRun>> = queue.iter().take(2).cloned().collect();
-    if let Some(local) = queue
-        .iter()
-        .find(|run| run.namespace.as_deref() == Some(namespace))
-        && !chosen.contains(local)
-    {
-        chosen.push(local.clone());
-    }
-    chosen
-}
-
-/// The engine's timers (sleeps, retry backoffs, wait deadlines): one task sleeps until the
-/// next one is due, by the database clock, and makes due runs runnable; the engine's NOTIFY
-/// then brings their reconciles. New timers cut the sleep short through `poke`.
-async fn wake_timers(pool: PgPool, poke: Arc<Notify>) {
-    loop {
-        let next = async {
-            let mut conn = pool.acquire().await?;
-            engine::wake_due(&mut conn).await?;
-            engine::next_wake_ms(&mut conn).await
-        }
-        .await;
-        let pause = match next {
-            Ok(Some(ms)) => Duration::from_millis(ms.max(0) as u64),
-            // Nothing scheduled: only a poke (or the hourly safety check) wakes this task.
-            Ok(None) => Duration::from_secs(3600),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the engine's timers; retrying");
-                Duration::from_secs(5)
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = poke.notified() => {}
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn queued(runs: &[(&str, &str)]) -> VecDeque<ObjectRef<FlowRun>> {
-        runs.iter()
-            .map(|(namespace, name)| ObjectRef::new(name).within(namespace))
-            .collect()
-    }
-
-    fn names(chosen: Vec<ObjectRef<FlowRun>>) -> Vec<String> {
-        chosen.into_iter().map(|run| run.name).collect()
-    }
-
-    #[test]
-    fn a_freed_slot_goes_to_the_oldest_runs_and_the_oldest_of_its_namespace() {
-        let queue = queued(&[
-            ("a", "a1"),
-            ("a", "a2"),
-            ("a", "a3"),
-            ("b", "b1"),
-            ("b", "b2"),
-        ]);
-        // The two oldest overall, plus b's oldest (a namespace cap may hold a's back).
-        assert_eq!(names(next_for_slot(&queue, "b")), ["a1", "a2", "b1"]);
-        // Its namespace's oldest is already among them: no one twice.
-        assert_eq!(names(next_for_slot(&queue, "a")), ["a1", "a2"]);
-        assert!(next_for_slot(&VecDeque::new(), "a").is_empty());
-    }
-
-    #[test]
-    fn a_status_just_written_outranks_the_cache_until_the_cache_shows_it() {
-        let run = |uid: &str, phase: Option<&str>| {
-            let mut run = FlowRun::new(
-                "r",
-                serde_json::from_value(json!({ "image": "i", "flow": "f" })).unwrap(),
-            );
-            run.metadata.uid = Some(uid.into());
-            run.status = phase.map(|p| FlowRunStatus {
-                phase: Some(serde_json::from_value(json!(p)).unwrap()),
-                ..Default::default()
-            });
-            run
-        };
-        let written = WrittenStatuses::default();
-        let running = run("u1", Some("Running")).status.unwrap();
-        written.wrote(&run("u1", None), &running);
-        // The cache trails: what was written counts.
-        assert_eq!(
-            written.seen(&run("u1", Some("Pending"))),
-            Some(running.clone())
-        );
-        assert_eq!(written.seen(&run("u1", None)), Some(running.clone()));
-        // Another FlowRun (or the same name created again) has its own.
-        assert_eq!(written.seen(&run("u2", None)), None);
-        // Once the cache shows it, the cache has the last word again.
-        assert_eq!(written.seen(&run("u1", Some("Running"))), Some(running));
-        let later = run("u1", Some("Succeeded"));
-        assert_eq!(written.seen(&later), later.status);
-    }
 }

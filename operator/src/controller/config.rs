@@ -1,0 +1,98 @@
+//! The operator's settings: the `cairn operator` flags, each also settable by environment
+//! (which is how the Helm chart configures it).
+
+use std::time::Duration;
+
+/// How the operator runs flows.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// The database URL flow pods use: a login in role `cairn_runner`, as pods reach the
+    /// database. Default: the operator's own address with the login it creates for them.
+    /// Handed to pods through a Secret, never inline.
+    #[arg(long, env = "CAIRN_RUNNER_DATABASE_URL", hide_env_values = true)]
+    pub runner_database_url: Option<String>,
+    /// `transaction` when that URL is a PgBouncer (or another pooler) in transaction mode:
+    /// flow processes then run each engine call in a transaction of its own. `none`: direct.
+    #[arg(long, env = "CAIRN_RUNNER_POOLER", default_value = "none")]
+    pub runner_pooler: cairn::Pooler,
+    /// Name of the per-namespace Secret the operator keeps the runner's database URL in.
+    #[arg(long, env = "CAIRN_RUNNER_SECRET", default_value = "cairn-runner-db")]
+    pub runner_secret: String,
+    /// Service account for flow pods whose Flow names none. The operator creates it (without
+    /// an API token) in each namespace it launches pods in.
+    #[arg(long, env = "CAIRN_FLOW_SERVICE_ACCOUNT")]
+    pub flow_service_account: Option<String>,
+    /// Namespaces whose FlowRuns and FlowEvents this operator manages, comma-separated
+    /// (default: all namespaces).
+    #[arg(long, env = "CAIRN_WATCH_NAMESPACES", value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
+    /// Namespace of the Lease that elects the one active replica (in a pod: its own namespace).
+    #[arg(long, env = "CAIRN_LEASE_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of that Lease; operators sharing it never act at the same time.
+    #[arg(long, env = "CAIRN_LEASE_NAME", default_value = "cairn-operator")]
+    pub lease_name: String,
+    /// Flow pods running at once, in all. Each holds a database connection: keep this well
+    /// under the database's max_connections (or put PgBouncer in front of it).
+    #[arg(long, env = "CAIRN_MAX_RUNNING", default_value_t = 50)]
+    pub max_running: i32,
+    /// Flow pods running at once in any one namespace (0: only the global cap applies).
+    #[arg(long, env = "CAIRN_MAX_RUNNING_PER_NAMESPACE", default_value_t = 0)]
+    pub max_running_per_namespace: i32,
+    /// FlowRuns reconciled at once (per watched namespace). Bounds the operator's memory and
+    /// its load on the API server and the database when thousands of FlowRuns change together
+    /// (one event waking them all, a burst of creates); the others queue, each at most once.
+    #[arg(long, env = "CAIRN_RECONCILE_CONCURRENCY", default_value_t = 64,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub reconcile_concurrency: u16,
+    /// Delete a FlowRun (and its runs in the database) this many seconds after it finished,
+    /// unless it or its Flow says otherwise (`ttlSecondsAfterFinished`). 0 keeps them.
+    #[arg(
+        long,
+        env = "CAIRN_DEFAULT_TTL_SECONDS_AFTER_FINISHED",
+        default_value_t = 0
+    )]
+    pub default_ttl_seconds_after_finished: u32,
+    /// Finished flow pods kept per run (the newest; the current attempt's is always kept), for
+    /// `kubectl logs`. Older ones are deleted as new ones finish, like a Job's history.
+    #[arg(long, env = "CAIRN_FINISHED_PODS_KEPT", default_value_t = 5)]
+    pub finished_pods_kept: u16,
+    /// Events (FlowEvents' and flows' emits) are deleted from the database this long after
+    /// they were emitted, unless a run still waits on one (e.g. `30d`; `0s` keeps them).
+    #[arg(long, env = "CAIRN_EVENT_RETENTION", default_value = "30d",
+          value_parser = humantime::parse_duration)]
+    pub event_retention: Duration,
+    /// `apply`: apply the engine's pending migrations at start (one replica migrates under a
+    /// lock, others wait). `verify`: only check that the schema is migrated, when a separate
+    /// step does it (`cairn migrate`, the Helm chart's pre-upgrade Job).
+    #[arg(long, env = "CAIRN_MIGRATIONS", default_value = "apply")]
+    pub migrations: cairn_engine::schema::Migrations,
+    /// Address of /livez, /readyz, /metrics and the read API.
+    #[arg(long, env = "CAIRN_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: std::net::SocketAddr,
+}
+
+impl Config {
+    /// The caps as the engine takes them (`None`: no cap).
+    pub fn budget(&self) -> (Option<i32>, Option<i32>) {
+        let cap = |n: i32| (n > 0).then_some(n);
+        (cap(self.max_running), cap(self.max_running_per_namespace))
+    }
+
+    /// The operator's default time-to-live of finished FlowRuns (`None`: kept).
+    pub fn default_ttl_after_finished(&self) -> Option<Duration> {
+        (self.default_ttl_seconds_after_finished > 0)
+            .then(|| Duration::from_secs(self.default_ttl_seconds_after_finished.into()))
+    }
+
+    /// The namespaces to watch; `None` means all.
+    pub fn namespaces(&self) -> Option<Vec<String>> {
+        let named: Vec<String> = self
+            .watch_namespaces
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        (!named.is_empty()).then_some(named)
+    }
+}
