@@ -6,13 +6,26 @@
 //! flow from the top, completed steps return their stored values at once, and the flow
 //! carries on where it was. Code between steps may run again; steps never do.
 //!
-//! ```ignore
-//! async fn research(ctx: Ctx, input: Topic) -> anyhow::Result<Report> {
-//!     let plan: Plan = ctx.step("plan", || async { llm::plan(&input).await }).await?;
-//!     let approved: bool = ctx.wait_for_event(&format!("approve-{}", ctx.run_name()))
-//!         .question("Publish this report?")
+//! ```no_run
+//! use cairn::{Ctx, JsonSchema};
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// What a person answers. Its JSON schema (the SDK's re-export of schemars: no dependency of
+//! /// your own) is shown with the question and checked when the answer is emitted.
+//! #[derive(Serialize, Deserialize, JsonSchema)]
+//! #[schemars(crate = "cairn::schemars")]
+//! struct Review {
+//!     approved: bool,
+//!     note: Option<String>,
+//! }
+//!
+//! async fn research(ctx: Ctx, topic: String) -> anyhow::Result<String> {
+//!     let plan: String = ctx.step("plan", || async { Ok(format!("plan for {topic}")) }).await?;
+//!     let review: Review = ctx
+//!         .wait_for_event(&format!("review-{}", ctx.run_name()))
+//!         .question("Publish this plan?")
 //!         .await?;
-//!     Ok(Report { plan, approved })
+//!     Ok(if review.approved { plan } else { review.note.unwrap_or_default() })
 //! }
 //!
 //! #[tokio::main]
@@ -33,3 +46,13 @@ pub use ctx::{ChildRun, Ctx, PendingStep, RetryPolicy, Step, StepStart, Wait, Wa
 pub use error::{Interrupted, Permanent, is_permanent, permanent};
 pub use runner::{Runner, RunnerEnv};
 pub use usage::{Usage, record_usage};
+
+/// The JSON Schema derive a struct payload of [`Ctx::wait_for_event`] needs, re-exported so a
+/// flow needs no `schemars` dependency of its own: derive [`JsonSchema`] and add
+/// `#[schemars(crate = "cairn::schemars")]`.
+pub use schemars::{self, JsonSchema};
+
+/// The README's examples compile (`cargo test --doc -p cairn`).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
