@@ -19,7 +19,7 @@ pub async fn research_flow(sc: &Scenario, profile: Option<&str>) -> anyhow::Resu
     let mut flow: Flow = example(sc, "flow.yaml")?;
     flow.spec.image = sc.setup.image.name.clone();
     flow.spec.profile = profile.map(str::to_owned);
-    Ok(sc.create(serde_json::to_value(flow)?).await?)
+    sc.create(serde_json::to_value(flow)?).await
 }
 
 /// Flow `slow`: the example agent with every LLM call taking 4 s (so a test can act while a call

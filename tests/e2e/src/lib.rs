@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod explain;
 pub mod flows;
+pub mod kubectl;
 pub mod operator;
 pub mod scenario;
 pub mod setup;

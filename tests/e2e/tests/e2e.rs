@@ -9,3 +9,5 @@ mod operator_failures;
 mod operator_leader;
 // `kubectl cairn` run through kubectl itself against runs in every phase.
 mod kubectl_cairn;
+// Its commands that change runs: approve, emit, cancel, retry.
+mod kubectl_cairn_writes;
