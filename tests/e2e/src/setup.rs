@@ -40,9 +40,9 @@ fn make() -> anyhow::Result<Setup> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join("target"));
-    let dir = target
-        .join("e2e")
-        .join(format!("run-{}", std::process::id()));
+    let runs = target.join("e2e");
+    forget_old_binaries(&runs);
+    let dir = runs.join(format!("run-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("bin"))?;
     eprintln!("e2e: logs in {}", dir.display());
 
@@ -61,7 +61,8 @@ fn make() -> anyhow::Result<Setup> {
     std::fs::copy(built("cairn")?, &cairn).context("copying target/release/cairn")?;
     let plugin_dir = dir.join("plugin");
     std::fs::create_dir_all(&plugin_dir)?;
-    std::fs::copy(&cairn, plugin_dir.join("kubectl-cairn"))?;
+    // The same file under the plugin's name (a link: the binary is large).
+    std::fs::hard_link(&cairn, plugin_dir.join("kubectl-cairn"))?;
     let agent = built("agent")?;
 
     let cluster = Cluster::up(&dir.join("cluster-up.log"))?;
@@ -75,6 +76,25 @@ fn make() -> anyhow::Result<Setup> {
         agent,
         image,
     })
+}
+
+/// Removes the binaries copied by earlier test processes that have ended (their logs stay): each
+/// copy is large, and the disk is shared with the cluster, whose kubelet removes images under
+/// disk pressure.
+fn forget_old_binaries(runs: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(runs) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("run-") else {
+            continue;
+        };
+        if !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path().join("bin"));
+            let _ = std::fs::remove_dir_all(entry.path().join("plugin"));
+        }
+    }
 }
 
 impl Setup {

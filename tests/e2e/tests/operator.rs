@@ -23,8 +23,10 @@ fn image_id(pod: &Pod) -> String {
 #[ignore = "needs the test cluster: make test-cluster"]
 async fn the_example_waits_resumes_on_its_digest_and_leaves_nothing_behind() -> anyhow::Result<()> {
     let mut sc = Scenario::with_operator("example").await?;
-    // An image tag of this scenario's own: it moves the tag while the run waits.
-    let tag = format!("localhost/cairn-agent:{}", sc.ns);
+    // An image of this scenario's own: it moves the tag while the run waits, and removes the
+    // image at the end. Its own repository too: archives are reproducible, so the same binary
+    // under `localhost/cairn-agent` would have the digest (and digest name) the others run.
+    let tag = format!("localhost/cairn-{}:moving", sc.ns);
     let first = sc.setup.cluster.image(&tag, &sc.setup.agent, &[])?;
     let profile_name = format!("small-{}", sc.ns);
     let mut profile: ResourceProfile = example(&sc, "profile.yaml")?;
