@@ -20,11 +20,13 @@ test-core:
 	$(CARGO) test --workspace
 
 # The real one-node cluster (built on first use): its smoke test, then the end-to-end tests of the
-# operator, of `kubectl cairn`, and of the Helm chart.
+# operator and of `kubectl cairn` (tests/e2e: ignored by plain `cargo test`, run here with
+# --ignored, side by side, each scenario in a namespace of its own), and of the Helm chart.
+E2E_THREADS ?= 4
 test-cluster:
 	tests/cluster/smoke-test.sh
-	tests/cluster/operator-e2e.sh
-	tests/cluster/kubectl-cairn-e2e.sh
+	$(CARGO) build --release -p cairn-operator -p cairn-example-agent
+	$(CARGO) test --release -p cairn-e2e -- --ignored --test-threads=$(E2E_THREADS)
 	tests/cluster/chart-e2e.sh
 
 # Style and hygiene: rustfmt, clippy, shellcheck on every script, and cargo-deny (licenses,

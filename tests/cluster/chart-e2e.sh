@@ -10,8 +10,8 @@
 # moving to the new pod), and uninstalls leaving the CRDs.
 #
 # The release watches only its own fresh namespace, with its own Lease: other tests run a host
-# operator against other namespaces at the same time. It works after operator-e2e.sh and
-# kubectl-cairn-e2e.sh (which apply the CRDs with kubectl: the install takes them over with
+# operator against other namespaces at the same time. It works after the end-to-end tests of
+# tests/e2e (which apply the CRDs with kubectl: the install takes them over with
 # --take-ownership) and on a cold machine (up.sh builds the cluster, this builds cairn and the
 # example agent).
 #
@@ -46,8 +46,7 @@ fail() {
 
 # What the API server refused in an operator log: "cannot VERB resource R in API group G", counted.
 refusals() {
-    # The log quotes JSON: the backslashes are literal characters, not escapes.
-    # shellcheck disable=SC1003
+    # shellcheck disable=SC1003  # literal backslashes in the pattern, not a quote escape
     grep -oE 'cannot [a-z]+ resource \\"[^\\]*\\" in API group \\"[^\\]*\\"' | tr -d '\\' | sort | uniq -c | grep .
 }
 
@@ -122,6 +121,7 @@ wait_lease_held_by() { # POD TIMEOUT_SECONDS
 kubeconfig="$("$CLUSTER_DIR/up.sh" | tail -n 1)"
 # shellcheck disable=SC1091
 source "$STATE_DIR/env"
+# shellcheck disable=SC2153  # KUBECONFIG is set by the env file sourced above
 [[ "$KUBECONFIG" == "$kubeconfig" ]] || die "up.sh printed $kubeconfig, env file says $KUBECONFIG"
 own_database "${NS//-/_}"
 

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Helpers of the end-to-end scripts that run an operator against one test namespace ($NS):
-# checks that report PASS/FAIL and count them, waits, and reading flow pods' logs. Sourced after
+# Helpers of the end-to-end scripts still in bash (chaos-e2e.sh) that run an operator against one
+# test namespace ($NS): checks that report PASS/FAIL and count them, waits, and reading flow pods'
+# logs. The other end-to-end tests are Rust (tests/e2e), with helpers of their own. Sourced after
 # lib.sh; the script sets NS and the counters `passed` and `failed`.
 
 passed=0 failed=0
@@ -29,6 +30,7 @@ e2e_setup() {
     kubeconfig="$("$CLUSTER_DIR/up.sh" | tail -n 1)"
     # shellcheck disable=SC1091
     source "$STATE_DIR/env"
+    # shellcheck disable=SC2153  # KUBECONFIG is set by the env file sourced above
     [[ "$KUBECONFIG" == "$kubeconfig" ]] || die "up.sh printed $kubeconfig, env file says $KUBECONFIG"
     own_database "${NS//-/_}"
     kubectl apply -f "$REPO_ROOT/crds/generated/crds.yaml" >/dev/null
@@ -59,22 +61,9 @@ start_operator() {
     CAIRN_DATABASE_URL="$CAIRN_CLUSTER_PG_URL" "$REPO_ROOT/target/release/cairn" operator --listen "$listen" \
         --watch-namespaces "$NS" --lease-namespace "$NS" --lease-name cairn-e2e "$@" >>"$log" 2>&1 &
 }
-# wait_log FILE TEXT SECONDS: until the operator's log says TEXT.
-wait_log() {
-    local deadline=$((SECONDS + $3))
-    until grep -qF "$2" "$1"; do (( SECONDS < deadline )) || return 1; sleep 0.5; done
-}
-# wait_pod_log POD TEXT SECONDS: until a flow pod's log says TEXT.
-wait_pod_log() {
-    local deadline=$((SECONDS + $3))
-    kubectl -n "$NS" wait "pod/$1" --for=create --timeout="$3s" >/dev/null 2>&1 || return 1
-    until kubectl -n "$NS" logs "$1" 2>/dev/null | grep -qF "$2"; do (( SECONDS < deadline )) || return 1; sleep 0.5; done
-}
 # kget ARGS...: `kubectl get` in the test namespace for a check; a missing object reads as empty
 # (the check then fails with a message) instead of ending the script under `set -e`.
 kget() { kubectl -n "$NS" get "$@" 2>/dev/null || true; }
-# ledger POD...: the example's ledger lines from these pods' logs.
-ledger_of() { for pod in "$@"; do kubectl -n "$NS" logs "$pod" 2>/dev/null; done | grep $'^ledger\t' || true; }
 # pods_of FLOWRUN: the names of its flow pods, oldest attempt first.
 pods_of() {
     local run_id

@@ -13,9 +13,7 @@
 //!    finished, and how many did not.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -23,6 +21,7 @@ use cairn_crds::{
     FlowEvent, FlowEventSpec, FlowRun, FlowRunSpec, LABEL_ATTEMPT, LABEL_MANAGED, LABEL_RUN,
     MANAGED_BY_OPERATOR,
 };
+use cairn_e2e as e2e;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Container, EnvVar, Namespace, Pod, PodSpec};
 use kube::api::{DeleteParams, ListParams, LogParams, ObjectMeta, PostParams};
@@ -35,8 +34,6 @@ use crate::local::unix_ms;
 use crate::pg::{clock_ticks, proc_stat};
 use crate::progress;
 use crate::report::{FanOut, Footprint, Latency, Rate, Results, Target};
-
-const STATE: &str = "/var/lib/cairn-cluster";
 
 struct Sizes {
     resumes: usize,
@@ -56,11 +53,10 @@ pub struct Cluster {
     pool: PgPool,
     /// The operator's running budget (`--max-running`).
     max_running: usize,
-    admin_url: String,
-    db_name: String,
-    operator: Option<std::process::Child>,
+    up: e2e::Cluster,
+    db: e2e::cluster::OwnDatabase,
+    operator: Option<e2e::operator::Operator>,
     operator_pid: u32,
-    log: PathBuf,
     /// Operator CPU (cores) while admitting figure 6's FlowRuns.
     admitting_cpu: Option<f64>,
     /// Figures 5 and 7's population: (FlowRuns, seconds until all had a status, operator CPU).
@@ -82,7 +78,6 @@ pub async fn figures(
     figures: &[u8],
     smoke: bool,
     asked: Asked,
-    repo: &Path,
     bin_dir: &Path,
     out: &Path,
 ) -> anyhow::Result<()> {
@@ -129,7 +124,7 @@ pub async fn figures(
             }
         ),
     ));
-    let mut cluster = match Cluster::start(repo, bin_dir, out, max_running(&sizes)).await {
+    let mut cluster = match Cluster::start(bin_dir, out, max_running(&sizes)).await {
         Ok(c) => c,
         Err(e) => {
             for f in figures {
@@ -154,7 +149,7 @@ pub async fn figures(
                 .map_or("?".into(), |v| v.git_version),
             cluster.ns,
             cluster.max_running,
-            cluster.db_name,
+            cluster.db.name,
             cluster.setting("max_connections").await.unwrap_or_default(),
             cluster.image
         ),
@@ -184,135 +179,64 @@ fn max_running(sizes: &Sizes) -> usize {
 }
 
 impl Cluster {
-    async fn start(
-        repo: &Path,
-        bin_dir: &Path,
-        out: &Path,
-        max_running: usize,
-    ) -> anyhow::Result<Cluster> {
+    async fn start(bin_dir: &Path, out: &Path, max_running: usize) -> anyhow::Result<Cluster> {
+        // The end-to-end harness's: the cluster up, an image, the CRDs, a database, an operator.
         progress("cluster: tests/cluster/up.sh (builds it on first use)");
-        let up = Command::new(repo.join("tests/cluster/up.sh"))
-            .stderr(std::fs::File::create(out.join("logs/cluster-up.log"))?)
-            .output()?;
-        anyhow::ensure!(
-            up.status.success(),
-            "tests/cluster/up.sh failed; see {}",
-            out.join("logs/cluster-up.log").display()
-        );
-        let kubeconfig = String::from_utf8_lossy(&up.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_owned();
-        let admin_url = env_var("CAIRN_CLUSTER_PG_URL")?;
-        let config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&kubeconfig)?,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await?;
-        let client = Client::try_from(config)?;
+        let up = e2e::Cluster::up(&out.join("logs/cluster-up.log"))?;
+        let client = up.client().await?;
 
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs();
         let ns = format!("cairn-bench-{stamp}");
-        let db_name = format!("cairn_bench_{stamp}");
         let image = format!("localhost/cairn-bench-flows:{stamp}");
 
         progress(&format!("cluster: image {image}"));
-        let built = Command::new(repo.join("tests/cluster/image.sh"))
-            .arg(&image)
-            .arg(bin_dir.join("bench-flows"))
-            .stderr(std::fs::File::create(out.join("logs/cluster-image.log"))?)
-            .output()?;
-        anyhow::ensure!(built.status.success(), "tests/cluster/image.sh failed");
-        let image_digest_ref = String::from_utf8_lossy(&built.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("manifest_digest="))
-            .map(|d| format!("localhost/cairn-bench-flows@{}", d.trim()));
-        let applied = Command::new("kubectl")
-            .args(["--kubeconfig", &kubeconfig, "apply", "-f"])
-            .arg(repo.join("crds/generated/crds.yaml"))
-            .stdout(Stdio::null())
-            .status()?;
-        anyhow::ensure!(applied.success(), "kubectl apply of the CRDs failed");
-
-        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
-            .execute(&mut admin)
-            .await?;
-        let db_url = with_database(&admin_url, &db_name)?;
+        let built = up.image(&image, &bin_dir.join("bench-flows"), &[])?;
+        up.apply_crds()?;
+        let db = up.create_database(&format!("cairn_bench_{stamp}")).await?;
         let pool =
-            cairn_engine::schema::connect_with(&db_url, 4, cairn_engine::schema::Migrations::Apply)
+            cairn_engine::schema::connect_with(&db.url, 4, cairn_engine::schema::Migrations::Apply)
                 .await?;
         Api::<Namespace>::all(client.clone())
             .create(&PostParams::default(), &namespace(&ns))
             .await?;
 
         let log = out.join("logs/operator.log");
-        let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let _ = std::fs::remove_file(&log);
+        let listen = e2e::operator::free_addr("127.0.0.1")?;
         progress(&format!(
             "cluster: starting the operator for namespace {ns} (log {})",
             log.display()
         ));
-        let operator = Command::new(bin_dir.join("cairn"))
-            .arg("operator")
-            .args(["--listen", &listen.to_string()])
-            .args(["--watch-namespaces", &ns, "--lease-namespace", &ns])
-            .args([
-                "--lease-name",
-                "bench",
-                "--max-running",
-                &max_running.to_string(),
-            ])
-            .env("CAIRN_DATABASE_URL", &db_url)
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log)?)
-            .stderr(std::fs::OpenOptions::new().append(true).open(&log)?)
-            // Its own process group: a Ctrl-C meant for the benchmark must not stop it before
-            // it has removed its finalizers from the namespace's FlowRuns.
-            .process_group(0)
-            .spawn()?;
-        let operator_pid = operator.id();
-        let mut cluster = Cluster {
+        let mut operator = e2e::operator::Operator::spawn(&e2e::operator::OperatorConfig {
+            binary: bin_dir.join("cairn"),
+            kubeconfig: up.kubeconfig.clone(),
+            database_url: db.url.clone(),
+            namespace: ns.clone(),
+            lease_name: "bench".into(),
+            listen,
+            flags: vec!["--max-running".into(), max_running.to_string()],
+            log: log.clone(),
+        })?;
+        let operator_pid = operator.pid().unwrap_or_default();
+        operator
+            .wait_log("controllers started", Duration::from_secs(120))
+            .await?;
+        Ok(Cluster {
             client,
             ns,
             image,
             pool,
             max_running,
-            admin_url,
-            db_name,
+            up,
+            db,
             operator: Some(operator),
             operator_pid,
-            log,
             admitting_cpu: None,
             populating: None,
-            image_digest_ref,
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !std::fs::read_to_string(&cluster.log)
-            .unwrap_or_default()
-            .contains("controllers started")
-        {
-            if let Some(status) = cluster
-                .operator
-                .as_mut()
-                .and_then(|o| o.try_wait().ok().flatten())
-            {
-                bail!(
-                    "the operator exited ({status}); see {}",
-                    cluster.log.display()
-                );
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the operator did not start its controllers within 2 minutes"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(cluster)
+            image_digest_ref: Some(built.digest_ref()),
+        })
     }
 
     async fn setting(&self, name: &str) -> anyhow::Result<String> {
@@ -1077,8 +1001,7 @@ impl Cluster {
         // the FlowRuns' finalizers itself (one patch each) rather than have the operator clean
         // up thousands of runs one reconcile at a time on a shared API server.
         if let Some(mut operator) = self.operator.take() {
-            let _ = Command::new("kill").arg(operator.id().to_string()).status();
-            let _ = operator.wait();
+            operator.stop();
         }
         let namespaces = Api::<Namespace>::all(self.client.clone());
         let _ = namespaces
@@ -1090,37 +1013,12 @@ impl Cluster {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         self.pool.close().await;
-        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&self.admin_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.db_name
-        )))
-        .execute(&mut admin)
-        .await?;
-        // The runner login the operator created for this database (see ensure_runner_login).
-        let login = format!(
-            "{}_runner_login",
-            &self.db_name[..self.db_name.len().min(40)]
-        );
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {login}")))
-            .execute(&mut admin)
-            .await?;
+        // The database and the runner login the operator created for it.
+        self.db.drop_now()?;
         let refs: Vec<String> = std::iter::once(self.image.clone())
             .chain(self.image_digest_ref.clone())
             .collect();
-        let _ = Command::new("/usr/bin/ctr")
-            .args([
-                "--address",
-                "/run/cairn-containerd/containerd.sock",
-                "-n",
-                "k8s.io",
-                "images",
-                "rm",
-            ])
-            .args(&refs)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        self.up.remove_images(&refs);
         Ok(())
     }
 
@@ -1199,24 +1097,4 @@ pub fn targets(results: &Results, targets: &mut Vec<Target>) {
             met: f.pods_created_s <= 20.0 && f.lost == 0,
         });
     }
-}
-
-/// A variable of the cluster's env file (`/var/lib/cairn-cluster/env`).
-fn env_var(name: &str) -> anyhow::Result<String> {
-    let out = Command::new("bash")
-        .args([
-            "-c",
-            &format!("source {STATE}/env && printf %s \"${name}\""),
-        ])
-        .output()?;
-    let value = String::from_utf8_lossy(&out.stdout).into_owned();
-    anyhow::ensure!(!value.is_empty(), "{name} is not set by {STATE}/env");
-    Ok(value)
-}
-
-/// `url` with its database replaced.
-fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
-    let mut parsed = url::Url::parse(url)?;
-    parsed.set_path(&format!("/{database}"));
-    Ok(parsed.to_string())
 }

@@ -190,16 +190,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             fanout: args.fanout,
             flowruns: args.flowruns,
         };
-        cluster::figures(
-            &mut results,
-            &figures,
-            args.smoke,
-            asked,
-            &repo,
-            &bin_dir,
-            &out,
-        )
-        .await?;
+        cluster::figures(&mut results, &figures, args.smoke, asked, &bin_dir, &out).await?;
     }
     results.header.push((
         "load at the end".into(),

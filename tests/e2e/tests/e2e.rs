@@ -1,0 +1,13 @@
+//! The end-to-end scenarios on the real cluster, one test binary: `make test-cluster` runs them
+//! (`cargo test --release -p cairn-e2e -- --ignored`); plain `cargo test` lists them as ignored.
+
+// The operator: the example, crashes, cancels, retention, deletion.
+mod operator;
+// Bad work reported, not crash-looped: unknown flows, refused objects, images, input, deadlines.
+mod operator_failures;
+// Two operators: the Lease, the handover, the running budget, least privilege, metrics.
+mod operator_leader;
+// `kubectl cairn` run through kubectl itself against runs in every phase.
+mod kubectl_cairn;
+// Its commands that change runs: approve, emit, cancel, retry.
+mod kubectl_cairn_writes;
