@@ -78,6 +78,27 @@ app.kubernetes.io/component: operator
 {{- if .Values.database.runner.existingSecret }}{{ .Values.database.runner.existingSecretKey }}{{ else }}runner-database-url{{ end }}
 {{- end }}
 
+{{/* The volume holding the database URLs as files (database-url, and runner-database-url when
+     flow pods use another URL), readable by the pods' group only. */}}
+{{- define "cairn.databaseVolume" -}}
+- name: database
+  projected:
+    defaultMode: 0440
+    sources:
+      - secret:
+          name: {{ include "cairn.databaseSecret" . }}
+          items:
+            - key: {{ include "cairn.databaseSecretKey" . }}
+              path: database-url
+      {{- with include "cairn.runnerSecret" . }}
+      - secret:
+          name: {{ . }}
+          items:
+            - key: {{ include "cairn.runnerSecretKey" $ }}
+              path: runner-database-url
+      {{- end }}
+{{- end }}
+
 {{/* Fails with a clear message when the database settings are missing or contradictory
      (the schema checks types and names; this checks the combination). */}}
 {{- define "cairn.validate" -}}
