@@ -29,7 +29,7 @@ test-cluster:
 
 # Style and hygiene: rustfmt, clippy, shellcheck on every script, cargo-deny (licenses,
 # banned crates, sources; deny.toml says why advisories are not checked here), checkov on what
-# the Helm chart renders (tests/checkov-chart.sh).
+# the Helm chart renders (tests/checkov-chart.sh) and actionlint on .github/workflows/.
 # The tools install into ~/.cache/cairn on first use (tests/install-deps.sh).
 TOOLS_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cairn
 
@@ -40,6 +40,7 @@ lint:
 	shellcheck $$(git ls-files '*.sh') .ci/run
 	$(CARGO) deny --log-level error check licenses bans sources
 	CHECKOV=$(TOOLS_CACHE)/checkov-venv/bin/checkov tests/checkov-chart.sh
+	$(TOOLS_CACHE)/bin/actionlint
 
 # Per-step checkpoint overhead next to a raw INSERT + COMMIT (not a test: prints figures).
 bench-steps:
