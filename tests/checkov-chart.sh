@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make lint`: checkov (an outside policy checker, installed by tests/install-deps.sh lint) scans
-# what the Helm chart renders, with the defaults, with ci/test-values.yaml (NetworkPolicy, PDB,
-# ServiceMonitor, a runner URL) and with the migration Job. Every check must pass; the ones the
-# chart does not meet on purpose are skipped by `checkov.io/skipN` annotations next to the
-# objects they concern, each with its reason (templates/deployment.yaml, migrate-job.yaml).
+# what the Helm chart renders: with the defaults, with ci/test-values.yaml (NetworkPolicy, PDB,
+# ServiceMonitor, a runner URL), with the migration Job, and with values-production.yaml.
+# Every check must pass; the ones the chart does not meet on purpose are skipped by
+# `checkov.io/skipN` annotations next to the objects they concern, each with its reason
+# (templates/deployment.yaml, templates/migrate-job.yaml).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 chart=charts/cairn
@@ -25,6 +26,7 @@ trap 'rm -rf "$out"' EXIT
 "$helm" template cairn "$chart" -n cairn-system -f "$chart/ci/test-values.yaml" >"$out/test-values.yaml"
 "$helm" template cairn "$chart" -n cairn-system --set database.existingSecret=cairn-db \
     --set migrations.mode=job >"$out/migrate-job.yaml"
+"$helm" template cairn "$chart" -n cairn-system -f "$chart/values-production.yaml" >"$out/values-production.yaml"
 # One scan per rendering: checkov relates objects across the files of one scan (a NetworkPolicy
 # in one rendering would count for the pods of another). --skip-download: no calls to Prisma
 # Cloud (the checks ship with checkov).

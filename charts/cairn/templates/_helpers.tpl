@@ -116,6 +116,9 @@ app.kubernetes.io/component: operator
 {{- fail "\n\nmigrations.mode=job needs database.existingSecret: the migration Job runs before the chart's own resources (its Secret) exist." }}
 {{- end }}
 {{- $np := .Values.networkPolicy }}
+{{- if and ($np.flowPods).enabled (or (not .Values.watchNamespaces) (not $np.flowPods.database.to)) }}
+{{- fail "\n\nnetworkPolicy.flowPods.enabled needs watchNamespaces (the policy goes into each) and networkPolicy.flowPods.database.to (where flow pods reach Postgres): without them flow pods could reach nothing." }}
+{{- end }}
 {{- if and $np.enabled (or (not $np.database.to) (not $np.apiServer.cidrs)) }}
 {{- fail "\n\nnetworkPolicy.enabled needs networkPolicy.database.to (where Postgres is) and networkPolicy.apiServer.cidrs (the API server's addresses): without them the operator could reach neither." }}
 {{- end }}
