@@ -225,7 +225,8 @@ then pass "$name"; else fail "$name" "rendered $absent by default; enabled: $mon
 name="helm package makes the chart archive users install"
 if out=$(helm package "$CHART" --destination "$workdir/package" 2>&1) &&
     package="$(sed -n 's/^Successfully packaged chart and saved it to: //p' <<<"$out")" &&
-    [[ -f "$package" ]] && tar -tzf "$package" | grep -qx 'cairn/files/crds.yaml'; then
+    [[ -f "$package" ]] && contents="$(tar -tzf "$package")" &&
+    grep -qx 'cairn/files/crds.yaml' <<<"$contents"; then
     pass "$name ($(basename "$package"))"
 else
     fail "$name" "$out"
