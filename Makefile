@@ -29,14 +29,20 @@ test-cluster:
 	$(CARGO) test --release -p cairn-e2e -- --ignored --test-threads=$(E2E_THREADS)
 	tests/cluster/chart-e2e.sh
 
-# Style and hygiene: rustfmt, clippy, shellcheck on every script, and cargo-deny (licenses,
-# banned crates, sources; deny.toml says why advisories are not checked here).
+# Style and hygiene: rustfmt, clippy, shellcheck on every script, cargo-deny (licenses,
+# banned crates, sources; deny.toml says why advisories are not checked here), checkov on what
+# the Helm chart renders (tests/checkov-chart.sh) and actionlint on .github/workflows/.
+# The tools install into ~/.cache/cairn on first use (tests/install-deps.sh).
+TOOLS_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cairn
+
 lint:
 	tests/install-deps.sh lint
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	shellcheck $$(git ls-files '*.sh') .ci/run
 	$(CARGO) deny --log-level error check licenses bans sources
+	CHECKOV=$(TOOLS_CACHE)/checkov-venv/bin/checkov tests/checkov-chart.sh
+	$(TOOLS_CACHE)/bin/actionlint
 
 # Per-step checkpoint overhead next to a raw INSERT + COMMIT (not a test: prints figures).
 bench-steps:

@@ -2,10 +2,17 @@
 # Installs what a make target needs on a fresh Debian machine, when it is missing:
 #   test: the Postgres server binaries (the tests start their own servers from them) and
 #         PgBouncer (tests/pooler.rs);
-#   lint: shellcheck, and cargo-deny (built from crates.io into ~/.cargo/bin, once).
+#   lint: shellcheck, cargo-deny (built from crates.io into ~/.cargo/bin, once), checkov (from
+#         PyPI, in a virtual environment under ~/.cache/cairn) and actionlint (a Go module, built
+#         through the Go module proxy into ~/.cache/cairn/bin), and helm for checkov's input when
+#         none is there yet; the versions are pinned below.
 # Needs root for apt-get; says what to install otherwise.
 set -euo pipefail
 target="${1:-test}"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/cairn"
+checkov_version=3.3.30
+actionlint_version=v1.7.12
+helm_version=v3.22.0   # the test cluster's (tests/cluster/build-binaries.sh)
 missing=()
 case "$target" in
 test)
@@ -17,6 +24,25 @@ lint)
     if ! cargo deny --version >/dev/null 2>&1; then
         echo "building cargo-deny (once per machine)" >&2
         cargo install --locked --quiet cargo-deny
+    fi
+    venv="$cache/checkov-venv"
+    if [[ "$("$venv/bin/checkov" --version 2>/dev/null)" != "$checkov_version" ]]; then
+        echo "installing checkov $checkov_version into $venv (once per machine)" >&2
+        python3 -m venv "$venv" ||
+            { echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)" >&2; exit 1; }
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "checkov==$checkov_version"
+    fi
+    if [[ "$("$cache/bin/actionlint" -version 2>/dev/null | head -1)" != "$actionlint_version" ]]; then
+        command -v go >/dev/null ||
+            { echo "actionlint is built with Go: install Go 1.24 or later (https://go.dev/dl/)" >&2; exit 1; }
+        echo "building actionlint $actionlint_version into $cache/bin (once per machine)" >&2
+        GOBIN="$cache/bin" go install "github.com/rhysd/actionlint/cmd/actionlint@$actionlint_version"
+    fi
+    # checkov scans `helm template` output: any helm will do, the cluster's if it was built.
+    if ! command -v helm >/dev/null && ! compgen -G "$cache/cluster/helm-*/helm" >/dev/null &&
+        [[ ! -x "$cache/bin/helm" ]]; then
+        echo "building helm $helm_version into $cache/bin (once per machine)" >&2
+        CGO_ENABLED=0 GOBIN="$cache/bin" go install "helm.sh/helm/v3/cmd/helm@$helm_version"
     fi
     ;;
 *)

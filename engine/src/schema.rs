@@ -20,7 +20,7 @@ use crate::protocol::LAUNCHER_CONTRACT;
 /// default search path (`"$user", public`) a database user named `cairn` would otherwise see
 /// a different `_sqlx_migrations` before and after the first migration creates the schema.
 pub fn migrator() -> Migrator {
-    let mut migrator = sqlx::migrate!("../sql/migrations");
+    let mut migrator = sqlx::migrate!("./migrations");
     migrator.dangerous_set_table_name("cairn._sqlx_migrations");
     migrator.create_schema("cairn");
     // Migrations applied by a newer release are not an error: the launcher contract decides.

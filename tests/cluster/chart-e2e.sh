@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end test of the Helm chart (charts/cairn) on the real cluster (tests/cluster/up.sh):
-# lint and schema, a server-side dry run of the rendered manifests, then a real install whose
-# operator runs in-cluster under the chart's RBAC (Secrets: create its per-attempt token
-# Secrets, get/patch only the runner's), drives the example research agent to its approval,
+# lint and schema, a server-side dry run of the rendered manifests, then a real install of the
+# packaged chart (`helm package`, as users get it) whose operator runs in-cluster under the
+# chart's RBAC (Secrets: create its per-attempt token Secrets, get/patch only the runner's),
+# drives the example research agent to its approval,
 # where `kubectl cairn` (target/release/cairn as the kubectl plugin, with a kubeconfig holding
 # the token of a service account bound to the chart's approver roles) inspects the run through
 # the API server's service proxy and approves it, on to Succeeded; keeps people without rights
@@ -220,9 +221,21 @@ if [[ "$absent" == 0 ]] && grep -q '^apiVersion: monitoring.coreos.com/v1$' <<<"
 then pass "$name"; else fail "$name" "rendered $absent by default; enabled: $monitor"; fi
 
 # --- 3. install ---------------------------------------------------------------------------------
+# As users install it: the packaged chart (what the release pushes), not the folder.
+name="helm package makes the chart archive users install"
+if out=$(helm package "$CHART" --destination "$workdir/package" 2>&1) &&
+    package="$(sed -n 's/^Successfully packaged chart and saved it to: //p' <<<"$out")" &&
+    [[ -f "$package" ]] && contents="$(tar -tzf "$package")" &&
+    grep -qx 'cairn/files/crds.yaml' <<<"$contents"; then
+    pass "$name ($(basename "$package"))"
+else
+    fail "$name" "$out"
+    package="$CHART"
+fi
+
 name="helm install: the operator Deployment becomes Available and takes its Lease"
 t0="$EPOCHREALTIME"
-if out=$(helm install "$REL" "$CHART" -n "$SYS_NS" --take-ownership \
+if out=$(helm install "$REL" "$package" -n "$SYS_NS" --take-ownership \
     --set database.url="$CAIRN_CLUSTER_PG_URL" \
     --set "watchNamespaces={$NS}" \
     --set leaderElection.leaseName="$LEASE" \
@@ -477,9 +490,11 @@ old_pod=$(kubectl -n "$SYS_NS" get pods -l "app.kubernetes.io/instance=$REL" -o 
 # owner's URL in a Secret of the user's own.
 kubectl -n "$SYS_NS" create secret generic "$REL-db-owner" \
     --from-literal=database-url="$CAIRN_CLUSTER_PG_URL" >/dev/null
+changed="$(helm package "$workdir/chart/cairn" --destination "$workdir/chart" |
+    sed -n 's/^Successfully packaged chart and saved it to: //p' || true)"
 name="helm upgrade applies a changed CRD"
 t0="$EPOCHREALTIME"
-if out=$(helm upgrade "$REL" "$workdir/chart/cairn" -n "$SYS_NS" --reuse-values \
+if out=$(helm upgrade "$REL" "${changed:-$workdir/chart/cairn}" -n "$SYS_NS" --reuse-values \
     --set database.url= --set database.existingSecret="$REL-db-owner" --set migrations.mode=job \
     --set-string podAnnotations.e2e-rollout="$TS" --wait --timeout 180s 2>&1) &&
     [[ "$(crd_description)" == "($MARK)"* ]]; then
@@ -534,7 +549,7 @@ else
 fi
 
 name="helm upgrade back to the repository's chart restores the CRD"
-if out=$(helm upgrade "$REL" "$CHART" -n "$SYS_NS" --reuse-values --wait --timeout 180s 2>&1) &&
+if out=$(helm upgrade "$REL" "$package" -n "$SYS_NS" --reuse-values --wait --timeout 180s 2>&1) &&
     [[ "$(crd_description)" == "One execution of a flow"* ]]; then
     pass "$name"
 else

@@ -99,7 +99,8 @@ kubectl label namespace "$NS" cairn.dev/demo=flows >/dev/null   # found and remo
 # The profiles get a prefix: ResourceProfiles are cluster-wide and the example brings its own `small`.
 install=(helm upgrade --install "$RELEASE" "$CHART" -n "$SYS_NS" --take-ownership
     --set "watchNamespaces={$NS}" --set leaderElection.leaseName="$LEASE"
-    --set image.tag=dev --set image.pullPolicy=Never --set resourceProfiles.namePrefix=demo-
+    --set image.repository="${OPERATOR_IMAGE%:*}" --set image.tag="${OPERATOR_IMAGE##*:}"
+    --set image.pullPolicy=Never --set resourceProfiles.namePrefix=demo-
     --wait --timeout 180s)
 # shellcheck disable=SC2016  # the variable name is printed, not its secret value
 printf '$ %s --set database.url=$CAIRN_CLUSTER_PG_URL\n' "${install[*]}"

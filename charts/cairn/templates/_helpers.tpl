@@ -78,6 +78,27 @@ app.kubernetes.io/component: operator
 {{- if .Values.database.runner.existingSecret }}{{ .Values.database.runner.existingSecretKey }}{{ else }}runner-database-url{{ end }}
 {{- end }}
 
+{{/* The volume holding the database URLs as files (database-url, and runner-database-url when
+     flow pods use another URL), readable by the pods' group only. */}}
+{{- define "cairn.databaseVolume" -}}
+- name: database
+  projected:
+    defaultMode: 0440
+    sources:
+      - secret:
+          name: {{ include "cairn.databaseSecret" . }}
+          items:
+            - key: {{ include "cairn.databaseSecretKey" . }}
+              path: database-url
+      {{- with include "cairn.runnerSecret" . }}
+      - secret:
+          name: {{ . }}
+          items:
+            - key: {{ include "cairn.runnerSecretKey" $ }}
+              path: runner-database-url
+      {{- end }}
+{{- end }}
+
 {{/* Fails with a clear message when the database settings are missing or contradictory
      (the schema checks types and names; this checks the combination). */}}
 {{- define "cairn.validate" -}}
@@ -95,6 +116,9 @@ app.kubernetes.io/component: operator
 {{- fail "\n\nmigrations.mode=job needs database.existingSecret: the migration Job runs before the chart's own resources (its Secret) exist." }}
 {{- end }}
 {{- $np := .Values.networkPolicy }}
+{{- if and ($np.flowPods).enabled (or (not .Values.watchNamespaces) (not $np.flowPods.database.to)) }}
+{{- fail "\n\nnetworkPolicy.flowPods.enabled needs watchNamespaces (the policy goes into each) and networkPolicy.flowPods.database.to (where flow pods reach Postgres): without them flow pods could reach nothing." }}
+{{- end }}
 {{- if and $np.enabled (or (not $np.database.to) (not $np.apiServer.cidrs)) }}
 {{- fail "\n\nnetworkPolicy.enabled needs networkPolicy.database.to (where Postgres is) and networkPolicy.apiServer.cidrs (the API server's addresses): without them the operator could reach neither." }}
 {{- end }}
