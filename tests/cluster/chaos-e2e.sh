@@ -15,6 +15,9 @@ FLOWS_IMAGE=localhost/cairn-test-flows:dev
 NS="chaos-$(date +%s)"
 RUNS=${RUNS:-200}
 KILLS=${KILLS:-8}
+# The kill moments are random; CHAOS_SEED=N replays a run's (it is printed).
+CHAOS_SEED=${CHAOS_SEED:-$(date +%s)}
+RANDOM=$CHAOS_SEED
 BUDGET=20
 OPERATOR_LOG="$LOG_DIR/chaos-operator.log"
 operator_pid="" sampler_pid="" frozen_pids=()
@@ -34,6 +37,7 @@ trap finish EXIT
 
 e2e_setup
 
+log "random seed: CHAOS_SEED=$CHAOS_SEED"
 log "building the operator, the example agent and the test flows"
 (cd "$REPO_ROOT" && cargo build --release -p cairn-operator -p cairn-example-agent >&2 &&
     cargo build --release -p cairn-tests --bin test-flows >&2)
