@@ -3,11 +3,11 @@
 //! `kubectl`, the local ones (`cairn dev`) in `dev`, the operator in `controller`. Flags
 //! several commands share are `#[command(flatten)]` groups, so they read the same everywhere.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::anyhow;
 use cairn_engine::schema;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
@@ -403,53 +403,24 @@ pub async fn main() -> ExitCode {
     }
 }
 
-/// A secret setting: the variable `name`, else the contents of the file that `name_FILE` names
-/// (a mounted Secret: the Helm chart mounts the database URLs as files rather than passing them
-/// in the environment), without trailing line breaks. `None` when neither is set.
-fn secret_setting(name: &str) -> anyhow::Result<Option<String>> {
-    if let Ok(value) = std::env::var(name)
-        && !value.is_empty()
-    {
-        return Ok(Some(value));
-    }
-    let file_var = format!("{name}_FILE");
-    let Some(path) = std::env::var_os(&file_var) else {
-        return Ok(None);
-    };
-    let value = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "{file_var}={}: cannot read it; mount the Secret holding {name} there, or unset {file_var}",
-            Path::new(&path).display()
-        )
-    })?;
-    let value = value.trim_end_matches(['\n', '\r']);
-    if value.is_empty() {
-        bail!(
-            "{file_var}={}: the file is empty; it should hold {name}",
-            Path::new(&path).display()
-        );
-    }
-    Ok(Some(value.to_string()))
-}
-
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Dev(dev) => run_dev(dev).await,
         Command::Operator(mut config) => {
-            let url = secret_setting("CAIRN_DATABASE_URL")?.ok_or_else(|| {
+            let url = crate::settings::secret("CAIRN_DATABASE_URL")?.ok_or_else(|| {
                 anyhow!(
                     "the operator needs CAIRN_DATABASE_URL, or CAIRN_DATABASE_URL_FILE naming a \
                      file that holds it (a Postgres flow pods can reach)"
                 )
             })?;
             if config.runner_database_url.is_none() {
-                config.runner_database_url = secret_setting("CAIRN_RUNNER_DATABASE_URL")?;
+                config.runner_database_url = crate::settings::secret("CAIRN_RUNNER_DATABASE_URL")?;
             }
             crate::controller::run(&url, config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
-            let url = secret_setting("CAIRN_DATABASE_URL")?.ok_or_else(|| {
+            let url = crate::settings::secret("CAIRN_DATABASE_URL")?.ok_or_else(|| {
                 anyhow!(
                     "cairn migrate needs CAIRN_DATABASE_URL, or CAIRN_DATABASE_URL_FILE naming a \
                      file that holds it (the schema owner's login)"

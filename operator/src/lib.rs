@@ -7,4 +7,5 @@ pub mod dev;
 pub mod kubectl;
 pub mod lifecycle;
 pub mod localdb;
+pub mod settings;
 pub mod supervisor;
