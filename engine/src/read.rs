@@ -8,6 +8,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::read_api::{Attempt, Step, Totals};
 use crate::{Phase, Wait};
 
 /// A run as the supervisors and the CLI see it.
@@ -130,27 +131,11 @@ pub async fn find(pool: &PgPool, namespace: &str, name_or_id: &str) -> anyhow::R
 #[error("{0}")]
 pub struct NotFound(String);
 
-/// One step of a run for `cairn dev inspect` and the read API: a checkpoint (`completed`), or
+/// The run's steps for `cairn dev inspect` and the read API: checkpoints (`completed`), and
 /// the wait, sleep or join the run is blocked on (`waiting`).
-#[derive(Debug, Clone, Serialize)]
-pub struct StepRecord {
-    pub key: String,
-    pub kind: String,
-    pub status: String,
-    /// The attempt that completed it.
-    pub attempt: Option<i32>,
-    pub tries: Option<i32>,
-    pub started_at: DateTime<Utc>,
-    pub duration_ms: f64,
-    pub usd: Option<f64>,
-    pub tokens_in: Option<i64>,
-    pub tokens_out: Option<i64>,
-    pub model: Option<String>,
-}
-
-pub async fn steps(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Vec<StepRecord>> {
+pub async fn steps(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Vec<Step>> {
     let rows = sqlx::query_as!(
-        StepRecord,
+        Step,
         r#"SELECT key AS "key!", kind AS "kind!", status AS "status!", attempt, tries,
                   started_at AS "started_at!", duration_ms AS "duration_ms!",
                   usd, tokens_in, tokens_out, model
@@ -175,19 +160,10 @@ pub async fn steps(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Vec<StepRecord
     Ok(rows)
 }
 
-/// One launched process, for `cairn dev inspect` and the read API.
-#[derive(Debug, Clone, Serialize)]
-pub struct AttemptRecord {
-    pub attempt: i32,
-    pub started_at: DateTime<Utc>,
-    pub ended_at: Option<DateTime<Utc>>,
-    pub outcome: Option<String>,
-    pub detail: Option<String>,
-}
-
-pub async fn attempts(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Vec<AttemptRecord>> {
+/// The launched processes, for `cairn dev inspect` and the read API.
+pub async fn attempts(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Vec<Attempt>> {
     Ok(sqlx::query_as!(
-        AttemptRecord,
+        Attempt,
         "SELECT attempt, started_at, ended_at, outcome, detail FROM cairn.attempts WHERE run_id = $1 ORDER BY attempt",
         run_id
     )
@@ -196,14 +172,6 @@ pub async fn attempts(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Vec<Attempt
 }
 
 /// Token and dollar totals of a run.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Totals {
-    pub steps: i64,
-    pub usd: f64,
-    pub tokens_in: i64,
-    pub tokens_out: i64,
-}
-
 pub async fn totals(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Totals> {
     Ok(sqlx::query_as!(
         Totals,

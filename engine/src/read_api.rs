@@ -212,7 +212,7 @@ impl Wait {
 #[cfg(feature = "launcher")]
 mod from_records {
     use super::*;
-    use crate::read::{self, AttemptRecord, RunRecord, StepRecord};
+    use crate::read::RunRecord;
 
     impl RunSummary {
         pub fn from_record(record: &RunRecord, parent: Option<String>) -> RunSummary {
@@ -259,47 +259,6 @@ mod from_records {
                 finished_at: record.finished_at,
                 steps: record.steps,
                 usd: record.usd,
-            }
-        }
-    }
-
-    impl From<StepRecord> for Step {
-        fn from(s: StepRecord) -> Step {
-            Step {
-                key: s.key,
-                kind: s.kind,
-                status: s.status,
-                attempt: s.attempt,
-                tries: s.tries,
-                started_at: s.started_at,
-                duration_ms: s.duration_ms,
-                usd: s.usd,
-                tokens_in: s.tokens_in,
-                tokens_out: s.tokens_out,
-                model: s.model,
-            }
-        }
-    }
-
-    impl From<AttemptRecord> for Attempt {
-        fn from(a: AttemptRecord) -> Attempt {
-            Attempt {
-                attempt: a.attempt,
-                started_at: a.started_at,
-                ended_at: a.ended_at,
-                outcome: a.outcome,
-                detail: a.detail,
-            }
-        }
-    }
-
-    impl From<read::Totals> for Totals {
-        fn from(t: read::Totals) -> Totals {
-            Totals {
-                steps: t.steps,
-                usd: t.usd,
-                tokens_in: t.tokens_in,
-                tokens_out: t.tokens_out,
             }
         }
     }

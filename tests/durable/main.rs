@@ -10,7 +10,6 @@ mod fencing;
 mod retries;
 mod sleep_and_children;
 
-use cairn_engine::read;
 use cairn_engine::{EngineError, launcher, runner};
 use cairn_tests::{NS, TestDb};
 use serde_json::Value;
@@ -29,7 +28,7 @@ pub async fn emit(
     launcher::emit(&mut *db.conn().await, NS, event, &payload).await
 }
 
-pub fn outcomes(attempts: &[read::AttemptRecord]) -> Vec<String> {
+pub fn outcomes(attempts: &[cairn_engine::read_api::Attempt]) -> Vec<String> {
     attempts
         .iter()
         .map(|a| a.outcome.as_deref().unwrap_or("running").to_owned())

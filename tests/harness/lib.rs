@@ -292,11 +292,11 @@ impl TestDb {
         }
     }
 
-    pub async fn steps(&self, id: Uuid) -> Vec<read::StepRecord> {
+    pub async fn steps(&self, id: Uuid) -> Vec<cairn_engine::read_api::Step> {
         read::steps(&self.pool, id).await.expect("steps")
     }
 
-    pub async fn attempts(&self, id: Uuid) -> Vec<read::AttemptRecord> {
+    pub async fn attempts(&self, id: Uuid) -> Vec<cairn_engine::read_api::Attempt> {
         read::attempts(&self.pool, id).await.expect("attempts")
     }
 

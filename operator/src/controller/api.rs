@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::lifecycle::Phase;
 use cairn_engine::read::{self, RunRecord};
-use cairn_engine::read_api::{Attempt, RunDetail, RunInfo, RunList, RunSummary, Step, Wait};
+use cairn_engine::read_api::{RunDetail, RunInfo, RunList, RunSummary, Wait};
 
 /// What the read API needs: the engine's database and the namespaces it may show.
 #[derive(Clone)]
@@ -148,9 +148,9 @@ pub async fn detail(
     let wait = run.wait().map(Wait::from);
     Ok(RunDetail {
         run: RunInfo::from_record(&run, parent),
-        steps: steps.into_iter().map(Step::from).collect(),
-        attempts: attempts.into_iter().map(Attempt::from).collect(),
-        totals: totals.into(),
+        steps,
+        attempts,
+        totals,
         children,
         wait,
     })

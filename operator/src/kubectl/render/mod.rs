@@ -65,7 +65,7 @@ impl Ui {
     }
 
     /// A table with a bold header, coloured only when colours are on.
-    pub fn table<const N: usize>(&self, header: [&str; N]) -> Table {
+    pub fn table(&self, header: &[&str]) -> Table {
         let mut table = Table::new();
         table.load_style(UTF8_BORDERS_ONLY);
         if self.color {
@@ -258,30 +258,18 @@ pub fn tree_order(rows: &[RunRow]) -> Vec<(usize, &RunRow)> {
 
 /// The `runs` table; child runs are indented under their parent.
 pub fn runs_table(rows: &[RunRow], with_namespace: bool, ui: &Ui, now: DateTime<Utc>) -> Table {
-    let mut table = if with_namespace {
-        ui.table([
-            "NAMESPACE",
-            "NAME",
-            "FLOW",
-            "PHASE",
-            "ATTEMPT",
-            "STEPS",
-            "COST",
-            "WAITING FOR",
-            "AGE",
-        ])
-    } else {
-        ui.table([
-            "NAME",
-            "FLOW",
-            "PHASE",
-            "ATTEMPT",
-            "STEPS",
-            "COST",
-            "WAITING FOR",
-            "AGE",
-        ])
-    };
+    let columns = [
+        "NAMESPACE",
+        "NAME",
+        "FLOW",
+        "PHASE",
+        "ATTEMPT",
+        "STEPS",
+        "COST",
+        "WAITING FOR",
+        "AGE",
+    ];
+    let mut table = ui.table(&columns[usize::from(!with_namespace)..]);
     for (depth, row) in tree_order(rows) {
         let name = if depth == 0 {
             row.name.clone()
@@ -310,7 +298,7 @@ pub fn runs_table(rows: &[RunRow], with_namespace: bool, ui: &Ui, now: DateTime<
 // ---- one run -------------------------------------------------------------------------------
 
 pub fn steps_table(steps: &[Step], ui: &Ui) -> Table {
-    let mut table = ui.table([
+    let mut table = ui.table(&[
         "STEP",
         "KIND",
         "STATUS",
@@ -345,9 +333,9 @@ pub fn steps_table(steps: &[Step], ui: &Ui) -> Table {
 /// Attempts with their outcome; `pods` names the pod of each attempt, when known.
 pub fn attempts_table(attempts: &[Attempt], pods: &BTreeMap<i32, String>, ui: &Ui) -> Table {
     let mut table = if pods.is_empty() {
-        ui.table(["#", "STARTED", "DURATION", "OUTCOME", "DETAIL"])
+        ui.table(&["#", "STARTED", "DURATION", "OUTCOME", "DETAIL"])
     } else {
-        ui.table(["#", "POD", "STARTED", "DURATION", "OUTCOME", "DETAIL"])
+        ui.table(&["#", "POD", "STARTED", "DURATION", "OUTCOME", "DETAIL"])
     };
     for a in attempts {
         let outcome = a.outcome.clone().unwrap_or_else(|| "running".into());
