@@ -13,14 +13,30 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/cairn"
 checkov_version=3.3.30
 actionlint_version=v1.7.12
 helm_version=v3.22.0   # the test cluster's (tests/cluster/build-binaries.sh)
+# apt_install PACKAGE...: installs the Debian packages (as root), or says what is missing.
+apt_install() {
+    [[ $# -eq 0 ]] && return 0
+    if [[ $EUID -ne 0 ]]; then
+        echo "make $target needs: $* (apt-get install $*, as root)" >&2
+        exit 1
+    fi
+    echo "installing $*" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q "$@" >/dev/null
+}
 missing=()
 case "$target" in
 test)
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
     command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || missing+=(pgbouncer)
+    apt_install "${missing[@]}"
     ;;
 lint)
     command -v shellcheck >/dev/null || missing+=(shellcheck)
+    # Debian's python3 leaves venv (ensurepip) to a package of its own.
+    python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+    apt_install "${missing[@]}"
     if ! cargo deny --version >/dev/null 2>&1; then
         echo "building cargo-deny (once per machine)" >&2
         cargo install --locked --quiet cargo-deny
@@ -28,8 +44,7 @@ lint)
     venv="$cache/checkov-venv"
     if [[ "$("$venv/bin/checkov" --version 2>/dev/null)" != "$checkov_version" ]]; then
         echo "installing checkov $checkov_version into $venv (once per machine)" >&2
-        python3 -m venv "$venv" ||
-            { echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)" >&2; exit 1; }
+        python3 -m venv "$venv"
         "$venv/bin/pip" install --quiet --disable-pip-version-check "checkov==$checkov_version"
     fi
     if [[ "$("$cache/bin/actionlint" -version 2>/dev/null | head -1)" != "$actionlint_version" ]]; then
@@ -50,12 +65,3 @@ lint)
     exit 2
     ;;
 esac
-[[ ${#missing[@]} -eq 0 ]] && exit 0
-if [[ $EUID -ne 0 ]]; then
-    echo "make $target needs: ${missing[*]} (apt-get install ${missing[*]}, as root)" >&2
-    exit 1
-fi
-echo "installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q >/dev/null
-apt-get install -y -q "${missing[@]}" >/dev/null
