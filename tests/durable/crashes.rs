@@ -105,6 +105,10 @@ fn next_random(state: &mut u64) -> u64 {
 #[tokio::test]
 async fn a_storm_of_fifty_sigkills_at_random_points_never_runs_a_completed_step_again() {
     const KILLS: usize = 50;
+    // Enough steps that the kills cannot use them all up: an attempt completes at most a few
+    // steps (10 ms each) in the 0–40 ms before its kill, and a run that finished before the last
+    // kill would leave the storm waiting for an attempt that never comes.
+    const STEPS: usize = 300;
     let db = TestDb::new().await;
     let log = db.log("effects");
     // Relaunch at once after every crash (no backoff), and never give up within the storm.
@@ -112,7 +116,7 @@ async fn a_storm_of_fifty_sigkills_at_random_points_never_runs_a_completed_step_
         .create_run_with(
             "storm",
             "storm",
-            json!({ "steps": 120, "step_ms": 10 }),
+            json!({ "steps": STEPS, "step_ms": 10 }),
             KILLS as i32 + 10,
             0,
         )
@@ -143,7 +147,7 @@ async fn a_storm_of_fifty_sigkills_at_random_points_never_runs_a_completed_step_
     let run = supervisor.await.unwrap();
 
     assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
-    assert_eq!(run.result, Some(json!(120)));
+    assert_eq!(run.result, Some(json!(STEPS)));
     assert_eq!(
         run.crashes, KILLS as i32,
         "every kill landed on a live process"
@@ -155,7 +159,7 @@ async fn a_storm_of_fifty_sigkills_at_random_points_never_runs_a_completed_step_
         .into_iter()
         .map(|s| (s.key, s.attempt.expect("completing attempt")))
         .collect();
-    assert_eq!(completed_in.len(), 120);
+    assert_eq!(completed_in.len(), STEPS);
     let executions: Vec<(String, i32)> = log
         .effects()
         .into_iter()
