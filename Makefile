@@ -3,7 +3,7 @@ CARGO ?= cargo
 # Queries are checked at compile time against the committed offline data (.sqlx/).
 export SQLX_OFFLINE ?= true
 
-.PHONY: build demo test test-core test-cluster lint bench-steps bench-volume sqlx-prepare
+.PHONY: build demo test test-core test-cluster static-bins lint bench-steps bench-volume sqlx-prepare
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -22,12 +22,21 @@ test-core:
 # The real one-node cluster (built on first use): its smoke test, then the end-to-end tests of the
 # operator and of `kubectl cairn` (tests/e2e: ignored by plain `cargo test`, run here with
 # --ignored, side by side, each scenario in a namespace of its own), and of the Helm chart.
+# The harness runs in debug (`make build` built it); what it runs are the static release binaries
+# in the images built from the Dockerfiles.
 E2E_THREADS ?= 4
-test-cluster:
+test-cluster: static-bins
 	tests/cluster/smoke-test.sh
-	$(CARGO) build --release -p cairn-operator -p cairn-example-agent
-	$(CARGO) test --release -p cairn-e2e -- --ignored --test-threads=$(E2E_THREADS)
+	$(CARGO) test -p cairn-e2e -- --ignored --test-threads=$(E2E_THREADS)
 	tests/cluster/chart-e2e.sh
+
+# The binaries the images hold (./Dockerfile, examples/agent/Dockerfile: FROM scratch, so static):
+# the operator, the example agent and the test flows, for musl, without debug info as released.
+STATIC_TARGET := $(shell uname -m)-unknown-linux-musl
+static-bins:
+	tests/install-deps.sh static
+	CARGO_PROFILE_RELEASE_STRIP=debuginfo $(CARGO) build --release --locked --target $(STATIC_TARGET) \
+		-p cairn-operator -p cairn-example-agent -p cairn-tests --bin cairn --bin agent --bin test-flows
 
 # Style and hygiene: rustfmt, clippy, shellcheck on every script, cargo-deny (licenses,
 # banned crates, sources; deny.toml says why advisories are not checked here), checkov on what
@@ -100,6 +109,8 @@ $(BENCH_VENV)/.installed: bench/requirements.txt
 
 bench-tools: $(BENCH_VENV)/.installed
 	$(CARGO) build --release -p cairn-bench -p cairn-operator
+	tests/install-deps.sh static
+	$(CARGO) build --release --target $(STATIC_TARGET) -p cairn-bench --bin bench-flows
 
 # BENCH_ARGS passes options, e.g. BENCH_ARGS="--local-only" or "--fanout 200" (see --help).
 bench: bench-tools

@@ -2,6 +2,8 @@
 # Installs what a make target needs on a fresh Debian machine, when it is missing:
 #   test: the Postgres server binaries (the tests start their own servers from them) and
 #         PgBouncer (tests/pooler.rs);
+#   static: what the images need (make static-bins, tests/cluster/image.sh): Rust's musl target,
+#         musl-gcc (ring's C code) and buildah, the OCI image builder;
 #   lint: shellcheck, cargo-deny (built from crates.io into ~/.cargo/bin, once), checkov (from
 #         PyPI, in a virtual environment under ~/.cache/cairn) and actionlint (a Go module, built
 #         through the Go module proxy into ~/.cache/cairn/bin), and helm for checkov's input when
@@ -32,6 +34,13 @@ test)
     command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || missing+=(pgbouncer)
     apt_install "${missing[@]}"
     ;;
+static)
+    command -v musl-gcc >/dev/null || missing+=(musl-tools)
+    command -v buildah >/dev/null || missing+=(buildah)
+    apt_install "${missing[@]}"
+    musl="$(uname -m)-unknown-linux-musl"
+    rustup target list --installed 2>/dev/null | grep -qx "$musl" || rustup target add "$musl"
+    ;;
 lint)
     command -v shellcheck >/dev/null || missing+=(shellcheck)
     # Debian's python3 leaves venv (ensurepip) to a package of its own.
@@ -61,7 +70,7 @@ lint)
     fi
     ;;
 *)
-    echo "usage: $0 test|lint" >&2
+    echo "usage: $0 test|static|lint" >&2
     exit 2
     ;;
 esac

@@ -347,6 +347,13 @@ pub struct ResourceProfileSpec {
     pub tolerations: Vec<Toleration>,
     pub runtime_class_name: Option<String>,
     pub priority_class_name: Option<String>,
+    /// The namespaces whose runs may use this profile; absent: every namespace; empty: none. A
+    /// run elsewhere is refused before it starts, with reason ProfileNotAllowed.
+    // Names, not a namespace selector: matching labels would need the operator to read
+    // Namespaces, a cluster-wide right it does not have when it watches given namespaces.
+    #[schemars(length(max = 1024))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
 }
 
 /// Every CRD, in a stable order.

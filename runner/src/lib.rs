@@ -52,7 +52,7 @@ pub use usage::{Usage, record_usage};
 /// `#[schemars(crate = "cairn::schemars")]`.
 pub use schemars::{self, JsonSchema};
 
-/// The README's examples compile (`cargo test --doc -p cairn`).
+/// The README's examples compile (`cargo test --doc -p cairn-sdk`).
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeExamples;

@@ -39,10 +39,9 @@ e2e_setup
 
 log "random seed: CHAOS_SEED=$CHAOS_SEED"
 log "building the operator, the example agent and the test flows"
-(cd "$REPO_ROOT" && cargo build --release -p cairn-operator -p cairn-example-agent >&2 &&
-    cargo build --release -p cairn-tests --bin test-flows >&2)
-"$CLUSTER_DIR/image.sh" "$AGENT_IMAGE" "$REPO_ROOT/target/release/agent" >/dev/null
-"$CLUSTER_DIR/image.sh" "$FLOWS_IMAGE" "$REPO_ROOT/target/release/test-flows" >/dev/null
+build_static_bins
+"$CLUSTER_DIR/image.sh" "$AGENT_IMAGE" "$(static_bin_dir)/agent" >/dev/null
+"$CLUSTER_DIR/image.sh" "$FLOWS_IMAGE" "$(static_bin_dir)/test-flows" >/dev/null
 
 # The operator: a host process with the admin kubeconfig, restarted by the kill storm.
 operator() {

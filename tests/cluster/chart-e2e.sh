@@ -4,7 +4,7 @@
 # packaged chart (`helm package`, as users get it) whose operator runs in-cluster under the
 # chart's RBAC (Secrets: create its per-attempt token Secrets, get/patch only the runner's),
 # drives the example research agent to its approval,
-# where `kubectl cairn` (target/release/cairn as the kubectl plugin, with a kubeconfig holding
+# where `kubectl cairn` (the static cairn binary as the kubectl plugin, with a kubeconfig holding
 # the token of a service account bound to the chart's approver roles) inspects the run through
 # the API server's service proxy and approves it, on to Succeeded; keeps people without rights
 # from approving; survives an upgrade that changes a CRD (and rolls the operator, the Lease
@@ -128,20 +128,20 @@ own_database "${NS//-/_}"
 
 log "building the operator and the example agent"
 t0="$EPOCHREALTIME"
-(cd "$REPO_ROOT" && SQLX_OFFLINE="${SQLX_OFFLINE:-true}" cargo build --release -p cairn-operator -p cairn-example-agent >&2)
+build_static_bins
 timings+=("build=$(since "$t0")s")
 workdir="$(mktemp -d)"
 # The operator image and the plugin are copies of the same binary (a concurrent build cannot
 # change them under the test); the plugin is named kubectl-cairn, on a PATH of our own.
 mkdir -p "$workdir/bin" "$workdir/image"
-cp "$REPO_ROOT/target/release/cairn" "$workdir/image/cairn"
+cp "$(static_bin_dir)/cairn" "$workdir/image/cairn"
 cp "$workdir/image/cairn" "$workdir/bin/kubectl-cairn"
 export PATH="$workdir/bin:$PATH"
 unset CAIRN_OPERATOR_NAMESPACE CAIRN_OPERATOR_SERVICE CAIRN_API_URL
 export NO_COLOR=1
 t0="$EPOCHREALTIME"
 "$CLUSTER_DIR/image.sh" "$OPERATOR_IMAGE" "$workdir/image/cairn" >/dev/null
-"$CLUSTER_DIR/image.sh" "$AGENT_IMAGE" "$REPO_ROOT/target/release/agent" >/dev/null
+"$CLUSTER_DIR/image.sh" "$AGENT_IMAGE" "$(static_bin_dir)/agent" >/dev/null
 timings+=("images=$(since "$t0")s")
 started="$EPOCHREALTIME"
 
@@ -199,6 +199,8 @@ if [[ -z "$problems" ]] && ! helm status "$REL-bad" -n "$SYS_NS" >/dev/null 2>&1
 
 # --- 2. the rendered manifests pass the API server's validation --------------------------------
 name="helm template | kubectl apply --dry-run=server passes (one watched namespace, all namespaces; restricted pods)"
+# The server checks custom resources (the profiles) against the CRDs it has: this tree's.
+kubectl apply -f "$CHART/files/crds.yaml" >/dev/null
 render_ok=1 out=""
 for namespaces in "[\"$NS\"]" "[]"; do
     if ! out=$(helm template "$REL" "$CHART" -n "$SYS_NS" -f "$CHART/ci/test-values.yaml" \
@@ -235,8 +237,8 @@ fi
 
 name="helm install: the operator Deployment becomes Available and takes its Lease"
 t0="$EPOCHREALTIME"
-if out=$(helm install "$REL" "$package" -n "$SYS_NS" --take-ownership \
-    --set database.url="$CAIRN_CLUSTER_PG_URL" \
+chart_database_args "$SYS_NS"   # over verify-full, the CA from a Secret
+if out=$(helm install "$REL" "$package" -n "$SYS_NS" --take-ownership "${CHART_DATABASE_ARGS[@]}" \
     --set "watchNamespaces={$NS}" \
     --set leaderElection.leaseName="$LEASE" \
     --set image.repository="${OPERATOR_IMAGE%:*}" --set image.tag="${OPERATOR_IMAGE##*:}" --set image.pullPolicy=Never \
@@ -320,6 +322,22 @@ if wait_jsonpath "$NS" fr/research-demo '{.status.waitingFor.event}' approve-res
 else
     fail "$name" "status: $(kubectl -n "$NS" get fr research-demo -o jsonpath='{.status}' 2>&1)"
 fi
+
+name="the gpu profile serves no namespace until listed: a run asking for it is refused (ProfileNotAllowed), naming it"
+kubectl -n "$NS" apply -f - >/dev/null <<EOF
+apiVersion: cairn.dev/v1alpha1
+kind: FlowRun
+metadata: {name: wants-gpu}
+spec: {flowRef: research, profile: ${PREFIX}gpu, input: {topic: gpus, breadth: 1}}
+EOF
+if wait_jsonpath "$NS" fr/wants-gpu '{.status.conditions[?(@.type=="Ready")].reason}' ProfileNotAllowed 60s &&
+    [[ "$(kubectl -n "$NS" get fr wants-gpu -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}')" == *"\"${PREFIX}gpu\""* ]] &&
+    ! kubectl -n "$NS" get pods -l app.kubernetes.io/managed-by=cairn -o name | grep -q wants-gpu; then
+    pass "$name"
+else
+    fail "$name" "status: $(kubectl -n "$NS" get fr wants-gpu -o jsonpath='{.status}' 2>&1)"
+fi
+kubectl -n "$NS" delete fr wants-gpu --wait=false >/dev/null
 
 name="flow pods run as the flow account, without an API token, under the restricted standard"
 accounts=$(kubectl -n "$NS" get pods -l app.kubernetes.io/managed-by=cairn \
@@ -469,6 +487,20 @@ else
     fail "$name" "run $run_id, $attempts attempts; pods used: $used (want $want); Secrets left: $(tokens_left | tr '\n' ' ')"
 fi
 
+name="the operator and the flow pods reach Postgres over TLS (verify-full, the CA from database.caSecret)"
+secret_value() { kubectl -n "$NS" get secret cairn-runner-db -o jsonpath="{.data.$1}" 2>/dev/null | base64 -d; }
+runner_url=$(secret_value database-url)
+runner_ca=$(secret_value 'ca\.crt')
+# The operator's connections now, and this check's own: every one to this test's database.
+tls=$(psql "$CAIRN_CLUSTER_PG_URL" -XAt -F ' ' -c "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+    FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.datname = current_database()" 2>&1 || true)
+if [[ "$runner_url" == *sslmode=verify-full* && "$runner_url" == *sslrootcert=%2Fetc%2Fcairn%2Fdb%2Fca.crt* &&
+    "$runner_ca" == "$(cat "$CAIRN_CLUSTER_PG_CA")" && "$tls" =~ ^([0-9]+)\ 0$ && ${BASH_REMATCH[1]} -ge 2 ]]; then
+    pass "$name (${BASH_REMATCH[1]} connections, all TLS)"
+else
+    fail "$name" "runner URL parameters: ${runner_url#*\?}; runner CA $( [[ -n "$runner_ca" ]] && echo present || echo missing); TLS / plaintext connections: $tls"
+fi
+
 name="the operator was never refused by the API server, and its Events reached the FlowRuns"
 log_before_upgrade=$(kubectl -n "$SYS_NS" logs "deploy/$DEPLOY" --tail=-1 2>&1 || true)
 denials=$(grep -ci forbidden <<<"$log_before_upgrade" || true)
@@ -489,7 +521,7 @@ old_pod=$(kubectl -n "$SYS_NS" get pods -l "app.kubernetes.io/instance=$REL" -o 
 # The upgrade also moves migrations to a pre-upgrade Job (migrations.mode=job), which needs the
 # owner's URL in a Secret of the user's own.
 kubectl -n "$SYS_NS" create secret generic "$REL-db-owner" \
-    --from-literal=database-url="$CAIRN_CLUSTER_PG_URL" >/dev/null
+    --from-literal=database-url="$CHART_DATABASE_URL" >/dev/null
 changed="$(helm package "$workdir/chart/cairn" --destination "$workdir/chart" |
     sed -n 's/^Successfully packaged chart and saved it to: //p' || true)"
 name="helm upgrade applies a changed CRD"

@@ -4,7 +4,7 @@
 # Helm chart (the operator watches one demo namespace), runs the example FlowRun, shows it wait
 # for approval with no pod running (`kubectl cairn inspect`: its steps, costs and question),
 # approves it with `kubectl cairn approve` and shows it finish (`kubectl cairn inspect` again).
-# `kubectl cairn` is target/release/cairn installed as the plugin kubectl-cairn on a temporary
+# `kubectl cairn` is the static cairn binary installed as the plugin kubectl-cairn on a temporary
 # PATH, with the admin kube context.
 #
 #   tests/cluster/cluster-demo.sh          # (make cluster-demo) leaves the demo installed to explore
@@ -74,13 +74,13 @@ if [[ "${1:-}" == clean ]]; then
     exit 0
 fi
 
-say "building the operator and the example agent, importing their images into the cluster"
-(cd "$REPO_ROOT" && SQLX_OFFLINE="${SQLX_OFFLINE:-true}" cargo build --release -p cairn-operator -p cairn-example-agent >&2)
-"$CLUSTER_DIR/image.sh" "$OPERATOR_IMAGE" "$REPO_ROOT/target/release/cairn" | grep '^name=\|^manifest_digest='
-"$CLUSTER_DIR/image.sh" "$AGENT_IMAGE" "$REPO_ROOT/target/release/agent" | grep '^name=\|^manifest_digest='
+say "building the operator and the example agent (static), their images from the Dockerfiles (buildah), imported into the cluster"
+build_static_bins
+"$CLUSTER_DIR/image.sh" "$OPERATOR_IMAGE" "$(static_bin_dir)/cairn" | grep '^name=\|^manifest_digest='
+"$CLUSTER_DIR/image.sh" "$AGENT_IMAGE" "$(static_bin_dir)/agent" | grep '^name=\|^manifest_digest='
 # The kubectl plugin: the same binary, named kubectl-cairn, on PATH.
 plugin_dir="$(mktemp -d)"
-cp "$REPO_ROOT/target/release/cairn" "$plugin_dir/kubectl-cairn"
+cp "$(static_bin_dir)/cairn" "$plugin_dir/kubectl-cairn"
 export PATH="$plugin_dir:$PATH"
 unset CAIRN_OPERATOR_NAMESPACE CAIRN_OPERATOR_SERVICE CAIRN_API_URL
 
@@ -102,9 +102,11 @@ install=(helm upgrade --install "$RELEASE" "$CHART" -n "$SYS_NS" --take-ownershi
     --set image.repository="${OPERATOR_IMAGE%:*}" --set image.tag="${OPERATOR_IMAGE##*:}"
     --set image.pullPolicy=Never --set resourceProfiles.namePrefix=demo-
     --wait --timeout 180s)
+# The cluster's Postgres over verify-full: its CA in a Secret, which the chart mounts.
+chart_database_args "$SYS_NS"
 # shellcheck disable=SC2016  # the variable name is printed, not its secret value
-printf '$ %s --set database.url=$CAIRN_CLUSTER_PG_URL\n' "${install[*]}"
-"${install[@]}" --set database.url="$CAIRN_CLUSTER_PG_URL" >/dev/null
+printf '$ %s --set database.url=$DATABASE_URL --set database.caSecret=cairn-database-ca\n' "${install[*]}"
+"${install[@]}" "${CHART_DATABASE_ARGS[@]}" >/dev/null
 run kubectl -n "$SYS_NS" get deploy,pods,svc
 run kubectl get resourceprofiles
 
@@ -148,11 +150,13 @@ kc inspect research-demo
 cat <<EOF
 
 What this did:
-  - brought up the one-node cluster (tests/cluster/up.sh), built target/release/{cairn,agent} and
-    imported them as $OPERATOR_IMAGE and $AGENT_IMAGE;
+  - brought up the one-node cluster (tests/cluster/up.sh), built the static cairn and agent,
+    built $OPERATOR_IMAGE and $AGENT_IMAGE from Dockerfile and examples/agent/Dockerfile with buildah
+    and imported them;
   - installed charts/cairn as release $RELEASE in namespace $SYS_NS: the CRDs, the operator
     (restricted pod, Lease $SYS_NS/$LEASE), RBAC limited to namespace $NS, ResourceProfiles demo-*,
-    the database URL from \$CAIRN_CLUSTER_PG_URL in a Secret;
+    the database URL from \$CAIRN_CLUSTER_PG_URL in a Secret, over TLS (verify-full, the CA in
+    Secret cairn-database-ca);
   - applied examples/agent/k8s/flow.yaml and flowrun.yaml in $NS: research-demo planned, ran three
     child FlowRuns, drafted, and waited for approve-research-demo with no pod running;
   - approved it with \`kubectl cairn approve\` (the FlowEvent approve-research-demo, as
@@ -162,7 +166,7 @@ What this did:
 
 Explore:
   source $STATE_DIR/env
-  cp target/release/cairn ~/.local/bin/kubectl-cairn   # any directory on PATH: the kubectl plugin
+  cp $(static_bin_dir)/cairn ~/.local/bin/kubectl-cairn   # any directory on PATH: the kubectl plugin
   export CAIRN_OPERATOR_NAMESPACE=$SYS_NS
   kubectl cairn runs -n $NS
   kubectl cairn inspect research-demo -n $NS

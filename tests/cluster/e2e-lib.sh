@@ -58,7 +58,7 @@ wait_jsonpath() {
 # may run operators of their own), electing its leader through this test's own Lease.
 start_operator() {
     local listen=$1 log=$2; shift 2
-    CAIRN_DATABASE_URL="$CAIRN_CLUSTER_PG_URL" "$REPO_ROOT/target/release/cairn" operator --listen "$listen" \
+    CAIRN_DATABASE_URL="$CAIRN_CLUSTER_PG_URL" "$(static_bin_dir)/cairn" operator --listen "$listen" \
         --watch-namespaces "$NS" --lease-namespace "$NS" --lease-name cairn-e2e "$@" >>"$log" 2>&1 &
 }
 # kget ARGS...: `kubectl get` in the test namespace for a check; a missing object reads as empty

@@ -20,6 +20,12 @@ RUN_DIR="$STATE_DIR/run"   # pid files
 LOG_DIR="$STATE_DIR/logs"  # one log per component
 BIN_DIR="$STATE_DIR/bin"   # symlinks: kubectl, helm, ctr wrappers... (tests put this on PATH)
 
+# The images hold one statically linked binary each (FROM scratch, see ./Dockerfile): binaries for
+# them are built for musl (`make static-bins`) into static_bin_dir.
+STATIC_TARGET="$(uname -m)-unknown-linux-musl"
+static_bin_dir() { echo "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/$STATIC_TARGET/release"; }
+build_static_bins() { SQLX_OFFLINE="${SQLX_OFFLINE:-true}" make -s -C "$REPO_ROOT" static-bins >&2; }
+
 # Versions. K8S_SERIES picks the latest patch the Go module proxy has, unless
 # K8S_VERSION pins one. Same for helm (major v3) and CoreDNS.
 K8S_SERIES="${K8S_SERIES:-v1.33}"
@@ -72,6 +78,24 @@ wait_for() {
 
 pid_alive() { [[ -f "$RUN_DIR/$1.pid" ]] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
 
+# url_with_database URL NAME: URL (postgres://user:pw@host:port/db?params) naming database NAME.
+url_with_database() {
+    local base=${1%%\?*}
+    echo "${base%/*}/$2${1#"$base"}"
+}
+
+# chart_database_args NAMESPACE: the Helm flags that point a release in NAMESPACE at the cluster's
+# Postgres (CAIRN_CLUSTER_PG_URL) over verify-full: the CA in a Secret there, which the chart
+# mounts next to the URL, and the URL naming it. Sets CHART_DATABASE_URL (the URL as the operator's
+# pod sees it) and the array CHART_DATABASE_ARGS.
+chart_database_args() {
+    kubectl -n "$1" create secret generic cairn-database-ca --from-file=ca.crt="$CAIRN_CLUSTER_PG_CA" \
+        --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+    # The URL up.sh wrote ends with sslrootcert=<the CA's host path>.
+    CHART_DATABASE_URL="${CAIRN_CLUSTER_PG_URL%sslrootcert=*}sslrootcert=/etc/cairn/database/ca.crt"
+    CHART_DATABASE_ARGS=(--set-string database.url="$CHART_DATABASE_URL" --set database.caSecret=cairn-database-ca)
+}
+
 # own_database NAME: a database of this test's own on the cluster's Postgres, and
 # CAIRN_CLUSTER_PG_URL pointed at it: the cluster outlives test runs (and sessions), so a test
 # must meet neither another test's rows nor a migration a build from other sources applied.
@@ -79,11 +103,14 @@ pid_alive() { [[ -f "$RUN_DIR/$1.pid" ]] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2
 own_database() {
     CLUSTER_ADMIN_PG_URL=$CAIRN_CLUSTER_PG_URL
     psql "$CLUSTER_ADMIN_PG_URL" -XqAt -v ON_ERROR_STOP=1 -c "CREATE DATABASE \"$1\" OWNER cairn" >/dev/null
-    export CAIRN_CLUSTER_PG_URL="${CLUSTER_ADMIN_PG_URL%/*}/$1"
+    CAIRN_CLUSTER_PG_URL="$(url_with_database "$CLUSTER_ADMIN_PG_URL" "$1")"
+    CAIRN_CLUSTER_PG_URL_PLAIN="$(url_with_database "$CAIRN_CLUSTER_PG_URL_PLAIN" "$1")"
+    export CAIRN_CLUSTER_PG_URL CAIRN_CLUSTER_PG_URL_PLAIN
 }
 drop_own_database() {
     [[ -n "${CLUSTER_ADMIN_PG_URL:-}" ]] || return 0
-    local name=${CAIRN_CLUSTER_PG_URL##*/}
+    local name=${CAIRN_CLUSTER_PG_URL%%\?*}
+    name=${name##*/}
     psql "$CLUSTER_ADMIN_PG_URL" -XqAt -c "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" \
         -c "DROP ROLE IF EXISTS \"${name:0:40}_runner_login\"" >/dev/null 2>&1 || true
 }

@@ -43,7 +43,13 @@ source "$STATE_DIR/env"
 [[ "$KUBECONFIG" == "$kubeconfig" ]] || die "up.sh printed $kubeconfig, env file says $KUBECONFIG"
 
 # up.sh has just built the tools crate (pg-smoke included); no second cargo run needed.
-"$CLUSTER_DIR/image.sh" "$IMAGE" "$CAIRN_CLUSTER_TOOLS/pg-smoke" >&2
+# The cluster's own plumbing (like its pause image), so not through the Dockerfiles of image.sh:
+# pg-smoke is a dynamic binary, put in an image with the libraries ldd lists.
+archive="$STATE_DIR/images/pg-smoke.tar"
+mkdir -p "$STATE_DIR/images"
+"$CAIRN_CLUSTER_TOOLS/cairn-oci-image" --name "$IMAGE" --binary "$CAIRN_CLUSTER_TOOLS/pg-smoke" --output "$archive" >&2
+/usr/bin/ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$archive" >&2
+rm -f "$archive"
 
 token="smoke-$(date +%s)-$RANDOM"
 kubectl delete pod "$POD" --ignore-not-found --wait=true >/dev/null

@@ -158,6 +158,9 @@ cert scheduler "/CN=system:kube-scheduler" client
 cert kube-proxy "/CN=system:kube-proxy" client
 cert kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" client
 cert kubelet-serving "/CN=$NODE_NAME" server "DNS:$NODE_NAME,DNS:localhost,IP:$NODE_IP,IP:127.0.0.1"
+# Postgres's serving cert: clients use verify-full, by address (host) or by Service name (pods).
+cert postgres "/CN=cairn-postgres" server \
+    "DNS:cairn-postgres.default.svc.cluster.local,DNS:cairn-postgres.default.svc,IP:$NODE_IP"
 if [[ ! -f "$PKI/sa.key" ]]; then
     genkey "$PKI/sa.key"
     openssl ec -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -221,13 +224,21 @@ EOF
             || die "Postgres did not start (see $LOG_DIR/postgres.log)"
     fi
     head -1 "$PG_DATA/postmaster.pid" >"$RUN_DIR/postgres.pid"
-    echo "postgres://cairn:$(cat "$STATE_DIR/postgres/password")@$NODE_IP:$PG_PORT/cairn" >"$PG_URL_FILE"
 }
 start_postgres
+# TLS on, with the serving cert above (Postgres reads key files it owns, mode 0600 only).
+# Plaintext stays allowed (pg_hba "host"): the upgrade test's earlier release has no TLS.
+install -o postgres -g postgres -m 600 "$PKI/postgres.key" "$PG_DATA/server.key"
+install -o postgres -g postgres -m 644 "$PKI/postgres.crt" "$PG_DATA/server.crt"
 # A statement waiting over a second for a lock is logged with who holds it (see explain in
-# e2e-lib.sh). Set on every start: clusters made before this line have it off.
-as_postgres "$PG_BIN/psql" -h "$PG_SOCKET_DIR" -p "$PG_PORT" -U postgres -q \
-    -c "ALTER SYSTEM SET log_lock_waits = on" -c "SELECT pg_reload_conf()" >/dev/null
+# e2e-lib.sh). Set on every start: clusters made before these lines have them off.
+as_postgres "$PG_BIN/psql" -h "$PG_SOCKET_DIR" -p "$PG_PORT" -U postgres -q -v ON_ERROR_STOP=1 \
+    -c "ALTER SYSTEM SET log_lock_waits = on" -c "ALTER SYSTEM SET ssl = on" \
+    -c "SELECT pg_reload_conf()" >/dev/null
+# Its URLs. Tests connect over verify-full with the cluster's CA; the plaintext one is for what
+# predates TLS support (the upgrade test's earlier release) and the network smoke test.
+PG_PLAIN_URL="postgres://cairn:$(cat "$STATE_DIR/postgres/password")@$NODE_IP:$PG_PORT/cairn"
+echo "$PG_PLAIN_URL?sslmode=verify-full&sslrootcert=$PKI/ca.crt" >"$PG_URL_FILE"
 
 # ---------------------------------------------------------------------------------------------
 # 6. etcd (Debian's), on loopback only.
@@ -473,7 +484,7 @@ addressType: IPv4
 ports: [{name: postgres, port: $PG_PORT, protocol: TCP}]
 endpoints: [{addresses: ["$NODE_IP"]}]
 EOF
-sed "s|@$NODE_IP:|@cairn-postgres.default.svc.cluster.local:|" "$PG_URL_FILE" >"$PG_URL_FILE-dns"
+echo "${PG_PLAIN_URL/@$NODE_IP:/@cairn-postgres.default.svc.cluster.local:}?sslmode=disable" >"$PG_URL_FILE-dns"
 
 # An env file tests can source: PATH (kubectl, helm, ctr), KUBECONFIG, the Postgres URL.
 write_file "$STATE_DIR/env" <<EOF
@@ -481,6 +492,8 @@ export PATH="$BIN_DIR:\$PATH"
 export KUBECONFIG="$ADMIN_KUBECONFIG"
 export CAIRN_CLUSTER_PG_URL="$(cat "$PG_URL_FILE")"
 export CAIRN_CLUSTER_PG_URL_DNS="$(cat "$PG_URL_FILE-dns")"
+export CAIRN_CLUSTER_PG_URL_PLAIN="$PG_PLAIN_URL?sslmode=disable"
+export CAIRN_CLUSTER_PG_CA="$PKI/ca.crt"
 export CAIRN_CLUSTER_TOOLS="$TOOLS_BIN"
 export CAIRN_CLUSTER_BIN="$BIN_DIR"
 export CONTAINERD_ADDRESS="$CONTAINERD_SOCK"

@@ -82,28 +82,33 @@ workdir="$(mktemp -d)"
 
 # --- the two releases' binaries and images ------------------------------------------------------
 log "building this tree's operator"
-(cd "$REPO_ROOT" && SQLX_OFFLINE="${SQLX_OFFLINE:-true}" cargo build --release -p cairn-operator >&2)
-cp "$REPO_ROOT/target/release/cairn" "$workdir/cairn-new"
-base_bin="$CAIRN_CACHE_DIR/upgrade/$BASE"
+build_static_bins
+cp "$(static_bin_dir)/cairn" "$workdir/cairn-new"
+# Static (musl) binaries, as image.sh's Dockerfiles take them.
+base_bin="$CAIRN_CACHE_DIR/upgrade/$BASE/$STATIC_TARGET"
 base_target="$CAIRN_CACHE_DIR/upgrade/target"
 if [[ ! -x "$base_bin/cairn" || ! -x "$base_bin/agent" || ! -x "$base_bin/test-flows" ]]; then
     log "building cairn, the example agent and test-flows of $BASE (once per machine)"
     git -C "$REPO_ROOT" cat-file -e "$BASE^{commit}" 2>/dev/null ||
         die "commit $BASE is not in this clone: fetch the full history"
-    mkdir -p "$workdir/base-src" "$base_bin" "$base_target/release"
+    mkdir -p "$workdir/base-src" "$base_bin"
     git -C "$REPO_ROOT" archive "$BASE" | tar -x -C "$workdir/base-src"
     # The dependencies' artifacts do not depend on where the workspace is: start from this
-    # tree's (hard links), so that only the earlier commit's own crates are compiled.
-    for part in deps build .fingerprint; do
-        if [[ -d "$REPO_ROOT/target/release/$part" ]]; then
-            cp -al -n "$REPO_ROOT/target/release/$part" "$base_target/release/" 2>/dev/null || true
-        fi
+    # tree's (hard links; build scripts and proc macros are in the host's release/), so that
+    # mostly the earlier commit's own crates are compiled.
+    for dir in release "$STATIC_TARGET/release"; do
+        mkdir -p "$base_target/$dir"
+        for part in deps build .fingerprint; do
+            if [[ -d "$REPO_ROOT/target/$dir/$part" ]]; then
+                cp -al -n "$REPO_ROOT/target/$dir/$part" "$base_target/$dir/" 2>/dev/null || true
+            fi
+        done
     done
-    (cd "$workdir/base-src" && SQLX_OFFLINE=true CARGO_TARGET_DIR="$base_target" \
-        cargo build --release --locked -p cairn-operator -p cairn-example-agent -p cairn-tests --bin cairn \
-        --bin agent --bin test-flows >&2)
+    (cd "$workdir/base-src" && SQLX_OFFLINE=true CARGO_TARGET_DIR="$base_target" CARGO_PROFILE_RELEASE_STRIP=debuginfo \
+        cargo build --release --locked --target "$STATIC_TARGET" -p cairn-operator -p cairn-example-agent \
+        -p cairn-tests --bin cairn --bin agent --bin test-flows >&2)
     for bin in cairn agent test-flows; do
-        cp "$base_target/release/$bin" "$base_bin/$bin.new" && mv "$base_bin/$bin.new" "$base_bin/$bin"
+        cp "$base_target/$STATIC_TARGET/release/$bin" "$base_bin/$bin.new" && mv "$base_bin/$bin.new" "$base_bin/$bin"
     done
 fi
 [[ -d "$base_bin/charts/cairn" ]] || git -C "$REPO_ROOT" archive "$BASE" charts/cairn | tar -x -C "$base_bin"
@@ -116,7 +121,8 @@ for ns in "$SYS_NS" "$NS"; do
     kubectl create namespace "$ns" >/dev/null
     kubectl label namespace "$ns" pod-security.kubernetes.io/enforce=restricted >/dev/null
 done
-release=(--set database.url="$CAIRN_CLUSTER_PG_URL" --set "watchNamespaces={$NS}"
+# Plaintext: BASE predates TLS support, and the runs it parks keep its SDK after the upgrade.
+release=(--set database.url="$CAIRN_CLUSTER_PG_URL_PLAIN" --set "watchNamespaces={$NS}"
     --set leaderElection.leaseName="$LEASE" --set resourceProfiles.namePrefix="$PREFIX"
     --set image.pullPolicy=Never --wait --timeout 180s)
 

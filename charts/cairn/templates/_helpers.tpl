@@ -97,6 +97,13 @@ app.kubernetes.io/component: operator
             - key: {{ include "cairn.runnerSecretKey" $ }}
               path: runner-database-url
       {{- end }}
+      {{- with .Values.database.caSecret }}
+      - secret:
+          name: {{ . }}
+          items:
+            - key: {{ $.Values.database.caSecretKey }}
+              path: ca.crt
+      {{- end }}
 {{- end }}
 
 {{/* Fails with a clear message when the database settings are missing or contradictory
@@ -105,6 +112,9 @@ app.kubernetes.io/component: operator
 {{- $db := .Values.database }}
 {{- if and (not $db.url) (not $db.existingSecret) }}
 {{- fail "\n\nCairn needs a database: set database.url (postgres://user:password@host:5432/db; stored in a Secret) or database.existingSecret (a Secret in the release namespace with the URL under database.existingSecretKey)." }}
+{{- end }}
+{{- if and $db.caSecret $db.url (not (contains "sslrootcert=/etc/cairn/database/ca.crt" $db.url)) }}
+{{- fail "\n\ndatabase.caSecret is mounted at /etc/cairn/database/ca.crt, and database.url does not name it: add sslrootcert=/etc/cairn/database/ca.crt (and sslmode=verify-full) to the URL's parameters." }}
 {{- end }}
 {{- if and $db.url $db.existingSecret }}
 {{- fail "\n\nSet only one of database.url and database.existingSecret." }}
@@ -127,4 +137,28 @@ app.kubernetes.io/component: operator
 {{/* The namespaces the operator manages ("" = all), comma-separated. */}}
 {{- define "cairn.watchNamespaces" -}}
 {{- join "," (uniq .Values.watchNamespaces) }}
+{{- end }}
+
+{{/* The egress rules to Postgres (networkPolicy.database) and, if on, cluster DNS: the operator's
+     and the migration Job's NetworkPolicies. */}}
+{{- define "cairn.databaseEgress" -}}
+{{- $np := .Values.networkPolicy }}
+{{- if $np.database.to }}
+- to:
+    {{- toYaml $np.database.to | nindent 4 }}
+  ports:
+    {{- range $np.database.ports }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
+{{- if $np.dns.enabled }}
+- to:
+    {{- toYaml $np.dns.to | nindent 4 }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end }}
 {{- end }}

@@ -412,12 +412,14 @@ async fn run_controllers(
     })
     .reflect(pods_writer)
     .touched_objects();
-    // Flows and ResourceProfiles, read by every reconcile, come from watch caches too.
+    // Flows and ResourceProfiles, read by every reconcile, come from watch caches too; one
+    // written wakes the runs refused for want of it (flowrun::blocked).
     let (flows_cache, flows_writer) = reflector::store();
     let flows = watcher(scoped::<Flow>(client, &scope), watcher::Config::default())
         .default_backoff()
         .modify(|flow| flow.managed_fields_mut().clear())
-        .reflect(flows_writer);
+        .reflect(flows_writer)
+        .applied_objects();
     let (profiles_cache, profiles_writer) = reflector::store();
     let profiles = watcher(
         Api::<ResourceProfile>::all(client.clone()),
@@ -425,9 +427,18 @@ async fn run_controllers(
     )
     .default_backoff()
     .modify(|profile| profile.managed_fields_mut().clear())
-    .reflect(profiles_writer);
-    let caches =
-        futures::stream::select(flows.map(|_| ()), profiles.map(|_| ())).for_each(|_| async {});
+    .reflect(profiles_writer)
+    .applied_objects();
+    let blocked_on_flow = {
+        let runs = flowruns_cache.clone();
+        move |flow: Flow| flowrun::blocked::waiting_for_flow(&runs.state(), &flow)
+    };
+    let blocked_on_profile = {
+        let runs = flowruns_cache.clone();
+        move |profile: ResourceProfile| {
+            flowrun::blocked::waiting_for_profile(&runs.state(), &profile)
+        }
+    };
     let config = controller::Config::default().concurrency(ctx.config.reconcile_concurrency);
     let flowrun_scope = Arc::new(flowrun::Scope {
         ctx: ctx.clone(),
@@ -437,6 +448,8 @@ async fn run_controllers(
     });
     let flowruns = Controller::for_stream(flowruns_watch, flowruns_cache)
         .owns_stream(pods)
+        .watches_stream(flows, blocked_on_flow)
+        .watches_stream(profiles, blocked_on_profile)
         .with_config(config.clone())
         .reconcile_on(wake)
         .shutdown_on_signal()
@@ -481,12 +494,7 @@ async fn run_controllers(
         namespace = scope.as_deref().unwrap_or("(all)"),
         "controllers started"
     );
-    // The caches' watches never end by themselves: they stop with the controllers.
-    futures::future::select(
-        std::pin::pin!(futures::future::join(flowruns, flowevents)),
-        std::pin::pin!(caches),
-    )
-    .await;
+    futures::future::join(flowruns, flowevents).await;
 }
 
 /// A failed reconcile: counted by controller, stage and category, told once per streak as a

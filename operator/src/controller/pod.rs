@@ -485,6 +485,7 @@ mod tests {
             }],
             runtime_class_name: Some("gvisor".into()),
             priority_class_name: Some("batch".into()),
+            namespaces: None,
         };
         let spec = pod_spec_for(Some(&profile)).spec.unwrap();
         assert_eq!(spec.containers[0].resources, profile.resources);

@@ -20,6 +20,17 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Where `make static-bins` leaves the statically linked (musl) binaries that the images hold
+/// (the Dockerfiles' images are FROM scratch), as tests/cluster/lib.sh's `static_bin_dir`.
+pub fn static_bin_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target
+        .join(format!("{}-unknown-linux-musl", std::env::consts::ARCH))
+        .join("release")
+}
+
 /// The address flow pods and the API server's service proxy reach the host at (the bridge).
 pub const NODE_IP: &str = "10.88.0.1";
 
@@ -119,9 +130,9 @@ impl Cluster {
         Ok(())
     }
 
-    /// `binary` as image `name` (NAME:TAG) in the cluster's containerd, through
-    /// `tests/cluster/image.sh` (extra options go to cairn-oci-image). Importing under a tag
-    /// that exists moves the tag.
+    /// `binary` (static) as image `name` (NAME:TAG) in the cluster's containerd, built from the
+    /// repository's Dockerfiles by `tests/cluster/image.sh` (`options`: `--label K=V`, another
+    /// digest for the same binary). Importing under a tag that exists moves the tag.
     pub fn image(&self, name: &str, binary: &Path, options: &[&str]) -> anyhow::Result<Image> {
         let out = self
             .command(self.repo.join("tests/cluster/image.sh"))

@@ -4,7 +4,7 @@
 //! operators.
 //!
 //! The tests are `#[ignore]`d (plain `cargo test` has no cluster): `make test-cluster` runs them
-//! with `cargo test --release -p cairn-e2e -- --ignored`.
+//! with `cargo test -p cairn-e2e -- --ignored`, after `make static-bins`.
 
 pub mod cluster;
 pub mod explain;

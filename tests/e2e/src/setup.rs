@@ -17,11 +17,11 @@ pub struct Setup {
     pub cluster: Cluster,
     /// This test process's directory: operator logs, the binaries' copies.
     pub dir: PathBuf,
-    /// A copy of target/release/cairn: a build running meanwhile cannot change it under a test.
+    /// A copy of the static cairn: a build running meanwhile cannot change it under a test.
     pub cairn: PathBuf,
     /// A directory holding that copy as `kubectl-cairn` (the kubectl plugin), to put on PATH.
     pub plugin_dir: PathBuf,
-    /// target/release/agent, the example agent.
+    /// The static example agent (the image's binary).
     pub agent: PathBuf,
     pub image: Image,
 }
@@ -46,19 +46,18 @@ fn make() -> anyhow::Result<Setup> {
     std::fs::create_dir_all(dir.join("bin"))?;
     eprintln!("e2e: logs in {}", dir.display());
 
-    let release = target.join("release");
+    let release = crate::cluster::static_bin_dir();
     let built = |name: &str| -> anyhow::Result<PathBuf> {
         let path = release.join(name);
         ensure!(
             path.is_file(),
-            "{} is missing: build it first with \
-             `cargo build --release -p cairn-operator -p cairn-example-agent` (make test-cluster does)",
+            "{} is missing: build it first with `make static-bins` (make test-cluster does)",
             path.display()
         );
         Ok(path)
     };
     let cairn = dir.join("bin/cairn");
-    std::fs::copy(built("cairn")?, &cairn).context("copying target/release/cairn")?;
+    std::fs::copy(built("cairn")?, &cairn).context("copying the static cairn")?;
     let plugin_dir = dir.join("plugin");
     std::fs::create_dir_all(&plugin_dir)?;
     // The same file under the plugin's name (a link: the binary is large).

@@ -1,5 +1,5 @@
 //! The end-to-end scenarios on the real cluster, one test binary: `make test-cluster` runs them
-//! (`cargo test --release -p cairn-e2e -- --ignored`); plain `cargo test` lists them as ignored.
+//! (`cargo test -p cairn-e2e -- --ignored`, after `make static-bins`); plain `cargo test` lists them as ignored.
 
 // The operator: the example, crashes, cancels, retention, deletion.
 mod operator;

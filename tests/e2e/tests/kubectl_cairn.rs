@@ -1,4 +1,4 @@
-//! `kubectl cairn` on the real cluster: target/release/cairn installed as the kubectl plugin
+//! `kubectl cairn` on the real cluster: the static cairn installed as the kubectl plugin
 //! `kubectl-cairn` on PATH, run through kubectl itself, against runs in every phase (waiting,
 //! succeeded, failed, cancelled, retried). An operator of the scenario's own runs them, on a free
 //! port at the node address; the read API is reached with --api-url (CAIRN_API_URL), and once

@@ -2,7 +2,7 @@
 //! server refuses (CEL, a corpus of malformed manifests), missing images, wrong input, invalid
 //! profiles, deadlines, a flow pod deleted mid-call, an SDK the engine no longer serves.
 
-use cairn_crds::FlowRun;
+use cairn_crds::{Flow, FlowRun};
 use cairn_e2e::flows::{event, research_flow, run_of, slow_flow};
 use cairn_e2e::scenario::pod_phase;
 use cairn_e2e::{Phase, Scenario};
@@ -50,6 +50,26 @@ async fn bad_runs_fail_saying_why() -> anyhow::Result<()> {
             60,
             reason_is("FlowNotFound"),
         )
+        .await
+    {
+        Ok(_) => sc.check(name, true, ""),
+        Err(e) => sc.fail_explained(name, e, "no-such-flow").await,
+    }
+
+    // Refused, the run is looked at again a minute later at the latest; the Flow's watch makes
+    // it sooner. The bound sits below that minute, so only the watch can meet it.
+    let name = "a run refused for want of its Flow starts once the Flow is created, before its periodic look";
+    sc.create::<Flow>(json!({
+        "apiVersion": "cairn.dev/v1alpha1",
+        "kind": "Flow",
+        "metadata": { "name": "missing" },
+        "spec": { "image": image, "flow": "research" },
+    }))
+    .await?;
+    match sc
+        .wait_run("no-such-flow", "have an attempt", 40, |s| {
+            s.attempt.unwrap_or(0) >= 1
+        })
         .await
     {
         Ok(_) => sc.check(name, true, ""),

@@ -237,10 +237,18 @@ async fn schema_checked_approval(sc: &mut Scenario) -> anyhow::Result<()> {
 
 /// Flow pods' credentials reach no table, only their own run.
 async fn least_privilege(sc: &mut Scenario) -> anyhow::Result<()> {
-    let name = "flow pods log in as the runner role, which can touch no table, and carry their attempt's token";
+    let name = "flow pods log in over verify-full as the runner role, which can touch no table, and carry their attempt's token";
     let runner_url = sc.secret("cairn-runner-db", "database-url").await;
-    let (login, tables) = match <sqlx::PgConnection as sqlx::Connection>::connect(&runner_url).await
-    {
+    // Pods reach the cluster's Postgres over verify-full, with the CA the operator put in the
+    // same Secret (mounted at /etc/cairn/db): connect as they do, that CA in a file here.
+    let ca = sc.secret("cairn-runner-db", "ca.crt").await;
+    let connected = match url_with_ca_file(&runner_url, &ca, &sc.dir.join("runner-ca.crt")) {
+        Ok(url) => <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    let (login, tables) = match connected {
         Ok(mut conn) => {
             let login: Result<String, _> = sqlx::query_scalar("SELECT current_user::text")
                 .fetch_one(&mut conn)
@@ -288,4 +296,30 @@ async fn least_privilege(sc: &mut Scenario) -> anyhow::Result<()> {
         sc.fail_explained(name, seen, "after-handover").await;
     }
     Ok(())
+}
+
+/// `url` (sslmode=verify-full, sslrootcert naming the pods' mount) with the CA written to `file`
+/// and named instead, or what is missing for that.
+fn url_with_ca_file(url: &str, ca: &str, file: &std::path::Path) -> Result<String, String> {
+    let mut parsed = url::Url::parse(url).map_err(|e| format!("the runner URL: {e}"))?;
+    let pairs: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+    if !pairs
+        .iter()
+        .any(|(k, v)| k == "sslmode" && v == "verify-full")
+    {
+        return Err("the runner URL does not say sslmode=verify-full".into());
+    }
+    if !ca.contains("BEGIN CERTIFICATE") {
+        return Err("the runner Secret holds no ca.crt".into());
+    }
+    std::fs::write(file, ca).map_err(|e| e.to_string())?;
+    let file = file.to_string_lossy();
+    parsed
+        .query_pairs_mut()
+        .clear()
+        .extend_pairs(pairs.iter().map(|(k, v)| match k.as_str() {
+            "sslrootcert" => (k.as_str(), &*file),
+            _ => (k.as_str(), v.as_str()),
+        }));
+    Ok(parsed.to_string())
 }

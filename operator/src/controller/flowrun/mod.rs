@@ -15,6 +15,7 @@
 //! | next requeue, or the end of the time to live | `requeue` | pure |
 
 mod act;
+pub mod blocked;
 mod decide;
 mod dereference;
 mod engine_sync;

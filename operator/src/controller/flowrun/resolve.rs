@@ -75,6 +75,7 @@ pub fn resolve(
     };
     if let (Some(name), Some(profile)) = (profile_name, &profile) {
         check_profile(name, profile)?;
+        check_profile_allows(name, profile, namespace)?;
     }
     let retry = spec
         .retry
@@ -99,6 +100,26 @@ pub fn resolve(
             .or(template.and_then(|t| t.ttl_seconds_after_finished))
             .map(|seconds| Duration::from_secs(seconds.max(0) as u64)),
     })
+}
+
+/// A profile restricted to some namespaces (`spec.namespaces`) serves only their runs.
+fn check_profile_allows(
+    name: &str,
+    profile: &ResourceProfileSpec,
+    namespace: &str,
+) -> Result<(), Invalid> {
+    match &profile.namespaces {
+        Some(allowed) if !allowed.iter().any(|n| n == namespace) => Err(Invalid {
+            reason: "ProfileNotAllowed",
+            message: format!(
+                "ResourceProfile \"{name}\" may not be used in namespace \"{namespace}\" (its \
+                 spec.namespaces: [{}]); choose another profile, or ask a cluster admin to add \
+                 \"{namespace}\" to it",
+                allowed.join(", ")
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// What a pod would refuse in a ResourceProfile. The CRD's CEL rules refuse it at `kubectl
@@ -341,6 +362,44 @@ mod tests {
             bad.message.contains("effect \"Sometimes\""),
             "{}",
             bad.message
+        );
+    }
+
+    #[test]
+    fn a_profile_restricted_to_namespaces_serves_only_theirs() {
+        let restricted = |namespaces: Option<Vec<&str>>| {
+            ResourceProfile::new(
+                "gpu",
+                ResourceProfileSpec {
+                    namespaces: namespaces.map(|n| n.into_iter().map(str::to_owned).collect()),
+                    ..Default::default()
+                },
+            )
+        };
+        let spec = by_ref(Some("gpu"));
+        let run_in = |ns: &str, profile: &ResourceProfile| {
+            resolve(&spec, ns, Some(&flow(None)), Some(profile))
+        };
+        assert!(
+            run_in("team-a", &restricted(None)).is_ok(),
+            "absent: every namespace"
+        );
+        let ml = restricted(Some(vec!["ml", "research"]));
+        assert!(run_in("research", &ml).is_ok());
+        let refused = run_in("team-a", &ml).unwrap_err();
+        assert_eq!(refused.reason, "ProfileNotAllowed");
+        assert!(
+            refused.message.contains("\"gpu\"")
+                && refused.message.contains("\"team-a\"")
+                && refused.message.contains("[ml, research]"),
+            "{}",
+            refused.message
+        );
+        let none = restricted(Some(vec![]));
+        assert_eq!(
+            run_in("ml", &none).unwrap_err().reason,
+            "ProfileNotAllowed",
+            "empty: no namespace"
         );
     }
 

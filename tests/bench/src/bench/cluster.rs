@@ -192,7 +192,9 @@ impl Cluster {
         let image = format!("localhost/cairn-bench-flows:{stamp}");
 
         progress(&format!("cluster: image {image}"));
-        let built = up.image(&image, &bin_dir.join("bench-flows"), &[])?;
+        // The image takes the static build (make bench-tools); the operator runs on the host.
+        let flows = e2e::cluster::static_bin_dir().join("bench-flows");
+        let built = up.image(&image, &flows, &[])?;
         up.apply_crds()?;
         let db = up.create_database(&format!("cairn_bench_{stamp}")).await?;
         let pool =
