@@ -21,9 +21,9 @@ use crate::lifecycle::Phase;
     name = "cairn",
     version,
     about = "Durable flows: steer runs on Kubernetes (also as `kubectl cairn`), or run them locally with `cairn dev`",
-    after_help = "Exit codes: 0 done; 1 the operation failed (cluster or operator unreachable, a run in a \
-                  state that does not allow it, a wait that timed out or ended elsewhere); 2 a usage or \
-                  input error (unknown run, bad JSON, a payload failing the wait's schema)."
+    after_help = "Exit codes: 0 done; 1 the operation failed (database, cluster or operator unreachable, a \
+                  run in a state that does not allow it, a wait that timed out or ended elsewhere); 2 a \
+                  usage or input error (unknown run or flow, bad JSON, a payload failing the wait's schema)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -299,9 +299,28 @@ enum DevCommand {
         #[command(flatten)]
         namespace: Namespace,
     },
+    /// Answer the event a run waits for: its payload checked against the wait's schema.
+    Approve {
+        run: String,
+        /// The payload (JSON).
+        #[arg(long, default_value = "true")]
+        data: String,
+        #[command(flatten)]
+        namespace: Namespace,
+    },
     /// Cancel a run (and its unfinished children). A running run stops at its next step boundary.
     Cancel {
         run: String,
+        #[command(flatten)]
+        namespace: Namespace,
+    },
+    /// Delete a run with its children, steps and attempts. A run not finished is refused
+    /// unless --force, which cancels it first.
+    Delete {
+        run: String,
+        /// Delete a run that has not finished (it is cancelled first).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         namespace: Namespace,
     },
@@ -385,17 +404,8 @@ pub async fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     init_tracing(matches!(cli.command, Command::Operator(_)));
-    let local = matches!(
-        cli.command,
-        Command::Dev(_) | Command::Operator(_) | Command::Migrate
-    );
     match run(cli.command).await {
         Ok(code) => code,
-        // `cairn dev` and the operator keep their codes: every error is 2.
-        Err(e) if local => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(kubectl::exit_code(&e))
@@ -552,7 +562,20 @@ async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
             let payload = parse_json(&data, "--data")?;
             dev::steer::emit(&event, &payload, &namespace.name).await
         }
+        DevCommand::Approve {
+            run,
+            data,
+            namespace,
+        } => {
+            let payload = parse_json(&data, "--data")?;
+            dev::steer::approve(&run, &payload, &namespace.name).await
+        }
         DevCommand::Cancel { run, namespace } => dev::steer::cancel(&run, &namespace.name).await,
+        DevCommand::Delete {
+            run,
+            force,
+            namespace,
+        } => dev::steer::delete(&run, &namespace.name, force).await,
         DevCommand::Wait {
             run,
             namespace,
@@ -570,7 +593,8 @@ async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn parse_json(text: &str, flag: &str) -> anyhow::Result<Value> {
-    serde_json::from_str(text).map_err(|e| anyhow!("{flag} is not valid JSON: {e} (got {text:?})"))
+    serde_json::from_str(text)
+        .map_err(|e| kubectl::input(format!("{flag} is not valid JSON: {e} (got {text:?})")))
 }
 
 /// Commands log warnings to stderr; the operator logs JSON lines at info.

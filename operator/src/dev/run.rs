@@ -4,11 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use cairn_engine::{launcher as engine, read};
 use serde_json::Value;
 
 use crate::cli::DevRun;
+use crate::kubectl::input as input_error;
 use crate::lifecycle::Phase;
 use crate::supervisor::{self, Launcher};
 
@@ -18,12 +19,12 @@ pub async fn run(args: DevRun, input: Value) -> anyhow::Result<ExitCode> {
     let binary = resolve_binary(&args.binary)?;
     let flows = describe(&binary).await?;
     if !flows.iter().any(|f| f == &args.flow) {
-        bail!(
+        return Err(input_error(format!(
             "flow \"{}\" is not registered in {} (it registers: {})",
             args.flow,
             binary.display(),
             flows.join(", ")
-        );
+        )));
     }
     let (url, pool) = super::open_with_url().await?;
     let name = args.name.unwrap_or_else(|| {
@@ -82,14 +83,17 @@ pub async fn run(args: DevRun, input: Value) -> anyhow::Result<ExitCode> {
 
 fn resolve_binary(path: &Path) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).with_context(|| {
-        format!(
-            "flow binary {} not found (build it first, e.g. `cargo build`)",
+    let meta = std::fs::metadata(path).map_err(|e| {
+        input_error(format!(
+            "flow binary {} not found (build it first, e.g. `cargo build`): {e}",
             path.display()
-        )
+        ))
     })?;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        bail!("{} is not an executable file", path.display());
+        return Err(input_error(format!(
+            "{} is not an executable file",
+            path.display()
+        )));
     }
     Ok(std::fs::canonicalize(path)?)
 }
@@ -109,10 +113,10 @@ async fn describe(binary: &Path) -> anyhow::Result<Vec<String>> {
         .and_then(Value::as_array)
         .filter(|_| output.status.success());
     let Some(flows) = flows else {
-        bail!(
+        return Err(input_error(format!(
             "{} did not describe its flows; is it a flow binary built with the cairn SDK (`cairn::Runner`)?",
             binary.display()
-        );
+        )));
     };
     Ok(flows
         .iter()

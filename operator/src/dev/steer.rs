@@ -1,5 +1,5 @@
-//! `cairn dev emit`, `cancel` and `wait`: answering, stopping and waiting for runs in the
-//! database, the local counterparts of `kubectl cairn emit`, `cancel` and `wait`.
+//! `cairn dev emit`, `approve`, `cancel`, `delete` and `wait`: answering, stopping, removing and
+//! waiting for runs in the database, the local counterparts of `kubectl cairn`'s commands.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,6 +25,52 @@ pub async fn emit(event: &str, payload: &Value, namespace: &str) -> anyhow::Resu
     } else {
         println!("event {event} emitted; {} run(s) woken", emitted.woken);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `approve`: answers the event the run waits for (the payload checked against its schema).
+pub async fn approve(run: &str, payload: &Value, namespace: &str) -> anyhow::Result<ExitCode> {
+    let pool = super::open().await?;
+    let record = read::find(&pool, namespace, run).await?;
+    let Some(event) = record.wait().and_then(|w| w.event().map(str::to_owned)) else {
+        bail!(
+            "{run} is {} and waits for no event: nothing to approve (`cairn dev inspect {run}` \
+             shows where it is)",
+            record.phase
+        );
+    };
+    let emitted = engine::emit(&mut *pool.acquire().await?, namespace, &event, payload)
+        .await
+        .map_err(super::explain)?;
+    match emitted.duplicate {
+        true => println!("{run}: event {event} was already emitted with this payload"),
+        false => println!(
+            "{run}: approved (event {event}, payload {payload}); it resumes under the \
+             `cairn dev run` that supervises it"
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `delete`: the run with its children, steps and attempts. One not finished is refused, or
+/// with `force` cancelled first (so nothing of it is left waiting or scheduled).
+pub async fn delete(run: &str, namespace: &str, force: bool) -> anyhow::Result<ExitCode> {
+    let pool = super::open().await?;
+    let record = read::find(&pool, namespace, run).await?;
+    if !record.phase.is_terminal() {
+        if !force {
+            bail!(
+                "{run} is {} (not finished): cancel it first (`cairn dev cancel {run}`), or \
+                 delete it anyway with --force",
+                record.phase
+            );
+        }
+        engine::cancel_run(&mut *pool.acquire().await?, record.id)
+            .await
+            .map_err(super::explain)?;
+    }
+    read::delete_run(&pool, record.id).await?;
+    println!("{run}: deleted (was {})", record.phase);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -81,15 +127,8 @@ async fn wait_for(
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen("cairn_runs").await?;
     loop {
-        // A run that does not exist yet may be about to: keep waiting (until the timeout).
-        let record = match read::find(pool, namespace, run).await {
-            Ok(record) => record,
-            Err(e) if e.is::<read::NotFound>() => {
-                listener.try_recv().await?;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
+        // An unknown run is an error at once (exit code 2), as with `kubectl wait`.
+        let record = read::find(pool, namespace, run).await?;
         let waits_for_event =
             |name: &str| record.wait().as_ref().and_then(|w| w.event()) == Some(name);
         let reached = match target {

@@ -30,17 +30,29 @@ pub use logic::Until;
 #[error("{0}")]
 pub struct InputError(pub String);
 
-fn input(message: impl Into<String>) -> anyhow::Error {
+pub(crate) fn input(message: impl Into<String>) -> anyhow::Error {
     InputError(message.into()).into()
 }
 
-/// The exit code for an error of a `kubectl cairn` command.
+/// The exit code for an error of any command (`kubectl cairn`, `cairn dev`, the operator): 2
+/// for a mistake in what was asked (an unknown run, bad JSON, a payload failing the wait's
+/// schema, a name taken with other input), 1 for an operation that failed.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
-    if error.chain().any(|e| e.is::<InputError>()) {
-        2
-    } else {
-        1
-    }
+    use cairn_engine::EngineError;
+    let asked_wrong = |e: &(dyn std::error::Error + 'static)| {
+        e.is::<InputError>()
+            || e.is::<cairn_engine::read::NotFound>()
+            || matches!(
+                e.downcast_ref::<EngineError>(),
+                Some(
+                    EngineError::NotFound(_)
+                        | EngineError::InvalidPayload(_)
+                        | EngineError::RunConflict(_)
+                        | EngineError::EventConflict(_)
+                )
+            )
+    };
+    if error.chain().any(asked_wrong) { 2 } else { 1 }
 }
 
 static PROGRAM: OnceLock<&'static str> = OnceLock::new();

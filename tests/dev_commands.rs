@@ -1,0 +1,172 @@
+//! `cairn dev approve`, `delete` and `wait` through the real command line, against a real
+//! Postgres: what they do, and their exit codes (0 done, 1 the operation failed or the run's
+//! state does not allow it, 2 a mistake in what was asked), as `cairn --help` says.
+
+use std::time::{Duration, Instant};
+
+use cairn_operator::lifecycle::Phase;
+use cairn_tests::cli::{cairn, finish, last_line, run, run_id, stderr};
+use cairn_tests::{EffectLog, TestDb};
+use serde_json::json;
+
+const FLOWS: &str = env!("CARGO_BIN_EXE_test-flows");
+
+/// `cairn dev run` of flow `approval` as run `name`, waiting for event `event`, in the background.
+fn start_approval(db: &TestDb, log: &EffectLog, name: &str, event: &str) -> tokio::process::Child {
+    let input = json!({ "event": event }).to_string();
+    cairn(
+        db,
+        log,
+        &[
+            "dev", "run", FLOWS, "--flow", "approval", "--input", &input, "--name", name,
+        ],
+    )
+    .spawn()
+    .expect("cannot start cairn")
+}
+
+/// `cairn dev wait RUN --for waiting --event EVENT`, which must succeed.
+async fn wait_waiting(db: &TestDb, log: &EffectLog, name: &str, event: &str) {
+    run_id(db, name).await;
+    let waited = run(cairn(
+        db,
+        log,
+        &[
+            "dev",
+            "wait",
+            name,
+            "--for",
+            "waiting",
+            "--event",
+            event,
+            "--timeout",
+            "60s",
+        ],
+    ))
+    .await;
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr(&waited));
+}
+
+#[tokio::test]
+async fn approve_answers_the_wait_checking_its_schema_and_refuses_what_cannot_be_approved() {
+    let db = TestDb::unmigrated().await;
+    let log = db.log("effects");
+    let child = start_approval(&db, &log, "asks", "ok-2");
+    wait_waiting(&db, &log, "asks", "ok-2").await;
+
+    let bad = run(cairn(
+        &db,
+        &log,
+        &[
+            "dev",
+            "approve",
+            "asks",
+            "--data",
+            r#"{"approved":"yes","by":"x"}"#,
+        ],
+    ))
+    .await;
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a payload failing the schema: {}",
+        stderr(&bad)
+    );
+    assert!(stderr(&bad).contains("is not of type"), "{}", stderr(&bad));
+
+    let unknown = run(cairn(&db, &log, &["dev", "approve", "nobody"])).await;
+    assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
+    assert!(stderr(&unknown).contains("nobody"), "{}", stderr(&unknown));
+
+    let good = run(cairn(
+        &db,
+        &log,
+        &[
+            "dev",
+            "approve",
+            "asks",
+            "--data",
+            r#"{"approved":true,"by":"x"}"#,
+        ],
+    ))
+    .await;
+    assert_eq!(good.status.code(), Some(0), "{}", stderr(&good));
+    assert!(
+        String::from_utf8_lossy(&good.stdout).contains("asks: approved (event ok-2"),
+        "{:?}",
+        good
+    );
+    let output = finish(child).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        last_line(&output),
+        json!({ "got": { "approved": true, "by": "x" } })
+    );
+
+    // Finished, it waits for nothing: the operation is refused (1), saying why.
+    let again = run(cairn(&db, &log, &["dev", "approve", "asks"])).await;
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("waits for no event"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[tokio::test]
+async fn delete_refuses_an_unfinished_run_unless_forced() {
+    let db = TestDb::unmigrated().await;
+    let log = db.log("effects");
+    let mut child = start_approval(&db, &log, "parked", "never-1");
+    wait_waiting(&db, &log, "parked", "never-1").await;
+
+    let refused = run(cairn(&db, &log, &["dev", "delete", "parked"])).await;
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("--force"), "{}", stderr(&refused));
+    let id = run_id(&db, "parked").await;
+    assert_eq!(
+        db.run(id).await.phase,
+        Phase::Waiting,
+        "refused: nothing changed"
+    );
+
+    let forced = run(cairn(&db, &log, &["dev", "delete", "parked", "--force"])).await;
+    assert_eq!(forced.status.code(), Some(0), "{}", stderr(&forced));
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM cairn.runs WHERE root_id = $1")
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the run and everything under it are gone");
+    // Its supervisor sees the run gone and stops; whatever it says, it must not hang.
+    let _ = child.start_kill();
+    finish(child).await;
+
+    let gone = run(cairn(&db, &log, &["dev", "delete", "parked"])).await;
+    assert_eq!(gone.status.code(), Some(2), "{}", stderr(&gone));
+}
+
+#[tokio::test]
+async fn wait_on_an_unknown_run_fails_at_once() {
+    let db = TestDb::unmigrated().await;
+    let log = db.log("effects");
+    let started = Instant::now();
+    let output = run(cairn(
+        &db,
+        &log,
+        &["dev", "wait", "no-such-run", "--timeout", "5m"],
+    ))
+    .await;
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no-such-run"),
+        "{}",
+        stderr(&output)
+    );
+    // Not the five minutes of --timeout: the error comes as soon as the run is looked up.
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,67 @@
+//! The `cairn` command line as the CLI tests drive it: against a test's database, its flows
+//! logging their effects, stdout and stderr captured.
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+use crate::{EffectLog, NS, PATIENCE, TestDb, cairn_cli};
+
+/// `cairn <args>` against the test's database, its flows logging to `log`.
+pub fn cairn(db: &TestDb, log: &EffectLog, args: &[&str]) -> Command {
+    let mut command = Command::new(cairn_cli());
+    command
+        .args(args)
+        .env("CAIRN_DATABASE_URL", &db.url)
+        .env("CAIRN_TEST_LOG", &log.path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+pub async fn finish(child: Child) -> Output {
+    tokio::time::timeout(PATIENCE, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("cairn did not exit within {PATIENCE:?}"))
+        .expect("wait for cairn")
+}
+
+pub async fn run(mut command: Command) -> Output {
+    finish(command.spawn().expect("cannot start cairn")).await
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The last stdout line, as JSON.
+pub fn last_line(output: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| {
+        panic!(
+            "cairn printed nothing on stdout; stderr:\n{}",
+            stderr(output)
+        )
+    });
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("last stdout line {line:?}: {e}"))
+}
+
+/// The id of the run named `name`, once it exists.
+pub async fn run_id(db: &TestDb, name: &str) -> uuid::Uuid {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Ok(run) = cairn_engine::read::find(&db.pool, NS, name).await {
+            return run.id;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "run {name} was not created within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
