@@ -1,7 +1,7 @@
 //! The FlowRun reconcile against a stand-in API server (`harness::fake_api`) and a real
 //! Postgres: for a new run, a relaunch, a crash, a cancel, a deletion, a run naming a missing
-//! Flow and a database that is down, the exact requests sent to Kubernetes and what the engine
-//! holds afterwards. The same cases run on the real cluster in `tests/e2e`.
+//! Flow, a database that is down and the children of a long-named parent, the exact requests
+//! sent to Kubernetes and what the engine holds afterwards. The same cases run on the real cluster in `tests/e2e`.
 
 use std::sync::Arc;
 
@@ -318,4 +318,174 @@ async fn a_database_that_is_down_fails_the_stage_as_unavailable_and_writes_nothi
     assert_eq!(error.category(), Category::DatabaseUnavailable, "{error}");
     assert_eq!(error.stage(), Some(Stage::SyncEngine), "{error}");
     assert!(case.api.lines().is_empty(), "{:?}", case.api.lines());
+}
+
+/// A parent named with 200 characters (any valid FlowRun name, up to 253, must work), running
+/// a Flow with a profile, a service account, pull secrets and env, that spawned two children:
+/// one of a flow with a Flow of its own (which overrides some settings), one without.
+#[tokio::test]
+async fn children_of_a_long_named_parent_are_made_with_its_resolved_settings() {
+    use cairn_engine::names;
+    let parent = format!("research-{}", "x".repeat(191));
+    assert_eq!(parent.len(), 200);
+    let run = flowrun(json!({
+        "metadata": { "name": parent },
+        "spec": { "image": null, "flow": null, "flowRef": "agent",
+                  "env": [{ "name": "TOPIC", "value": "durable" }] },
+        "status": { "phase": "Running", "attempt": 1, "imageDigest": DIGEST },
+    }));
+    let case = case(&run, vec![]).await;
+    let flow = |name: &str, spec: Value| -> cairn_crds::Flow {
+        serde_json::from_value(json!({ "apiVersion": "cairn.dev/v1alpha1", "kind": "Flow",
+            "metadata": { "name": name, "namespace": NS }, "spec": spec }))
+        .unwrap()
+    };
+    let flows = [
+        flow(
+            "agent",
+            json!({ "image": "localhost/agent:dev", "flow": "research", "profile": "gpu",
+                    "serviceAccountName": "agents", "imagePullSecrets": [{ "name": "registry" }],
+                    "env": [{ "name": "MODEL", "value": "big" }] }),
+        ),
+        // The `draft` children's own Flow: same image repository, another profile and model.
+        flow(
+            "drafting",
+            json!({ "image": "localhost/agent:v2", "flow": "draft", "profile": "small",
+                    "env": [{ "name": "MODEL", "value": "small" }] }),
+        ),
+    ];
+    let profiles = ["gpu", "small"].map(|name| {
+        cairn_crds::ResourceProfile::new(name, cairn_crds::ResourceProfileSpec::default())
+    });
+    // The engine's parent, running attempt 1, and its two children.
+    let mut conn = case.db.conn().await;
+    let (id, _) = launcher::create_run(
+        &mut conn,
+        &launcher::NewRun {
+            namespace: NS,
+            name: &parent,
+            flow: "research",
+            input: &Value::Null,
+            max_attempts: 3,
+            retry_backoff_ms: 10_000,
+        },
+    )
+    .await
+    .unwrap();
+    let Claim::Started(attempt) = launcher::claim(&mut conn, id, None, None).await.unwrap() else {
+        panic!("the parent starts");
+    };
+    let children = [
+        names::child_run_name(&parent, "summarize", 1),
+        names::child_run_name(&parent, "draft", 1),
+    ];
+    for (child, flow) in children.iter().zip(["summarize", "draft"]) {
+        let key = format!("spawn:{flow}");
+        cairn_engine::runner::spawn_child(&mut conn, &attempt, &key, child, flow, &json!("in"))
+            .await
+            .unwrap();
+    }
+    drop(conn);
+    // The parent's pod runs.
+    let running = json!({ "phase": "Running", "containerStatuses": [{ "name": "flow",
+        "ready": true, "restartCount": 0, "image": "localhost/agent:dev", "imageID": DIGEST,
+        "state": { "running": {} } }] });
+    let pods = vec![pod(id, 1, running)];
+    let scope = scope_with(case.scope.ctx.clone(), pods, &flows, &profiles);
+    let case = Case { scope, ..case };
+    case.reconcile(run).await.unwrap();
+
+    let (summarize, draft) = (&children[0], &children[1]);
+    assert_eq!(
+        case.api.lines(),
+        [
+            format!("PATCH {RUNS}/{summarize}"),
+            format!("PATCH {RUNS}/{draft}"),
+            format!("PATCH {RUNS}/{parent}/status"),
+        ]
+    );
+    let made = case.api.body_of(&format!("PATCH {RUNS}/{summarize}"));
+    let meta = &made["metadata"];
+    let label = meta["labels"]["cairn.dev/parent"].as_str().unwrap();
+    assert_eq!(label, names::label_value(&parent));
+    assert!(
+        label.len() <= 63 && parent.starts_with(&label[..40]),
+        "{label}"
+    );
+    assert_eq!(meta["annotations"]["cairn.dev/parent"], json!(parent));
+    // The label selector `kubectl` and the tests use selects it.
+    assert_eq!(
+        cairn_crds::parent_selector(&parent),
+        format!("cairn.dev/parent={label}")
+    );
+    let spec = &made["spec"];
+    assert_eq!(spec["image"], DIGEST, "the parent's pinned digest");
+    assert_eq!(spec["flow"], "summarize");
+    assert_eq!(spec["profile"], "gpu");
+    assert_eq!(spec["serviceAccountName"], "agents");
+    assert_eq!(spec["imagePullSecrets"], json!([{ "name": "registry" }]));
+    assert_eq!(
+        spec["env"],
+        json!([{ "name": "MODEL", "value": "big" }, { "name": "TOPIC", "value": "durable" }])
+    );
+    // Its own Flow's settings win where it sets them; the rest is the parent's.
+    let spec = &case.api.body_of(&format!("PATCH {RUNS}/{draft}"))["spec"];
+    assert_eq!(spec["profile"], "small");
+    assert_eq!(spec["serviceAccountName"], "agents");
+    assert_eq!(spec["imagePullSecrets"], json!([{ "name": "registry" }]));
+    assert_eq!(
+        spec["env"],
+        json!([{ "name": "TOPIC", "value": "durable" }, { "name": "MODEL", "value": "small" }])
+    );
+}
+
+/// The longest valid FlowRun name launches a pod whose name fits a hostname, carrying the
+/// run's own service account and pull secrets.
+#[tokio::test]
+async fn a_run_with_the_longest_name_launches_a_pod_with_a_valid_name() {
+    let name = format!("{}.{}", "a".repeat(126), "b".repeat(126));
+    assert_eq!(name.len(), 253);
+    let run = flowrun(json!({
+        "metadata": { "name": name },
+        "spec": { "serviceAccountName": "agents", "imagePullSecrets": [{ "name": "registry" }] },
+    }));
+    let case = case(&run, vec![]).await;
+    case.reconcile(run).await.unwrap();
+
+    let pod = case.api.body_of("POST /api/v1/namespaces/team-a/pods");
+    let pod_name = pod["metadata"]["name"].as_str().unwrap();
+    assert_eq!(pod_name, cairn_engine::names::pod_name(&name, 1));
+    assert!(
+        pod_name.len() <= 63 && pod_name.ends_with("-a1"),
+        "{pod_name}"
+    );
+    assert_eq!(pod["spec"]["serviceAccountName"], "agents");
+    assert_eq!(
+        pod["spec"]["imagePullSecrets"],
+        json!([{ "name": "registry" }])
+    );
+    let status = case.api.body_of(&format!("PATCH {RUNS}/{name}/status"))["status"].clone();
+    assert_eq!(status["pod"], json!(pod_name));
+}
+
+/// A scope whose caches hold `pods`, `flows` and `profiles`.
+fn scope_with(
+    ctx: Arc<Context>,
+    pods: Vec<Pod>,
+    flows: &[cairn_crds::Flow],
+    profiles: &[cairn_crds::ResourceProfile],
+) -> Arc<Scope> {
+    let (flow_store, mut flow_writer) = reflector::store();
+    for flow in flows {
+        flow_writer.apply_watcher_event(&watcher::Event::Apply(flow.clone()));
+    }
+    let (profile_store, mut profile_writer) = reflector::store();
+    for profile in profiles {
+        profile_writer.apply_watcher_event(&watcher::Event::Apply(profile.clone()));
+    }
+    Arc::new(Scope {
+        flows: flow_store,
+        profiles: profile_store,
+        ..Arc::into_inner(scope(ctx, pods)).unwrap()
+    })
 }

@@ -7,8 +7,13 @@
 pub const LABEL_RUN: &str = "cairn.dev/run";
 /// On flow pods: the attempt number the pod runs.
 pub const LABEL_ATTEMPT: &str = "cairn.dev/attempt";
-/// On child FlowRuns: the name of the parent FlowRun.
+/// On child FlowRuns: the parent FlowRun's name as a label value ([`parent_label`]: names
+/// longer than a label's 63 characters are shortened with a hash). Select children with
+/// [`parent_selector`]; read the full name from [`ANNOTATION_PARENT`].
 pub const LABEL_PARENT: &str = "cairn.dev/parent";
+/// On child FlowRuns: the parent FlowRun's full name (children made before this annotation
+/// have only [`LABEL_PARENT`], which then holds the full name: see `FlowRun::parent_name`).
+pub const ANNOTATION_PARENT: &str = "cairn.dev/parent";
 /// The standard label naming who manages an object (values below).
 pub const LABEL_MANAGED: &str = "app.kubernetes.io/managed-by";
 /// [`LABEL_MANAGED`] on what the operator creates (flow pods, token Secrets): its watches
@@ -22,3 +27,13 @@ pub const RETRY_ANNOTATION: &str = "cairn.dev/retry";
 
 /// The operator's finalizer on FlowRuns: it deletes the run's database rows and pods first.
 pub const FINALIZER: &str = "cairn.dev/cleanup";
+
+/// The [`LABEL_PARENT`] value of the children of FlowRun `parent`.
+pub fn parent_label(parent: &str) -> String {
+    cairn_engine::names::label_value(parent)
+}
+
+/// A label selector for the children of FlowRun `parent`.
+pub fn parent_selector(parent: &str) -> String {
+    format!("{LABEL_PARENT}={}", parent_label(parent))
+}

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements, Toleration};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
@@ -98,11 +98,24 @@ pub struct FlowRunSpec {
     #[schemars(schema_with = "any_json")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<Value>,
-    /// A ResourceProfile name (overrides the Flow's default).
+    // A child FlowRun (made by the operator) gets its parent's resolved profile, service
+    // account, image pull secrets and env in the next four fields, except where its own Flow
+    // sets them (the rule is `controller::children::child_settings`).
+    /// A ResourceProfile name (overrides the Flow's default). Child runs get their parent's,
+    /// unless their own Flow names one.
     pub profile: Option<String>,
-    /// Extra environment for this run's pods (added to the Flow's; child runs inherit it).
+    /// Extra environment for this run's pods (added to the Flow's). Child runs get their
+    /// parent's, their own Flow's variables replacing those of the same name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+    /// Service account of this run's pods (overrides the Flow's). Flow pods get no API token
+    /// whatever the account: it brings its image pull secrets. Child runs get their parent's,
+    /// unless their own Flow names one.
+    pub service_account_name: Option<String>,
+    /// Secrets to pull the image with, in this namespace (replace the Flow's when set). Child
+    /// runs get their parent's, unless their own Flow lists some.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
     /// Crash retries (overrides the Flow's).
     pub retry: Option<RetryPolicy>,
     /// Fail the run if it has not finished this many seconds after it was created.
@@ -117,6 +130,21 @@ pub struct FlowRunSpec {
     /// step boundary.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel: bool,
+}
+
+impl FlowRun {
+    /// A child run's parent FlowRun: the annotation, else the label (children made before the
+    /// annotation existed, whose parents' names all fit a label).
+    pub fn parent_name(&self) -> Option<&str> {
+        let meta = &self.metadata;
+        let annotation = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_PARENT));
+        annotation
+            .or_else(|| meta.labels.as_ref()?.get(LABEL_PARENT))
+            .map(String::as_str)
+    }
 }
 
 /// What a waiting run waits for.
@@ -204,6 +232,9 @@ pub struct FlowSpec {
     /// Service account of the flow's pods (default: the chart's flow account, which has no
     /// Kubernetes API rights).
     pub service_account_name: Option<String>,
+    /// Secrets to pull the image with, in this namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
     pub retry: Option<RetryPolicy>,
     /// Default for its FlowRuns: delete a FlowRun this long after it finished; 0 keeps it.
     #[schemars(range(min = 0))]

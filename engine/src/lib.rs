@@ -2,14 +2,16 @@
 //! `sql/migrations/`); this crate is their one typed front door:
 //!
 //! - pure types shared by everyone: [`Phase`], the parsed [`Wait`], the [`protocol`]
-//!   between launchers and flow processes (environment, exit codes, versions), and the
-//!   [`read_api`]'s wire types (what the operator serves and `kubectl cairn` reads);
+//!   between launchers and flow processes (environment, exit codes, versions), the
+//!   [`read_api`]'s wire types (what the operator serves and `kubectl cairn` reads), and
+//!   the [`names`] derived from a run's name (pods, labels, children) within Kubernetes' limits;
 //! - [`runner`] (feature `runner`): the calls a flow process makes, the runner protocol. The
 //!   SDK depends on this side only; flow processes log in as a role that can do nothing else;
 //! - [`launcher`], [`read`] and [`schema`] (feature `launcher`): creating, claiming, waking and
 //!   steering runs, the read queries behind the CLI and the read API, and migrations with the
 //!   compatibility checks that make upgrades and rollbacks safe. The operator and `cairn dev`.
 
+pub mod names;
 pub mod phase;
 pub mod protocol;
 pub mod read_api;

@@ -470,7 +470,8 @@ impl Ctx {
     // ---- child flows ---------------------------------------------------------------------
 
     /// Starts a child run of `flow` (checkpointed: a replay gets the same child). The child is
-    /// named `<this run>-<flow>-<n>` and runs in its own process.
+    /// named `<this run>-<flow>-<n>` (this run's part shortened with a hash when the whole would
+    /// pass the 253 characters of a FlowRun name) and runs in its own process.
     pub async fn spawn<O, I: Serialize>(
         &self,
         flow: &str,
@@ -481,7 +482,7 @@ impl Ctx {
         if let Some(child) = self.replay::<ChildRun<O>>(&key)? {
             return Ok(child);
         }
-        let name = format!("{}-{flow}-{occurrence}", self.run_name());
+        let name = cairn_engine::names::child_run_name(self.run_name(), flow, occurrence);
         let input = serde_json::to_value(input)?;
         let run_id = {
             let mut conn = self.inner.conn.lock().await;

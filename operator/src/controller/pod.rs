@@ -8,13 +8,15 @@ use cairn_crds::{
 };
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, KeyToPath, Pod, PodSecurityContext, PodSpec,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EnvVar, EnvVarSource, KeyToPath, LocalObjectReference, Pod,
+    PodSecurityContext, PodSpec, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 
 use crate::lifecycle::{Process, ProcessExit};
+use cairn_engine::names;
 
 /// The key, in the per-namespace runner Secret, holding the database URL flow pods use.
 pub const DB_SECRET_KEY: &str = "database-url";
@@ -37,6 +39,7 @@ pub struct FlowPod<'a> {
     pub profile: Option<&'a ResourceProfileSpec>,
     pub extra_env: &'a [EnvVar],
     pub service_account: Option<&'a str>,
+    pub image_pull_secrets: &'a [LocalObjectReference],
     /// The Secret (in the run's namespace) holding the runner's database URL.
     pub db_secret: &'a str,
     /// How that URL is reached (a pooler in transaction mode, or directly).
@@ -49,21 +52,10 @@ pub struct FlowPod<'a> {
     pub deadline_in: Option<i64>,
 }
 
-/// Pod names: `<run>-a<attempt>`, kept within the 63 characters a hostname allows.
-pub fn pod_name(run_name: &str, attempt: i32) -> String {
-    let suffix = format!("-a{attempt}");
-    let keep = 63 - suffix.len();
-    let base = run_name
-        .get(..keep.min(run_name.len()))
-        .unwrap_or(run_name)
-        .trim_end_matches(['-', '.']);
-    format!("{base}{suffix}")
-}
-
 pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
     let run_name = spec.run.meta().name.clone().unwrap_or_default();
     let labels = BTreeMap::from([
-        (LABEL_RUN.to_owned(), label_value(spec.run_id)),
+        (LABEL_RUN.to_owned(), names::label_value(spec.run_id)),
         (LABEL_ATTEMPT.to_owned(), spec.attempt.to_string()),
         (LABEL_MANAGED.to_owned(), MANAGED_BY_OPERATOR.to_owned()),
     ]);
@@ -87,7 +79,8 @@ pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
 
     Pod {
         metadata: ObjectMeta {
-            name: Some(pod_name(&run_name, spec.attempt)),
+            // `<run>-a<attempt>`, within the 63 characters of a hostname for any run name.
+            name: Some(names::pod_name(&run_name, spec.attempt)),
             namespace: spec.run.meta().namespace.clone(),
             labels: Some(labels),
             owner_references: spec.run.controller_owner_ref(&()).map(|owner| vec![owner]),
@@ -99,6 +92,8 @@ pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
             // Flow code gets no Kubernetes API rights: no token, and its own account.
             automount_service_account_token: Some(false),
             service_account_name: spec.service_account.map(str::to_owned),
+            image_pull_secrets: (!spec.image_pull_secrets.is_empty())
+                .then(|| spec.image_pull_secrets.to_vec()),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
                 run_as_user: Some(65532),
@@ -185,11 +180,6 @@ fn plain_env(name: &str, value: &str) -> EnvVar {
         value: Some(value.into()),
         ..Default::default()
     }
-}
-
-/// Label values are at most 63 characters; run ids (UUIDs) fit.
-fn label_value(value: &str) -> String {
-    value.chars().take(63).collect()
 }
 
 /// The attempt a pod was launched for.
@@ -350,6 +340,7 @@ mod tests {
             profile,
             extra_env: &[],
             service_account: Some("cairn-flow"),
+            image_pull_secrets: &[],
             db_secret: "cairn-runner-db",
             db_ca,
             deadline_in: None,
@@ -496,11 +487,33 @@ mod tests {
     }
 
     #[test]
-    fn pod_names_fit_a_hostname() {
-        let long = "x".repeat(80);
-        assert_eq!(pod_name(&long, 12).len(), 63);
-        assert!(pod_name(&long, 12).ends_with("-a12"));
-        assert_eq!(pod_name("run", 1), "run-a1");
+    fn pod_names_fit_a_hostname_and_labels_a_label() {
+        let mut run = flowrun();
+        run.metadata.name = Some("x".repeat(253));
+        let pod = build_pod(&FlowPod {
+            run: &run,
+            run_id: &"r".repeat(80),
+            attempt: 12,
+            image: "localhost/agent@sha256:abc",
+            flow: "research",
+            profile: None,
+            extra_env: &[],
+            service_account: None,
+            image_pull_secrets: &[LocalObjectReference {
+                name: "registry".into(),
+            }],
+            db_secret: "cairn-runner-db",
+            db_ca: false,
+            deadline_in: None,
+            pooler: cairn::Pooler::None,
+        });
+        let name = pod.metadata.name.clone().unwrap();
+        assert!(name.len() == 63 && name.ends_with("-a12"), "{name}");
+        let labels = pod.metadata.labels.unwrap();
+        assert!(labels.values().all(|v| v.len() <= 63), "{labels:?}");
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.image_pull_secrets.unwrap()[0].name, "registry");
+        assert_eq!(spec.service_account_name, None);
     }
 
     fn pod_with(attempt: i32, state: ContainerState, reason: Option<&str>) -> Pod {

@@ -2,7 +2,7 @@
 //! attempts, costs, children), read through the operator's read API, and its pods. Without the
 //! read API it shows the status alone and says why the rest is missing.
 
-use cairn_crds::{FlowRun, LABEL_ATTEMPT, LABEL_PARENT, LABEL_RUN};
+use cairn_crds::{FlowRun, LABEL_ATTEMPT, LABEL_RUN};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::ListParams;
@@ -106,7 +106,7 @@ fn header_of(run: &FlowRun) -> Header {
             .clone()
             .unwrap_or_else(|| "not registered yet".into()),
         flow: logic::flow_of(run),
-        parent: run.labels().get(LABEL_PARENT).cloned(),
+        parent: run.parent_name().map(str::to_owned),
         phase: status.phase,
         progress: format!(
             "attempt {}, {} steps, {}",

@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use cairn_crds::{FlowRun, FlowRunStatus, LABEL_PARENT, RETRY_ANNOTATION};
+use cairn_crds::{FlowRun, FlowRunStatus, RETRY_ANNOTATION};
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -34,7 +34,10 @@ pub fn flowevent_name(event: &str) -> String {
         safe.push(c);
     }
     let safe = safe.trim_matches(['-', '.']);
-    let hash = format!("{:08x}", fnv1a(event.as_bytes()) as u32);
+    let hash = format!(
+        "{:08x}",
+        cairn_engine::names::fnv1a(event.as_bytes()) as u32
+    );
     // 253 characters at most; keep room for "-" and the hash.
     let keep = safe
         .char_indices()
@@ -59,13 +62,6 @@ fn is_dns_subdomain(name: &str) -> bool {
         && name
             .split('.')
             .all(|label| !label.is_empty() && label.starts_with(alnum) && label.ends_with(alnum))
-}
-
-/// FNV-1a, 64 bits: a stable hash without a dependency.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// Checks a payload against the schema `run` waits with, as the engine will on delivery; the
@@ -137,7 +133,7 @@ pub fn row_of(run: &FlowRun) -> RunRow {
         usd: status.cost_usd.as_deref().and_then(|c| c.parse().ok()),
         waiting: waiting_summary(&status),
         created: run.metadata.creation_timestamp.as_ref().map(to_utc),
-        parent: run.labels().get(LABEL_PARENT).cloned(),
+        parent: run.parent_name().map(str::to_owned),
     }
 }
 
@@ -271,7 +267,7 @@ pub fn not_waiting_for_event(run: &FlowRun) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_crds::{FlowRunSpec, WaitingFor};
+    use cairn_crds::{FlowRunSpec, LABEL_PARENT, WaitingFor};
     use serde_json::json;
 
     #[test]
@@ -409,8 +405,19 @@ mod tests {
     fn rows_and_descriptions_come_from_the_status() {
         let mut run = flowrun(Some(Phase::Waiting), Some("approve-r"));
         run.status.as_mut().unwrap().cost_usd = Some("0.012300".into());
+        // A child made before the annotation: its label has the parent's (short) name.
         run.labels_mut()
             .insert(LABEL_PARENT.into(), "parent-run".into());
+        assert_eq!(row_of(&run).parent.as_deref(), Some("parent-run"));
+        // Since: the annotation has the full name, the label a shortened one.
+        let long = "p".repeat(200);
+        run.labels_mut()
+            .insert(LABEL_PARENT.into(), cairn_crds::parent_label(&long));
+        run.annotations_mut()
+            .insert(cairn_crds::ANNOTATION_PARENT.into(), long.clone());
+        assert_eq!(row_of(&run).parent.as_deref(), Some(long.as_str()));
+        run.annotations_mut()
+            .insert(cairn_crds::ANNOTATION_PARENT.into(), "parent-run".into());
         let row = row_of(&run);
         assert_eq!(row.flow, "research");
         assert_eq!(row.usd, Some(0.0123));

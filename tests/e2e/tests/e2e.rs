@@ -7,6 +7,8 @@ mod operator;
 mod operator_failures;
 // Two operators: the Lease, the handover, the running budget, least privilege, metrics.
 mod operator_leader;
+// Child runs: the parent's settings on their pods; a parent named with 200 characters.
+mod children;
 // `kubectl cairn` run through kubectl itself against runs in every phase.
 mod kubectl_cairn;
 // Its commands that change runs: approve, emit, cancel, retry.

@@ -65,7 +65,10 @@ async fn the_example_waits_resumes_on_its_digest_and_leaves_nothing_behind() -> 
                 .count();
             let child_runs = sc
                 .api::<FlowRun>()
-                .list(&kube::api::ListParams::default().labels("cairn.dev/parent=research-demo"))
+                .list(
+                    &kube::api::ListParams::default()
+                        .labels(&cairn_crds::parent_selector("research-demo")),
+                )
                 .await?
                 .items
                 .len();
@@ -380,7 +383,10 @@ async fn cancelled_runs_stop_and_finished_runs_expire() -> anyhow::Result<()> {
             let ledger = sc.ledger_of(&["cancel-running-a1".into()]).await;
             let children = sc
                 .api::<FlowRun>()
-                .list(&kube::api::ListParams::default().labels("cairn.dev/parent=cancel-running"))
+                .list(
+                    &kube::api::ListParams::default()
+                        .labels(&cairn_crds::parent_selector("cancel-running")),
+                )
                 .await?
                 .items
                 .len();

@@ -349,7 +349,10 @@ async fn a_run_past_its_deadline_fails_saying_so() -> anyhow::Result<()> {
                 .and_then(|p| p.spec.as_ref()?.active_deadline_seconds);
             let children: Vec<String> = sc
                 .api::<FlowRun>()
-                .list(&kube::api::ListParams::default().labels("cairn.dev/parent=too-late"))
+                .list(
+                    &kube::api::ListParams::default()
+                        .labels(&cairn_crds::parent_selector("too-late")),
+                )
                 .await?
                 .items
                 .into_iter()

@@ -2,12 +2,13 @@
 //! budget, or records the crash of the current one — and creates the FlowRuns of the children
 //! the run spawned.
 
-use cairn_crds::FlowRun;
+use cairn_crds::{Flow, FlowRun};
 use cairn_engine::launcher::{self as engine, Claim};
 use cairn_engine::read::RunRecord;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::PostParams;
+use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 
 use super::resolve::Resolved;
@@ -34,8 +35,9 @@ pub async fn create_children(
     record: &RunRecord,
     pinned: Option<&str>,
     resolved: &Resolved,
+    flows: &Store<Flow>,
 ) -> Result<bool, Error> {
-    crate::controller::children::ensure_child_flowruns(ctx, run, record, pinned, &resolved.env)
+    crate::controller::children::ensure_child_flowruns(ctx, run, record, pinned, resolved, flows)
         .await
 }
 
@@ -148,6 +150,7 @@ impl Launch<'_> {
                 .service_account
                 .as_deref()
                 .or(ctx.config.flow_service_account.as_deref()),
+            image_pull_secrets: &self.resolved.image_pull_secrets,
             db_secret: &ctx.config.runner_secret,
             db_ca: ctx.runner_ca(),
             pooler: ctx.config.runner_pooler,

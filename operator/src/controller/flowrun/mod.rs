@@ -136,9 +136,16 @@ async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
     let record = synced.record;
 
     let observe::Observed { mut pods, pinned } = observe::cached(&scope.pods, run, &record);
-    let children_ready = act::create_children(ctx, run, &record, pinned.as_deref(), &resolved)
-        .await
-        .at(Stage::Act)?;
+    let children_ready = act::create_children(
+        ctx,
+        run,
+        &record,
+        pinned.as_deref(),
+        &resolved,
+        &scope.flows,
+    )
+    .await
+    .at(Stage::Act)?;
     let seen_at = chrono::Utc::now();
     let mut next = decide::next(&record, &pods, seen_at);
     if decide::needs_listed_pods(&next) {

@@ -1,20 +1,25 @@
 //! Stage "resolve" (pure): a FlowRun with the Flow and ResourceProfile it names, looked up by
-//! the "dereference" stage, becomes what to run — image, flow, profile, environment, retry
-//! policy and time to live, with defaults applied — or the reason it cannot run as written.
+//! the "dereference" stage, becomes what to run — image, flow, profile, environment, service
+//! account, image pull secrets, retry policy and time to live, with defaults applied — or the
+//! reason it cannot run as written. The FlowRun's own settings override its Flow's.
 
 use std::time::Duration;
 
 use cairn_crds::{Flow, FlowRunSpec, ResourceProfile, ResourceProfileSpec};
-use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference};
 
 /// A FlowRun with its Flow and profile looked up and defaults applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolved {
     pub image: String,
     pub flow: String,
+    /// The ResourceProfile's name, with its spec.
+    pub profile_name: Option<String>,
     pub profile: Option<ResourceProfileSpec>,
     pub env: Vec<EnvVar>,
+    /// `None`: the operator's default flow account.
     pub service_account: Option<String>,
+    pub image_pull_secrets: Vec<LocalObjectReference>,
     pub max_attempts: i32,
     pub retry_backoff: Duration,
     /// How long the FlowRun stays after it finished, if the FlowRun or its Flow says
@@ -82,9 +87,14 @@ pub fn resolve(
         .clone()
         .or_else(|| template.and_then(|t| t.retry.clone()))
         .unwrap_or_default();
+    let image_pull_secrets = match (&spec.image_pull_secrets, template) {
+        (own, Some(t)) if own.is_empty() => t.image_pull_secrets.clone(),
+        (own, _) => own.clone(),
+    };
     Ok(Resolved {
         image,
         flow: flow_name,
+        profile_name: profile_name.cloned(),
         profile,
         env: template
             .map(|t| t.env.clone())
@@ -92,7 +102,11 @@ pub fn resolve(
             .into_iter()
             .chain(spec.env.iter().cloned())
             .collect(),
-        service_account: template.and_then(|t| t.service_account_name.clone()),
+        service_account: spec
+            .service_account_name
+            .clone()
+            .or_else(|| template.and_then(|t| t.service_account_name.clone())),
+        image_pull_secrets,
         max_attempts: retry.max_attempts.unwrap_or(3).max(1),
         retry_backoff: Duration::from_secs(retry.backoff_seconds.unwrap_or(10).max(0) as u64),
         ttl_after_finished: spec
@@ -284,6 +298,28 @@ mod tests {
         let resolved = resolve(&spec, "ns", Some(&template), None).unwrap();
         let names: Vec<&str> = resolved.env.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["A", "B"]);
+    }
+
+    #[test]
+    fn the_runs_service_account_and_pull_secrets_override_the_flows() {
+        let secret = |name: &str| LocalObjectReference { name: name.into() };
+        let mut template = flow(Some("small"));
+        template.spec.service_account_name = Some("flow-account".into());
+        template.spec.image_pull_secrets = vec![secret("flow-registry")];
+        let small = ResourceProfile::new("small", Default::default());
+        let resolved = resolve(&by_ref(None), "ns", Some(&template), Some(&small)).unwrap();
+        assert_eq!(resolved.profile_name.as_deref(), Some("small"));
+        assert_eq!(resolved.service_account.as_deref(), Some("flow-account"));
+        assert_eq!(resolved.image_pull_secrets, [secret("flow-registry")]);
+        let mut own = by_ref(None);
+        own.service_account_name = Some("run-account".into());
+        own.image_pull_secrets = vec![secret("run-registry")];
+        let resolved = resolve(&own, "ns", Some(&template), Some(&small)).unwrap();
+        assert_eq!(resolved.service_account.as_deref(), Some("run-account"));
+        assert_eq!(resolved.image_pull_secrets, [secret("run-registry")]);
+        // Neither sets one: the operator's default account applies.
+        let resolved = resolve(&by_ref(None), "ns", Some(&flow(None)), None).unwrap();
+        assert_eq!(resolved.service_account, None);
     }
 
     #[test]
