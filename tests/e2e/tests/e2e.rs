@@ -9,6 +9,8 @@ mod operator_failures;
 mod operator_leader;
 // Child runs: the parent's settings on their pods; a parent named with 200 characters.
 mod children;
+// What flow pods offer flow code: a writable /tmp.
+mod flow_pods;
 // `kubectl cairn` run through kubectl itself against runs in every phase.
 mod kubectl_cairn;
 // Its commands that change runs: approve, emit, cancel, retry.
