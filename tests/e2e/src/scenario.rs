@@ -213,7 +213,7 @@ impl Scenario {
         name: &str,
         what: &str,
         secs: u64,
-        cond: impl Fn(&K) -> bool + Send + 'static,
+        cond: impl Fn(&K) -> bool + Send + Sync + 'static,
     ) -> Result<K, String>
     where
         K: Resource<Scope = NamespaceResourceScope>
@@ -226,16 +226,13 @@ impl Scenario {
         K::DynamicType: Default,
     {
         let api = self.api::<K>();
-        let waited = tokio::time::timeout(
-            Duration::from_secs(secs),
-            await_condition(api.clone(), name, move |o: Option<&K>| o.is_some_and(&cond)),
-        )
-        .await;
-        match waited {
-            Ok(Ok(Some(object))) => Ok(object),
-            Ok(Ok(None)) => Err(format!("{name} is gone, waiting for it to {what}")),
-            Ok(Err(e)) => Err(format!("watching {name}: {e}")),
-            Err(_) => {
+        let watched =
+            watch_until(&api, name, secs, move |o: Option<&K>| o.is_some_and(&cond)).await;
+        match watched {
+            Ok(Some(Some(object))) => Ok(object),
+            Ok(Some(None)) => Err(format!("{name} is gone, waiting for it to {what}")),
+            Err(e) => Err(format!("watching {name}: {e}")),
+            Ok(None) => {
                 let now = api.get_opt(name).await.ok().flatten();
                 let status = now.map_or("absent".into(), |o| {
                     let v = serde_json::to_value(o).unwrap_or_default();
@@ -269,13 +266,12 @@ impl Scenario {
         api.delete(name, &kube::api::DeleteParams::default())
             .await
             .map_err(|e| format!("deleting {name}: {e}"))?;
-        let gone = kube::runtime::wait::conditions::is_deleted(&uid);
-        match tokio::time::timeout(Duration::from_secs(secs), await_condition(api, name, gone))
-            .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("watching {name}: {e}")),
-            Err(_) => Err(format!("{name} was still there {secs}s after its deletion")),
+        // Gone: absent, or another object now under the name.
+        let gone = move |o: Option<&K>| o.is_none_or(|o| o.meta().uid.as_deref() != Some(&*uid));
+        match watch_until(&api, name, secs, gone).await {
+            Ok(Some(_)) => Ok(()),
+            Err(e) => Err(format!("watching {name}: {e}")),
+            Ok(None) => Err(format!("{name} was still there {secs}s after its deletion")),
         }
     }
 
@@ -290,11 +286,10 @@ impl Scenario {
             + 'static,
         K::DynamicType: Default,
     {
-        let gone = await_condition(self.api::<K>(), name, |o: Option<&K>| o.is_none());
-        match tokio::time::timeout(Duration::from_secs(secs), gone).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("watching {name}: {e}")),
-            Err(_) => Err(format!("{name} was still there after {secs}s")),
+        match watch_until(&self.api::<K>(), name, secs, |o: Option<&K>| o.is_none()).await {
+            Ok(Some(_)) => Ok(()),
+            Err(e) => Err(format!("watching {name}: {e}")),
+            Ok(None) => Err(format!("{name} was still there after {secs}s")),
         }
     }
 
@@ -304,7 +299,7 @@ impl Scenario {
         name: &str,
         what: &str,
         secs: u64,
-        cond: impl Fn(&FlowRunStatus) -> bool + Send + 'static,
+        cond: impl Fn(&FlowRunStatus) -> bool + Send + Sync + 'static,
     ) -> Result<FlowRun, String> {
         self.wait_for::<FlowRun>(name, what, secs, move |fr| {
             fr.status.as_ref().is_some_and(&cond)
@@ -397,7 +392,7 @@ impl Scenario {
         name: &str,
         what: &str,
         secs: u64,
-        cond: impl Fn(&Pod) -> bool + Send + 'static,
+        cond: impl Fn(&Pod) -> bool + Send + Sync + 'static,
     ) -> Result<Pod, String> {
         self.wait_for::<Pod>(name, what, secs, cond).await
     }
@@ -591,4 +586,39 @@ pub fn pod_phase(pod: &Pod) -> String {
         .as_ref()
         .and_then(|s| s.phase.clone())
         .unwrap_or_default()
+}
+
+/// Watches object `name` until `cond` holds (for the object, or for its absence), for at most
+/// `secs` seconds: `Some(the object then)`, or `None` at the deadline. A watch the API server
+/// ends (410 "too old resource version", once its cache has moved on under load) starts again
+/// from a fresh list within the same deadline; an error is returned only when none is left.
+async fn watch_until<K>(
+    api: &Api<K>,
+    name: &str,
+    secs: u64,
+    cond: impl Fn(Option<&K>) -> bool + Send + Sync + 'static,
+) -> Result<Option<Option<K>>, String>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let cond = std::sync::Arc::new(cond);
+    loop {
+        let cond = cond.clone();
+        let watched = tokio::time::timeout_at(
+            deadline,
+            await_condition(api.clone(), name, move |o: Option<&K>| cond(o)),
+        )
+        .await;
+        match watched {
+            Ok(Ok(object)) => return Ok(Some(object)),
+            Err(_) => return Ok(None),
+            Ok(Err(e)) if tokio::time::Instant::now() >= deadline => return Err(e.to_string()),
+            Ok(Err(e)) => {
+                eprintln!("e2e: watching {name} again after: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
