@@ -147,9 +147,37 @@ async fn delete_refuses_an_unfinished_run_unless_forced() {
 }
 
 #[tokio::test]
-async fn wait_on_an_unknown_run_fails_at_once() {
+async fn wait_on_an_unknown_run_fails_at_once_unless_it_waits_for_its_creation() {
     let db = TestDb::unmigrated().await;
     let log = db.log("effects");
+    // `--for created`, like `kubectl wait --for=create`: until the run exists.
+    let created = cairn(
+        &db,
+        &log,
+        &[
+            "dev",
+            "wait",
+            "later",
+            "--for",
+            "created",
+            "--timeout",
+            "60s",
+        ],
+    )
+    .spawn()
+    .expect("cannot start cairn");
+    let later = run(cairn(
+        &db,
+        &log,
+        &[
+            "dev", "run", FLOWS, "--flow", "echo", "--input", "1", "--name", "later",
+        ],
+    ))
+    .await;
+    assert_eq!(later.status.code(), Some(0), "{}", stderr(&later));
+    let created = finish(created).await;
+    assert_eq!(created.status.code(), Some(0), "{}", stderr(&created));
+
     let started = Instant::now();
     let output = run(cairn(
         &db,

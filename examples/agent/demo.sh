@@ -18,6 +18,7 @@ echo "== Starting run $run (a crash will be injected inside step \"draft\")"
 supervisor=$!
 
 echo "== Waiting until the run asks for approval (its process exits meanwhile)"
+"$CAIRN" dev wait "$run" --for created --timeout 120s >/dev/null
 "$CAIRN" dev wait "$run" --for waiting --event "approve-$run" --timeout 120s
 "$CAIRN" dev inspect "$run"
 

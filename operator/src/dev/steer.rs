@@ -91,7 +91,8 @@ pub async fn cancel(run: &str, namespace: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `wait`: until the run is in the phase `until` names (or finished), like `kubectl wait`.
+/// `wait`: until the run is in the phase `until` names (or finished, or, with `created`, until
+/// it exists), like `kubectl wait` (`--for=create`).
 pub async fn wait(
     run: &str,
     namespace: &str,
@@ -99,21 +100,38 @@ pub async fn wait(
     event: Option<&str>,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
+    let created = until == "created";
     let target = match until {
-        "finished" => None,
+        "finished" | "created" => None,
         phase => Some(phase.parse::<Phase>().map_err(|e| anyhow!(e))?),
     };
     let pool = super::open().await?;
-    let record = tokio::time::timeout(timeout, wait_for(&pool, namespace, run, target, event))
-        .await
-        .map_err(|_| {
-            anyhow!(
-                "timed out after {} waiting for {run} to be {until}",
-                humantime::format_duration(timeout)
-            )
-        })??;
+    let waited = async {
+        match created {
+            true => wait_created(&pool, namespace, run).await,
+            false => wait_for(&pool, namespace, run, target, event).await,
+        }
+    };
+    let record = tokio::time::timeout(timeout, waited).await.map_err(|_| {
+        anyhow!(
+            "timed out after {} waiting for {run} to be {until}",
+            humantime::format_duration(timeout)
+        )
+    })??;
     println!("{} is {}", record.name, record.phase);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits on the engine's notifications for the run to exist.
+async fn wait_created(pool: &PgPool, namespace: &str, run: &str) -> anyhow::Result<RunRecord> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen("cairn_runs").await?;
+    loop {
+        match read::find(pool, namespace, run).await {
+            Err(e) if e.is::<read::NotFound>() => listener.try_recv().await?,
+            found => return found,
+        };
+    }
 }
 
 /// Waits on the engine's notifications for the run to get where `target` says.
