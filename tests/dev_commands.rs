@@ -177,6 +177,9 @@ async fn wait_on_an_unknown_run_fails_at_once_unless_it_waits_for_its_creation()
     assert_eq!(later.status.code(), Some(0), "{}", stderr(&later));
     let created = finish(created).await;
     assert_eq!(created.status.code(), Some(0), "{}", stderr(&created));
+    let bad = run(cairn(&db, &log, &["dev", "wait", "later", "--for", "soon"])).await;
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("or created"), "{}", stderr(&bad));
 
     let started = Instant::now();
     let output = run(cairn(

@@ -45,18 +45,17 @@ pub async fn ensure_child_flowruns(
         .and_then(|s| s.steps_completed)
         .unwrap_or(0);
     let parent_name = parent.name_any();
-    let flows = flows.state();
-    let in_namespace: Vec<&Flow> = flows
-        .iter()
-        .map(Arc::as_ref)
-        .filter(|f| f.namespace().as_deref() == Some(namespace.as_str()))
-        .collect();
     for child in children {
         // Already there: nothing to send (its settings were decided when it was made).
         if known > 0 && api.get_opt(&child.name).await?.is_some() {
             continue;
         }
-        let own = own_flow(in_namespace.iter().copied(), &resolved.image, &child.flow);
+        let flows = flows.state();
+        let in_namespace = flows
+            .iter()
+            .map(Arc::as_ref)
+            .filter(|f| f.namespace().as_deref() == Some(namespace.as_str()));
+        let own = own_flow(in_namespace, &resolved.image, &child.flow);
         let settings = child_settings(resolved, own.map(|f| &f.spec));
         let spec = FlowRunSpec {
             image: Some(image.to_owned()),

@@ -435,9 +435,7 @@ async fn run_controllers(
     };
     let blocked_on_profile = {
         let runs = flowruns_cache.clone();
-        move |profile: ResourceProfile| {
-            flowrun::blocked::waiting_for_profile(&runs.state(), &profile)
-        }
+        move |_: ResourceProfile| flowrun::blocked::waiting_for_a_profile(&runs.state())
     };
     let config = controller::Config::default().concurrency(ctx.config.reconcile_concurrency);
     let flowrun_scope = Arc::new(flowrun::Scope {

@@ -11,6 +11,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 
+use crate::kubectl::{Until, input};
 use crate::lifecycle::Phase;
 
 /// `emit`: an event; the runs waiting for it wake up.
@@ -91,8 +92,8 @@ pub async fn cancel(run: &str, namespace: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `wait`: until the run is in the phase `until` names (or finished, or, with `created`, until
-/// it exists), like `kubectl wait` (`--for=create`).
+/// `wait`: until the run is where `until` says (a phase, `finished` as with `kubectl cairn
+/// wait`, or `created`: until it exists, like `kubectl wait --for=create`).
 pub async fn wait(
     run: &str,
     namespace: &str,
@@ -100,63 +101,57 @@ pub async fn wait(
     event: Option<&str>,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let created = until == "created";
-    let target = match until {
-        "finished" | "created" => None,
-        phase => Some(phase.parse::<Phase>().map_err(|e| anyhow!(e))?),
+    let goal = match until {
+        "created" => None,
+        other => Some(
+            other
+                .parse::<Until>()
+                .map_err(|e| input(format!("{e}, or created")))?,
+        ),
     };
     let pool = super::open().await?;
-    let waited = async {
-        match created {
-            true => wait_created(&pool, namespace, run).await,
-            false => wait_for(&pool, namespace, run, target, event).await,
-        }
-    };
-    let record = tokio::time::timeout(timeout, waited).await.map_err(|_| {
-        anyhow!(
-            "timed out after {} waiting for {run} to be {until}",
-            humantime::format_duration(timeout)
-        )
-    })??;
+    let record = tokio::time::timeout(timeout, wait_for(&pool, namespace, run, goal, event))
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "timed out after {} waiting for {run} to be {until}",
+                humantime::format_duration(timeout)
+            )
+        })??;
     println!("{} is {}", record.name, record.phase);
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits on the engine's notifications for the run to exist.
-async fn wait_created(pool: &PgPool, namespace: &str, run: &str) -> anyhow::Result<RunRecord> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen("cairn_runs").await?;
-    loop {
-        match read::find(pool, namespace, run).await {
-            Err(e) if e.is::<read::NotFound>() => listener.try_recv().await?,
-            found => return found,
-        };
-    }
-}
-
-/// Waits on the engine's notifications for the run to get where `target` says.
+/// Waits on the engine's notifications for the run to get where `goal` says (`None`: to
+/// exist). Otherwise an unknown run is an error at once (exit code 2), as with `kubectl wait`.
 async fn wait_for(
     pool: &PgPool,
     namespace: &str,
     run: &str,
-    target: Option<Phase>,
+    goal: Option<Until>,
     event: Option<&str>,
 ) -> anyhow::Result<RunRecord> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen("cairn_runs").await?;
     loop {
-        // An unknown run is an error at once (exit code 2), as with `kubectl wait`.
-        let record = read::find(pool, namespace, run).await?;
+        let record = match (read::find(pool, namespace, run).await, goal) {
+            (Err(e), None) if e.is::<read::NotFound>() => {
+                listener.try_recv().await?;
+                continue;
+            }
+            (found, _) => found?,
+        };
         let waits_for_event =
             |name: &str| record.wait().as_ref().and_then(|w| w.event()) == Some(name);
-        let reached = match target {
-            Some(phase) => record.phase == phase && event.is_none_or(waits_for_event),
-            None => record.phase.is_terminal(),
+        let reached = match goal {
+            None => true,
+            Some(Until::Phase(phase)) => record.phase == phase && event.is_none_or(waits_for_event),
+            Some(Until::Finished) => record.phase.is_terminal(),
         };
         if reached {
             return Ok(record);
         }
-        if let Some(phase) = target
+        if let Some(Until::Phase(phase)) = goal
             && record.phase.is_terminal()
         {
             bail!(

@@ -2,7 +2,7 @@
 //! server refuses (CEL, a corpus of malformed manifests), missing images, wrong input, invalid
 //! profiles, deadlines, a flow pod deleted mid-call, an SDK the engine no longer serves.
 
-use cairn_crds::{Flow, FlowRun};
+use cairn_crds::{Flow, FlowRun, ResourceProfile};
 use cairn_e2e::flows::{event, research_flow, run_of, slow_flow};
 use cairn_e2e::scenario::pod_phase;
 use cairn_e2e::{Phase, Scenario};
@@ -17,6 +17,16 @@ fn flowrun(name: &str, spec: serde_json::Value) -> serde_json::Value {
 
 fn reason_is(reason: &'static str) -> impl Fn(&cairn_crds::FlowRunStatus) -> bool {
     move |s| s.conditions.first().is_some_and(|c| c.reason == reason)
+}
+
+/// Checks that refused run `run` gets an attempt within 40 s of what it lacked appearing: below
+/// the minute after which a refused run is looked at again, so only the watch can meet it.
+async fn starts_before_its_periodic_look(sc: &mut Scenario, name: &str, run: &str) {
+    let started = sc.wait_run(run, "have an attempt", 40, |s| s.attempt.unwrap_or(0) >= 1);
+    match started.await {
+        Ok(_) => sc.check(name, true, ""),
+        Err(e) => sc.fail_explained(name, e, run).await,
+    }
 }
 
 #[tokio::test]
@@ -66,15 +76,7 @@ async fn bad_runs_fail_saying_why() -> anyhow::Result<()> {
         "spec": { "image": image, "flow": "research" },
     }))
     .await?;
-    match sc
-        .wait_run("no-such-flow", "have an attempt", 40, |s| {
-            s.attempt.unwrap_or(0) >= 1
-        })
-        .await
-    {
-        Ok(_) => sc.check(name, true, ""),
-        Err(e) => sc.fail_explained(name, e, "no-such-flow").await,
-    }
+    starts_before_its_periodic_look(&mut sc, name, "no-such-flow").await;
 
     let name = "the API server refuses a FlowRun with both flowRef and image (CEL)";
     let both = flowrun(
@@ -182,6 +184,12 @@ async fn bad_runs_fail_saying_why() -> anyhow::Result<()> {
         }
         Err(e) => sc.fail_explained(name, e, "bad-profile").await,
     }
+
+    // The same for a profile, through the ResourceProfiles' watch (cluster-scoped).
+    let name = "a run refused for want of its profile starts once the profile is created, before its periodic look";
+    sc.create_cluster_scoped(ResourceProfile::new(&profile, Default::default()))
+        .await?;
+    starts_before_its_periodic_look(&mut sc, name, "bad-profile").await;
     sc.finish();
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use cairn_crds::{Flow, FlowRun, ResourceProfile};
+use cairn_crds::{Flow, FlowRun};
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
@@ -38,13 +38,10 @@ pub fn waiting_for_flow(runs: &[Arc<FlowRun>], flow: &Flow) -> Vec<ObjectRef<Flo
         .collect()
 }
 
-/// The runs, in any namespace, refused for a reason a ResourceProfile can lift. Not only those
-/// naming `profile` directly: a run may get its profile from its Flow. Such runs are few (each
-/// shows a condition until fixed), and a reconcile of one that is still refused costs a lookup.
-pub fn waiting_for_profile(
-    runs: &[Arc<FlowRun>],
-    _profile: &ResourceProfile,
-) -> Vec<ObjectRef<FlowRun>> {
+/// The runs, in any namespace, refused for a reason a ResourceProfile (any: a run may get its
+/// profile's name from its Flow) can lift. Such runs are few (each shows a condition until
+/// fixed), and a reconcile of one that is still refused costs a lookup.
+pub fn waiting_for_a_profile(runs: &[Arc<FlowRun>]) -> Vec<ObjectRef<FlowRun>> {
     runs.iter()
         .filter(|run| refused_for(run).is_some_and(|reason| ON_PROFILE.contains(&reason)))
         .map(|run| ObjectRef::from_obj(run.as_ref()))
@@ -54,7 +51,7 @@ pub fn waiting_for_profile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_crds::{FlowRunSpec, FlowRunStatus, FlowSpec, ResourceProfileSpec};
+    use cairn_crds::{FlowRunSpec, FlowRunStatus, FlowSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
     fn run(
@@ -142,9 +139,8 @@ mod tests {
             ),
             run("a", "done", "agent", Some(("True", "Succeeded"))),
         ];
-        let profile = ResourceProfile::new("gpu", ResourceProfileSpec::default());
         assert_eq!(
-            names(waiting_for_profile(&runs, &profile)),
+            names(waiting_for_a_profile(&runs)),
             ["not-allowed", "missing"]
         );
     }

@@ -87,9 +87,11 @@ pub fn resolve(
         .clone()
         .or_else(|| template.and_then(|t| t.retry.clone()))
         .unwrap_or_default();
-    let image_pull_secrets = match (&spec.image_pull_secrets, template) {
-        (own, Some(t)) if own.is_empty() => t.image_pull_secrets.clone(),
-        (own, _) => own.clone(),
+    let image_pull_secrets = match spec.image_pull_secrets.is_empty() {
+        true => template
+            .map(|t| t.image_pull_secrets.clone())
+            .unwrap_or_default(),
+        false => spec.image_pull_secrets.clone(),
     };
     Ok(Resolved {
         image,
