@@ -158,16 +158,30 @@ until_all() {
 until_all waiting_count
 max_running=$(max_running_since_reset)
 all_waiting_ms=$(ms_since "$created")
-# effects: every side effect the flows printed, from every flow pod's log. --ignore-errors:
-# one pod whose log cannot be read (one that never started, or is going) must not end the
-# read of the other hundreds; such pods are counted in unreadable_logs.
-read_logs() { kubectl -n "$NS" logs -l cairn.dev/run --tail=-1 --max-log-requests=20 --ignore-errors 2>&1; }
-effects() { read_logs | grep $'^effect\t' || true; }
-unreadable_logs() { read_logs | grep -c '^error: ' || true; }
+# pod_logs: every flow pod's log, read once all the pods have ended (a pod still running may
+# have printed lines not yet in its log file). --ignore-errors: one log that cannot be read
+# must not end the read of the other hundreds; it shows as a line "error: ...", and the read
+# is done again (a kubelet busy under hundreds of reads fails a few) up to five times.
+pod_logs() {
+    local out
+    for _ in $(seq 120); do
+        [[ -z "$(kget pods -l cairn.dev/run --field-selector=status.phase!=Succeeded,status.phase!=Failed -o name)" ]] && break
+        sleep 0.5
+    done
+    for _ in 1 2 3 4 5; do
+        out=$(kubectl -n "$NS" logs -l cairn.dev/run --tail=-1 --max-log-requests=20 --ignore-errors --prefix 2>&1)
+        grep -q '^error: ' <<<"$out" || break
+    done
+    printf '%s\n' "$out"
+}
+# effects LOGS: the side effects the flows printed (run, what, attempt, pid), without prefixes.
+effects() { sed -n $'s/^\\[[^]]*\\] effect\t//p' <<<"$1"; }
+unreadable() { grep -c '^error: ' <<<"$1" || true; }
 name="$RUNS runs launched while the operator is SIGKILLed $KILLS times all reach their wait, each step run once"
 waiting=$(waiting_count)
 attempts=$(kget fr -l chaos=wait -o jsonpath='{range .items[*]}{.status.attempt}{"\n"}{end}' | sort | uniq -c | tr -s ' \n' ' ')
-before=$(effects | awk -F'\t' '$3 == "step:before"' | sort | uniq -c | awk '{ print $1 }' | sort | uniq -c | tr -s ' \n' ' ')
+logs=$(pod_logs)
+before=$(effects "$logs" | awk -F'\t' '$2 == "step:before"' | cut -f1 | sort | uniq -c | awk '{ print $1 }' | sort | uniq -c | tr -s ' \n' ' ')
 if [[ "$waiting" == "$RUNS" && "$before" == " $RUNS 1 " && "$max_running" -le "$BUDGET" ]]; then
     pass "$name (all waiting after $((all_waiting_ms / 1000)) s; runs by attempt: $attempts; at most $max_running running at once)"
 else
@@ -187,11 +201,19 @@ until_all succeeded_count
 max_running=$(max_running_since_reset)
 all_done_ms=$(ms_since "$emitted")
 done_count=$(succeeded_count)
-all_effects=$(effects)
-after=$(awk -F'\t' '$3 == "step:after"' <<<"$all_effects" | sort | uniq -c | awk '{ print $1 }' | sort | uniq -c | tr -s ' \n' ' ')
-saw=$(awk -F'\t' '$3 ~ /^saw:/ && $3 ~ /"approved":true/' <<<"$all_effects" | cut -f2 | sort -u | wc -l)
+logs=$(pod_logs)
+all_effects=$(effects "$logs")
+after=$(awk -F'\t' '$2 == "step:after"' <<<"$all_effects" | cut -f1 | sort | uniq -c | awk '{ print $1 }' | sort | uniq -c | tr -s ' \n' ' ')
+saw=$(awk -F'\t' '$2 ~ /^saw:/ && $2 ~ /"approved":true/' <<<"$all_effects" | cut -f1 | sort -u | wc -l)
 if [[ "$done_count" == "$RUNS" && "$after" == " $RUNS 1 " && "$saw" == "$RUNS" && "$max_running" -le "$BUDGET" ]]; then
     pass "$name ($RUNS succeeded $((all_done_ms / 1000)) s after the event; at most $max_running running at once)"
 else
-    fail "$name" "$done_count succeeded; 'after' steps per run (count runs):$after; $saw saw the approval; at most $max_running running at once; $(unreadable_logs) pod logs unreadable"
+    fail "$name" "$done_count succeeded; 'after' steps per run (count runs):$after; $saw saw the approval; at most $max_running running at once; $(unreadable "$logs") pod logs unreadable"
+    # Which runs, and what their pods were, for the next look.
+    for run in $(comm -23 <(kget fr -l chaos=wait -o name | sed 's|.*/||' | sort) \
+        <(awk -F'\t' '$2 ~ /^saw:/' <<<"$all_effects" | cut -f1 | sort -u)); do
+        echo "--- $run: no 'saw' in any pod log; its pods:"
+        kget pods -o wide | grep -E "^(NAME|$run-)" || true
+        grep -F "$run" <<<"$logs" | head -n 20 || true
+    done
 fi
