@@ -201,3 +201,50 @@ async fn wait_on_an_unknown_run_fails_at_once_unless_it_waits_for_its_creation()
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_run_created_again_under_a_reused_name_waits_for_its_own_approval() {
+    let db = TestDb::unmigrated().await;
+    let log = db.log("effects");
+    let approve = |data: &'static str| vec!["dev", "approve", "x", "--data", data];
+
+    // The first run named x is approved (addressed to it), finishes and is deleted. An event
+    // for the whole namespace under the same name is sent as well, before x is created again.
+    let first = start_approval(&db, &log, "x", "approve-x");
+    wait_waiting(&db, &log, "x", "approve-x").await;
+    let approved = run(cairn(
+        &db,
+        &log,
+        &approve(r#"{"approved":true,"by":"ann"}"#),
+    ))
+    .await;
+    assert_eq!(approved.status.code(), Some(0), "{}", stderr(&approved));
+    assert_eq!(finish(first).await.status.code(), Some(0));
+    let broadcast = r#"{"approved":true,"by":"anyone"}"#;
+    let emitted = run(cairn(
+        &db,
+        &log,
+        &["dev", "emit", "approve-x", "--data", broadcast],
+    ))
+    .await;
+    assert_eq!(emitted.status.code(), Some(0), "{}", stderr(&emitted));
+    let deleted = run(cairn(&db, &log, &["dev", "delete", "x"])).await;
+    assert_eq!(deleted.status.code(), Some(0), "{}", stderr(&deleted));
+
+    // x again: neither earlier event answers it; it waits for its own approval.
+    let second = start_approval(&db, &log, "x", "approve-x");
+    wait_waiting(&db, &log, "x", "approve-x").await;
+    let approved = run(cairn(
+        &db,
+        &log,
+        &approve(r#"{"approved":false,"by":"bob"}"#),
+    ))
+    .await;
+    assert_eq!(approved.status.code(), Some(0), "{}", stderr(&approved));
+    let output = finish(second).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        last_line(&output),
+        json!({ "got": { "approved": false, "by": "bob" } })
+    );
+}

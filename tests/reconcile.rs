@@ -105,6 +105,7 @@ impl Case {
                 input: &Value::Null,
                 max_attempts: 3,
                 retry_backoff_ms: 0,
+                created_at: None,
             },
         )
         .await
@@ -368,6 +369,7 @@ async fn children_of_a_long_named_parent_are_made_with_its_resolved_settings() {
             input: &Value::Null,
             max_attempts: 3,
             retry_backoff_ms: 10_000,
+            created_at: None,
         },
     )
     .await

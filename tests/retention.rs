@@ -90,6 +90,12 @@ async fn gc_deletes_old_finished_runs_with_what_they_own_and_old_events_nobody_w
     // the resumed process checkpoints it: e.g. queued for a slot) is kept.
     emit_hours_ago(&db, "awaited", 48).await;
     let waiter = db.create_run("waiter", "any", json!(null)).await;
+    // It existed when the event was sent (or the event would not reach it).
+    sqlx::query("UPDATE cairn.runs SET created_at = now() - interval '50 hours' WHERE id = $1")
+        .bind(waiter)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let attempt = launcher::start_attempt(&mut *db.conn().await, waiter)
         .await
         .unwrap()
@@ -100,6 +106,7 @@ async fn gc_deletes_old_finished_runs_with_what_they_own_and_old_events_nobody_w
         timeout_ms: None,
         question: None,
         schema: None,
+        include_earlier: false,
     };
     sqlx::query("INSERT INTO cairn.waits (run_id, step_key, kind, namespace, event_name, deadline, created_at) VALUES ($1, 'wait', 'event', $2, 'awaited', NULL, now() - interval '49 hours')")
         .bind(waiter)
@@ -167,6 +174,7 @@ async fn a_deleted_event_no_longer_answers_and_the_name_can_be_emitted_again() {
         timeout_ms: None,
         question: None,
         schema: None,
+        include_earlier: false,
     };
     let outcome = runner::await_event(&mut conn, &attempt, &wait)
         .await
@@ -231,6 +239,7 @@ async fn an_ended_attempts_token_opens_nothing_not_even_reads() {
         timeout_ms: None,
         question: Some("Ship it?"),
         schema: None,
+        include_earlier: false,
     };
     let parked = runner::await_event(&mut runner_conn, &attempt, &wait)
         .await

@@ -270,6 +270,21 @@ pub struct FlowEventSpec {
     #[schemars(schema_with = "any_json")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
+    /// The one FlowRun this event is for (`kubectl cairn approve` sets it). It reaches that
+    /// FlowRun only, never a later one created under the same name; it is refused if the
+    /// FlowRun is gone. Without it, the event is for the runs of the namespace that exist when
+    /// it is created (README, "Events").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_run: Option<FlowRunRef>,
+}
+
+/// A FlowRun by name and uid: the uid tells it from a later FlowRun given the same name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+pub struct FlowRunRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 64))]
+    pub uid: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]

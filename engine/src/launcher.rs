@@ -20,6 +20,9 @@ pub struct NewRun<'a> {
     pub input: &'a Value,
     pub max_attempts: i32,
     pub retry_backoff_ms: i64,
+    /// When the run was asked for (its FlowRun's creationTimestamp); `None`: now. Events sent
+    /// to the namespace before it do not reach the run (`cairn.event_reaches`).
+    pub created_at: Option<DateTime<Utc>>,
 }
 
 /// Creates a run, or returns the existing one created by the same request. Returns
@@ -27,13 +30,14 @@ pub struct NewRun<'a> {
 pub async fn create_run(conn: &mut PgConnection, run: &NewRun<'_>) -> Result<(Uuid, bool)> {
     let row = sqlx::query!(
         r#"SELECT run_id AS "run_id!", created AS "created!"
-           FROM cairn.create_run($1, $2, $3, $4, $5, $6)"#,
+           FROM cairn.create_run($1, $2, $3, $4, $5, $6, p_created_at => $7)"#,
         run.namespace,
         run.name,
         run.flow,
         run.input,
         run.max_attempts,
         run.retry_backoff_ms,
+        run.created_at,
     )
     .fetch_one(conn)
     .await
@@ -98,31 +102,58 @@ pub struct Emitted {
     pub woken: i32,
 }
 
-/// Emits an event into a namespace (first write wins; the same payload again is a no-op)
-/// after checking the payload against the schema of every wait for it, in one transaction that
-/// holds the event's lock, so no wait can slip in between check and emit.
+/// Who an event emitted from outside a flow is for, and when it was sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Addressing {
+    /// One run (by id) instead of every run of the namespace: `approve` addresses the run it
+    /// names, so a later run reusing the name is not answered by it.
+    pub run: Option<Uuid>,
+    /// When it was sent (a FlowEvent's creationTimestamp); `None`: now.
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// Emits an event to a whole namespace, now: [`emit_to`] with the default [`Addressing`].
 pub async fn emit(
     conn: &mut PgConnection,
     namespace: &str,
     event: &str,
     payload: &Value,
 ) -> Result<Emitted> {
+    emit_to(conn, namespace, event, payload, Addressing::default()).await
+}
+
+/// Emits an event (first write wins; the same payload again is a no-op) after checking the
+/// payload against the schema of every wait it reaches, in one transaction that holds the
+/// event's lock, so no wait can slip in between check and emit.
+pub async fn emit_to(
+    conn: &mut PgConnection,
+    namespace: &str,
+    event: &str,
+    payload: &Value,
+    to: Addressing,
+) -> Result<Emitted> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await.engine()?;
     let waiters = sqlx::query_as!(
         Waiter,
-        r#"SELECT run_name AS "run_name!", question, schema FROM cairn.event_waiters($1, $2)"#,
+        r#"SELECT run_name AS "run_name!", question, schema
+           FROM cairn.event_waiters($1, $2, $3, $4)"#,
         namespace,
-        event
+        event,
+        to.run,
+        to.sent_at,
     )
     .fetch_all(&mut *tx)
     .await
     .engine()?;
     check_waiters(&waiters, event, payload)?;
     let row = sqlx::query!(
-        r#"SELECT duplicate AS "duplicate!", woken AS "woken!" FROM cairn.emit_event($1, $2, $3)"#,
+        r#"SELECT duplicate AS "duplicate!", woken AS "woken!"
+           FROM cairn.emit_event($1, $2, $3, NULL, $4, $5)"#,
         namespace,
         event,
-        payload
+        payload,
+        to.run,
+        to.sent_at,
     )
     .fetch_one(&mut *tx)
     .await

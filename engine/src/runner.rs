@@ -220,6 +220,8 @@ pub struct EventWait<'a> {
     pub timeout_ms: Option<i64>,
     pub question: Option<&'a str>,
     pub schema: Option<&'a Value>,
+    /// Take an event sent to the namespace before the run was created (`cairn.event_reaches`).
+    pub include_earlier: bool,
 }
 
 pub async fn await_event(
@@ -228,7 +230,7 @@ pub async fn await_event(
     wait: &EventWait<'_>,
 ) -> Result<EventOutcome> {
     let row = sqlx::query!(
-        r#"SELECT outcome AS "outcome!", payload FROM cairn_runner_v1.await_event($1, $2, $3, $4, $5, $6, $7, $8)"#,
+        r#"SELECT outcome AS "outcome!", payload FROM cairn_runner_v1.await_event($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
         attempt.token,
         attempt.run_id,
         attempt.number,
@@ -237,6 +239,7 @@ pub async fn await_event(
         wait.timeout_ms,
         wait.question,
         wait.schema,
+        wait.include_earlier,
     )
     .fetch_one(conn)
     .await

@@ -337,6 +337,7 @@ impl Ctx {
             question: None,
             schema,
             timeout: None,
+            include_earlier: false,
             _payload: PhantomData,
         }
     }
@@ -358,6 +359,7 @@ impl Ctx {
                     timeout_ms: wait.timeout.map(|d| d.as_millis() as i64),
                     question: wait.question.as_deref(),
                     schema: wait.schema.as_ref(),
+                    include_earlier: wait.include_earlier,
                 };
                 let outcome = {
                     let mut conn = self.inner.conn.lock().await;
@@ -706,6 +708,7 @@ pub struct Wait<'c, T> {
     question: Option<String>,
     schema: Option<Value>,
     timeout: Option<Duration>,
+    include_earlier: bool,
     _payload: PhantomData<fn() -> T>,
 }
 
@@ -719,6 +722,15 @@ impl<'c, T> Wait<'c, T> {
     /// Replaces the JSON schema derived from `T`.
     pub fn schema(mut self, schema: Value) -> Self {
         self.schema = Some(schema);
+        self
+    }
+
+    /// Also takes an event sent to the whole namespace before this run was created. By
+    /// default a run waits for one sent after it was created (or one addressed to it, as
+    /// `approve` does), so a run created again under a reused name is not answered by what
+    /// was sent to the one before.
+    pub fn include_earlier(mut self) -> Self {
+        self.include_earlier = true;
         self
     }
 

@@ -77,6 +77,8 @@ CREATE TABLE cairn.runs (
     error            jsonb,
     -- SHA-256 of the current attempt's token (cairn.claim); the token itself is never stored.
     token_hash       bytea,
+    -- When the run was asked for: its FlowRun's creationTimestamp, for runs the operator
+    -- creates. Events sent to the whole namespace before it do not reach it (event_reaches).
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     finished_at      timestamptz,
@@ -142,20 +144,27 @@ CREATE TABLE cairn.waits (
     children   uuid[],
     deadline   timestamptz,
     created_at timestamptz NOT NULL DEFAULT now(),
+    -- The flow asked to take an event sent to the namespace before the run was created.
+    include_earlier boolean NOT NULL DEFAULT false,
     PRIMARY KEY (run_id, step_key)
 );
 CREATE INDEX waits_event_idx ON cairn.waits (namespace, event_name) WHERE kind = 'event';
 CREATE INDEX waits_children_idx ON cairn.waits USING gin (children) WHERE kind = 'children';
 
--- Named, durable, write-once events.
+-- Named, durable, write-once events. An event is sent either to its whole namespace (for_run
+-- NULL; write-once per namespace and name) or to one run (write-once per run and name), as
+-- `kubectl cairn approve` does so that a later run reusing the name is not answered by it.
+-- Which runs an event reaches: cairn.event_reaches.
 CREATE TABLE cairn.events (
     namespace   text NOT NULL,
     name        text NOT NULL,
     payload     jsonb NOT NULL,
     emitted_at  timestamptz NOT NULL DEFAULT now(),
     emitted_by  uuid REFERENCES cairn.runs (id) ON DELETE SET NULL,
-    PRIMARY KEY (namespace, name)
+    for_run     uuid REFERENCES cairn.runs (id) ON DELETE CASCADE
 );
+CREATE UNIQUE INDEX events_broadcast_key ON cairn.events (namespace, name) WHERE for_run IS NULL;
+CREATE UNIQUE INDEX events_addressed_key ON cairn.events (for_run, name) WHERE for_run IS NOT NULL;
 CREATE INDEX events_emitted_idx ON cairn.events (emitted_at);
 
 -- The login flow processes use: one per database, in role cairn_runner, created by the

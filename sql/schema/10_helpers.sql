@@ -64,6 +64,18 @@ LANGUAGE sql AS $$
     SELECT pg_advisory_xact_lock(hashtextextended(p_namespace || '/' || p_name, 0))
 $$;
 
+-- Whether an event reaches a run's wait. One addressed to a run reaches that run only. One
+-- sent to the namespace reaches the runs that existed when it was emitted (to the second, the
+-- precision of Kubernetes timestamps), and a run created after it only if the run's wait asked
+-- for earlier events (include_earlier): so a run created again under a reused name waits for
+-- a new event.
+CREATE FUNCTION cairn.event_reaches(p_for_run uuid, p_emitted_at timestamptz, p_run_id uuid,
+                                    p_run_created_at timestamptz, p_include_earlier boolean)
+RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_for_run IS NOT NULL THEN p_for_run = p_run_id
+                ELSE p_include_earlier OR p_emitted_at >= p_run_created_at END
+$$;
+
 CREATE FUNCTION cairn.end_attempt(p_run_id uuid, p_attempt integer, p_outcome text, p_detail text)
 RETURNS void LANGUAGE sql AS $$
     UPDATE cairn.attempts SET ended_at = now(), outcome = p_outcome, detail = p_detail

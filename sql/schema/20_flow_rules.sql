@@ -69,9 +69,11 @@ BEGIN
 END $$;
 
 -- Reached by a flow at `wait_for_event`. The outcome is checkpointed, including a timeout, so
--- replays never diverge. An event counts when it was emitted no later than the deadline.
+-- replays never diverge. An event counts when it reaches the run (cairn.event_reaches) and was
+-- emitted no later than the deadline; one addressed to the run comes first.
 CREATE FUNCTION cairn.await_event(p_run_id uuid, p_attempt integer, p_key text, p_event text,
-                                  p_timeout_ms bigint, p_question text, p_schema jsonb)
+                                  p_timeout_ms bigint, p_question text, p_schema jsonb,
+                                  p_include_earlier boolean)
 RETURNS TABLE (outcome text, payload jsonb, deadline timestamptz)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -84,12 +86,18 @@ BEGIN
         RETURN;
     END IF;
     PERFORM cairn.lock_event(r.namespace, p_event);
-    INSERT INTO cairn.waits (run_id, step_key, kind, namespace, event_name, question, schema, deadline)
+    INSERT INTO cairn.waits (run_id, step_key, kind, namespace, event_name, question, schema,
+                             deadline, include_earlier)
     VALUES (p_run_id, p_key, 'event', r.namespace, p_event, p_question, p_schema,
-            now() + p_timeout_ms * interval '1 millisecond')
+            now() + p_timeout_ms * interval '1 millisecond', p_include_earlier)
     ON CONFLICT (run_id, step_key) DO NOTHING;
     SELECT * INTO w FROM cairn.waits WHERE run_id = p_run_id AND step_key = p_key;
-    SELECT * INTO e FROM cairn.events WHERE namespace = r.namespace AND name = p_event;
+    SELECT * INTO e FROM cairn.events WHERE for_run = p_run_id AND name = p_event;
+    IF e.name IS NULL THEN
+        SELECT * INTO e FROM cairn.events
+        WHERE namespace = r.namespace AND name = p_event AND for_run IS NULL
+          AND cairn.event_reaches(NULL, emitted_at, p_run_id, r.created_at, w.include_earlier);
+    END IF;
 
     IF e.name IS NOT NULL AND (w.deadline IS NULL OR e.emitted_at <= w.deadline) THEN
         PERFORM cairn.checkpoint(p_run_id, p_attempt, p_key, 'wait',
@@ -111,9 +119,12 @@ END $$;
 
 -- Events, emitted by flows (below) and from outside (launchers, FlowEvents).
 
--- The waits an emitted payload must satisfy. Call it in the emitting transaction, before
--- emit_event: it takes the event's lock, so no new wait can appear between check and emit.
-CREATE FUNCTION cairn.event_waiters(p_namespace text, p_name text)
+-- The waits an emitted payload must satisfy: those it reaches (cairn.event_reaches; an event
+-- sent to one run has p_for_run, one from outside a flow may be stamped with p_emitted_at).
+-- Call it in the emitting transaction, before emit_event: it takes the event's lock, so no
+-- new wait can appear between check and emit.
+CREATE FUNCTION cairn.event_waiters(p_namespace text, p_name text, p_for_run uuid DEFAULT NULL,
+                                    p_emitted_at timestamptz DEFAULT NULL)
 RETURNS TABLE (run_name text, question text, schema jsonb)
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -122,31 +133,45 @@ BEGIN
     SELECT r.name, w.question, w.schema
     FROM cairn.waits w JOIN cairn.runs r ON r.id = w.run_id
     WHERE w.kind = 'event' AND w.namespace = p_namespace AND w.event_name = p_name
+      AND cairn.event_reaches(p_for_run, least(coalesce(p_emitted_at, now()), now()), r.id,
+                              r.created_at, w.include_earlier)
     ORDER BY r.name;
 END $$;
 
--- Emits an event (first write wins). Emitting the same payload again is a no-op; another
--- payload is a conflict. Wakes every run waiting for it whose deadline has not passed.
+-- Emits an event (first write wins), to the namespace or, with p_for_run, to one run of it.
+-- Emitting the same payload again is a no-op; another payload is a conflict. Wakes every run
+-- it reaches that waits for it and whose deadline has not passed. p_emitted_at: when it was
+-- sent (a FlowEvent's creationTimestamp), if earlier than now.
 CREATE FUNCTION cairn.emit_event(p_namespace text, p_name text, p_payload jsonb,
-                                 p_emitted_by uuid DEFAULT NULL)
+                                 p_emitted_by uuid DEFAULT NULL, p_for_run uuid DEFAULT NULL,
+                                 p_emitted_at timestamptz DEFAULT NULL)
 RETURNS TABLE (duplicate boolean, woken integer)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_existing jsonb;
-    v_woken    integer;
+    v_emitted_at timestamptz := least(coalesce(p_emitted_at, now()), now());
+    v_existing   jsonb;
+    v_woken      integer;
 BEGIN
+    IF p_for_run IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM cairn.runs WHERE id = p_for_run AND namespace = p_namespace) THEN
+        RAISE EXCEPTION 'event "%" is addressed to run % which does not exist in namespace "%"',
+            p_name, p_for_run, p_namespace
+            USING ERRCODE = 'CN004', HINT = 'the run was deleted; a run created again under its name needs its own event';
+    END IF;
     PERFORM cairn.lock_event(p_namespace, p_name);
-    INSERT INTO cairn.events (namespace, name, payload, emitted_by)
-    VALUES (p_namespace, p_name, p_payload, p_emitted_by)
-    ON CONFLICT (namespace, name) DO NOTHING;
+    INSERT INTO cairn.events (namespace, name, payload, emitted_by, for_run, emitted_at)
+    VALUES (p_namespace, p_name, p_payload, p_emitted_by, p_for_run, v_emitted_at)
+    ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
-        SELECT payload INTO v_existing FROM cairn.events WHERE namespace = p_namespace AND name = p_name;
+        SELECT payload INTO v_existing FROM cairn.events
+        WHERE namespace = p_namespace AND name = p_name AND for_run IS NOT DISTINCT FROM p_for_run;
         IF v_existing = p_payload THEN
             RETURN QUERY SELECT true, 0;
             RETURN;
         END IF;
-        RAISE EXCEPTION 'event "%" was already emitted in namespace "%" with a different payload',
-            p_name, p_namespace
+        RAISE EXCEPTION 'event "%" was already emitted % with a different payload', p_name,
+            CASE WHEN p_for_run IS NULL THEN format('in namespace "%s"', p_namespace)
+                 ELSE format('to run %s', p_for_run) END
             USING ERRCODE = 'CN002',
                   HINT = 'events are write-once (the first emit wins); use a new event name to send another value';
     END IF;
@@ -154,8 +179,9 @@ BEGIN
         UPDATE cairn.runs r SET state = 'pending', wake_at = NULL, updated_at = now()
         FROM cairn.waits w
         WHERE w.run_id = r.id AND w.kind = 'event' AND w.namespace = p_namespace
-          AND w.event_name = p_name AND (w.deadline IS NULL OR w.deadline >= now())
+          AND w.event_name = p_name AND (w.deadline IS NULL OR w.deadline >= v_emitted_at)
           AND r.state = 'waiting'
+          AND cairn.event_reaches(p_for_run, v_emitted_at, r.id, r.created_at, w.include_earlier)
         RETURNING r.id)
     SELECT count(*) INTO v_woken FROM woken;
     RETURN QUERY SELECT false, v_woken;

@@ -110,13 +110,24 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT cairn.acknowledge_cancel(p_run_id, p_attempt);
 $$;
 
+-- p_include_earlier: the wait takes an event sent to the namespace before the run was created
+-- (cairn.event_reaches). SDKs from before it call the overload without it.
 CREATE FUNCTION cairn_runner_v1.await_event(p_token text, p_run_id uuid, p_attempt integer,
-    p_key text, p_event text, p_timeout_ms bigint, p_question text, p_schema jsonb)
+    p_key text, p_event text, p_timeout_ms bigint, p_question text, p_schema jsonb,
+    p_include_earlier boolean)
 RETURNS TABLE (outcome text, payload jsonb, deadline timestamptz)
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT cairn.authorize(p_token, p_run_id);
     SELECT * FROM cairn.await_event(p_run_id, p_attempt, p_key, p_event, p_timeout_ms,
-                                    p_question, p_schema);
+                                    p_question, p_schema, p_include_earlier);
+$$;
+
+CREATE FUNCTION cairn_runner_v1.await_event(p_token text, p_run_id uuid, p_attempt integer,
+    p_key text, p_event text, p_timeout_ms bigint, p_question text, p_schema jsonb)
+RETURNS TABLE (outcome text, payload jsonb, deadline timestamptz)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM cairn_runner_v1.await_event(p_token, p_run_id, p_attempt, p_key, p_event,
+                                              p_timeout_ms, p_question, p_schema, false);
 $$;
 
 CREATE FUNCTION cairn_runner_v1.sleep(p_token text, p_run_id uuid, p_attempt integer,

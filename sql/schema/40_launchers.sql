@@ -2,10 +2,12 @@
 -- The launchers' functions (the operator, `cairn dev`, the CLI), as the owner role.
 
 -- Idempotent by (namespace, name): the same request returns the existing run; a different
--- flow or input under the same name is a conflict.
+-- flow or input under the same name is a conflict. p_created_at: when the run was asked for
+-- (its FlowRun's creationTimestamp), if earlier than now.
 CREATE FUNCTION cairn.create_run(p_namespace text, p_name text, p_flow text, p_input jsonb,
                                  p_max_attempts integer, p_retry_backoff_ms bigint,
-                                 p_parent_id uuid DEFAULT NULL)
+                                 p_parent_id uuid DEFAULT NULL,
+                                 p_created_at timestamptz DEFAULT NULL)
 RETURNS TABLE (run_id uuid, created boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -17,9 +19,9 @@ BEGIN
         SELECT root_id INTO v_root FROM cairn.runs WHERE id = p_parent_id;
     END IF;
     INSERT INTO cairn.runs (id, namespace, name, flow, input, parent_id, root_id,
-                            max_attempts, retry_backoff_ms)
+                            max_attempts, retry_backoff_ms, created_at)
     VALUES (v_id, p_namespace, p_name, p_flow, p_input, p_parent_id, coalesce(v_root, v_id),
-            p_max_attempts, p_retry_backoff_ms)
+            p_max_attempts, p_retry_backoff_ms, least(coalesce(p_created_at, now()), now()))
     ON CONFLICT (namespace, name) DO NOTHING;
     IF FOUND THEN
         RETURN QUERY SELECT v_id, true;
@@ -281,13 +283,13 @@ BEGIN
     RETURN QUERY SELECT v_runs, v_events;
 END $$;
 
--- Deletes an event (its FlowEvent was deleted): a later wait for that name waits for a new
--- emit. Returns whether there was one.
+-- Deletes an event sent to the namespace (its FlowEvent was deleted): a later wait for that
+-- name waits for a new emit. Returns whether there was one. (One sent to a run goes with it.)
 CREATE FUNCTION cairn.delete_event(p_namespace text, p_name text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM cairn.lock_event(p_namespace, p_name);
-    DELETE FROM cairn.events WHERE namespace = p_namespace AND name = p_name;
+    DELETE FROM cairn.events WHERE namespace = p_namespace AND name = p_name AND for_run IS NULL;
     RETURN FOUND;
 END $$;
 

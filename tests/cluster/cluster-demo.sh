@@ -159,8 +159,9 @@ What this did:
     Secret cairn-database-ca);
   - applied examples/agent/k8s/flow.yaml and flowrun.yaml in $NS: research-demo planned, ran three
     child FlowRuns, drafted, and waited for approve-research-demo with no pod running;
-  - approved it with \`kubectl cairn approve\` (the FlowEvent approve-research-demo, as
-    examples/agent/k8s/approve.yaml would create): the run resumed in a new pod and Succeeded;
+  - approved it with \`kubectl cairn approve\` (a FlowEvent for approve-research-demo addressed
+    to this FlowRun; examples/agent/k8s/approve.yaml is one for the namespace): the run
+    resumed in a new pod and Succeeded;
     \`kubectl cairn inspect\` showed it before and after (the steps and costs come from the
     operator's read API, through the API server's service proxy to $SYS_NS/cairn-operator).
 

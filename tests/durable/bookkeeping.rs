@@ -54,6 +54,7 @@ async fn creating_a_run_twice_by_name_is_idempotent_and_a_different_request_conf
         input: &input,
         max_attempts: 3,
         retry_backoff_ms: 100,
+        created_at: None,
     };
     let (id, created) = launcher::create_run(&mut conn, &request).await.unwrap();
     assert!(created);

@@ -192,6 +192,7 @@ async fn the_running_budget_holds_runs_pending_until_a_slot_frees_globally_and_p
             input: &input,
             max_attempts: 3,
             retry_backoff_ms: 100,
+            created_at: None,
         };
         launcher::create_run(&mut *db.conn().await, &run)
             .await

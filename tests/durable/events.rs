@@ -16,6 +16,9 @@ use super::*;
 async fn an_event_emitted_before_the_wait_completes_the_run_without_suspending() {
     let db = TestDb::new().await;
     let log = db.log("effects");
+    let id = db
+        .create_run("early", "approval", json!({ "event": "go" }))
+        .await;
     let payload = json!({ "approved": true, "by": "ann" });
     let emitted = emit(&db, "go", payload.clone()).await.unwrap();
     assert_eq!(
@@ -26,9 +29,6 @@ async fn an_event_emitted_before_the_wait_completes_the_run_without_suspending()
         }
     );
 
-    let id = db
-        .create_run("early", "approval", json!({ "event": "go" }))
-        .await;
     let run = db.supervise(&db.launcher(FLOWS, &log, &[]), id).await;
 
     assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
@@ -243,6 +243,7 @@ async fn an_event_emitted_after_the_deadline_does_not_count_even_before_the_rela
         timeout_ms: Some(300),
         question: None,
         schema: None,
+        include_earlier: false,
     };
     assert_eq!(
         runner::await_event(&mut conn, &a1, &wait).await.unwrap(),

@@ -59,6 +59,7 @@ async fn fencing_rejects_every_write_of_a_superseded_attempt() {
         timeout_ms: None,
         question: None,
         schema: None,
+        include_earlier: false,
     };
     assert_fenced(
         "await_event",

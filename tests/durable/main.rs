@@ -5,6 +5,7 @@
 mod bookkeeping;
 mod control;
 mod crashes;
+mod event_scope;
 mod events;
 mod fencing;
 mod retries;

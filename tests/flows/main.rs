@@ -128,6 +128,9 @@ struct ApprovalInput {
     timeout_ms: Option<u64>,
     /// `after-wait`: hang the first time the flow gets past the wait.
     hang: Option<String>,
+    /// Take an event sent to the namespace before the run was created.
+    #[serde(default)]
+    include_earlier: bool,
 }
 
 async fn approval(ctx: Ctx, input: ApprovalInput) -> anyhow::Result<Value> {
@@ -140,9 +143,12 @@ async fn approval(ctx: Ctx, input: ApprovalInput) -> anyhow::Result<Value> {
         }
     })
     .await?;
-    let wait = ctx
+    let mut wait = ctx
         .wait_for_event::<Approval>(&input.event)
         .question("Approve?");
+    if input.include_earlier {
+        wait = wait.include_earlier();
+    }
     let got = match input.timeout_ms {
         Some(ms) => wait.timeout(Duration::from_millis(ms)).await?,
         None => Some(wait.await?),

@@ -254,6 +254,7 @@ impl TestDb {
                 input: &input,
                 max_attempts,
                 retry_backoff_ms,
+                created_at: None,
             },
         )
         .await

@@ -1,11 +1,15 @@
 //! FlowEvents deliver engine events. Creating one is the approval: Kubernetes RBAC decides who
-//! may create them. Delivery is idempotent (the engine's events are write-once). Deleting a
-//! delivered FlowEvent deletes its event, so a later wait for that name (a run created again
-//! under a reused name) is not answered by it.
+//! may create them. Delivery is idempotent (the engine's events are write-once). An event
+//! counts from the FlowEvent's creation: it reaches the runs that existed then, or with
+//! `spec.flowRun` that one FlowRun only (by uid, so never a later one reusing the name).
+//! Deleting a delivered FlowEvent for the namespace deletes its event, so a later wait for
+//! that name waits for a new one.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use cairn_crds::{API_VERSION, FlowEvent, FlowEventStatus};
+use cairn_crds::{API_VERSION, FlowEvent, FlowEventStatus, FlowRun};
+use cairn_engine::launcher::Addressing;
 use cairn_engine::{EngineError, launcher as engine};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -27,8 +31,10 @@ pub async fn forget(
     let still_named = remaining.state().iter().any(|other| {
         other.namespace().as_deref() == Some(namespace.as_str())
             && other.spec.event == gone.spec.event
+            && other.spec.flow_run.is_none()
     });
-    if !delivered || still_named {
+    // An event sent to one run goes with that run.
+    if !delivered || still_named || gone.spec.flow_run.is_some() {
         return;
     }
     let deleted = async {
@@ -59,6 +65,42 @@ pub async fn reconcile(event: Arc<FlowEvent>, ctx: Arc<Context>) -> Result<Actio
     delivered
 }
 
+/// Who a FlowEvent's event is for, as the engine addresses it.
+enum Target {
+    Found(Addressing),
+    /// The FlowRun it names is not in the engine yet: try again shortly.
+    NotYet,
+    /// The FlowRun it names is gone (deleted, or replaced by one of the same name).
+    Gone(String),
+}
+
+async fn target(event: &FlowEvent, ctx: &Context, namespace: &str) -> Result<Target, Error> {
+    let sent_at = event
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(crate::kubectl::logic::to_utc);
+    let Some(wanted) = &event.spec.flow_run else {
+        return Ok(Target::Found(Addressing { run: None, sent_at }));
+    };
+    let runs: Api<FlowRun> = Api::namespaced(ctx.client.clone(), namespace);
+    let run = runs.get_opt(&wanted.name).await?;
+    let Some(run) = run.filter(|run| run.uid().as_deref() == Some(wanted.uid.as_str())) else {
+        return Ok(Target::Gone(format!(
+            "FlowRun {} (uid {}) no longer exists; this event was for it alone and does not              reach a FlowRun created again under its name (approve that one with `kubectl              cairn approve {}`)",
+            wanted.name, wanted.uid, wanted.name
+        )));
+    };
+    let run_id = run.status.as_ref().and_then(|s| s.run_id.as_deref());
+    Ok(match run_id.and_then(|id| id.parse().ok()) {
+        Some(id) => Target::Found(Addressing {
+            run: Some(id),
+            sent_at,
+        }),
+        None => Target::NotYet,
+    })
+}
+
 async fn deliver(event: &FlowEvent, ctx: &Context) -> Result<Action, Error> {
     if event.status.as_ref().and_then(|s| s.delivered).is_some() {
         return Ok(Action::await_change());
@@ -69,8 +111,23 @@ async fn deliver(event: &FlowEvent, ctx: &Context) -> Result<Action, Error> {
         .payload
         .clone()
         .unwrap_or(serde_json::Value::Null);
-    let mut conn = ctx.pool.acquire().await?;
-    let emitted = engine::emit(&mut conn, &namespace, &event.spec.event, &payload).await;
+    let emitted = match target(event, ctx, &namespace).await? {
+        Target::NotYet => return Ok(Action::requeue(Duration::from_secs(2))),
+        Target::Gone(message) => Err(message),
+        Target::Found(to) => {
+            let mut conn = ctx.pool.acquire().await?;
+            match engine::emit_to(&mut conn, &namespace, &event.spec.event, &payload, to).await {
+                Ok(emitted) => Ok(emitted),
+                // Refused for good: said on the object; a new FlowEvent is the way to retry.
+                Err(
+                    EngineError::InvalidPayload(message)
+                    | EngineError::EventConflict(message)
+                    | EngineError::NotFound(message),
+                ) => Err(message),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
     let status = match emitted {
         Ok(emitted) => {
             let note = match emitted.duplicate {
@@ -89,8 +146,7 @@ async fn deliver(event: &FlowEvent, ctx: &Context) -> Result<Action, Error> {
                 conditions: vec![],
             }
         }
-        // Refused for good: say why on the object; a new FlowEvent is the way to retry.
-        Err(EngineError::InvalidPayload(message) | EngineError::EventConflict(message)) => {
+        Err(message) => {
             ctx.warn(event, "Refused", &message).await;
             FlowEventStatus {
                 delivered: Some(false),
@@ -99,7 +155,6 @@ async fn deliver(event: &FlowEvent, ctx: &Context) -> Result<Action, Error> {
                 ..Default::default()
             }
         }
-        Err(e) => return Err(e.into()),
     };
     let patch = json!({ "apiVersion": API_VERSION, "kind": "FlowEvent", "status": status });
     Api::<FlowEvent>::namespaced(ctx.client.clone(), &namespace)

@@ -40,7 +40,12 @@ pub async fn approve(run: &str, payload: &Value, namespace: &str) -> anyhow::Res
             record.phase
         );
     };
-    let emitted = engine::emit(&mut *pool.acquire().await?, namespace, &event, payload)
+    // For this run alone: a later run reusing the name is not answered by it.
+    let to = engine::Addressing {
+        run: Some(record.id),
+        sent_at: None,
+    };
+    let emitted = engine::emit_to(&mut *pool.acquire().await?, namespace, &event, payload, to)
         .await
         .map_err(super::explain)?;
     match emitted.duplicate {

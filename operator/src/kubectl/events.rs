@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use cairn_crds::{FlowEvent, FlowEventSpec, LABEL_MANAGED, MANAGED_BY_KUBECTL};
+use cairn_crds::{FlowEvent, FlowEventSpec, FlowRunRef, LABEL_MANAGED, MANAGED_BY_KUBECTL};
 use kube::ResourceExt;
 use kube::api::{ListParams, PostParams};
 use serde_json::{Value, json};
@@ -28,7 +28,12 @@ impl Kube {
         };
         let schema = waiting.and_then(|w| w.schema.as_ref());
         logic::check_payload(name, &event, schema, &payload).map_err(input)?;
-        let (object, created) = self.create_event(&event, &payload).await?;
+        // For this FlowRun alone: a later one reusing the name is not answered by it.
+        let this_run = FlowRunRef {
+            name: name.to_owned(),
+            uid: run.uid().unwrap_or_default(),
+        };
+        let (object, created) = self.create_event(&event, &payload, Some(this_run)).await?;
         self.say(format!(
             "{name}: {} event {event} with payload {payload} (FlowEvent {object})",
             if created {
@@ -106,7 +111,7 @@ impl Kube {
                 waiting.push(run.name_any());
             }
         }
-        let (object, created) = self.create_event(event, &payload).await?;
+        let (object, created) = self.create_event(event, &payload, None).await?;
         if self.json {
             return self.print_json(&json!({
                 "event": event,
@@ -131,15 +136,22 @@ impl Kube {
         Ok(())
     }
 
-    /// Creates the FlowEvent for `event`; an identical one already there is fine (events are
-    /// write-once). Returns its name and whether it was created now.
-    async fn create_event(&self, event: &str, payload: &Value) -> anyhow::Result<(String, bool)> {
-        let object = logic::flowevent_name(event);
+    /// Creates the FlowEvent for `event`, for the namespace or for one FlowRun; an identical
+    /// one already there is fine (events are write-once). Returns its name and whether it was
+    /// created now.
+    async fn create_event(
+        &self,
+        event: &str,
+        payload: &Value,
+        flow_run: Option<FlowRunRef>,
+    ) -> anyhow::Result<(String, bool)> {
+        let object = logic::flowevent_name(event, flow_run.as_ref());
         let mut flowevent = FlowEvent::new(
             &object,
             FlowEventSpec {
                 event: event.to_owned(),
                 payload: Some(payload.clone()),
+                flow_run,
             },
         );
         flowevent

@@ -12,11 +12,19 @@ use serde_json::Value;
 use super::render::RunRow;
 use crate::lifecycle::Phase;
 
-/// The FlowEvent object name for an event: the event name itself when it is a valid object
-/// name (so `kubectl apply` of `approve-x` and `kubectl cairn approve` meet on one object),
-/// otherwise a DNS-safe form of it with a hash of the original, so distinct events never share
-/// an object.
-pub fn flowevent_name(event: &str) -> String {
+/// The FlowEvent object name for an event: for the namespace, the event name itself when it
+/// is a valid object name (so `kubectl apply` of `x` and `kubectl cairn emit x` meet on one
+/// object); for one FlowRun, the event name and the start of the run's uid (so approving a
+/// FlowRun created again under a reused name makes a new object). Otherwise a DNS-safe form
+/// with a hash of the original, so distinct events never share an object.
+pub fn flowevent_name(event: &str, flow_run: Option<&cairn_crds::FlowRunRef>) -> String {
+    match flow_run {
+        None => object_name(event),
+        Some(run) => object_name(&format!("{event}-{}", run.uid.get(..8).unwrap_or(&run.uid))),
+    }
+}
+
+fn object_name(event: &str) -> String {
     if is_dns_subdomain(event) {
         return event.to_owned();
     }
@@ -273,28 +281,45 @@ mod tests {
     #[test]
     fn valid_event_names_are_kept() {
         for name in ["approve-research-demo", "a", "ok-1", "v1.2.approve"] {
-            assert_eq!(flowevent_name(name), name);
+            assert_eq!(flowevent_name(name, None), name);
         }
     }
 
     #[test]
     fn other_event_names_become_dns_safe_and_distinct() {
-        let a = flowevent_name("Approve_Research Demo!");
+        let a = flowevent_name("Approve_Research Demo!", None);
         assert!(a.starts_with("approve-research-demo-"), "{a}");
         assert!(is_dns_subdomain(&a), "{a}");
-        let b = flowevent_name("approve_research_demo");
+        let b = flowevent_name("approve_research_demo", None);
         assert!(b.starts_with("approve-research-demo-"), "{b}");
         assert_ne!(a, b, "different events, different objects");
-        assert_eq!(a, flowevent_name("Approve_Research Demo!"), "stable");
-        let weird = flowevent_name("--__--");
+        assert_eq!(a, flowevent_name("Approve_Research Demo!", None), "stable");
+        let weird = flowevent_name("--__--", None);
         assert!(
             weird.starts_with("event-") && is_dns_subdomain(&weird),
             "{weird}"
         );
-        let long = flowevent_name(&"X".repeat(400));
+        let long = flowevent_name(&"X".repeat(400), None);
         assert!(long.len() <= 253 && is_dns_subdomain(&long), "{long}");
-        let dots = flowevent_name("a..b");
+        let dots = flowevent_name("a..b", None);
         assert!(is_dns_subdomain(&dots), "{dots}");
+    }
+
+    #[test]
+    fn an_approval_for_one_flowrun_is_its_own_object() {
+        let run = |uid: &str| cairn_crds::FlowRunRef {
+            name: "x".into(),
+            uid: uid.into(),
+        };
+        let first = run("0b5d39cb-0268-4e0b-9a53-1c3a8f0e2d11");
+        let again = run("f6720481-7aa4-4d0e-8d4f-93c1a4e8b0aa");
+        let name = flowevent_name("approve-x", Some(&first));
+        assert_eq!(name, "approve-x-0b5d39cb");
+        assert_ne!(name, flowevent_name("approve-x", Some(&again)));
+        assert_ne!(name, flowevent_name("approve-x", None));
+        let long = flowevent_name(&"a".repeat(253), Some(&first));
+        assert!(long.len() <= 253 && is_dns_subdomain(&long), "{long}");
+        assert_ne!(long, flowevent_name(&"a".repeat(253), Some(&again)));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 mod client;
 mod events;
 mod inspect;
-mod logic;
+pub(crate) mod logic;
 mod logs;
 mod read_api;
 pub mod render;

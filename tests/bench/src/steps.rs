@@ -193,6 +193,7 @@ async fn started_run(
         input: &input,
         max_attempts: 1,
         retry_backoff_ms: 0,
+        created_at: None,
     };
     let (run_id, _) = launcher::create_run(&mut conn, &request).await?;
     launcher::start_attempt(&mut conn, run_id)

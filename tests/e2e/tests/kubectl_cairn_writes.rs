@@ -1,10 +1,110 @@
 //! `kubectl cairn`'s commands that change runs, on the runs kubectl_cairn.rs made: approve, emit,
 //! cancel, retry, and the logs and inspection of the runs they changed.
 
+use cairn_crds::{FlowEvent, FlowRun};
 use cairn_e2e::Scenario;
+use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use crate::kubectl_cairn::{Plugin, at, expect, json_of};
+use crate::kubectl_cairn::{Kc, Plugin, at, expect, json_of};
+
+/// asks, approved and finished, is deleted and created again: the first one's approval does
+/// not answer the new one, an approval addressed to the first one is refused, and its own
+/// approval resumes it (README, "Events").
+async fn a_reused_name_waits_for_its_own_approval(
+    sc: &mut Scenario,
+    kc: &impl Fn(&Scenario, &[&str]) -> Kc,
+) -> anyhow::Result<()> {
+    let first = sc.run("asks").await.expect("asks exists");
+    let first_uid = first.uid().unwrap_or_default();
+    sc.delete_and_wait::<FlowRun>("asks", 120)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    sc.create::<FlowRun>(json!({
+        "apiVersion": "cairn.dev/v1alpha1", "kind": "FlowRun",
+        "metadata": { "name": "asks" }, "spec": first.spec,
+    }))
+    .await?;
+    let got = kc(
+        sc,
+        &[
+            "wait",
+            "asks",
+            "--for",
+            "waiting",
+            "--event",
+            "approve-asks",
+            "--timeout",
+            "240s",
+        ],
+    );
+    expect(
+        sc,
+        "asks created again under its name waits for its own approval",
+        &got,
+        0,
+        &["asks is Waiting"],
+    );
+
+    sc.create::<FlowEvent>(json!({
+        "apiVersion": "cairn.dev/v1alpha1", "kind": "FlowEvent",
+        "metadata": { "name": "approve-the-first-asks" },
+        "spec": { "event": "approve-asks", "payload": true,
+                  "flowRun": { "name": "asks", "uid": first_uid } },
+    }))
+    .await?;
+    let refused = sc
+        .wait_for::<FlowEvent>("approve-the-first-asks", "be refused", 120, |e| {
+            e.status.as_ref().and_then(|s| s.delivered) == Some(false)
+        })
+        .await;
+    let message = refused.map(|e| e.status.and_then(|s| s.message).unwrap_or_default());
+    sc.check(
+        "a FlowEvent for the deleted asks is refused, saying it no longer exists",
+        message
+            .as_ref()
+            .is_ok_and(|m| m.contains("no longer exists")),
+        format!("{message:?}"),
+    );
+
+    let got = kc(
+        sc,
+        &[
+            "approve",
+            "asks",
+            "--data",
+            "false",
+            "--wait",
+            "--timeout",
+            "240s",
+        ],
+    );
+    expect(
+        sc,
+        "its own approval resumes the new asks",
+        &got,
+        0,
+        &[
+            "asks: approved event approve-asks with payload false",
+            "asks: resumed",
+        ],
+    );
+    let got = kc(
+        sc,
+        &["wait", "asks", "--for", "succeeded", "--timeout", "240s"],
+    );
+    let approved = sc
+        .status("asks")
+        .await
+        .result
+        .and_then(|r| r.get("approved").cloned());
+    sc.check(
+        "the new asks finishes with its own approval's payload",
+        got.rc == 0 && approved == Some(json!(false)),
+        format!("exit {}, approved {approved:?}: {}", got.rc, got.out),
+    );
+    Ok(())
+}
 
 pub(crate) async fn approve_and_emit(sc: &mut Scenario, api: &str) -> anyhow::Result<()> {
     let kc = |sc: &Scenario, args: &[&str]| {
@@ -23,14 +123,18 @@ pub(crate) async fn approve_and_emit(sc: &mut Scenario, api: &str) -> anyhow::Re
         &[r#""yes" is not of type "boolean""#, "nothing was created"],
     );
     let name = "a refused approve creates no FlowEvent";
-    let made = sc
+    let made: Vec<String> = sc
         .api::<cairn_crds::FlowEvent>()
-        .get_opt("approve-asks")
-        .await?;
+        .list(&Default::default())
+        .await?
+        .into_iter()
+        .filter(|e| e.spec.event == "approve-asks")
+        .map(|e| e.name_any())
+        .collect();
     sc.check(
         name,
-        made.is_none(),
-        "expected no FlowEvent approve-asks; it exists",
+        made.is_empty(),
+        format!("expected no FlowEvent for approve-asks; saw {made:?}"),
     );
     let got = kc(sc, &["approve", "nope"]);
     expect(
@@ -47,7 +151,7 @@ pub(crate) async fn approve_and_emit(sc: &mut Scenario, api: &str) -> anyhow::Re
         &got,
         0,
         &[
-            "asks: approved event approve-asks with payload true (FlowEvent approve-asks)",
+            "asks: approved event approve-asks with payload true (FlowEvent approve-asks-",
             "asks: resumed",
         ],
     );
@@ -82,6 +186,7 @@ pub(crate) async fn approve_and_emit(sc: &mut Scenario, api: &str) -> anyhow::Re
         "--- kubectl cairn inspect asks (succeeded) ---\n{}",
         got.out
     );
+    a_reused_name_waits_for_its_own_approval(sc, &kc).await?;
 
     let got = kc(
         sc,

@@ -12,6 +12,7 @@ use kube::ResourceExt;
 
 use super::resolve::{Invalid, Resolved};
 use crate::controller::{Context, Error};
+use crate::kubectl::logic::to_utc;
 
 /// The engine's run, and what this stage did to it.
 pub struct Synced {
@@ -37,6 +38,8 @@ pub async fn sync(
         input: &input,
         max_attempts: resolved.max_attempts,
         retry_backoff_ms: resolved.retry_backoff.as_millis() as i64,
+        // Events sent to the namespace before the FlowRun was created are not for this run.
+        created_at: run.metadata.creation_timestamp.as_ref().map(to_utc),
     };
     // Connections are taken per call and never held across another acquire: reconciles run
     // concurrently and must not starve the pool.

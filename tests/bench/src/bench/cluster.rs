@@ -341,6 +341,7 @@ impl Cluster {
             FlowEventSpec {
                 event: event.into(),
                 payload: Some(payload),
+                flow_run: None,
             },
         );
         Api::<FlowEvent>::namespaced(self.client.clone(), &self.ns)

@@ -189,6 +189,7 @@ async fn claimed_run(
         input: &input,
         max_attempts: 1,
         retry_backoff_ms: 0,
+        created_at: None,
     };
     let (run_id, _) = launcher::create_run(&mut conn, &request).await?;
     let attempt = launcher::start_attempt(&mut conn, run_id)
