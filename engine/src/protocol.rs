@@ -39,7 +39,13 @@ pub mod env {
     pub const TERMINATION_LOG: &str = "CAIRN_TERMINATION_LOG";
     /// `transaction` behind a pooler in transaction mode (PgBouncer); unset: a direct connection.
     pub const POOLER: &str = "CAIRN_DATABASE_POOLER";
+    /// After SIGTERM, how long the step in flight may go on before it is abandoned (default
+    /// [`super::DEFAULT_STOP_GRACE_MS`]). Either way the process then gives the run back.
+    pub const STOP_GRACE_MS: &str = "CAIRN_STOP_GRACE_MS";
 }
+
+/// The default of [`env::STOP_GRACE_MS`]. A pod's termination grace period must be longer.
+pub const DEFAULT_STOP_GRACE_MS: u64 = 20_000;
 
 /// How a flow process ended. The database holds the truth; the exit code is a fast hint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +60,8 @@ pub enum Exit {
     Cancelled,
     /// A newer attempt owns the run; this one wrote nothing further.
     Superseded,
+    /// Told to stop (SIGTERM), it gave the run back at a step boundary: relaunch at once.
+    Stopped,
     /// The process could not do its job (bad environment, database unreachable): a crash.
     Crashed,
 }
@@ -63,7 +71,7 @@ impl Exit {
     /// shows a pod that exited 0 as Completed rather than Error.
     pub const fn code(self) -> i32 {
         match self {
-            Exit::Completed | Exit::Suspended | Exit::Cancelled => 0,
+            Exit::Completed | Exit::Suspended | Exit::Stopped | Exit::Cancelled => 0,
             Exit::Failed => 1,
             Exit::Crashed => 70,
             Exit::Superseded => 77,
@@ -73,7 +81,7 @@ impl Exit {
     /// What an exit code means under the runner contract, for messages.
     pub fn describe_code(code: i32) -> Option<&'static str> {
         match code {
-            0 => Some("completed, suspended or cancelled"),
+            0 => Some("completed, suspended, stopped or cancelled"),
             1 => Some("the flow failed"),
             70 => Some("crashed: could not do its job"),
             77 => Some("superseded by a newer attempt"),
@@ -88,6 +96,7 @@ impl Exit {
             Exit::Suspended => "suspended",
             Exit::Cancelled => "cancelled",
             Exit::Superseded => "superseded",
+            Exit::Stopped => "stopped",
             Exit::Crashed => "crashed",
         }
     }
@@ -105,6 +114,7 @@ mod tests {
             Exit::Suspended,
             Exit::Cancelled,
             Exit::Superseded,
+            Exit::Stopped,
             Exit::Crashed,
         ] {
             assert!(Exit::describe_code(exit.code()).is_some(), "{exit:?}");

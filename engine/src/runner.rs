@@ -199,6 +199,21 @@ pub async fn acknowledge_cancel(conn: &mut PgConnection, attempt: &Attempt) -> R
     Ok(())
 }
 
+/// Gives the run back after a stop request (SIGTERM) at a step boundary: it is pending again
+/// at once, for a new process, and the stop is not a crash.
+pub async fn release(conn: &mut PgConnection, attempt: &Attempt) -> Result<()> {
+    sqlx::query!(
+        "SELECT cairn_runner_v1.release($1, $2, $3)",
+        attempt.token,
+        attempt.run_id,
+        attempt.number
+    )
+    .execute(conn)
+    .await
+    .engine()?;
+    Ok(())
+}
+
 /// The outcome of reaching a wait, a sleep or a join.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parked<T> {

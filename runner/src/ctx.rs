@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,8 @@ struct Inner {
     checkpoints: serde_json::Map<String, Value>,
     occurrences: Mutex<HashMap<String, u32>>,
     stopped: Mutex<Option<Interrupted>>,
+    /// The process was told to stop: the next step boundary ends the attempt.
+    stop_requested: AtomicBool,
     replayed: AtomicU32,
     executed: AtomicU32,
     inline_sleep_max: Duration,
@@ -160,6 +162,7 @@ impl Ctx {
                 checkpoints: run.steps,
                 occurrences: Mutex::default(),
                 stopped: Mutex::default(),
+                stop_requested: AtomicBool::new(false),
                 replayed: AtomicU32::new(0),
                 executed: AtomicU32::new(0),
                 inline_sleep_max,
@@ -198,6 +201,12 @@ impl Ctx {
 
     pub(crate) fn interruption(&self) -> Option<Interrupted> {
         *lock(&self.inner.stopped)
+    }
+
+    /// Asks the flow to stop at its next step boundary (the step in flight may finish and
+    /// checkpoint); the runner then gives the run back.
+    pub(crate) fn request_stop(&self) {
+        self.inner.stop_requested.store(true, Ordering::Relaxed);
     }
 
     // ---- steps ---------------------------------------------------------------------------
@@ -292,7 +301,10 @@ impl Ctx {
         tries: u32,
         usage: Option<Usage>,
     ) -> anyhow::Result<()> {
-        self.check_stopped()?;
+        // Not a boundary: a step that finished after a stop request is still checkpointed.
+        if let Some(why) = self.interruption() {
+            return Err(why.into());
+        }
         let usage = usage.unwrap_or_default();
         let step = engine::CompletedStep {
             key,
@@ -599,9 +611,13 @@ impl Ctx {
         decode(stored.clone(), &format!("the checkpoint of \"{key}\"")).map(Some)
     }
 
+    /// At a step boundary (a step, wait, sleep, join or emit begins): whether to go on.
     fn check_stopped(&self) -> anyhow::Result<()> {
         match self.interruption() {
             Some(why) => Err(why.into()),
+            None if self.inner.stop_requested.load(Ordering::Relaxed) => {
+                Err(self.stop(Interrupted::Stopping))
+            }
             None => Ok(()),
         }
     }

@@ -11,6 +11,10 @@ pub enum Interrupted {
     Cancelled,
     #[error("this attempt was superseded by a newer one and must stop")]
     Superseded,
+    /// The process was told to stop (SIGTERM: a node drain, a deleted pod); it gives the run
+    /// back at this step boundary and a new process continues it.
+    #[error("this process was told to stop; the run continues in a new one")]
+    Stopping,
     /// The database could not be reached mid-run; the attempt ends as crashed and the
     /// supervisor retries it. Steps completed so far are kept.
     #[error("lost the connection to the database")]

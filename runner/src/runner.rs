@@ -26,6 +26,8 @@ pub struct RunnerEnv {
     pub attempt: engine::Attempt,
     pub inline_sleep_max: Duration,
     pub pooler: Pooler,
+    /// After SIGTERM, how long the step in flight may go on before it is abandoned.
+    pub stop_grace: Duration,
 }
 
 impl RunnerEnv {
@@ -36,6 +38,8 @@ impl RunnerEnv {
         let run_id = var(env::RUN_ID)?;
         let attempt = var(env::ATTEMPT)?;
         let inline_ms = std::env::var(env::INLINE_SLEEP_MAX_MS).unwrap_or_else(|_| "10000".into());
+        let grace_ms = std::env::var(env::STOP_GRACE_MS)
+            .unwrap_or_else(|_| cairn_engine::protocol::DEFAULT_STOP_GRACE_MS.to_string());
         Ok(RunnerEnv {
             database_url: var(env::DATABASE_URL)?,
             attempt: engine::Attempt {
@@ -56,6 +60,11 @@ impl RunnerEnv {
                 .unwrap_or_default()
                 .parse()
                 .map_err(|e| anyhow!("{}: {e}", env::POOLER))?,
+            stop_grace: Duration::from_millis(
+                grace_ms
+                    .parse()
+                    .map_err(|e| anyhow!("{}={grace_ms:?}: {e}", env::STOP_GRACE_MS))?,
+            ),
         })
     }
 }
@@ -135,6 +144,10 @@ impl Runner {
         let attempt = &runner_env.attempt;
         let span = tracing::info_span!("run", run_id = %attempt.run_id, attempt = attempt.number);
         let _guard = span.enter();
+        // From here on SIGTERM no longer kills the process: it stops the flow (below).
+        let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot handle SIGTERM"))
+            .ok();
         let mut conn = match RunnerConn::connect(&runner_env.database_url, runner_env.pooler).await
         {
             Ok(conn) => conn,
@@ -182,7 +195,20 @@ impl Runner {
         };
         let input = run.input.clone();
         let ctx = Ctx::new(attempt.clone(), run, conn, runner_env.inline_sleep_max);
-        let outcome = flow(ctx.clone(), input).await;
+        let outcome = tokio::select! {
+            outcome = flow(ctx.clone(), input) => outcome,
+            () = stop_after_grace(&ctx, terminate, runner_env.stop_grace) => {
+                // The step in flight is dropped mid-way, maybe mid-query: give the run back
+                // on a connection of its own.
+                return match RunnerConn::connect(&runner_env.database_url, runner_env.pooler).await {
+                    Ok(mut conn) => release(&mut conn, attempt).await,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reach the database to give the run back");
+                        Exit::Crashed
+                    }
+                };
+            }
+        };
         let (replayed, executed) = ctx.step_counts();
         tracing::info!(replayed, executed, "flow returned");
 
@@ -193,6 +219,7 @@ impl Runner {
                 Interrupted::Cancelled => Exit::Cancelled,
                 Interrupted::Superseded => Exit::Superseded,
                 Interrupted::Unavailable => Exit::Crashed,
+                Interrupted::Stopping => release(&mut *ctx.connection().await, attempt).await,
             };
         }
         let mut conn = ctx.connection().await;
@@ -209,6 +236,41 @@ impl Runner {
                 finish_failed(&mut conn, attempt, &message, "flow_error").await
             }
         }
+    }
+}
+
+/// Once told to stop (SIGTERM), asks the flow to stop at its next step boundary; resolves
+/// when `grace` has passed since without the flow returning (the step in flight is then
+/// abandoned). Never resolves without a SIGTERM.
+async fn stop_after_grace(
+    ctx: &Ctx,
+    terminate: Option<tokio::signal::unix::Signal>,
+    grace: Duration,
+) {
+    let Some(mut terminate) = terminate else {
+        return std::future::pending().await;
+    };
+    terminate.recv().await;
+    tracing::warn!(
+        ?grace,
+        "told to stop (SIGTERM): the step in flight may finish, then the run goes to a new process"
+    );
+    ctx.request_stop();
+    tokio::time::sleep(grace).await;
+    tracing::warn!(
+        ?grace,
+        "the step in flight did not finish within the grace: abandoning it"
+    );
+}
+
+/// Gives the run back after a stop request: it is pending again, for a new process.
+async fn release(conn: &mut RunnerConn, attempt: &engine::Attempt) -> Exit {
+    match engine_call!(*conn, |conn| engine::release(conn, attempt)) {
+        Ok(()) => {
+            tracing::info!("gave the run back; a new process continues it");
+            Exit::Stopped
+        }
+        Err(e) => settle_error(e),
     }
 }
 

@@ -68,6 +68,20 @@ BEGIN
     PERFORM cairn.finish(p_run_id, 'cancelled', NULL, '{"message": "cancelled"}'::jsonb);
 END $$;
 
+-- A flow process told to stop (SIGTERM: a node drain, a deleted pod) ends its attempt at a
+-- step boundary: the run is pending again at once, for a new process, and the stop is not a
+-- crash (the attempt ends 'suspended', detail 'stopped').
+CREATE FUNCTION cairn.release(p_run_id uuid, p_attempt integer)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM cairn.fence(p_run_id, p_attempt);
+    UPDATE cairn.runs
+    SET state = 'pending', wake_at = NULL, waiting_for = NULL, updated_at = now(),
+        token_hash = NULL
+    WHERE id = p_run_id;
+    PERFORM cairn.end_attempt(p_run_id, p_attempt, 'suspended', 'stopped');
+END $$;
+
 -- Reached by a flow at `wait_for_event`. The outcome is checkpointed, including a timeout, so
 -- replays never diverge. An event counts when it reaches the run (cairn.event_reaches) and was
 -- emitted no later than the deadline; one addressed to the run comes first.

@@ -110,6 +110,13 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT cairn.acknowledge_cancel(p_run_id, p_attempt);
 $$;
 
+CREATE FUNCTION cairn_runner_v1.release(p_token text, p_run_id uuid, p_attempt integer)
+RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT cairn.authorize(p_token, p_run_id);
+    SELECT cairn.release(p_run_id, p_attempt);
+$$;
+
 -- p_include_earlier: the wait takes an event sent to the namespace before the run was created
 -- (cairn.event_reaches). SDKs from before it call the overload without it.
 CREATE FUNCTION cairn_runner_v1.await_event(p_token text, p_run_id uuid, p_attempt integer,

@@ -278,12 +278,17 @@ operator_images() {
     [[ "$old_again" == "$OLD_OPERATOR" ]]
 }
 if out=$(helm rollback "$REL" 1 -n "$SYS_NS" --wait --timeout 180s 2>&1) && until_true 90 operator_images; then
+    # The FlowEvent once the run waits: an operator from before migration 0003 does not pass
+    # the objects' creation times, so a FlowEvent it delivers before it admits the FlowRun
+    # would not reach the run (README, "Upgrading").
     kubectl apply -n "$NS" -f - >/dev/null <<EOF
 apiVersion: cairn.dev/v1alpha1
 kind: FlowRun
 metadata: { name: after-rollback }
 spec: { flowRef: flows, input: { event: go-after-rollback } }
----
+EOF
+    kubectl -n "$NS" wait fr/after-rollback --for=jsonpath='{.status.waitingFor.event}'=go-after-rollback --timeout=120s >/dev/null 2>&1 || true
+    kubectl apply -n "$NS" -f - >/dev/null <<EOF
 apiVersion: cairn.dev/v1alpha1
 kind: FlowEvent
 metadata: { name: go-after-rollback }

@@ -8,6 +8,7 @@ mod crashes;
 mod event_scope;
 mod events;
 mod fencing;
+mod graceful_stop;
 mod retries;
 mod sleep_and_children;
 

@@ -453,11 +453,20 @@ impl EffectLog {
 
 /// Sends SIGKILL to a process (a flow process the test wants dead right now).
 pub fn sigkill(pid: u32) {
+    send_signal(pid, "KILL");
+}
+
+/// Sends SIGTERM to a process (what a node drain or a deleted pod sends).
+pub fn sigterm(pid: u32) {
+    send_signal(pid, "TERM");
+}
+
+fn send_signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
+        .args([&format!("-{signal}"), &pid.to_string()])
         .status()
         .expect("cannot run kill");
-    assert!(status.success(), "kill -KILL {pid} failed");
+    assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
 /// The `cairn` binary of this workspace: `target/<profile>/cairn`, next to the `deps` directory

@@ -209,6 +209,7 @@ async fn run_flow(pool: &sqlx::PgPool, runner: &Runner, url: &str, n: usize) -> 
         attempt,
         inline_sleep_max: Duration::ZERO,
         pooler: Default::default(),
+        stop_grace: Duration::ZERO,
     };
     let exit = runner.execute(&env).await;
     anyhow::ensure!(exit == Exit::Completed, "benchmark run ended {exit:?}");

@@ -263,12 +263,13 @@ async fn a_flow_pod_deleted_mid_call_is_relaunched() -> anyhow::Result<()> {
     run_of(&sc, "killed", "slow", input).await?;
     event(&sc, "approve-killed", "approve-killed", json!(true)).await?;
 
-    let name = "a flow pod deleted in the middle of a call is relaunched; completed steps do not run again";
+    let name = "a flow pod deleted in the middle of a call finishes the call, gives the run back, and a new pod goes on from there";
     // Attempt 1 plans and parks on its child; a later attempt replays the plan and drafts. The
-    // pod that is drafting is deleted mid-call (which attempt that is does not matter: a pod may
-    // also crash on its own under load); the next attempt replays the plan, drafts, is already
-    // approved, and finishes. The ledger is read from the other pods: the deleted pod's log goes
-    // with it, and until it does, its process may still finish the call it was in.
+    // pod that is drafting is deleted mid-call (which attempt that is does not matter). Sent
+    // SIGTERM, its process finishes the call (4 s, within its 20 s grace), checkpoints it and
+    // gives the run back; the next attempt replays plan and draft, is already approved, and
+    // finishes. Nothing is paid twice and the stop is no crash. The deleted pod's log goes
+    // with it, so its payment is seen in the database (the draft step's attempt).
     let victim = sc
         .wait_run_log("killed", "calling\tkilled\tdraft", 240)
         .await;
@@ -303,22 +304,40 @@ async fn a_flow_pod_deleted_mid_call_is_relaunched() -> anyhow::Result<()> {
             let count = |l: &[String], p: &str| l.iter().filter(|x| x.starts_with(p)).count();
             let plan_paid = count(&ledger, "ledger\tpaid\tkilled\tplan");
             let draft_paid = count(&ledger, "ledger\tpaid\tkilled\tdraft");
-            let victim_attempt: i32 = victim
+            let victim_attempt: i64 = victim
                 .rsplit_once("-a")
                 .and_then(|(_, n)| n.parse().ok())
                 .unwrap_or(0);
+            let run_id = status.run_id.clone().unwrap_or_default();
+            let draft_by = sc
+                .count(&format!(
+                    "SELECT coalesce(max(attempt), 0)::bigint FROM cairn.steps \
+                     WHERE run_id = '{run_id}' AND key = 'draft'"
+                ))
+                .await
+                .unwrap_or(-1);
+            let crashes = sc
+                .count(&format!(
+                    "SELECT crashes::bigint FROM cairn.runs WHERE id = '{run_id}'"
+                ))
+                .await
+                .unwrap_or(-1);
             sc.check(
                 name,
                 plan_paid == 1
-                    && draft_paid == 1
+                    && draft_paid == 0
+                    && draft_by == victim_attempt
+                    && crashes == 0
                     && last != victim
-                    && status.attempt == Some(victim_attempt + 1)
+                    && status.attempt == Some(victim_attempt as i32 + 1)
                     && count(&last_ledger, "ledger\treplayed\tkilled\tplan") > 0
-                    && count(&last_ledger, "ledger\tpaid\tkilled\tdraft") > 0,
+                    && count(&last_ledger, "ledger\treplayed\tkilled\tdraft") > 0,
                 format!(
-                    "expected plan and draft paid once, the last attempt after the deleted one \
-                     replaying plan and paying draft; deleted {victim}, finished in {last} \
-                     (attempt {:?}); plan paid {plan_paid}, draft paid {draft_paid}; ledger: {}",
+                    "expected plan paid once and draft paid by the deleted pod only (checkpointed \
+                     by its attempt), no crash, the last attempt right after it replaying both; \
+                     deleted {victim}, finished in {last} (attempt {:?}); plan paid \
+                     {plan_paid}, draft paid elsewhere {draft_paid}, draft checkpointed by \
+                     attempt {draft_by}, crashes {crashes}; ledger: {}",
                     status.attempt,
                     ledger.join(" | ")
                 ),

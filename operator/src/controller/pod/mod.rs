@@ -76,6 +76,7 @@ pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
         env.push(plain_env(cairn::env::POOLER, spec.pooler.as_str()));
     }
     env.extend(spec.extra_env.iter().cloned());
+    let grace = termination_grace_seconds(&env);
     let profile = spec.profile.cloned().unwrap_or_default();
     let (volumes, volume_mounts) = volumes(spec, &profile);
 
@@ -90,6 +91,7 @@ pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
         },
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
+            termination_grace_period_seconds: Some(grace),
             active_deadline_seconds: spec.deadline_in.map(|s| s.max(1)),
             // Flow code gets no Kubernetes API rights: no token, and its own account.
             automount_service_account_token: Some(false),
@@ -134,6 +136,18 @@ pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
         }),
         status: None,
     }
+}
+
+/// Seconds between SIGTERM and SIGKILL: the flow's stop grace (`CAIRN_STOP_GRACE_MS`, which a
+/// Flow may set in its env; the SDK's default otherwise), in which the step in flight may
+/// finish, and 10 s more to give the run back and exit.
+fn termination_grace_seconds(env: &[EnvVar]) -> i64 {
+    let grace_ms = env
+        .iter()
+        .rfind(|e| e.name == cairn::env::STOP_GRACE_MS)
+        .and_then(|e| e.value.as_deref()?.parse::<u64>().ok())
+        .unwrap_or(cairn_engine::protocol::DEFAULT_STOP_GRACE_MS);
+    (grace_ms.div_ceil(1000) + 10).min(i64::MAX as u64) as i64
 }
 
 /// The volume of the database's CA certificate (from the runner's Secret).
@@ -223,12 +237,17 @@ pub fn attempt_of(pod: &Pod) -> Option<i32> {
         .ok()
 }
 
-/// What the pods of a run say about the process of `attempt`.
+/// What the pods of a run say about the process of `attempt`. A pod being deleted counts
+/// until its deletion time (its grace period): its process was sent SIGTERM and may finish the
+/// step in flight and give the run back; past that time (a node gone silent) it is absent.
 pub fn process_of(pods: &[Pod], attempt: i32, now: DateTime<Utc>) -> Process {
-    let Some(pod) = pods
-        .iter()
-        .find(|p| attempt_of(p) == Some(attempt) && p.metadata.deletion_timestamp.is_none())
-    else {
+    let present = |p: &&Pod| {
+        attempt_of(p) == Some(attempt)
+            && p.metadata.deletion_timestamp.as_ref().is_none_or(|t| {
+                DateTime::from_timestamp(t.0.as_second(), 0).is_some_and(|t| t > now)
+            })
+    };
+    let Some(pod) = pods.iter().find(present) else {
         return Process::Absent;
     };
     match exit_of(pod, now) {

@@ -382,3 +382,58 @@ fn the_digest_that_ran_pins_later_pods() {
     let imported = with_image_id("");
     assert_eq!(pinned_image(&imported), None);
 }
+
+#[test]
+fn a_pod_being_deleted_counts_until_its_grace_period_ends() {
+    let now = Utc::now();
+    let deleting = |in_seconds: i64| {
+        let mut pod = pod_with(2, ContainerState::default(), None);
+        let at = k8s_openapi::jiff::Timestamp::from_second(now.timestamp() + in_seconds).unwrap();
+        pod.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at));
+        pod
+    };
+    // Sent SIGTERM: its process may finish its step and give the run back meanwhile.
+    assert_eq!(
+        process_of(&[deleting(20)], 2, now),
+        Process::Alive { attempt: 2 }
+    );
+    // Past its deletion time (a node gone silent): as good as gone.
+    assert_eq!(process_of(&[deleting(-1)], 2, now), Process::Absent);
+}
+
+#[test]
+fn the_grace_period_fits_the_flows_stop_grace() {
+    let grace = |pod: Pod| pod.spec.unwrap().termination_grace_period_seconds;
+    assert_eq!(
+        grace(pod_spec_for(None)),
+        Some(30),
+        "20 s by default, and 10 s to exit"
+    );
+    let run = flowrun();
+    let env = [EnvVar {
+        name: cairn::env::STOP_GRACE_MS.into(),
+        value: Some("90500".into()),
+        ..Default::default()
+    }];
+    let pod = build_pod(&FlowPod {
+        run: &run,
+        run_id: "6b1e5a2c-0000-4000-8000-000000000001",
+        attempt: 1,
+        image: "localhost/agent@sha256:abc",
+        flow: "research",
+        profile: None,
+        extra_env: &env,
+        service_account: None,
+        image_pull_secrets: &[],
+        db_secret: "cairn-runner-db",
+        db_ca: false,
+        deadline_in: None,
+        pooler: cairn::Pooler::None,
+    });
+    assert_eq!(
+        grace(pod),
+        Some(101),
+        "a Flow's own stop grace, rounded up, and 10 s"
+    );
+}

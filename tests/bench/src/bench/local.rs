@@ -200,6 +200,7 @@ async fn claimed_run(
         attempt,
         inline_sleep_max: Duration::ZERO,
         pooler: Default::default(),
+        stop_grace: Duration::ZERO,
     })
 }
 
