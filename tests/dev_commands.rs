@@ -248,3 +248,32 @@ async fn a_run_created_again_under_a_reused_name_waits_for_its_own_approval() {
         json!({ "got": { "approved": false, "by": "bob" } })
     );
 }
+
+#[tokio::test]
+async fn an_attempt_claimed_by_a_cairn_dev_that_died_before_launching_is_not_a_crash() {
+    // A `cairn dev run` claimed attempt 1 and died before starting the process; the run
+    // allows one attempt only, so counting that as a crash would fail it.
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let id = db.create_run_with("lost", "steps", json!({}), 1, 100).await;
+    cairn_engine::launcher::start_attempt(&mut *db.conn().await, id)
+        .await
+        .unwrap()
+        .expect("claimed");
+
+    let resumed = run(cairn(
+        &db,
+        &log,
+        &[
+            "dev", "run", FLOWS, "--flow", "steps", "--input", "{}", "--name", "lost",
+        ],
+    ))
+    .await;
+    assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
+    let record = db.run(id).await;
+    assert_eq!(
+        (record.phase, record.attempt, record.crashes),
+        (Phase::Succeeded, 1, 0),
+        "launched again under attempt 1, no crash counted"
+    );
+}

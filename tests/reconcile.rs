@@ -247,6 +247,40 @@ async fn a_crash_is_confirmed_from_the_api_server_recorded_and_its_token_deleted
 }
 
 #[tokio::test]
+async fn an_attempt_whose_process_never_started_is_launched_again_under_its_number() {
+    // The operator before this one claimed attempt 1 and died before creating its pod.
+    let run = flowrun(json!({ "status": { "phase": "Running", "attempt": 1 } }));
+    let case = case(&run, vec![]).await;
+    let id = case.started().await;
+    case.reconcile(run).await.unwrap();
+
+    let record = case.engine_run().await.unwrap();
+    assert_eq!(
+        (record.phase, record.attempt, record.crashes),
+        (Phase::Running, 1, 0),
+        "the same attempt, running again, and no crash counted"
+    );
+    assert_eq!(
+        case.api.lines(),
+        [
+            "GET /api/v1/namespaces/team-a/pods".to_owned(),
+            "PATCH /api/v1/namespaces/team-a/secrets/cairn-runner-db".into(),
+            "POST /api/v1/namespaces/team-a/secrets".into(),
+            "POST /api/v1/namespaces/team-a/pods".into(),
+            format!("PATCH {RUNS}/research/status"),
+        ]
+    );
+    let token = case.api.body_of("POST /api/v1/namespaces/team-a/secrets");
+    assert_eq!(
+        token["metadata"]["name"],
+        json!(format!("cairn-token-{id}-a1"))
+    );
+    let pod = case.api.body_of("POST /api/v1/namespaces/team-a/pods");
+    assert_eq!(pod["metadata"]["name"], "research-a1");
+    assert_eq!(case.api.events(), ["Relaunched"]);
+}
+
+#[tokio::test]
 async fn a_cancelled_run_that_never_started_is_finished_and_launches_nothing() {
     let run = flowrun(
         json!({ "spec": { "cancel": true }, "status": { "phase": "Pending", "attempt": 0 } }),

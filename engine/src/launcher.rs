@@ -85,6 +85,25 @@ pub async fn claim(
     })
 }
 
+/// The attempt `number` of a running run again, with a fresh token, when its process never
+/// reached the database (`cairn.reissue`): launch it again; it is not a crash. `None` when
+/// the attempt is not the running one or its process did start.
+pub async fn reissue(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    number: i32,
+) -> Result<Option<Attempt>> {
+    let token = sqlx::query_scalar!("SELECT cairn.reissue($1, $2)", run_id, number)
+        .fetch_one(conn)
+        .await
+        .engine()?;
+    Ok(token.map(|token| Attempt {
+        run_id,
+        number,
+        token,
+    }))
+}
+
 /// Claims a pending run with no running budget; `None` when it is not pending any more.
 pub async fn start_attempt(conn: &mut PgConnection, run_id: Uuid) -> Result<Option<Attempt>> {
     Ok(match claim(conn, run_id, None, None).await? {

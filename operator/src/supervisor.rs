@@ -195,6 +195,15 @@ impl Supervisor<'_> {
                     retry_in,
                 } => {
                     let mut conn = self.pool.acquire().await?;
+                    // No process ever ran for it (a `cairn dev` before this one stopped
+                    // between the claim and the launch): launched again, not a crash.
+                    if self.process(run.id) == Process::Absent
+                        && let Some(again) = engine::reissue(&mut conn, run.id, attempt).await?
+                    {
+                        drop(conn);
+                        self.spawn(run, again);
+                        continue;
+                    }
                     let retry_ms = retry_in.map(|d| d.as_millis() as i64);
                     let state =
                         engine::record_crash(&mut conn, run.id, attempt, &reason, retry_ms).await?;
@@ -245,6 +254,12 @@ impl Supervisor<'_> {
         let Some(claim) = engine::start_attempt(&mut conn, run.id).await? else {
             return Ok(()); // no longer pending
         };
+        self.spawn(run, claim);
+        Ok(())
+    }
+
+    /// Starts the flow process of a claimed attempt.
+    fn spawn(&mut self, run: &RunRecord, claim: cairn_engine::runner::Attempt) {
         let attempt = claim.number;
         self.exits.remove(&run.id);
         let label = format!("{}#{attempt}", run.name);
@@ -266,7 +281,7 @@ impl Supervisor<'_> {
                 let exit =
                     ProcessExit::LaunchFailed(format!("{}: {e}", self.launcher.binary.display()));
                 self.exits.insert(run.id, (attempt, exit));
-                return Ok(());
+                return;
             }
         };
         eprintln!("cairn: launched {label} ({})", run.flow);
@@ -291,7 +306,6 @@ impl Supervisor<'_> {
                 exit,
             });
         });
-        Ok(())
     }
 
     /// Stops on a signal. The processes are killed (their runs are durable: a later

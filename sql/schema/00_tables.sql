@@ -101,6 +101,9 @@ CREATE TABLE cairn.attempts (
     ended_at   timestamptz,
     outcome    text CHECK (outcome IN ('completed', 'suspended', 'failed', 'crashed', 'cancelled')),
     detail     text,
+    -- When its process first reached the database (the handshake). An attempt without it
+    -- never started and may be launched again under its number (cairn.reissue).
+    connected_at timestamptz,
     PRIMARY KEY (run_id, attempt)
 );
 

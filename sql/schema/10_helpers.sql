@@ -44,6 +44,13 @@ BEGIN
     RETURN r;
 END $$;
 
+-- A new attempt token: 244 random bits (gen_random_uuid draws from the strong random source).
+-- It is returned once; runs keep only its hash.
+CREATE FUNCTION cairn.new_token() RETURNS text
+LANGUAGE sql VOLATILE AS $$
+    SELECT replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '')
+$$;
+
 -- Refuses a call that does not carry the token of the run's current attempt, the same way a
 -- superseded attempt is refused (CN001): the process must stop without writing.
 CREATE FUNCTION cairn.authorize(p_token text, p_run_id uuid) RETURNS void

@@ -23,7 +23,11 @@ DECLARE
     v_newest  integer;
     v_message text;
 BEGIN
+    -- Ordered against cairn.reissue, which replaces the token of an attempt never connected.
+    PERFORM pg_advisory_xact_lock_shared(cairn.attempt_lock_key(p_run_id));
     PERFORM cairn.authorize(p_token, p_run_id);
+    UPDATE cairn.attempts SET connected_at = now()
+    WHERE run_id = p_run_id AND attempt = p_attempt AND connected_at IS NULL;
     SELECT i.runner_oldest, i.runner_newest INTO v_oldest, v_newest FROM cairn.engine_info() i;
     IF p_protocol BETWEEN v_oldest AND v_newest THEN
         RETURN QUERY SELECT true, v_oldest, v_newest, NULL::text;

@@ -108,11 +108,32 @@ BEGIN
     SELECT s.attempt, s.refused INTO v_attempt, v_refused
     FROM cairn.start_attempt_within(p_run_id, p_max_running, p_max_in_namespace) s;
     IF v_attempt IS NOT NULL THEN
-        -- 244 random bits (gen_random_uuid draws from the strong random source).
-        v_token := replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '');
+        v_token := cairn.new_token();
         UPDATE cairn.runs SET token_hash = cairn.hash_token(v_token) WHERE id = p_run_id;
     END IF;
     RETURN QUERY SELECT v_attempt, v_token, v_refused;
+END $$;
+
+-- An attempt whose process never reached the database (its launcher died between the claim
+-- and the launch, or its pod went before the process started) is launched again under the
+-- same number with a fresh token, which the old one can no longer open: not a crash. Returns
+-- the token; NULL when the attempt is not the run's running one, or its process did start.
+CREATE FUNCTION cairn.reissue(p_run_id uuid, p_attempt integer) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_token text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(cairn.attempt_lock_key(p_run_id));
+    IF NOT EXISTS (SELECT 1 FROM cairn.runs r
+                   JOIN cairn.attempts a ON a.run_id = r.id AND a.attempt = r.attempt
+                   WHERE r.id = p_run_id AND r.attempt = p_attempt AND r.state = 'running'
+                     AND a.connected_at IS NULL) THEN
+        RETURN NULL;
+    END IF;
+    v_token := cairn.new_token();
+    UPDATE cairn.runs SET token_hash = cairn.hash_token(v_token), updated_at = now()
+    WHERE id = p_run_id;
+    RETURN v_token;
 END $$;
 
 -- A launched process died while its run was still running (crash, kill, OOM, lost pod).

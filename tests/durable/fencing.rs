@@ -241,3 +241,30 @@ async fn a_flow_process_can_touch_only_its_own_run_and_no_table() {
     );
     assert_eq!(db.steps(mine).await.len(), 1);
 }
+
+#[tokio::test]
+async fn an_attempt_whose_process_never_connected_is_reissued_and_its_old_token_opens_nothing() {
+    // A launcher claimed attempt 1 and died before starting its process.
+    let db = TestDb::new().await;
+    let id = db.create_run("lost-launch", "steps", json!({})).await;
+    let mut conn = db.conn().await;
+    let lost = claimed(&mut conn, id, 1).await;
+    let again = launcher::reissue(&mut conn, id, 1)
+        .await
+        .unwrap()
+        .expect("never connected: reissued");
+    assert_eq!(again.number, 1, "under the same number");
+    assert_ne!(again.token, lost.token, "with a fresh token");
+    assert_fenced(
+        "a handshake with the old token",
+        runner::handshake(&mut conn, &lost, "test").await,
+    );
+    assert!(matches!(
+        runner::handshake(&mut conn, &again, "test").await,
+        Ok(runner::Handshake::Served)
+    ));
+    // Connected now: its process started, so losing it is a crash, not a reissue.
+    assert!(launcher::reissue(&mut conn, id, 1).await.unwrap().is_none());
+    let record = db.run(id).await;
+    assert_eq!((record.attempt, record.crashes), (1, 0));
+}

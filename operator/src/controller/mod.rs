@@ -173,9 +173,21 @@ impl Context {
             "stringData": { pod::TOKEN_SECRET_KEY: claim.token },
         }))
         .map_err(kube::Error::SerdeError)?;
-        Api::<Secret>::namespaced(self.client.clone(), &run.namespace().unwrap_or_default())
-            .create(&PostParams::default(), &secret)
-            .await?;
+        let secrets =
+            Api::<Secret>::namespaced(self.client.clone(), &run.namespace().unwrap_or_default());
+        match secrets.create(&PostParams::default(), &secret).await {
+            // Left by an operator that died before the pod (the attempt is reissued with a
+            // new token): it takes the new one.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let apply = kube::api::PatchParams::apply(FIELD_MANAGER).force();
+                secrets
+                    .patch(&name, &apply, &kube::api::Patch::Apply(&secret))
+                    .await?;
+            }
+            created => {
+                created?;
+            }
+        }
         Ok(())
     }
 

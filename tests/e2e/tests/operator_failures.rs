@@ -355,6 +355,68 @@ async fn a_flow_pod_deleted_mid_call_is_relaunched() -> anyhow::Result<()> {
 
 #[tokio::test]
 #[ignore = "needs the test cluster: make test-cluster"]
+async fn an_operator_killed_right_after_a_claim_costs_the_run_no_attempt() -> anyhow::Result<()> {
+    let mut sc = Scenario::with_operator("claimed").await?;
+    // The state an operator leaves when it dies between claiming an attempt and creating its
+    // pod: the engine's run holds attempt 1, running, and no pod exists. Made here with the
+    // operator stopped (it migrated the database first), then another operator starts.
+    sc.operators[0].stop();
+    sc.create::<Flow>(json!({
+        "apiVersion": "cairn.dev/v1alpha1", "kind": "Flow", "metadata": { "name": "summarize" },
+        "spec": { "image": sc.setup.image.name, "flow": "summarize",
+                  "retry": { "maxAttempts": 1, "backoffSeconds": 1 } },
+    }))
+    .await?;
+    let input = json!({ "topic": "operators", "subtopic": "dying at the worst moment" });
+    run_of(&sc, "claimed", "summarize", input.clone()).await?;
+    let pool = sc.pool().await?;
+    let run_id: sqlx::types::Uuid = sqlx::query_scalar(
+        "SELECT run_id FROM cairn.create_run($1, 'claimed', 'summarize', $2, 1, 1000)",
+    )
+    .bind(&sc.ns)
+    .bind(&input)
+    .fetch_one(&pool)
+    .await?;
+    let claimed: Option<i32> =
+        sqlx::query_scalar("SELECT attempt FROM cairn.claim($1, NULL, NULL)")
+            .bind(run_id)
+            .fetch_one(&pool)
+            .await?;
+    anyhow::ensure!(claimed == Some(1), "claim gave {claimed:?}");
+    sc.start_operator(cairn_e2e::operator::free_addr("127.0.0.1")?, &[])
+        .await?;
+
+    let name = "an attempt claimed by an operator that died before its pod runs under the same number, maxAttempts 1, no crash";
+    match sc.wait_phase("claimed", Phase::Succeeded, 180).await {
+        Ok(fr) => {
+            let status = fr.status.unwrap_or_default();
+            let crashes = sc
+                .count(&format!(
+                    "SELECT crashes::bigint FROM cairn.runs WHERE id = '{run_id}'"
+                ))
+                .await?;
+            let attempts = sc
+                .count(&format!(
+                    "SELECT count(*) FROM cairn.attempts WHERE run_id = '{run_id}'"
+                ))
+                .await?;
+            sc.check(
+                name,
+                status.attempt == Some(1) && crashes == 0 && attempts == 1,
+                format!(
+                    "attempt {:?}, {crashes} crashes, {attempts} attempt rows",
+                    status.attempt
+                ),
+            );
+        }
+        Err(e) => sc.fail_explained(name, e, "claimed").await,
+    }
+    sc.finish();
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the test cluster: make test-cluster"]
 async fn a_run_past_its_deadline_fails_saying_so() -> anyhow::Result<()> {
     let mut sc = Scenario::with_operator("deadline").await?;
     research_flow(&sc, None).await?;

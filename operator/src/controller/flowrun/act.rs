@@ -5,6 +5,7 @@
 use cairn_crds::{Flow, FlowRun};
 use cairn_engine::launcher::{self as engine, Claim};
 use cairn_engine::read::RunRecord;
+use cairn_engine::runner::Attempt;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::PostParams;
@@ -14,7 +15,7 @@ use kube::{Api, ResourceExt};
 use super::resolve::Resolved;
 use crate::controller::pod::{self, FlowPod};
 use crate::controller::{Context, Error};
-use crate::lifecycle::{Next, ProcessExit, RunView};
+use crate::lifecycle::{Next, Process, ProcessExit, RunView};
 
 /// What acting did that later stages need.
 #[derive(Default)]
@@ -69,6 +70,21 @@ pub async fn act(
         } => {
             let (run, record) = (launch.run, launch.record);
             let namespace = run.namespace().unwrap_or_default();
+            // No process ever ran for it (this operator's predecessor died between the claim
+            // and the pod, or the pod went before it started): launched again, not a crash.
+            if pod::process_of(pods, attempt, seen_at) == Process::Absent {
+                let mut conn = ctx.pool.acquire().await?;
+                if let Some(again) = engine::reissue(&mut conn, record.id, attempt).await? {
+                    drop(conn);
+                    ctx.prepare_namespace(&namespace).await?;
+                    let launched = launch.start(ctx, again, "Relaunched").await?;
+                    return Ok(Acted {
+                        changed: true,
+                        launched: launched.pod(),
+                        ..Acted::default()
+                    });
+                }
+            }
             let never_started = |p: &&Pod| {
                 pod::attempt_of(p) == Some(attempt)
                     && matches!(pod::exit_of(p, seen_at), Some(ProcessExit::LaunchFailed(_)))
@@ -120,6 +136,15 @@ enum Launched {
     Nothing,
 }
 
+impl Launched {
+    fn pod(self) -> Option<Pod> {
+        match self {
+            Launched::Pod(pod) => Some(*pod),
+            _ => None,
+        }
+    }
+}
+
 impl Launch<'_> {
     /// Claims the next attempt within the running budget and creates its pod.
     async fn run(&self, ctx: &Context) -> Result<Launched, Error> {
@@ -135,6 +160,20 @@ impl Launch<'_> {
             Claim::NotPending => return Ok(Launched::Nothing),
             Claim::Refused(why) => return Ok(Launched::NoSlot(why)),
         };
+        drop(conn);
+        let verb = if claim.number == 1 {
+            "Launched"
+        } else {
+            "Resumed"
+        };
+        self.start(ctx, claim, verb).await
+    }
+
+    /// Hands the claimed attempt its token and creates its pod; a pod that cannot be created
+    /// settles the attempt as crashed. `verb` is the Event's reason.
+    async fn start(&self, ctx: &Context, claim: Attempt, verb: &str) -> Result<Launched, Error> {
+        let (run, record) = (self.run, self.record);
+        let namespace = run.namespace().unwrap_or_default();
         let attempt = claim.number;
         let run_id = record.id.to_string();
         let pod = pod::build_pod(&FlowPod {
@@ -179,6 +218,7 @@ impl Launch<'_> {
                 let reason = format!("could not launch the pod: {e}");
                 let retry = crate::lifecycle::retry_delay(&RunView::of(record))
                     .map(|d| d.as_millis() as i64);
+                let mut conn = ctx.pool.acquire().await?;
                 engine::record_crash(&mut conn, record.id, attempt, &reason, retry).await?;
                 drop(conn);
                 delete_token(ctx, &namespace, &run_id, attempt).await;
@@ -187,8 +227,13 @@ impl Launch<'_> {
                 return Ok(Launched::Nothing);
             }
         }
-        let verb = if attempt == 1 { "Launched" } else { "Resumed" };
-        let note = format!("attempt {attempt} in pod {}", pod.name_any());
+        let note = match verb {
+            "Relaunched" => format!(
+                "attempt {attempt} in pod {}: its process never started (not a crash)",
+                pod.name_any()
+            ),
+            _ => format!("attempt {attempt} in pod {}", pod.name_any()),
+        };
         ctx.event(run, verb, &note).await;
         Ok(Launched::Pod(Box::new(pod)))
     }
