@@ -344,7 +344,7 @@ async fn a_run_naming_a_missing_flow_says_so_and_creates_nothing() {
 }
 
 #[tokio::test]
-async fn a_database_that_is_down_fails_the_stage_as_unavailable_and_writes_nothing() {
+async fn a_database_that_is_down_fails_the_stage_as_unavailable_and_says_so_on_the_flowrun() {
     let run = flowrun(json!({}));
     let case = case(&run, vec![]).await;
     case.db.pool.close().await;
@@ -353,6 +353,39 @@ async fn a_database_that_is_down_fails_the_stage_as_unavailable_and_writes_nothi
     assert_eq!(error.category(), Category::DatabaseUnavailable, "{error}");
     assert_eq!(error.stage(), Some(Stage::SyncEngine), "{error}");
     assert!(case.api.lines().is_empty(), "{:?}", case.api.lines());
+
+    // The controller's error policy: a Warning Event and a condition on the FlowRun say so.
+    let run = flowrun(json!({ "status": { "phase": "Running", "attempt": 1,
+        "conditions": [{ "type": "Ready", "status": "False", "reason": "Running",
+                         "message": "attempt 1 is running", "lastTransitionTime": "2026-12-06T20:00:00Z" }] } }));
+    flowrun::on_error(Arc::new(run), &error, case.scope.clone());
+    let patched = format!("PATCH {RUNS}/research/status");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !case.api.lines().contains(&patched) || case.api.events().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            case.api.lines()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(case.api.events(), ["DatabaseUnavailable"]);
+    let conditions = case.api.body_of(&patched)["status"]["conditions"].clone();
+    assert_eq!(conditions[0]["type"], "Ready", "kept: {conditions}");
+    let failing = &conditions[1];
+    assert_eq!(
+        (&failing["type"], &failing["status"], &failing["reason"]),
+        (
+            &json!("Reconciled"),
+            &json!("False"),
+            &json!("DatabaseUnavailable")
+        )
+    );
+    let message = failing["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(&error.to_string()) && message.contains("trying again in"),
+        "{message}"
+    );
 }
 
 /// A parent named with 200 characters (any valid FlowRun name, up to 253, must work), running

@@ -463,11 +463,7 @@ async fn run_controllers(
         .with_config(config.clone())
         .reconcile_on(wake)
         .shutdown_on_signal()
-        .run(
-            flowrun::reconcile,
-            |run, error, scope| error_policy(run, error, scope.ctx.clone()),
-            flowrun_scope,
-        )
+        .run(flowrun::reconcile, flowrun::on_error, flowrun_scope)
         .for_each(|outcome| async move {
             if let Err(e) = outcome {
                 tracing::debug!(error = %e, "flowrun reconcile");
@@ -513,25 +509,37 @@ fn error_policy<K>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
 where
     K: Resource<DynamicType = ()>,
 {
+    failed(object.as_ref(), error, ctx).0
+}
+
+/// Records a failed reconcile (metrics, log, back-off) and, the first time in a failure streak,
+/// a Warning Event whose reason is the error's category. Returns when to try again and, at
+/// the start of a streak, what the Event said.
+pub fn failed<K>(object: &K, error: &Error, ctx: Arc<Context>) -> (Action, Option<String>)
+where
+    K: Resource<DynamicType = ()>,
+{
     let category = error.category();
     let stage = error.stage().map_or("reconcile", error::Stage::as_str);
-    let key = ObjectRef::from_obj(object.as_ref()).erase().to_string();
+    let key = ObjectRef::from_obj(object).erase().to_string();
     let (delay, news) = ctx.failures.failed(&key, category);
     ctx.metrics
         .reconcile_failed(&K::kind(&()), stage, category.as_str());
     tracing::warn!(object = %key, %stage, category = category.as_str(), error = %error, retry_in = ?delay, "reconcile failed");
-    if news {
-        let reference = object.object_ref(&());
-        let note = format!(
-            "{error}; trying again in {}",
-            humantime::format_duration(delay)
-        );
-        tokio::spawn(async move {
-            ctx.publish_to(&reference, EventType::Warning, category.as_str(), &note)
-                .await;
-        });
+    if !news {
+        return (Action::requeue(delay), None);
     }
-    Action::requeue(delay)
+    let reference = object.object_ref(&());
+    let note = format!(
+        "{error}; trying again in {}",
+        humantime::format_duration(delay)
+    );
+    let said = note.clone();
+    tokio::spawn(async move {
+        ctx.publish_to(&reference, EventType::Warning, category.as_str(), &note)
+            .await;
+    });
+    (Action::requeue(delay), Some(said))
 }
 
 /// The end of a reconcile that succeeded: the object's failure streak (if any) is over.

@@ -228,6 +228,22 @@ async fn report_invalid(
     Ok(then)
 }
 
+/// A reconcile that failed: backs off, and at the start of a failure streak says why with a
+/// Warning Event and, on the FlowRun, the condition `Reconciled` False (best effort: the API
+/// server may be what fails).
+pub fn on_error(run: Arc<FlowRun>, error: &Error, scope: Arc<Scope>) -> Action {
+    let (action, said) = super::failed(run.as_ref(), error, scope.ctx.clone());
+    if let Some(message) = said.filter(|_| run.meta().deletion_timestamp.is_none()) {
+        let status = status::failing_status(&run, error.category().as_str(), &message);
+        tokio::spawn(async move {
+            if let Err(e) = patch::patch_status(&scope.ctx, &run, &status).await {
+                tracing::debug!(error = %e, "cannot show the reconcile error on the FlowRun");
+            }
+        });
+    }
+    action
+}
+
 /// On deletion: cancel the run (clearing its waits and timers) and delete its rows.
 async fn cleanup(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
     let namespace = run.namespace().unwrap_or_default();

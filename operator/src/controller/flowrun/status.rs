@@ -30,6 +30,20 @@ pub fn invalid_status(run: &FlowRun, invalid: &Invalid) -> FlowRunStatus {
     status
 }
 
+/// The status shown while reconciling the FlowRun keeps failing: what it showed, with the
+/// condition `Reconciled` False saying why (`reason`: the error's category). The next status
+/// built by a reconcile that succeeds has no such condition.
+pub fn failing_status(run: &FlowRun, reason: &str, message: &str) -> FlowRunStatus {
+    let mut status = run.status.clone().unwrap_or_default();
+    let failing = condition(run, RECONCILED, false, reason, message);
+    status.conditions.retain(|c| c.type_ != RECONCILED);
+    status.conditions.push(failing);
+    status
+}
+
+/// The condition a persistent reconcile error shows as.
+pub const RECONCILED: &str = "Reconciled";
+
 /// The status the FlowRun should show, from the engine's record and the pods.
 pub fn build_status(
     run: &FlowRun,
@@ -219,5 +233,29 @@ mod tests {
         shown["pod"] = json!("run-a1");
         let kept = build_status(&flowrun(shown), &running, &[], None, None, None);
         assert_eq!(kept.pod.as_deref(), Some("run-a1"));
+    }
+
+    #[test]
+    fn a_persistent_reconcile_error_shows_as_a_condition_until_a_reconcile_succeeds() {
+        let running = record(Phase::Running, 1);
+        let shown = build_status(&flowrun(json!({})), &running, &[], None, None, None);
+        let run = flowrun(serde_json::to_value(&shown).unwrap());
+        let failing = failing_status(&run, "Forbidden", "act: pods is forbidden");
+        let types: Vec<&str> = failing
+            .conditions
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(types, ["Ready", RECONCILED]);
+        assert_eq!(failing.conditions[1].reason, "Forbidden");
+        // Failing again, differently: still one such condition, saying the latest.
+        let run = flowrun(serde_json::to_value(&failing).unwrap());
+        let again = failing_status(&run, "Conflict", "act: conflict");
+        assert_eq!(again.conditions.len(), 2);
+        assert_eq!(again.conditions[1].reason, "Conflict");
+        // A reconcile that succeeds writes the status without it.
+        let run = flowrun(serde_json::to_value(&again).unwrap());
+        let healed = build_status(&run, &running, &[], None, None, None);
+        assert!(healed.conditions.iter().all(|c| c.type_ != RECONCILED));
     }
 }
