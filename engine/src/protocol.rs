@@ -42,6 +42,9 @@ pub mod env {
     /// After SIGTERM, how long the step in flight may go on before it is abandoned (default
     /// [`super::DEFAULT_STOP_GRACE_MS`]). Either way the process then gives the run back.
     pub const STOP_GRACE_MS: &str = "CAIRN_STOP_GRACE_MS";
+    /// The longest one database call may take (default 30000): past it the database counts
+    /// as unreachable and the attempt ends as crashed, so a silent network becomes a relaunch.
+    pub const CALL_TIMEOUT_MS: &str = "CAIRN_DATABASE_CALL_TIMEOUT_MS";
 }
 
 /// The default of [`env::STOP_GRACE_MS`]. A pod's termination grace period must be longer.

@@ -51,18 +51,45 @@ impl FromStr for Pooler {
 pub(crate) struct RunnerConn {
     pub(crate) conn: PgConnection,
     pub(crate) pooled: bool,
+    /// The longest one engine call may take (`CAIRN_DATABASE_CALL_TIMEOUT_MS`): past it the
+    /// database counts as unreachable and the attempt ends as crashed, to be relaunched. Engine
+    /// calls take milliseconds; without a bound a silent network (no reset, no answer) would
+    /// stall the run until the kernel gives up on the connection, many minutes later.
+    pub(crate) call_timeout: Duration,
+}
+
+/// The default of `CAIRN_DATABASE_CALL_TIMEOUT_MS`.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The error an engine call (or a connect) that outlived its bound ends with: the database
+/// counts as unreachable.
+pub(crate) fn timed_out(bound: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer from the database within {bound:?} (CAIRN_DATABASE_CALL_TIMEOUT_MS)"),
+    ))
 }
 
 impl RunnerConn {
     /// Connects, retrying refused connections with backoff (Postgres restarting, or at its
     /// connection limit) for about half a minute before giving up.
-    pub(crate) async fn connect(url: &str, pooler: Pooler) -> Result<RunnerConn, sqlx::Error> {
+    pub(crate) async fn connect(
+        url: &str,
+        pooler: Pooler,
+        call_timeout: Duration,
+    ) -> Result<RunnerConn, sqlx::Error> {
         let pooled = pooler == Pooler::Transaction;
         let mut options = PgConnectOptions::from_str(url)?;
         if pooled {
             options = options.statement_cache_capacity(0);
         }
-        let conn = (|| options.connect())
+        // Each try is bounded too: a silent network would hold a connect forever.
+        let connect_once = || async {
+            tokio::time::timeout(call_timeout, options.connect())
+                .await
+                .unwrap_or_else(|_| Err(timed_out(call_timeout)))
+        };
+        let conn = connect_once
             .retry(
                 ExponentialBuilder::default()
                     .with_min_delay(Duration::from_millis(200))
@@ -75,7 +102,11 @@ impl RunnerConn {
                 |e, delay| tracing::warn!(error = %e, ?delay, "database not reachable yet; retrying"),
             )
             .await?;
-        Ok(RunnerConn { conn, pooled })
+        Ok(RunnerConn {
+            conn,
+            pooled,
+            call_timeout,
+        })
     }
 }
 
@@ -91,8 +122,9 @@ pub(crate) const BEGIN_POOLED: &str = "BEGIN; DEALLOCATE ALL";
 macro_rules! engine_call {
     ($runner_conn:expr, |$conn:ident| $call:expr) => {{
         let runner_conn: &mut $crate::conn::RunnerConn = &mut $runner_conn;
-        if runner_conn.pooled {
-            async {
+        let bound = runner_conn.call_timeout;
+        let call = async {
+            if runner_conn.pooled {
                 let mut tx =
                     sqlx::Connection::begin_with(&mut runner_conn.conn, $crate::conn::BEGIN_POOLED)
                         .await?;
@@ -100,11 +132,16 @@ macro_rules! engine_call {
                 let value = $call.await?;
                 tx.commit().await?;
                 Ok::<_, cairn_engine::EngineError>(value)
+            } else {
+                let $conn: &mut sqlx::PgConnection = &mut runner_conn.conn;
+                $call.await
             }
-            .await
-        } else {
-            let $conn: &mut sqlx::PgConnection = &mut runner_conn.conn;
-            $call.await
+        };
+        match tokio::time::timeout(bound, call).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(cairn_engine::EngineError::Database(
+                $crate::conn::timed_out(bound),
+            )),
         }
     }};
 }

@@ -28,6 +28,8 @@ pub struct RunnerEnv {
     pub pooler: Pooler,
     /// After SIGTERM, how long the step in flight may go on before it is abandoned.
     pub stop_grace: Duration,
+    /// The longest one database call may take before the attempt ends as crashed.
+    pub call_timeout: Duration,
 }
 
 impl RunnerEnv {
@@ -40,6 +42,8 @@ impl RunnerEnv {
         let inline_ms = std::env::var(env::INLINE_SLEEP_MAX_MS).unwrap_or_else(|_| "10000".into());
         let grace_ms = std::env::var(env::STOP_GRACE_MS)
             .unwrap_or_else(|_| cairn_engine::protocol::DEFAULT_STOP_GRACE_MS.to_string());
+        let call_ms = std::env::var(env::CALL_TIMEOUT_MS)
+            .unwrap_or_else(|_| crate::conn::DEFAULT_CALL_TIMEOUT.as_millis().to_string());
         Ok(RunnerEnv {
             database_url: var(env::DATABASE_URL)?,
             attempt: engine::Attempt {
@@ -64,6 +68,11 @@ impl RunnerEnv {
                 grace_ms
                     .parse()
                     .map_err(|e| anyhow!("{}={grace_ms:?}: {e}", env::STOP_GRACE_MS))?,
+            ),
+            call_timeout: Duration::from_millis(
+                call_ms
+                    .parse()
+                    .map_err(|e| anyhow!("{}={call_ms:?}: {e}", env::CALL_TIMEOUT_MS))?,
             ),
         })
     }
@@ -148,7 +157,12 @@ impl Runner {
         let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .inspect_err(|e| tracing::warn!(error = %e, "cannot handle SIGTERM"))
             .ok();
-        let mut conn = match RunnerConn::connect(&runner_env.database_url, runner_env.pooler).await
+        let mut conn = match RunnerConn::connect(
+            &runner_env.database_url,
+            runner_env.pooler,
+            runner_env.call_timeout,
+        )
+        .await
         {
             Ok(conn) => conn,
             Err(e) => {
@@ -200,7 +214,12 @@ impl Runner {
             () = stop_after_grace(&ctx, terminate, runner_env.stop_grace) => {
                 // The step in flight is dropped mid-way, maybe mid-query: give the run back
                 // on a connection of its own.
-                return match RunnerConn::connect(&runner_env.database_url, runner_env.pooler).await {
+                return match RunnerConn::connect(
+            &runner_env.database_url,
+            runner_env.pooler,
+            runner_env.call_timeout,
+        )
+        .await {
                     Ok(mut conn) => release(&mut conn, attempt).await,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot reach the database to give the run back");

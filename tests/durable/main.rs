@@ -10,6 +10,7 @@ mod events;
 mod fencing;
 mod graceful_stop;
 mod retries;
+mod silent_network;
 mod sleep_and_children;
 
 use cairn_engine::{EngineError, launcher, runner};

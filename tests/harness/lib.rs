@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod fake_api;
+pub mod relay;
 pub mod tls;
 
 use std::path::{Path, PathBuf};

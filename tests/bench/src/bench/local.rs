@@ -201,6 +201,7 @@ async fn claimed_run(
         inline_sleep_max: Duration::ZERO,
         pooler: Default::default(),
         stop_grace: Duration::ZERO,
+        call_timeout: Duration::from_secs(30),
     })
 }
 
