@@ -32,6 +32,13 @@ pub struct Config {
     /// Name of that Lease; operators sharing it never act at the same time.
     #[arg(long, env = "CAIRN_LEASE_NAME", default_value = "cairn-operator")]
     pub lease_name: String,
+    /// How long the Lease holds without renewal: after the active replica dies, a standby acts
+    /// within this (and up to a second more). The holder renews it when half is left, so an
+    /// API server slower than that half costs it the Lease (it then exits and rejoins as a
+    /// standby; the engine's fencing keeps runs safe meanwhile).
+    #[arg(long, env = "CAIRN_LEASE_SECONDS", default_value_t = 4,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    pub lease_seconds: u64,
     /// Flow pods running at once, in all. Each holds a database connection: keep this well
     /// under the database's max_connections (or put PgBouncer in front of it).
     #[arg(long, env = "CAIRN_MAX_RUNNING", default_value_t = 50)]

@@ -286,8 +286,8 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
     let lease = LeaseManagerBuilder::new(client, &ctx.config.lease_name)
         .with_namespace(&ctx.config.lease_namespace)
         .with_identity(&identity)
-        .with_duration(LEASE_SECONDS)
-        .with_grace(LEASE_GRACE_SECONDS)
+        .with_duration(ctx.config.lease_seconds)
+        .with_grace(ctx.config.lease_seconds / 2)
         .build()
         .await?;
     let (mut leading, lease_task) = lease.watch().await;
@@ -321,10 +321,6 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
     }
     outcome
 }
-
-/// How long a held Lease lasts without renewal, and the slack for clock skew.
-const LEASE_SECONDS: u64 = 15;
-const LEASE_GRACE_SECONDS: u64 = 5;
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

@@ -141,6 +141,14 @@ impl Operator {
         (answer.status == 200).then_some(answer.body)
     }
 
+    /// SIGKILL, as a crashed node or an OOM kill would: it releases nothing.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// SIGTERM, then waits for it to exit (it releases its Lease on the way out).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

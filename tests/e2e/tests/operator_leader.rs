@@ -88,6 +88,7 @@ async fn a_standby_takes_over_and_the_new_leader_keeps_every_promise() -> anyhow
     budget(&mut sc).await?;
     schema_checked_approval(&mut sc).await?;
     least_privilege(&mut sc).await?;
+    let standby = killed_leader_handover(&mut sc, standby).await?;
 
     let name = "the operator serves /livez, /readyz and /metrics with run counts and launches";
     let op = &sc.operators[standby];
@@ -127,6 +128,41 @@ async fn a_standby_takes_over_and_the_new_leader_keeps_every_promise() -> anyhow
     );
     sc.finish();
     Ok(())
+}
+
+/// The leader SIGKILLed (it releases nothing): a new standby takes the Lease once it expires
+/// and acts; a run created meanwhile launches under it. Prints the handover time (a figure,
+/// not a bound: `--lease-seconds`, 4 by default, and up to a second more). Returns the index
+/// of the new leader.
+async fn killed_leader_handover(sc: &mut Scenario, leader: usize) -> anyhow::Result<usize> {
+    let addr = cairn_e2e::operator::free_addr("127.0.0.1")?;
+    let next = sc.start_operator(addr, &[]).await?;
+    sc.operators[leader].kill();
+    let killed = Instant::now();
+    let name =
+        "when the leader is SIGKILLed, a standby takes over once its Lease expires and launches";
+    let took_over = sc.operators[next]
+        .wait_log("holding the Lease", Duration::from_secs(60))
+        .await
+        .map(|_| killed.elapsed());
+    let input = json!({ "topic": "sudden deaths", "breadth": 1 });
+    run_of(sc, "after-kill", "research", input).await?;
+    let launched = sc
+        .wait_run("after-kill", "have an attempt", 120, |s| {
+            s.attempt.unwrap_or(0) >= 1
+        })
+        .await;
+    match (took_over, launched) {
+        (Ok(handover), Ok(_)) => {
+            println!("figure: handover after the leader's SIGKILL: {handover:.1?}");
+            sc.check(&format!("{name} (handover {handover:.1?})"), true, "");
+        }
+        (took_over, launched) => {
+            let seen = format!("took over: {took_over:?}; launched: {:?}", launched.err());
+            sc.fail_explained(name, seen, "after-kill").await;
+        }
+    }
+    Ok(next)
 }
 
 /// Over the running budget (the standby's flag: 2), runs wait Pending with the reason.
