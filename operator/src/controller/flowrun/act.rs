@@ -15,7 +15,7 @@ use kube::{Api, ResourceExt};
 use super::resolve::Resolved;
 use crate::controller::pod::{self, FlowPod};
 use crate::controller::{Context, Error};
-use crate::lifecycle::{Next, Process, ProcessExit, RunView};
+use crate::lifecycle::{Next, ProcessExit, RunView};
 
 /// What acting did that later stages need.
 #[derive(Default)]
@@ -72,7 +72,8 @@ pub async fn act(
             let namespace = run.namespace().unwrap_or_default();
             // No process ever ran for it (this operator's predecessor died between the claim
             // and the pod, or the pod went before it started): launched again, not a crash.
-            if pod::process_of(pods, attempt, seen_at) == Process::Absent {
+            // Only with no pod object of the attempt left, which would block its pod's name.
+            if !pods.iter().any(|p| pod::attempt_of(p) == Some(attempt)) {
                 let mut conn = ctx.pool.acquire().await?;
                 if let Some(again) = engine::reissue(&mut conn, record.id, attempt).await? {
                     drop(conn);
