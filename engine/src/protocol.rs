@@ -29,7 +29,7 @@ pub mod env {
     pub const TOKEN: &str = "CAIRN_TOKEN";
     /// The flow's name, for logs; the database record is authoritative.
     pub const FLOW: &str = "CAIRN_FLOW";
-    /// Sleeps at most this long stay in-process (default 10000).
+    /// Sleeps at most this long stay in-process (default [`super::DEFAULT_INLINE_SLEEP_MAX_MS`]).
     pub const INLINE_SLEEP_MAX_MS: &str = "CAIRN_INLINE_SLEEP_MAX_MS";
     /// When set, the binary prints the flows it registers as JSON and exits.
     pub const DESCRIBE: &str = "CAIRN_DESCRIBE";
@@ -42,13 +42,18 @@ pub mod env {
     /// After SIGTERM, how long the step in flight may go on before it is abandoned (default
     /// [`super::DEFAULT_STOP_GRACE_MS`]). Either way the process then gives the run back.
     pub const STOP_GRACE_MS: &str = "CAIRN_STOP_GRACE_MS";
-    /// The longest one database call may take (default 30000): past it the database counts
-    /// as unreachable and the attempt ends as crashed, so a silent network becomes a relaunch.
+    /// The longest one database call may take (default [`super::DEFAULT_CALL_TIMEOUT_MS`]):
+    /// past it the database counts as unreachable and the attempt ends as crashed, so a silent
+    /// network becomes a relaunch.
     pub const CALL_TIMEOUT_MS: &str = "CAIRN_DATABASE_CALL_TIMEOUT_MS";
 }
 
+/// The default of [`env::INLINE_SLEEP_MAX_MS`].
+pub const DEFAULT_INLINE_SLEEP_MAX_MS: u64 = 10_000;
 /// The default of [`env::STOP_GRACE_MS`]. A pod's termination grace period must be longer.
 pub const DEFAULT_STOP_GRACE_MS: u64 = 20_000;
+/// The default of [`env::CALL_TIMEOUT_MS`]. Engine calls take milliseconds.
+pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 30_000;
 
 /// How a flow process ended. The database holds the truth; the exit code is a fast hint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

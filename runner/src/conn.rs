@@ -58,9 +58,6 @@ pub(crate) struct RunnerConn {
     pub(crate) call_timeout: Duration,
 }
 
-/// The default of `CAIRN_DATABASE_CALL_TIMEOUT_MS`.
-pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The error an engine call (or a connect) that outlived its bound ends with: the database
 /// counts as unreachable.
 pub(crate) fn timed_out(bound: Duration) -> sqlx::Error {

@@ -16,7 +16,7 @@ use crate::conn::{Pooler, RunnerConn, engine_call};
 use crate::ctx::{Ctx, decode};
 use crate::error::Interrupted;
 use cairn_engine::EngineError;
-use cairn_engine::protocol::{Exit, env};
+use cairn_engine::protocol::{self, Exit, env};
 use cairn_engine::runner::{self as engine, Handshake};
 
 /// The runner contract read from the environment.
@@ -39,11 +39,6 @@ impl RunnerEnv {
         };
         let run_id = var(env::RUN_ID)?;
         let attempt = var(env::ATTEMPT)?;
-        let inline_ms = std::env::var(env::INLINE_SLEEP_MAX_MS).unwrap_or_else(|_| "10000".into());
-        let grace_ms = std::env::var(env::STOP_GRACE_MS)
-            .unwrap_or_else(|_| cairn_engine::protocol::DEFAULT_STOP_GRACE_MS.to_string());
-        let call_ms = std::env::var(env::CALL_TIMEOUT_MS)
-            .unwrap_or_else(|_| crate::conn::DEFAULT_CALL_TIMEOUT.as_millis().to_string());
         Ok(RunnerEnv {
             database_url: var(env::DATABASE_URL)?,
             attempt: engine::Attempt {
@@ -55,27 +50,34 @@ impl RunnerEnv {
                     .map_err(|e| anyhow!("{}={attempt:?} is not a number: {e}", env::ATTEMPT))?,
                 token: var(env::TOKEN)?,
             },
-            inline_sleep_max: Duration::from_millis(
-                inline_ms
-                    .parse()
-                    .map_err(|e| anyhow!("{}={inline_ms:?}: {e}", env::INLINE_SLEEP_MAX_MS))?,
-            ),
+            inline_sleep_max: millis(
+                env::INLINE_SLEEP_MAX_MS,
+                protocol::DEFAULT_INLINE_SLEEP_MAX_MS,
+            )?,
             pooler: std::env::var(env::POOLER)
                 .unwrap_or_default()
                 .parse()
                 .map_err(|e| anyhow!("{}: {e}", env::POOLER))?,
-            stop_grace: Duration::from_millis(
-                grace_ms
-                    .parse()
-                    .map_err(|e| anyhow!("{}={grace_ms:?}: {e}", env::STOP_GRACE_MS))?,
-            ),
-            call_timeout: Duration::from_millis(
-                call_ms
-                    .parse()
-                    .map_err(|e| anyhow!("{}={call_ms:?}: {e}", env::CALL_TIMEOUT_MS))?,
-            ),
+            stop_grace: millis(env::STOP_GRACE_MS, protocol::DEFAULT_STOP_GRACE_MS)?,
+            call_timeout: millis(env::CALL_TIMEOUT_MS, protocol::DEFAULT_CALL_TIMEOUT_MS)?,
         })
     }
+
+    /// The process's database connection, bounded by `call_timeout`.
+    async fn connect(&self) -> Result<RunnerConn, sqlx::Error> {
+        RunnerConn::connect(&self.database_url, self.pooler, self.call_timeout).await
+    }
+}
+
+/// A duration in milliseconds from the environment variable `name`, or `default` if unset.
+fn millis(name: &str, default: u64) -> anyhow::Result<Duration> {
+    let Ok(value) = std::env::var(name) else {
+        return Ok(Duration::from_millis(default));
+    };
+    let ms = value
+        .parse()
+        .map_err(|e| anyhow!("{name}={value:?} is not a number of milliseconds: {e}"))?;
+    Ok(Duration::from_millis(ms))
 }
 
 /// How this SDK names itself to the engine (in the message of a protocol it does not serve).
@@ -157,13 +159,7 @@ impl Runner {
         let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .inspect_err(|e| tracing::warn!(error = %e, "cannot handle SIGTERM"))
             .ok();
-        let mut conn = match RunnerConn::connect(
-            &runner_env.database_url,
-            runner_env.pooler,
-            runner_env.call_timeout,
-        )
-        .await
-        {
+        let mut conn = match runner_env.connect().await {
             Ok(conn) => conn,
             Err(e) => {
                 let why = cairn_engine::error::explain_connect_error(&runner_env.database_url, &e);
@@ -214,12 +210,7 @@ impl Runner {
             () = stop_after_grace(&ctx, terminate, runner_env.stop_grace) => {
                 // The step in flight is dropped mid-way, maybe mid-query: give the run back
                 // on a connection of its own.
-                return match RunnerConn::connect(
-            &runner_env.database_url,
-            runner_env.pooler,
-            runner_env.call_timeout,
-        )
-        .await {
+                return match runner_env.connect().await {
                     Ok(mut conn) => release(&mut conn, attempt).await,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot reach the database to give the run back");

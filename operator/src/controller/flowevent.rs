@@ -87,7 +87,9 @@ async fn target(event: &FlowEvent, ctx: &Context, namespace: &str) -> Result<Tar
     let run = runs.get_opt(&wanted.name).await?;
     let Some(run) = run.filter(|run| run.uid().as_deref() == Some(wanted.uid.as_str())) else {
         return Ok(Target::Gone(format!(
-            "FlowRun {} (uid {}) no longer exists; this event was for it alone and does not              reach a FlowRun created again under its name (approve that one with `kubectl              cairn approve {}`)",
+            "FlowRun {} (uid {}) no longer exists; this event was for it alone and does not \
+             reach a FlowRun created again under its name (approve that one with `kubectl \
+             cairn approve {}`)",
             wanted.name, wanted.uid, wanted.name
         )));
     };

@@ -60,10 +60,14 @@ async fn a_reused_name_waits_for_its_own_approval(
         .await;
     let message = refused.map(|e| e.status.and_then(|s| s.message).unwrap_or_default());
     sc.check(
-        "a FlowEvent for the deleted asks is refused, saying it no longer exists",
+        "a FlowEvent for the deleted asks is refused, saying it no longer exists and how to approve the new one",
         message
             .as_ref()
-            .is_ok_and(|m| m.contains("no longer exists")),
+            .is_ok_and(|m| {
+                m.contains("FlowRun asks (uid ")
+                    && m.contains("no longer exists")
+                    && m.contains("(approve that one with `kubectl cairn approve asks`)")
+            }),
         format!("{message:?}"),
     );
 

@@ -78,7 +78,7 @@ pub async fn act(
                 if let Some(again) = engine::reissue(&mut conn, record.id, attempt).await? {
                     drop(conn);
                     ctx.prepare_namespace(&namespace).await?;
-                    let launched = launch.start(ctx, again, "Relaunched").await?;
+                    let launched = launch.start(ctx, again, Start::NeverStarted).await?;
                     return Ok(Acted {
                         changed: true,
                         launched: launched.pod(),
@@ -137,6 +137,17 @@ enum Launched {
     Nothing,
 }
 
+/// Which start of an attempt a launch is (the Event says so).
+#[derive(Clone, Copy)]
+enum Start {
+    /// The run's first attempt.
+    First,
+    /// An attempt after a wait, a sleep or a crash.
+    Next,
+    /// The same attempt again: its process never started (`cairn.reissue`).
+    NeverStarted,
+}
+
 impl Launched {
     fn pod(self) -> Option<Pod> {
         match self {
@@ -150,9 +161,9 @@ impl Launch<'_> {
     /// Claims the next attempt within the running budget and creates its pod.
     async fn run(&self, ctx: &Context) -> Result<Launched, Error> {
         let (run, record) = (self.run, self.record);
-        let namespace = run.namespace().unwrap_or_default();
         // Only launching needs the Secret pods read the database URL from.
-        ctx.prepare_namespace(&namespace).await?;
+        ctx.prepare_namespace(&run.namespace().unwrap_or_default())
+            .await?;
         let (max_running, max_in_namespace) = ctx.config.budget();
         let mut conn = ctx.pool.acquire().await?;
         let claim = match engine::claim(&mut conn, record.id, max_running, max_in_namespace).await?
@@ -162,17 +173,16 @@ impl Launch<'_> {
             Claim::Refused(why) => return Ok(Launched::NoSlot(why)),
         };
         drop(conn);
-        let verb = if claim.number == 1 {
-            "Launched"
-        } else {
-            "Resumed"
+        let start = match claim.number {
+            1 => Start::First,
+            _ => Start::Next,
         };
-        self.start(ctx, claim, verb).await
+        self.start(ctx, claim, start).await
     }
 
     /// Hands the claimed attempt its token and creates its pod; a pod that cannot be created
-    /// settles the attempt as crashed. `verb` is the Event's reason.
-    async fn start(&self, ctx: &Context, claim: Attempt, verb: &str) -> Result<Launched, Error> {
+    /// settles the attempt as crashed.
+    async fn start(&self, ctx: &Context, claim: Attempt, start: Start) -> Result<Launched, Error> {
         let (run, record) = (self.run, self.record);
         let namespace = run.namespace().unwrap_or_default();
         let attempt = claim.number;
@@ -228,14 +238,13 @@ impl Launch<'_> {
                 return Ok(Launched::Nothing);
             }
         }
-        let note = match verb {
-            "Relaunched" => format!(
-                "attempt {attempt} in pod {}: its process never started (not a crash)",
-                pod.name_any()
-            ),
-            _ => format!("attempt {attempt} in pod {}", pod.name_any()),
+        let (reason, why) = match start {
+            Start::First => ("Launched", ""),
+            Start::Next => ("Resumed", ""),
+            Start::NeverStarted => ("Relaunched", ": its process never started (not a crash)"),
         };
-        ctx.event(run, verb, &note).await;
+        let note = format!("attempt {attempt} in pod {}{why}", pod.name_any());
+        ctx.event(run, reason, &note).await;
         Ok(Launched::Pod(Box::new(pod)))
     }
 }

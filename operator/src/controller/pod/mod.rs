@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 
+use crate::kubectl::logic::to_utc;
 use crate::lifecycle::{Process, ProcessExit};
 use cairn_engine::names;
 
@@ -243,9 +244,10 @@ pub fn attempt_of(pod: &Pod) -> Option<i32> {
 pub fn process_of(pods: &[Pod], attempt: i32, now: DateTime<Utc>) -> Process {
     let present = |p: &&Pod| {
         attempt_of(p) == Some(attempt)
-            && p.metadata.deletion_timestamp.as_ref().is_none_or(|t| {
-                DateTime::from_timestamp(t.0.as_second(), 0).is_some_and(|t| t > now)
-            })
+            && p.metadata
+                .deletion_timestamp
+                .as_ref()
+                .is_none_or(|t| to_utc(t) > now)
     };
     let Some(pod) = pods.iter().find(present) else {
         return Process::Absent;
@@ -280,8 +282,7 @@ pub fn start_retried_until(pod: &Pod) -> Option<DateTime<Utc>> {
         waiting.reason.as_deref(),
         Some("CreateContainerConfigError" | "CreateContainerError")
     );
-    let created = pod.metadata.creation_timestamp.as_ref()?;
-    let created = DateTime::from_timestamp(created.0.as_second(), 0)?;
+    let created = to_utc(pod.metadata.creation_timestamp.as_ref()?);
     retried.then(|| created + chrono::Duration::seconds(START_GRACE_SECONDS))
 }
 

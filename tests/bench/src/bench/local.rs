@@ -201,7 +201,7 @@ async fn claimed_run(
         inline_sleep_max: Duration::ZERO,
         pooler: Default::default(),
         stop_grace: Duration::ZERO,
-        call_timeout: Duration::from_secs(30),
+        call_timeout: Duration::from_millis(cairn_engine::protocol::DEFAULT_CALL_TIMEOUT_MS),
     })
 }
 
