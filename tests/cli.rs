@@ -270,22 +270,29 @@ async fn a_database_down_at_start_gives_a_clear_error() {
 
 // ---- the operator's read API, against a real database ------------------------------------------
 
-/// `GET path` on the read API: the status and the JSON body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Value) {
-    let answer = cairn_tests::http_get(addr, path)
+/// The read API's list query (its HTTP, authorization and filter parsing are tested in
+/// `controller::api` and on the cluster), as the JSON it serves.
+async fn read_list(
+    pool: &sqlx::PgPool,
+    phases: &[cairn_operator::lifecycle::Phase],
+    flow: Option<&str>,
+) -> Value {
+    let runs = cairn_operator::controller::api::list(pool, "default", phases, flow)
         .await
-        .unwrap_or_else(|| panic!("{path}: no HTTP answer from the read API"));
-    assert!(
-        answer
-            .head
-            .to_ascii_lowercase()
-            .contains("content-type: application/json"),
-        "{path}: {}",
-        answer.head
-    );
-    let json = serde_json::from_str(&answer.body)
-        .unwrap_or_else(|e| panic!("{path}: {e}: {}", answer.body));
-    (answer.status, json)
+        .unwrap();
+    serde_json::to_value(cairn_engine::read_api::RunList { runs }).unwrap()
+}
+
+/// The read API's run query: the JSON document, or the error's status and message.
+async fn read_detail(
+    pool: &sqlx::PgPool,
+    namespace: &str,
+    name: &str,
+) -> Result<Value, (u16, String)> {
+    cairn_operator::controller::api::detail(pool, namespace, name)
+        .await
+        .map(|d| serde_json::to_value(d).unwrap())
+        .map_err(|e| (e.status.as_u16(), e.message))
 }
 
 fn names(list: &Value) -> Vec<&str> {
@@ -298,8 +305,7 @@ fn names(list: &Value) -> Vec<&str> {
 }
 
 #[tokio::test]
-async fn the_read_api_serves_runs_their_steps_and_wait_and_clear_errors() {
-    use cairn_operator::controller::api;
+async fn the_read_api_queries_give_runs_their_steps_and_wait_and_clear_errors() {
     let db = TestDb::unmigrated().await;
     let log = db.log("effects");
     let done = run(cairn(&db, &log, &dev_run("echo", r#"{"x":1}"#, "done-api"))).await;
@@ -330,24 +336,17 @@ async fn the_read_api_serves_runs_their_steps_and_wait_and_clear_errors() {
     .await;
     assert_eq!(waited.status.code(), Some(0), "{}", stderr(&waited));
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = api::ApiState::new(db.pool.clone(), &["default".to_owned()]);
-    let server = tokio::spawn(api::serve(listener, state));
-
-    let (status, all) = http_get(addr, "/api/v1/namespaces/default/runs").await;
-    assert_eq!(status, 200, "{all}");
+    let all = read_list(&db.pool, &[], None).await;
     assert_eq!(names(&all), ["done-api", "asks-api"]);
-    let (_, waiting) = http_get(addr, "/api/v1/namespaces/default/runs?phase=waiting").await;
+    let waiting = read_list(&db.pool, &[cairn_operator::lifecycle::Phase::Waiting], None).await;
     assert_eq!(names(&waiting), ["asks-api"]);
     assert_eq!(waiting["runs"][0]["waiting_for_event"], "ok-api");
     assert_eq!(waiting["runs"][0]["phase"], "Waiting");
-    let (_, by_flow) = http_get(addr, "/api/v1/namespaces/default/runs?flow=echo").await;
+    let by_flow = read_list(&db.pool, &[], Some("echo")).await;
     assert_eq!(names(&by_flow), ["done-api"]);
     assert_eq!(by_flow["runs"][0]["steps"], 1);
 
-    let (status, detail) = http_get(addr, "/api/v1/namespaces/default/runs/asks-api").await;
-    assert_eq!(status, 200, "{detail}");
+    let detail = read_detail(&db.pool, "default", "asks-api").await.unwrap();
     assert_eq!(detail["run"]["phase"], "Waiting");
     assert_eq!(detail["wait"]["kind"], "event");
     assert_eq!(detail["wait"]["event"], "ok-api");
@@ -386,32 +385,17 @@ async fn the_read_api_serves_runs_their_steps_and_wait_and_clear_errors() {
         "{text}"
     );
 
-    let (status, body) = http_get(addr, "/api/v1/namespaces/default/runs/nope").await;
+    let (status, message) = read_detail(&db.pool, "default", "nope").await.unwrap_err();
     assert_eq!(status, 404);
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains(r#"run "nope" not found"#),
-        "{body}"
-    );
+    assert!(message.contains(r#"run "nope" not found"#), "{message}");
     // By id, but in another namespace: not found either.
     let id = run_id(&db, "asks-api").await;
-    let (status, _) = http_get(addr, &format!("/api/v1/namespaces/default/runs/{id}")).await;
-    assert_eq!(status, 200, "a run can be named by its id");
-    let (status, body) = http_get(addr, &format!("/api/v1/namespaces/other/runs/{id}")).await;
-    assert_eq!(status, 404, "{body}");
-    assert!(
-        body["error"].as_str().unwrap().contains("not managed"),
-        "{body}"
-    );
-    let (status, body) = http_get(addr, "/api/v1/namespaces/default/runs?phase=bogus").await;
-    assert_eq!(status, 400);
-    assert!(
-        body["error"].as_str().unwrap().contains("unknown phase"),
-        "{body}"
-    );
-    server.abort();
+    let by_id = read_detail(&db.pool, "default", &id.to_string()).await;
+    assert!(by_id.is_ok(), "a run can be named by its id: {by_id:?}");
+    let (status, message) = read_detail(&db.pool, "other", &id.to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(status, 404, "{message}");
 
     let emitted = run(cairn(
         &db,

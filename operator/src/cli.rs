@@ -173,7 +173,7 @@ enum Command {
     Migrate,
 }
 
-/// Where the cluster and the operator are.
+/// Where the cluster is, and as whom to talk to it.
 #[derive(Args)]
 struct KubeTarget {
     /// The kubeconfig context to use (default: the current one).
@@ -182,15 +182,12 @@ struct KubeTarget {
     /// The namespace (default: the context's).
     #[arg(long, short = 'n')]
     namespace: Option<String>,
-    /// Namespace of the operator's Service (for the read API).
-    #[arg(long, env = "CAIRN_OPERATOR_NAMESPACE", default_value = "cairn-system")]
-    operator_namespace: String,
-    /// The operator's Service (port name `http`), reached through the API server's proxy.
-    #[arg(long, env = "CAIRN_OPERATOR_SERVICE", default_value = "cairn-operator")]
-    operator_service: String,
-    /// Reach the read API at this URL instead (a port-forward, an operator on this host).
-    #[arg(long, env = "CAIRN_API_URL")]
-    api_url: Option<String>,
+    /// Act as this user, as `kubectl --as` (needs `impersonate` rights).
+    #[arg(long = "as")]
+    as_user: Option<String>,
+    /// Act as this group too, as `kubectl --as-group` (repeatable).
+    #[arg(long = "as-group", requires = "as_user")]
+    as_groups: Vec<String>,
 }
 
 impl From<KubeTarget> for kubectl::Target {
@@ -198,9 +195,8 @@ impl From<KubeTarget> for kubectl::Target {
         kubectl::Target {
             context: t.context,
             namespace: t.namespace,
-            operator_namespace: t.operator_namespace,
-            operator_service: t.operator_service,
-            api_url: t.api_url.filter(|u| !u.is_empty()),
+            as_user: t.as_user,
+            as_groups: t.as_groups,
         }
     }
 }

@@ -26,7 +26,8 @@ AGENT_IMAGE=localhost/cairn-agent:dev   # what examples/agent/k8s/flow.yaml name
 TS="$(date +%s)"
 REL="cairn-e2e-$TS"                # release (and fullname: cluster-scoped names are unique)
 SYS_NS="cairn-system-$TS"          # the release namespace
-NS="chart-e2e-$TS"                 # the one namespace the operator watches
+NS="chart-e2e-$TS"                 # the namespace the operator watches, tenant A's
+NS_B="chart-e2e-b-$TS"             # also watched: tenant B's
 LEASE="cairn-e2e-$TS"
 PREFIX="e2e-$TS-"                  # ResourceProfiles are cluster-scoped: keep ours apart
 MARK="chart-e2e upgrade $TS"       # put into a CRD description by the upgrade check
@@ -71,11 +72,15 @@ dump_operator() {
 # FlowRuns carry the operator's finalizer: delete them while it runs (it also deletes their
 # database rows); if it cannot, drop the finalizers so that the namespace can go.
 delete_runs() {
-    kubectl -n "$NS" delete fr --all --timeout=60s >/dev/null 2>&1 && return 0
-    for fr in $(kubectl -n "$NS" get fr -o name 2>/dev/null); do
-        kubectl -n "$NS" patch "$fr" --type merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
+    local ns all=0
+    for ns in "$NS" "$NS_B"; do
+        kubectl -n "$ns" delete fr --all --timeout=60s >/dev/null 2>&1 && continue
+        all=1
+        for fr in $(kubectl -n "$ns" get fr -o name 2>/dev/null); do
+            kubectl -n "$ns" patch "$fr" --type merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
+        done
     done
-    return 1
+    return "$all"
 }
 
 finish() {
@@ -87,7 +92,7 @@ finish() {
         helm uninstall "$REL" -n "$SYS_NS" --wait --timeout 60s >/dev/null 2>&1
     fi
     delete_runs 2>/dev/null
-    kubectl delete namespace "$NS" "$SYS_NS" --wait=false >/dev/null 2>&1
+    kubectl delete namespace "$NS" "$NS_B" "$SYS_NS" --wait=false >/dev/null 2>&1
     drop_own_database
     kubectl delete resourceprofiles -l "app.kubernetes.io/instance=$REL" --wait=false >/dev/null 2>&1
     # An upgrade check that stopped half-way leaves its mark in the CRDs: put them back.
@@ -137,7 +142,6 @@ mkdir -p "$workdir/bin" "$workdir/image"
 cp "$(static_bin_dir)/cairn" "$workdir/image/cairn"
 cp "$workdir/image/cairn" "$workdir/bin/kubectl-cairn"
 export PATH="$workdir/bin:$PATH"
-unset CAIRN_OPERATOR_NAMESPACE CAIRN_OPERATOR_SERVICE CAIRN_API_URL
 export NO_COLOR=1
 t0="$EPOCHREALTIME"
 "$CLUSTER_DIR/image.sh" "$OPERATOR_IMAGE" "$workdir/image/cairn" >/dev/null
@@ -147,7 +151,7 @@ started="$EPOCHREALTIME"
 
 # Both namespaces enforce the restricted Pod Security Standard: the operator and its flow pods
 # must be admitted under it.
-for ns in "$SYS_NS" "$NS"; do
+for ns in "$SYS_NS" "$NS" "$NS_B"; do
     kubectl create namespace "$ns" >/dev/null
     kubectl label namespace "$ns" pod-security.kubernetes.io/enforce=restricted \
         pod-security.kubernetes.io/warn=restricted >/dev/null
@@ -239,7 +243,7 @@ name="helm install: the operator Deployment becomes Available and takes its Leas
 t0="$EPOCHREALTIME"
 chart_database_args "$SYS_NS"   # over verify-full, the CA from a Secret
 if out=$(helm install "$REL" "$package" -n "$SYS_NS" --take-ownership "${CHART_DATABASE_ARGS[@]}" \
-    --set "watchNamespaces={$NS}" \
+    --set "watchNamespaces={$NS,$NS_B}" \
     --set leaderElection.leaseName="$LEASE" \
     --set image.repository="${OPERATOR_IMAGE%:*}" --set image.tag="${OPERATOR_IMAGE##*:}" --set image.pullPolicy=Never \
     --set resourceProfiles.namePrefix="$PREFIX" \
@@ -304,6 +308,10 @@ if [[ -z "$denied" ]]; then pass "$name"; else fail "$name" "$denied"; fi
 sed "s/profile: small/profile: ${PREFIX}small/" "$REPO_ROOT/examples/agent/k8s/flow.yaml" | kubectl -n "$NS" apply -f - >/dev/null
 t0="$EPOCHREALTIME"
 kubectl -n "$NS" apply -f "$REPO_ROOT/examples/agent/k8s/flowrun.yaml" >/dev/null
+# Tenant B's run, read (or not) through the read API in section 5.
+sed "s/profile: small/profile: ${PREFIX}small/" "$REPO_ROOT/examples/agent/k8s/flow.yaml" | kubectl -n "$NS_B" apply -f - >/dev/null
+sed -e 's/name: research-demo/name: tenant-b/' -e 's/breadth: 3/breadth: 1/' "$REPO_ROOT/examples/agent/k8s/flowrun.yaml" |
+    kubectl -n "$NS_B" apply -f - >/dev/null
 name="the example FlowRun reaches Waiting for approve-research-demo"
 if wait_jsonpath "$NS" fr/research-demo '{.status.waitingFor.event}' approve-research-demo 180s; then
     waiting_time=$(since "$t0")
@@ -349,12 +357,65 @@ else
     fail "$name" "pods: $accounts; cairn-flow automount: $flow_sa"
 fi
 
+# tenants_read_only_their_runs: two tenants (kubectl --as), each a viewer of its own namespace,
+# read their own run through every path and nothing of the other's; a third identity, allowed
+# the operator's Service proxy, reads nothing; a direct connection to the operator's port is
+# refused, even with the cluster admin's client certificate and a forged user header.
+tenants_read_only_their_runs() {
+    local name a_own a_other b_own b_other a_list b_list a_kc a_kc_other via_https via_http pod_ip direct forged
+    kubectl -n "$NS" create rolebinding tenant-a --clusterrole="$REL-viewer" --user=tenant-a >/dev/null
+    kubectl -n "$NS_B" create rolebinding tenant-b --clusterrole="$REL-viewer" --user=tenant-b >/dev/null
+    kubectl -n "$SYS_NS" create role proxy-user --verb=get --resource=services,services/proxy >/dev/null
+    kubectl -n "$SYS_NS" create rolebinding proxy-user --role=proxy-user --user=proxy-user >/dev/null
+    wait_jsonpath "$NS_B" fr/tenant-b "{.status.waitingFor.event}" approve-tenant-b 180s || true
+    raw_as() { kubectl get --raw "$runs_api/$2" --as "$1" 2>&1 || true; }
+    name="two tenants (kubectl --as) each read their own run and nothing of the other's"
+    a_own=$(raw_as tenant-a "$NS/runs/research-demo")
+    b_own=$(raw_as tenant-b "$NS_B/runs/tenant-b")
+    a_list=$(raw_as tenant-a "$NS/runs")
+    a_other=$(raw_as tenant-a "$NS_B/runs/tenant-b")
+    b_other=$(raw_as tenant-b "$NS/runs/research-demo")
+    b_list=$(raw_as tenant-b "$NS/runs")
+    a_kc=$(kubectl cairn inspect research-demo -n "$NS" --as tenant-a 2>&1 || true)
+    a_kc_other=$(kubectl cairn inspect tenant-b -n "$NS_B" --as tenant-a 2>&1 || true)
+    if [[ "$a_own" == *'"name":"research-demo"'*'"steps":'* && "$b_own" == *'"name":"tenant-b"'*'"steps":'* &&
+        "$a_list" == *'"name":"research-demo"'* && "$a_list" != *'"name":"tenant-b"'* &&
+        "$a_other" == *Forbidden*'User "tenant-a" cannot get flowruns.cairn.dev "tenant-b"'* &&
+        "$b_other" == *Forbidden*'cannot get flowruns.cairn.dev'* && "$b_list" == *Forbidden*'cannot list flowruns.cairn.dev'* &&
+        "$a_kc" == *STEP*plan* && "$a_kc_other" == *forbidden* && "$a_kc_other" != *STEP* ]]; then
+        pass "$name"
+    else
+        fail "$name" "A own: $(head -c 200 <<<"$a_own"); B own: $(head -c 200 <<<"$b_own"); A list: $(head -c 200 <<<"$a_list"); A other: $a_other; B other: $b_other; B list: $b_list; inspect: $a_kc; other: $a_kc_other"
+    fi
+    name="an identity allowed the operator's Service proxy reads nothing (TLS port refuses it, plain port serves no runs)"
+    via_https=$(kubectl get --raw "/api/v1/namespaces/$SYS_NS/services/https:cairn-operator:443/proxy$runs_api/$NS/runs/research-demo" --as proxy-user 2>&1 || true)
+    via_http=$(kubectl get --raw "/api/v1/namespaces/$SYS_NS/services/cairn-operator:http/proxy$runs_api/$NS/runs/research-demo" --as proxy-user 2>&1 || true)
+    if [[ "$via_https" != *'"steps"'* && "$via_http" != *'"steps"'* && "$via_http" == *NotFound* ]] &&
+        [[ "$(raw_as proxy-user "$NS/runs/research-demo")" == *Forbidden* ]]; then
+        pass "$name"
+    else
+        fail "$name" "https port: $(head -c 300 <<<"$via_https"); http port: $(head -c 300 <<<"$via_http")"
+    fi
+    name="a direct connection to the operator's read API port is refused, with any certificate but the front proxy's"
+    pod_ip=$(kubectl -n "$SYS_NS" get pods -l "app.kubernetes.io/instance=$REL" -o jsonpath='{.items[0].status.podIP}')
+    direct=$(curl -sS -k --max-time 10 -H 'X-Remote-User: system:admin' \
+        "https://$pod_ip:8443$runs_api/$NS/runs/research-demo" 2>&1 || true)
+    forged=$(curl -sS -k --max-time 10 -H 'X-Remote-User: system:admin' -H 'X-Remote-Group: system:masters' \
+        --cert "$STATE_DIR/pki/admin.crt" --key "$STATE_DIR/pki/admin.key" \
+        "https://$pod_ip:8443$runs_api/$NS/runs/research-demo" 2>&1 || true)
+    if [[ -n "$pod_ip" && "$direct" != *'"steps"'* && "$forged" != *'"steps"'* && "$direct" == *curl:* && "$forged" == *curl:* ]]; then
+        pass "$name"
+    else
+        fail "$name" "pod $pod_ip; no certificate: $(head -c 300 <<<"$direct"); admin certificate: $(head -c 300 <<<"$forged")"
+    fi
+}
+
 # --- 5. who may approve: kubectl cairn, as service accounts with the chart's user roles ---------
 # Each person is a service account of $NS with a kubeconfig of its own: the cluster's server and
 # CA from the admin kubeconfig and a short-lived token (`kubectl create token`), so that
 # `kubectl cairn` authenticates exactly as a user would, with no impersonation.
 approve="$REPO_ROOT/examples/agent/k8s/approve.yaml"
-api="/api/v1/namespaces/$SYS_NS/services/cairn-operator:http/proxy"
+runs_api="/apis/api.cairn.dev/v1alpha1/namespaces"
 server=$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')
 ca=$(kubectl config view --minify --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
 if [[ -z "$ca" ]]; then
@@ -379,9 +440,8 @@ EOF
 }
 # as_user KUBECONFIG_FILE kubectl ARGS...: kubectl as that user; output in $out, exit code in $rc.
 as_user() { local file="$1"; shift; rc=0; out="$(KUBECONFIG="$file" "$@" 2>&1)" || rc=$?; }
-# kc_as KUBECONFIG_FILE ARGS...: `kubectl cairn ARGS` in $NS, reading the operator's API through
-# the release's Service.
-kc_as() { local file="$1" cmd="$2"; shift 2; as_user "$file" kubectl cairn "$cmd" "$@" -n "$NS" --operator-namespace "$SYS_NS"; }
+# kc_as KUBECONFIG_FILE ARGS...: `kubectl cairn ARGS` in $NS.
+kc_as() { local file="$1" cmd="$2"; shift 2; as_user "$file" kubectl cairn "$cmd" "$@" -n "$NS"; }
 has() { local t; for t in "$@"; do [[ "$out" == *"$t"* ]] || return 1; done; }
 # shellcheck disable=SC2001
 show() { echo "    --- $1 ---"; sed 's/^/    | /' <<<"$2"; }
@@ -390,19 +450,18 @@ viewer=$(kubeconfig_for viewer)
 approver=$(kubeconfig_for approver)
 kubectl -n "$NS" create rolebinding viewer --clusterrole="$REL-viewer" --serviceaccount="$NS:viewer" >/dev/null
 kubectl -n "$NS" create rolebinding approver --clusterrole="$REL-approver" --serviceaccount="$NS:approver" >/dev/null
-kubectl -n "$SYS_NS" create rolebinding approver-api --role="$REL-api-reader" --serviceaccount="$NS:approver" >/dev/null
 
-name="a user without rights cannot approve (kubectl create, kubectl cairn approve), nor reach the operator's API"
+name="a user without rights cannot approve (kubectl create, kubectl cairn approve), nor read the run"
 as_user "$nobody" kubectl -n "$NS" create -f "$approve"; created="$out"
-as_user "$nobody" kubectl get --raw "$api/readyz"; proxy="$out"
+as_user "$nobody" kubectl get --raw "$runs_api/$NS/runs/research-demo"; proxy="$out"
 kc_as "$nobody" approve research-demo
-if [[ "$created" == *Forbidden*"cannot create resource \"flowevents\""* && "$proxy" == *Forbidden* ]] &&
+if [[ "$created" == *Forbidden*"cannot create resource \"flowevents\""* && "$proxy" == *Forbidden*"cannot get flowruns.cairn.dev"* ]] &&
     [[ "$rc" != 0 ]] && has "not allowed to" "forbidden" &&
     ! kubectl -n "$NS" get fe approve-research-demo >/dev/null 2>&1; then
     pass "$name (kubectl cairn approve: exit $rc)"
     show "kubectl cairn approve research-demo (no rights)" "$out"
 else
-    fail "$name" "create: $created; proxy: $proxy; kubectl cairn approve: exit $rc: $out"
+    fail "$name" "create: $created; read API: $proxy; kubectl cairn approve: exit $rc: $out"
 fi
 
 name="a viewer sees the run but kubectl cairn approve is forbidden to create its FlowEvent"
@@ -417,14 +476,15 @@ else
     fail "$name" "runs: exit $viewer_runs_rc: $viewer_runs; approve: exit $rc: $out"
 fi
 
-name="a user bound to the approver roles reaches the operator's API (service proxy) and its metrics"
-as_user "$approver" kubectl get --raw "$api/readyz"; readyz="$out"
-as_user "$approver" kubectl get --raw "$api/metrics"; metrics="$out"
-if [[ "$readyz" == ok && "$metrics" == *cairn_pod_launches_total* ]]; then
+name="a user bound to the approver role reads the run through the read API (kubectl get --raw)"
+as_user "$approver" kubectl get --raw "$runs_api/$NS/runs/research-demo"
+if [[ "$rc" == 0 && "$out" == *'"name":"research-demo"'* && "$out" == *'"phase":"Waiting"'* ]]; then
     pass "$name"
 else
-    fail "$name" "readyz: $readyz; metrics: $(head -c 300 <<<"$metrics")"
+    fail "$name" "exit $rc: $(head -c 300 <<<"$out")"
 fi
+
+tenants_read_only_their_runs
 
 name="kubectl cairn runs (as the approver) lists the run waiting for its approval"
 kc_as "$approver" runs
@@ -435,7 +495,7 @@ else
     fail "$name" "exit $rc: $out"
 fi
 
-name="kubectl cairn inspect (as the approver, through the service proxy) shows the steps and the pending question"
+name="kubectl cairn inspect (as the approver, through the read API) shows the steps and the pending question"
 kc_as "$approver" inspect research-demo
 if [[ "$rc" == 0 ]] && has "Phase:     Waiting" "Question:" '"type":"boolean"' "kubectl cairn approve research-demo" \
     STEP plan draft Attempts research-demo-a1 && [[ "$out" != *"warning:"* ]]; then

@@ -28,8 +28,8 @@ plugin_dir=""
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
-# kubectl cairn, in the demo namespace, reading the operator's API through the release's Service.
-kc() { run kubectl cairn "$@" -n "$NS" --operator-namespace "$SYS_NS"; }
+# kubectl cairn, in the demo namespace (runs' details come from the read API, api.cairn.dev).
+kc() { run kubectl cairn "$@" -n "$NS"; }
 
 cleanup() {
     [[ -n "$watch_pid" ]] && kill "$watch_pid" 2>/dev/null
@@ -82,7 +82,6 @@ build_static_bins
 plugin_dir="$(mktemp -d)"
 cp "$(static_bin_dir)/cairn" "$plugin_dir/kubectl-cairn"
 export PATH="$plugin_dir:$PATH"
-unset CAIRN_OPERATOR_NAMESPACE CAIRN_OPERATOR_SERVICE CAIRN_API_URL
 
 clean
 say "installing the chart: release $RELEASE in $SYS_NS, watching $NS"
@@ -163,17 +162,17 @@ What this did:
     to this FlowRun; examples/agent/k8s/approve.yaml is one for the namespace): the run
     resumed in a new pod and Succeeded;
     \`kubectl cairn inspect\` showed it before and after (the steps and costs come from the
-    operator's read API, through the API server's service proxy to $SYS_NS/cairn-operator).
+    operator's read API, the aggregated API api.cairn.dev that the chart registers).
 
 Explore:
   source $STATE_DIR/env
   cp $(static_bin_dir)/cairn ~/.local/bin/kubectl-cairn   # any directory on PATH: the kubectl plugin
-  export CAIRN_OPERATOR_NAMESPACE=$SYS_NS
   kubectl cairn runs -n $NS
   kubectl cairn inspect research-demo -n $NS
   kubectl -n $NS get fr,fe,pods
   kubectl -n $NS logs $last_pod        # the last attempt's log
   kubectl -n $SYS_NS logs deploy/$RELEASE-operator  # the operator (JSON lines)
+  kubectl get --raw /apis/api.cairn.dev/v1alpha1/namespaces/$NS/runs/research-demo
   kubectl get --raw /api/v1/namespaces/$SYS_NS/services/cairn-operator:http/proxy/metrics
 Remove it: tests/cluster/cluster-demo.sh clean
 EOF

@@ -127,8 +127,8 @@ iptables -C FORWARD -j CAIRN-EGRESS 2>/dev/null || iptables -I FORWARD 1 -j CAIR
 # 4. PKI (once per state dir): one CA, the API server's serving cert, client certs, SA key pair.
 # ECDSA P-256 keys: generating ten RSA keys takes long on a busy 2-core machine.
 genkey() { openssl ecparam -name prime256v1 -genkey -noout -out "$1" 2>/dev/null; }
-cert() { # cert NAME SUBJECT KIND(server|client) [SANS]
-    local name="$1" subj="$2" kind="$3" sans="${4:-}"
+cert() { # cert NAME SUBJECT KIND(server|client) [SANS] [CA, default ca]
+    local name="$1" subj="$2" kind="$3" sans="${4:-}" ca="${5:-ca}"
     [[ -f "$PKI/$name.crt" ]] && return
     genkey "$PKI/$name.key"
     openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
@@ -138,21 +138,27 @@ cert() { # cert NAME SUBJECT KIND(server|client) [SANS]
         echo "extendedKeyUsage=${kind}Auth"
         [[ -n "$sans" ]] && echo "subjectAltName=$sans"
     } >"$PKI/$name.ext"
-    openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+    openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" -CAcreateserial \
         -days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
     rm -f "$PKI/$name.csr" "$PKI/$name.ext"
 }
-if [[ ! -f "$PKI/ca.crt" ]]; then
-    log "creating PKI in $PKI"
-    genkey "$PKI/ca.key"
-    openssl req -x509 -new -key "$PKI/ca.key" -out "$PKI/ca.crt" \
-        -days 3650 -subj "/CN=cairn-cluster-ca" 2>/dev/null
-fi
+# The front proxy (aggregated APIs) has a CA of its own, as kubeadm sets it up: a client cert of
+# the cluster CA must never pass as the API server forwarding a user.
+for ca in ca front-proxy-ca; do
+    if [[ ! -f "$PKI/$ca.crt" ]]; then
+        log "creating $ca in $PKI"
+        genkey "$PKI/$ca.key"
+        openssl req -x509 -new -key "$PKI/$ca.key" -out "$PKI/$ca.crt" \
+            -days 3650 -subj "/CN=cairn-$ca" 2>/dev/null
+    fi
+done
 cert apiserver "/CN=kube-apiserver" server \
     "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost,DNS:$NODE_NAME,IP:127.0.0.1,IP:$NODE_IP,IP:$SERVICE_API_IP"
 # The API server's client cert for kubelet (logs, exec): system:masters passes kubelet's webhook authz.
 cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" client
 cert admin "/O=system:masters/CN=cairn-admin" client
+# The API server's identity towards aggregated API servers (the operator's read API).
+cert front-proxy-client "/CN=front-proxy-client" client "" front-proxy-ca
 cert controller-manager "/CN=system:kube-controller-manager" client
 cert scheduler "/CN=system:kube-scheduler" client
 cert kube-proxy "/CN=system:kube-proxy" client
@@ -265,7 +271,13 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
-    --allow-privileged=true --profiling=false --event-ttl=1h
+    --allow-privileged=true --profiling=false --event-ttl=1h \
+    --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" \
+    --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
+    --proxy-client-key-file="$PKI/front-proxy-client.key" --enable-aggregator-routing=true
 wait_for "kube-apiserver /readyz" 120 "$LOG_DIR/kube-apiserver.log" "$KUBECTL" get --raw /readyz
 
 start kube-controller-manager "$K8S_BIN/kube-controller-manager" \

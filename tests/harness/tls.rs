@@ -124,3 +124,17 @@ fn certificate_authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     params.distinguished_name.push(DnType::CommonName, name);
     CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key")).expect("CA")
 }
+
+/// A serving certificate for `dns_name` from a fresh CA, written to `dir` as tls.crt and
+/// tls.key; returns the CA's PEM (what an APIService's caBundle holds).
+pub fn serving_certificate(dir: &Path, dns_name: &str) -> String {
+    let ca = certificate_authority("Cairn test serving CA");
+    let key = KeyPair::generate().expect("serving key");
+    let mut params = CertificateParams::new(vec![dns_name.to_owned()]).expect("params");
+    params.distinguished_name.push(DnType::CommonName, dns_name);
+    let cert = params.signed_by(&key, &ca).expect("serving certificate");
+    std::fs::create_dir_all(dir).expect("certificate dir");
+    std::fs::write(dir.join("tls.crt"), cert.pem()).expect("certificate file");
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).expect("key file");
+    ca.pem()
+}

@@ -125,6 +125,17 @@ app.kubernetes.io/component: operator
 {{- if and (eq (.Values.migrations).mode "job") (not $db.existingSecret) }}
 {{- fail "\n\nmigrations.mode=job needs database.existingSecret: the migration Job runs before the chart's own resources (its Secret) exist." }}
 {{- end }}
+{{- /* readApi is absent after `helm upgrade --reuse-values` from a chart without it: then off. */}}
+{{- $api := .Values.readApi | default dict }}
+{{- if and $api.enabled ($api.tls).secretName (not ($api.tls).caBundle) }}
+{{- fail "\n\nreadApi.tls.secretName needs readApi.tls.caBundle: the base64 PEM of the CA that signed its certificate, which the API server uses to verify the operator." }}
+{{- end }}
+{{- if and ($api.tls).caBundle (not ($api.tls).secretName) }}
+{{- fail "\n\nreadApi.tls.caBundle is only used with readApi.tls.secretName (a certificate of your own); without it the chart generates the certificate and its CA." }}
+{{- end }}
+{{- if and $api.enabled (eq (int $api.port) (int .Values.service.port)) }}
+{{- fail "\n\nreadApi.port and service.port must differ: they are two listeners (TLS read API, plain /metrics)." }}
+{{- end }}
 {{- $np := .Values.networkPolicy }}
 {{- if and ($np.flowPods).enabled (or (not .Values.watchNamespaces) (not $np.flowPods.database.to)) }}
 {{- fail "\n\nnetworkPolicy.flowPods.enabled needs watchNamespaces (the policy goes into each) and networkPolicy.flowPods.database.to (where flow pods reach Postgres): without them flow pods could reach nothing." }}
@@ -132,6 +143,11 @@ app.kubernetes.io/component: operator
 {{- if and $np.enabled (or (not $np.database.to) (not $np.apiServer.cidrs)) }}
 {{- fail "\n\nnetworkPolicy.enabled needs networkPolicy.database.to (where Postgres is) and networkPolicy.apiServer.cidrs (the API server's addresses): without them the operator could reach neither." }}
 {{- end }}
+{{- end }}
+
+{{/* The read API's TLS Secret: the user's (readApi.tls.secretName) or the one the chart generates. */}}
+{{- define "cairn.apiTlsSecret" -}}
+{{- .Values.readApi.tls.secretName | default (printf "%s-api-tls" (include "cairn.fullname" .)) }}
 {{- end }}
 
 {{/* The namespaces the operator manages ("" = all), comma-separated. */}}

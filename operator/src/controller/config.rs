@@ -74,9 +74,20 @@ pub struct Config {
     /// step does it (`cairn migrate`, the Helm chart's pre-upgrade Job).
     #[arg(long, env = "CAIRN_MIGRATIONS", default_value = "apply")]
     pub migrations: cairn_engine::schema::Migrations,
-    /// Address of /livez, /readyz, /metrics and the read API.
+    /// Address of /livez, /readyz and /metrics (plain HTTP).
     #[arg(long, env = "CAIRN_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: std::net::SocketAddr,
+    /// Address of the read API (TLS, to the API server's front proxy only: the aggregated API
+    /// `api.cairn.dev/v1alpha1`). Served only with --api-tls-cert and --api-tls-key.
+    #[arg(long, env = "CAIRN_API_LISTEN", default_value = "0.0.0.0:8443")]
+    pub api_listen: std::net::SocketAddr,
+    /// The read API's serving certificate (PEM, with its chain); the APIService's caBundle
+    /// must hold its CA.
+    #[arg(long, env = "CAIRN_API_TLS_CERT", requires = "api_tls_key")]
+    pub api_tls_cert: Option<std::path::PathBuf>,
+    /// The read API's serving key (PEM).
+    #[arg(long, env = "CAIRN_API_TLS_KEY", requires = "api_tls_cert")]
+    pub api_tls_key: Option<std::path::PathBuf>,
 }
 
 impl Config {

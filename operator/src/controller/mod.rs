@@ -277,6 +277,21 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
     let runner_db = runner_db::RunnerDb::from_url(&runner_database_url)?;
     let ctx = Arc::new(Context::new(client.clone(), pool, config, runner_db));
     let mut endpoints = tokio::spawn(telemetry::serve(ctx.config.listen, ctx.clone()));
+    // Every replica serves the read API (standbys too): it only reads the database.
+    let mut read_api = match (&ctx.config.api_tls_cert, &ctx.config.api_tls_key) {
+        (Some(cert), Some(key)) => tokio::spawn(api::serve(
+            ctx.client.clone(),
+            ctx.pool.clone(),
+            ctx.config.watch_namespaces.clone(),
+            ctx.config.api_listen,
+            cert.clone(),
+            key.clone(),
+        )),
+        _ => {
+            tracing::info!("no --api-tls-cert: the read API (api.cairn.dev) is not served");
+            tokio::spawn(std::future::pending())
+        }
+    };
 
     let identity = format!(
         "{}-{}",
@@ -300,6 +315,7 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
         held = leading.wait_for(|held| *held) => held.map(|_| true).map_err(|_| anyhow::anyhow!("the Lease manager stopped")),
         _ = shutdown_signal() => Ok(false),
         served = &mut endpoints => Err(anyhow::anyhow!("the HTTP endpoints stopped: {:?}", served?.err())),
+        served = &mut read_api => Err(anyhow::anyhow!("the read API stopped: {:?}", served?.err())),
     };
     let outcome = match acquired {
         Ok(true) => {
@@ -310,6 +326,7 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
                     "lost the Lease; exiting so that a restart rejoins as a standby"
                 )),
                 served = &mut endpoints => Err(anyhow::anyhow!("the HTTP endpoints stopped: {:?}", served?.err())),
+                served = &mut read_api => Err(anyhow::anyhow!("the read API stopped: {:?}", served?.err())),
             }
         }
         other => other.map(|_| ()),

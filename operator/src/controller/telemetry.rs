@@ -97,13 +97,9 @@ pub async fn serve(listen: std::net::SocketAddr, ctx: Arc<Context>) -> anyhow::R
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(ctx.clone())
-        .merge(super::api::router(super::api::ApiState::new(
-            ctx.pool.clone(),
-            &ctx.config.watch_namespaces,
-        )));
+        .with_state(ctx.clone());
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(%listen, "serving /livez, /readyz, /metrics and the read API (/api/v1)");
+    tracing::info!(%listen, "serving /livez, /readyz and /metrics");
     axum::serve(listener, app).await?;
     Ok(())
 }

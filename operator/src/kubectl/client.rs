@@ -27,7 +27,6 @@ use super::{Target, input, program};
 pub struct Kube {
     pub(super) client: Client,
     pub namespace: String,
-    target: Target,
     pub(super) ui: Ui,
     /// `-o json`: output for programs, nothing else on stdout.
     pub(super) json: bool,
@@ -35,7 +34,7 @@ pub struct Kube {
 
 impl Kube {
     pub async fn connect(target: Target, json: bool) -> anyhow::Result<Kube> {
-        let config = match &target.context {
+        let mut config = match &target.context {
             Some(context) => {
                 let options = KubeConfigOptions {
                     context: Some(context.clone()),
@@ -68,13 +67,17 @@ impl Kube {
             .namespace
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
+        if let Some(user) = target.as_user {
+            config.auth_info.impersonate = Some(user);
+            config.auth_info.impersonate_groups =
+                (!target.as_groups.is_empty()).then_some(target.as_groups);
+        }
         let cluster = config.cluster_url.to_string();
         let client = Client::try_from(config)
             .with_context(|| format!("cannot set up a client for the cluster at {cluster}"))?;
         Ok(Kube {
             client,
             namespace,
-            target,
             ui: Ui::detect(),
             json,
         })
@@ -92,15 +95,8 @@ impl Kube {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    pub(super) fn read_api(&self) -> anyhow::Result<ReadApi> {
-        Ok(match &self.target.api_url {
-            Some(url) => ReadApi::at_url(url)?,
-            None => ReadApi::through_proxy(
-                self.client.clone(),
-                &self.target.operator_namespace,
-                &self.target.operator_service,
-            ),
-        })
+    pub(super) fn read_api(&self) -> ReadApi {
+        ReadApi::new(self.client.clone())
     }
 
     /// The FlowRun, or an input error naming where it was looked for.

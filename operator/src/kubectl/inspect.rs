@@ -19,13 +19,10 @@ impl Kube {
     pub async fn inspect(&self, name: &str) -> anyhow::Result<()> {
         let run = self.get_run(name).await?;
         let detail = async {
-            match self.read_api() {
-                Ok(api) => api
-                    .run(&self.namespace, name)
-                    .await
-                    .map_err(|e| explain_missing_detail(e, &api)),
-                Err(e) => Err(format!("{e:#}")),
-            }
+            let api = self.read_api();
+            api.run(&self.namespace, name)
+                .await
+                .map_err(|e| explain_missing_detail(e, &api))
         };
         let (pods, detail) = tokio::join!(self.pods_of(&run), detail);
         let pods = pods.unwrap_or_default();

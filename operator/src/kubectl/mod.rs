@@ -66,12 +66,12 @@ pub fn set_program(name: &'static str) {
     let _ = PROGRAM.set(name);
 }
 
-/// Where to find the cluster and the operator (the flags every command shares).
+/// Where to find the cluster, and as whom (the flags every command shares).
 #[derive(Debug, Clone, Default)]
 pub struct Target {
     pub context: Option<String>,
     pub namespace: Option<String>,
-    pub operator_namespace: String,
-    pub operator_service: String,
-    pub api_url: Option<String>,
+    /// `--as`: impersonate this user (with `--as-group`, these groups).
+    pub as_user: Option<String>,
+    pub as_groups: Vec<String>,
 }

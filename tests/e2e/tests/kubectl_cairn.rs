@@ -1,8 +1,9 @@
 //! `kubectl cairn` on the real cluster: the static cairn installed as the kubectl plugin
 //! `kubectl-cairn` on PATH, run through kubectl itself, against runs in every phase (waiting,
-//! succeeded, failed, cancelled, retried). An operator of the scenario's own runs them, on a free
-//! port at the node address; the read API is reached with --api-url (CAIRN_API_URL), and once
-//! through the API server's service proxy (a Service in front of the host operator).
+//! succeeded, failed, cancelled, retried). An operator of the scenario's own runs them, on free
+//! ports at the node address, and serves the read API: the scenario registers it as the
+//! aggregated API api.cairn.dev (an APIService and a Service in front of the host operator), so
+//! `kubectl cairn inspect` and `kubectl get --raw` reach it through the API server, under RBAC.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,9 @@ use cairn_e2e::Scenario;
 
 use crate::kubectl_cairn_writes;
 use cairn_e2e::cluster::NODE_IP;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use serde_json::{Value, json};
 
 /// The result of one `kubectl cairn` command.
@@ -23,31 +26,15 @@ pub(crate) struct Kc {
 
 pub(crate) struct Plugin<'a> {
     pub(crate) sc: &'a Scenario,
-    pub(crate) api: String,
 }
 
 impl Plugin<'_> {
-    /// `kubectl cairn ARGS -n NS` with CAIRN_API_URL set to the operator.
+    /// `kubectl cairn ARGS -n NS`.
     pub(crate) fn kc(&self, args: &[&str]) -> Kc {
-        self.run(args, &[("CAIRN_API_URL", &self.api)])
-    }
-
-    /// The same without CAIRN_API_URL: the plugin finds the read API itself.
-    fn kc_proxied(&self, args: &[&str]) -> Kc {
-        self.run(args, &[("CAIRN_API_URL", "")])
-    }
-
-    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Kc {
         let mut all = vec!["cairn"];
         all.extend(args);
         all.extend(["-n", &self.sc.ns]);
-        let mut env = env.to_vec();
-        env.extend([
-            ("NO_COLOR", "1"),
-            ("CAIRN_OPERATOR_NAMESPACE", ""),
-            ("CAIRN_OPERATOR_SERVICE", ""),
-        ]);
-        let (rc, stdout, stderr) = self.sc.kubectl_env(&all, None, &env);
+        let (rc, stdout, stderr) = self.sc.kubectl_env(&all, None, &[("NO_COLOR", "1")]);
         Kc {
             rc,
             out: format!("{stdout}{stderr}"),
@@ -146,10 +133,17 @@ async fn create_runs(sc: &Scenario) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The operator's Service, as the chart would make it, in front of the host operator. The API
-/// server proxies only to endpoints backed by a pod with that address: a host-network pod on the
-/// node has the node's address, so a Service selecting it reaches the operator's port there.
-async fn operator_service(sc: &Scenario, port: u16) -> anyhow::Result<()> {
+/// The read API as the chart registers it, in front of the host operator: its Service (ports
+/// `http` and `https`) and the APIService v1alpha1.api.cairn.dev (deleted when the scenario
+/// ends; only this scenario registers it). The API server reaches a Service's endpoints only
+/// when a pod has their address: a host-network pod on the node has the node's address, so a
+/// Service selecting it reaches the operator's ports there.
+async fn register_read_api(
+    sc: &mut Scenario,
+    port: u16,
+    api_port: u16,
+    ca_bundle: &str,
+) -> anyhow::Result<()> {
     sc.create::<Pod>(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": { "name": "operator-stand-in", "labels": { "app": "cairn-operator-e2e" } },
@@ -161,7 +155,8 @@ async fn operator_service(sc: &Scenario, port: u16) -> anyhow::Result<()> {
     sc.create::<Service>(json!({
         "apiVersion": "v1", "kind": "Service", "metadata": { "name": "cairn-operator" },
         "spec": { "selector": { "app": "cairn-operator-e2e" },
-                  "ports": [{ "name": "http", "port": 80, "targetPort": port, "protocol": "TCP" }] },
+                  "ports": [{ "name": "http", "port": 80, "targetPort": port, "protocol": "TCP" },
+                            { "name": "https", "port": 443, "targetPort": api_port, "protocol": "TCP" }] },
     }))
     .await?;
     let _ = sc
@@ -170,15 +165,39 @@ async fn operator_service(sc: &Scenario, port: u16) -> anyhow::Result<()> {
             conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
         .await;
-    // Until the proxy reaches it (endpoints take a moment to follow the pod).
-    let path = format!(
-        "/api/v1/namespaces/{}/services/cairn-operator:http/proxy/livez",
-        sc.ns
+    // A leftover of an interrupted run would refuse the create.
+    let _ = sc.kubectl_env(
+        &[
+            "delete",
+            "apiservice",
+            "v1alpha1.api.cairn.dev",
+            "--ignore-not-found",
+        ],
+        None,
+        &[],
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while sc.kubectl_env(&["get", "--raw", &path], None, &[]).0 != 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let service: APIService = serde_json::from_value(json!({
+        "metadata": { "name": "v1alpha1.api.cairn.dev" },
+        "spec": { "group": "api.cairn.dev", "version": "v1alpha1", "groupPriorityMinimum": 1000,
+                  "versionPriority": 15,
+                  "service": { "name": "cairn-operator", "namespace": sc.ns, "port": 443 },
+                  "caBundle": ByteString(ca_bundle.as_bytes().to_vec()) },
+    }))?;
+    sc.create_cluster_scoped(service).await?;
+    let (rc, out, err) = sc.kubectl_env(
+        &[
+            "wait",
+            "--for=condition=Available",
+            "apiservice/v1alpha1.api.cairn.dev",
+            "--timeout=90s",
+        ],
+        None,
+        &[],
+    );
+    anyhow::ensure!(
+        rc == 0,
+        "the read API's APIService never became Available: {out}{err}"
+    );
     Ok(())
 }
 
@@ -186,12 +205,27 @@ async fn operator_service(sc: &Scenario, port: u16) -> anyhow::Result<()> {
 #[ignore = "needs the test cluster: make test-cluster"]
 async fn kubectl_cairn_on_runs_in_every_phase() -> anyhow::Result<()> {
     let mut sc = Scenario::new("kubectl-cairn").await?;
-    // At the node address: the API server's service proxy never proxies to loopback.
+    // At the node address: the API server never proxies to loopback.
     let listen = cairn_e2e::operator::free_addr(NODE_IP)?;
-    let op = sc.start_operator(listen, &[]).await?;
-    sc.operators[op].wait_ready(Duration::from_secs(60)).await?;
-    let api = format!("http://{listen}");
+    let api_listen = cairn_e2e::operator::free_addr(NODE_IP)?;
     let ns = sc.ns.clone();
+    let certs = sc.dir.join("api-tls");
+    let ca_bundle =
+        cairn_tests::tls::serving_certificate(&certs, &format!("cairn-operator.{ns}.svc"));
+    let (cert, key) = (certs.join("tls.crt"), certs.join("tls.key"));
+    let api_flags = [
+        "--api-listen",
+        &api_listen.to_string(),
+        "--api-tls-cert",
+        &cert.to_string_lossy(),
+        "--api-tls-key",
+        &key.to_string_lossy(),
+    ]
+    .map(str::to_owned);
+    let api_flags: Vec<&str> = api_flags.iter().map(String::as_str).collect();
+    let op = sc.start_operator(listen, &api_flags).await?;
+    sc.operators[op].wait_ready(Duration::from_secs(60)).await?;
+    register_read_api(&mut sc, listen.port(), api_listen.port(), &ca_bundle).await?;
 
     let name = "kubectl finds the plugin";
     let (_, plugins, err) = sc.kubectl_env(&["plugin", "list"], None, &[]);
@@ -203,13 +237,7 @@ async fn kubectl_cairn_on_runs_in_every_phase() -> anyhow::Result<()> {
     );
 
     create_runs(&sc).await?;
-    let kc = |sc: &Scenario, args: &[&str]| {
-        Plugin {
-            sc,
-            api: api.clone(),
-        }
-        .kc(args)
-    };
+    let kc = |sc: &Scenario, args: &[&str]| Plugin { sc }.kc(args);
 
     let got = kc(
         &sc,
@@ -385,39 +413,6 @@ async fn kubectl_cairn_on_runs_in_every_phase() -> anyhow::Result<()> {
         ),
     );
 
-    operator_service(&sc, listen.port()).await?;
-    let plugin = Plugin {
-        sc: &sc,
-        api: api.clone(),
-    };
-    let via_proxy = plugin.kc_proxied(&["inspect", "asks", "--operator-namespace", &ns]);
-    let no_api = plugin.kc_proxied(&[
-        "inspect",
-        "asks",
-        "--operator-namespace",
-        &ns,
-        "--operator-service",
-        "nothing-here",
-    ]);
-    expect(
-        &mut sc,
-        "inspect reaches the read API through the API server's service proxy",
-        &via_proxy,
-        0,
-        &["Question:", "STEP", "fake-llm-1", "asks-a1"],
-    );
-    expect(
-        &mut sc,
-        "inspect without the read API shows the status and says why the rest is missing",
-        &no_api,
-        0,
-        &[
-            "Phase:     Waiting",
-            "Question:",
-            "warning: steps, attempts and costs are not shown",
-            "nothing-here",
-        ],
-    );
     let not_found = format!("FlowRun \"nope\" not found in namespace \"{ns}\"");
     let got = kc(&sc, &["inspect", "nope"]);
     expect(
@@ -428,32 +423,32 @@ async fn kubectl_cairn_on_runs_in_every_phase() -> anyhow::Result<()> {
         &[&not_found],
     );
 
-    // --- the read API itself
-    let name = "the read API lists runs by phase and refuses other namespaces with a JSON 404";
-    let listed = cairn_tests::http_get(
-        listen,
-        &format!("/api/v1/namespaces/{ns}/runs?phase=failed"),
-    )
-    .await;
-    let listed = listed.map(|a| run_names(&serde_json::from_str(&a.body).unwrap_or_default()));
-    let other = cairn_tests::http_get(listen, "/api/v1/namespaces/default/runs").await;
-    let (other_status, other_body) = other.map_or((0, String::new()), |a| (a.status, a.body));
-    let other_error = serde_json::from_str::<Value>(&other_body).map(|v| at(&v, "/error"));
-    sc.check(
-        name,
-        listed.as_deref() == Some("crashy,wrong-input")
-            && other_status == 404
-            && other_error
-                .as_ref()
-                .is_ok_and(|e| e.contains("not managed")),
-        format!(
-            "expected crashy,wrong-input and a 404 saying \"not managed\"; listed {listed:?}, \
-             other namespace: {other_status} {other_body}"
-        ),
-    );
+    read_api_under_rbac(&mut sc).await?;
+    kubectl_cairn_writes::approve_and_emit(&mut sc).await?;
+    kubectl_cairn_writes::cancel_and_retry(&mut sc).await?;
 
-    kubectl_cairn_writes::approve_and_emit(&mut sc, &api).await?;
-    kubectl_cairn_writes::cancel_and_retry(&mut sc, &api).await?;
+    let (rc, out, err) = sc.kubectl_env(
+        &["delete", "apiservice", "v1alpha1.api.cairn.dev"],
+        None,
+        &[],
+    );
+    sc.check(
+        "the read API's APIService is removed",
+        rc == 0,
+        format!("{out}{err}"),
+    );
+    let no_api = kc(&sc, &["inspect", "asks"]);
+    expect(
+        &mut sc,
+        "inspect without the read API shows the status and says why the rest is missing",
+        &no_api,
+        0,
+        &[
+            "Phase:",
+            "warning: steps, attempts and costs are not shown",
+            "v1alpha1.api.cairn.dev",
+        ],
+    );
 
     // What it looked like, for people reading the log.
     for (title, shown) in [
@@ -463,5 +458,91 @@ async fn kubectl_cairn_on_runs_in_every_phase() -> anyhow::Result<()> {
         println!("--- {title} ---\n{shown}");
     }
     sc.finish();
+    Ok(())
+}
+
+/// The read API through the API server, as three identities: the admin, a user who may read
+/// FlowRuns here, and one who may not (both pass the API server's own gate on api.cairn.dev).
+async fn read_api_under_rbac(sc: &mut Scenario) -> anyhow::Result<()> {
+    let ns = sc.ns.clone();
+    let raw = |sc: &Scenario, who: Option<&str>, path: &str| {
+        let path = format!("/apis/api.cairn.dev/v1alpha1/namespaces/{path}");
+        let mut args = vec!["get", "--raw", &path];
+        if let Some(who) = who {
+            args.extend(["--as", who]);
+        }
+        let (rc, out, err) = sc.kubectl_env(&args, None, &[]);
+        (
+            rc,
+            format!("{out}{err}"),
+            serde_json::from_str::<Value>(&out).ok(),
+        )
+    };
+    let (_, listed, json) = raw(sc, None, &format!("{ns}/runs?phase=failed"));
+    let (other_rc, other, _) = raw(sc, None, "default/runs");
+    sc.check(
+        "kubectl get --raw lists runs by phase, and refuses unmanaged namespaces with a 404",
+        json.as_ref().map(run_names).as_deref() == Some("crashy,wrong-input")
+            && other_rc != 0
+            && other.contains("NotFound")
+            && other.contains("not managed"),
+        format!("listed: {listed}; other namespace: {other}"),
+    );
+
+    for (role, resources) in [("run-reader", true), ("api-only", false)] {
+        let mut rules = vec![
+            json!({ "apiGroups": ["api.cairn.dev"], "resources": ["runs"], "verbs": ["get", "list"] }),
+        ];
+        if resources {
+            rules.push(json!({ "apiGroups": ["cairn.dev"], "resources": ["flowruns"], "verbs": ["get", "list"] }));
+        }
+        sc.create::<k8s_openapi::api::rbac::v1::Role>(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": { "name": role }, "rules": rules,
+        }))
+        .await?;
+        let user = if resources { "e2e-alice" } else { "e2e-bob" };
+        sc.create::<k8s_openapi::api::rbac::v1::RoleBinding>(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": { "name": role },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role },
+            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
+        }))
+        .await?;
+    }
+    // RBAC takes effect within moments; the operator caches each answer for 10 s, so the
+    // first asks may be retried only until the bindings are seen.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (alice_rc, alice, alice_json) = loop {
+        let got = raw(sc, Some("e2e-alice"), &format!("{ns}/runs/asks"));
+        if got.0 == 0 || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    sc.check(
+        "a user who may get the FlowRun reads its run through the read API",
+        alice_rc == 0 && alice_json.is_some_and(|v| at(&v, "/run/name") == "asks"),
+        format!("exit {alice_rc}: {alice}"),
+    );
+    let (bob_rc, bob, _) = raw(sc, Some("e2e-bob"), &format!("{ns}/runs/asks"));
+    let (bob_list_rc, bob_list, _) = raw(sc, Some("e2e-bob"), &format!("{ns}/runs"));
+    sc.check(
+        "a user who may not get the FlowRun reads nothing (403 naming the right)",
+        bob_rc != 0
+            && bob.contains("Forbidden")
+            && bob.contains("cannot get flowruns.cairn.dev \"asks\"")
+            && bob_list_rc != 0
+            && bob_list.contains("cannot list flowruns.cairn.dev"),
+        format!("get: {bob}; list: {bob_list}"),
+    );
+    let inspected = Plugin { sc }.kc(&["inspect", "asks", "--as", "e2e-alice"]);
+    expect(
+        sc,
+        "kubectl cairn inspect --as a user who may read shows the detail",
+        &inspected,
+        0,
+        &["Question:", "STEP", "fake-llm-1"],
+    );
     Ok(())
 }

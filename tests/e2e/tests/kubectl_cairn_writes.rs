@@ -110,14 +110,8 @@ async fn a_reused_name_waits_for_its_own_approval(
     Ok(())
 }
 
-pub(crate) async fn approve_and_emit(sc: &mut Scenario, api: &str) -> anyhow::Result<()> {
-    let kc = |sc: &Scenario, args: &[&str]| {
-        Plugin {
-            sc,
-            api: api.into(),
-        }
-        .kc(args)
-    };
+pub(crate) async fn approve_and_emit(sc: &mut Scenario) -> anyhow::Result<()> {
+    let kc = |sc: &Scenario, args: &[&str]| Plugin { sc }.kc(args);
     let got = kc(sc, &["approve", "asks", "--data", r#""yes""#]);
     expect(
         sc,
@@ -255,14 +249,8 @@ pub(crate) async fn approve_and_emit(sc: &mut Scenario, api: &str) -> anyhow::Re
     Ok(())
 }
 
-pub(crate) async fn cancel_and_retry(sc: &mut Scenario, api: &str) -> anyhow::Result<()> {
-    let kc = |sc: &Scenario, args: &[&str]| {
-        Plugin {
-            sc,
-            api: api.into(),
-        }
-        .kc(args)
-    };
+pub(crate) async fn cancel_and_retry(sc: &mut Scenario) -> anyhow::Result<()> {
+    let kc = |sc: &Scenario, args: &[&str]| Plugin { sc }.kc(args);
     let steps: [(&str, &[&str], i32, &[&str]); 8] = [
         (
             "cancel --wait ends a waiting run",
