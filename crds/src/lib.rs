@@ -13,7 +13,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration, Volume, VolumeMount,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
@@ -239,6 +241,26 @@ pub struct FlowSpec {
     /// Default for its FlowRuns: delete a FlowRun this long after it finished; 0 keeps it.
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i32>,
+    /// Volumes of the flow's pods (at most 32), of the kinds the restricted Pod Security
+    /// Standard admits: configMap, secret, emptyDir, projected, downwardAPI,
+    /// persistentVolumeClaim, ephemeral, csi. `tmp` and `db-ca` are Cairn's own.
+    #[x_kube(validation = Rule::new(
+        "self.all(v, has(v.configMap) || has(v.secret) || has(v.emptyDir) || has(v.projected) || has(v.downwardAPI) || has(v.persistentVolumeClaim) || has(v.ephemeral) || has(v.csi))"
+    ).message("a flow volume must be a configMap, secret, emptyDir, projected, downwardAPI, persistentVolumeClaim, ephemeral or csi volume: flow pods run under the restricted Pod Security Standard"))]
+    #[schemars(length(max = 32))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    /// Where the flow's container mounts them (at most 32; each names one of `volumes`; not
+    /// at /tmp, which is Cairn's writable scratch space).
+    #[schemars(length(max = 32))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// Labels of the flow's pods, over the profile's (keys under `cairn.dev/` are Cairn's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+    /// Annotations of the flow's pods, over the profile's (keys under `cairn.dev/` are Cairn's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
 }
 
 /// Delivers a named event to the runs waiting for it.
@@ -393,6 +415,17 @@ pub struct ResourceProfileSpec {
     pub tolerations: Vec<Toleration>,
     pub runtime_class_name: Option<String>,
     pub priority_class_name: Option<String>,
+    /// Affinity of the flow pods (node, pod and anti-affinity), as in a pod spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Labels of the flow pods (a Flow's own replace these where keys are the same; keys under
+    /// `cairn.dev/` are Cairn's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+    /// Annotations of the flow pods (a Flow's own replace these where keys are the same; keys
+    /// under `cairn.dev/` are Cairn's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
     /// The namespaces whose runs may use this profile; absent: every namespace; empty: none. A
     /// run elsewhere is refused before it starts, with reason ProfileNotAllowed.
     // Names, not a namespace selector: matching labels would need the operator to read

@@ -374,6 +374,37 @@ async fn costly(ctx: Ctx, _input: Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+// ---- files: scratch space in /tmp and a file mounted from the Flow's volumes --------------------
+
+#[derive(Deserialize)]
+struct FilesInput {
+    /// Megabytes to write to /tmp (and read back).
+    scratch_mb: u64,
+    /// A file to read, e.g. one of a mounted ConfigMap.
+    read: String,
+}
+
+async fn files(ctx: Ctx, input: FilesInput) -> anyhow::Result<Value> {
+    ctx.step("files", move || {
+        let read = input.read.clone();
+        async move {
+            let scratch = std::env::temp_dir().join("cairn-test-scratch");
+            let megabyte = vec![7u8; 1 << 20];
+            let mut file = std::fs::File::create(&scratch)?;
+            for _ in 0..input.scratch_mb {
+                file.write_all(&megabyte)?;
+            }
+            file.sync_all()?;
+            let scratch_bytes = std::fs::read(&scratch)?.len();
+            std::fs::remove_file(&scratch)?;
+            let content =
+                std::fs::read_to_string(&read).map_err(|e| anyhow!("cannot read {read}: {e}"))?;
+            Ok(json!({ "scratch_bytes": scratch_bytes, "read": content }))
+        }
+    })
+    .await
+}
+
 #[tokio::main]
 async fn main() {
     Runner::new()
@@ -389,6 +420,7 @@ async fn main() {
         .flow("crasher", crasher)
         .flow("typed", typed)
         .flow("costly", costly)
+        .flow("files", files)
         .run()
         .await
 }

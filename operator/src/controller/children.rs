@@ -179,6 +179,7 @@ mod tests {
             max_attempts: 3,
             retry_backoff: Duration::from_secs(10),
             ttl_after_finished: None,
+            pod: Default::default(),
         }
     }
 

@@ -12,6 +12,8 @@ use crate::cluster::{Cluster, Image};
 /// The example agent's image the scenarios run (a tag of the harness's own: the scripts that
 /// other people run on the same cluster use other tags).
 pub const AGENT_IMAGE: &str = "localhost/cairn-agent:e2e";
+/// The test flows' image (tests/flows), for what the example agent does not do.
+pub const FLOWS_IMAGE: &str = "localhost/cairn-test-flows:e2e";
 
 pub struct Setup {
     pub cluster: Cluster,
@@ -24,6 +26,7 @@ pub struct Setup {
     /// The static example agent (the image's binary).
     pub agent: PathBuf,
     pub image: Image,
+    pub flows_image: Image,
 }
 
 /// The shared setup; panics, saying why, when it cannot be made.
@@ -67,6 +70,7 @@ fn make() -> anyhow::Result<Setup> {
     let cluster = Cluster::up(&dir.join("cluster-up.log"))?;
     cluster.apply_crds()?;
     let image = cluster.image(AGENT_IMAGE, &agent, &[])?;
+    let flows_image = cluster.image(FLOWS_IMAGE, &built("test-flows")?, &[])?;
     Ok(Setup {
         cluster,
         dir,
@@ -74,6 +78,7 @@ fn make() -> anyhow::Result<Setup> {
         plugin_dir,
         agent,
         image,
+        flows_image,
     })
 }
 

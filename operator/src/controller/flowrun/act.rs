@@ -205,6 +205,7 @@ impl Launch<'_> {
             db_ca: ctx.runner_ca(),
             pooler: ctx.config.runner_pooler,
             deadline_in: self.deadline.map(|at| (at - Utc::now()).num_seconds()),
+            settings: &self.resolved.pod,
         });
         let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
         let launched = async {

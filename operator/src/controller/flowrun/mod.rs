@@ -23,6 +23,7 @@ mod engine_sync;
 pub(crate) mod fixtures;
 mod observe;
 mod patch;
+mod pod_settings;
 mod requeue;
 mod resolve;
 mod status;
@@ -43,6 +44,7 @@ use tracing::Instrument;
 use super::error::{AtStage, Stage};
 use super::{Context, Error};
 pub use act::delete_token;
+pub use pod_settings::PodSettings;
 pub use resolve::{Invalid, Resolved, resolve};
 pub use status::build_status;
 

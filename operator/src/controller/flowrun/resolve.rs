@@ -8,6 +8,8 @@ use std::time::Duration;
 use cairn_crds::{Flow, FlowRunSpec, ResourceProfile, ResourceProfileSpec};
 use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference};
 
+use super::pod_settings::{PodSettings, pod_settings};
+
 /// A FlowRun with its Flow and profile looked up and defaults applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolved {
@@ -25,6 +27,8 @@ pub struct Resolved {
     /// How long the FlowRun stays after it finished, if the FlowRun or its Flow says
     /// (`Some(0)`: for ever); `None` leaves it to the operator's default.
     pub ttl_after_finished: Option<Duration>,
+    /// Volumes, mounts, labels and annotations from the Flow and the profile.
+    pub pod: PodSettings,
 }
 
 /// Why a FlowRun cannot run as written; the message says what to fix.
@@ -82,6 +86,10 @@ pub fn resolve(
         check_profile(name, profile)?;
         check_profile_allows(name, profile, namespace)?;
     }
+    let pod = pod_settings(
+        spec.flow_ref.as_deref().zip(template),
+        profile_name.map(String::as_str).zip(profile.as_ref()),
+    )?;
     let retry = spec
         .retry
         .clone()
@@ -115,6 +123,7 @@ pub fn resolve(
             .ttl_seconds_after_finished
             .or(template.and_then(|t| t.ttl_seconds_after_finished))
             .map(|seconds| Duration::from_secs(seconds.max(0) as u64)),
+        pod,
     })
 }
 

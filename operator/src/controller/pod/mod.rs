@@ -1,8 +1,6 @@
 //! Flow pods, built and read without I/O: the pod for one attempt of a run, and what a pod's
 //! status says about that attempt's process.
 
-use std::collections::BTreeMap;
-
 use cairn_crds::{
     FlowRun, LABEL_ATTEMPT, LABEL_MANAGED, LABEL_RUN, MANAGED_BY_OPERATOR, ResourceProfileSpec,
 };
@@ -16,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 
+use super::flowrun::PodSettings;
 use crate::kubectl::logic::to_utc;
 use crate::lifecycle::{Process, ProcessExit};
 use cairn_engine::names;
@@ -52,15 +51,20 @@ pub struct FlowPod<'a> {
     /// Seconds left before the run's deadline: the kubelet stops the pod then (keeping it,
     /// and its logs), while the engine fails the run.
     pub deadline_in: Option<i64>,
+    /// The Flow's and profile's volumes, mounts, labels and annotations (checked: none of
+    /// them takes a name Cairn uses).
+    pub settings: &'a PodSettings,
 }
 
 pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
     let run_name = spec.run.meta().name.clone().unwrap_or_default();
-    let labels = BTreeMap::from([
+    let mut labels = spec.settings.labels.clone();
+    labels.extend([
         (LABEL_RUN.to_owned(), names::label_value(spec.run_id)),
         (LABEL_ATTEMPT.to_owned(), spec.attempt.to_string()),
         (LABEL_MANAGED.to_owned(), MANAGED_BY_OPERATOR.to_owned()),
     ]);
+    let annotations = &spec.settings.annotations;
     let mut env = vec![
         secret_env(cairn::env::DATABASE_URL, spec.db_secret, DB_SECRET_KEY),
         secret_env(
@@ -87,6 +91,7 @@ pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
             name: Some(names::pod_name(&run_name, spec.attempt)),
             namespace: spec.run.meta().namespace.clone(),
             labels: Some(labels),
+            annotations: (!annotations.is_empty()).then(|| annotations.clone()),
             owner_references: spec.run.controller_owner_ref(&()).map(|owner| vec![owner]),
             ..Default::default()
         },
@@ -130,6 +135,7 @@ pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
             }],
             node_selector: (!profile.node_selector.is_empty()).then_some(profile.node_selector),
             tolerations: (!profile.tolerations.is_empty()).then_some(profile.tolerations),
+            affinity: profile.affinity,
             volumes: Some(volumes),
             runtime_class_name: profile.runtime_class_name,
             priority_class_name: profile.priority_class_name,
@@ -155,12 +161,15 @@ fn termination_grace_seconds(env: &[EnvVar]) -> i64 {
 const DB_CA_VOLUME: &str = "db-ca";
 /// The writable scratch space at /tmp (the root filesystem is read-only).
 const TMP_VOLUME: &str = "tmp";
+/// Volume names and mount paths of Cairn's own, which a Flow's may not take.
+pub const RESERVED_VOLUMES: [&str; 2] = [TMP_VOLUME, DB_CA_VOLUME];
+pub const RESERVED_MOUNT_PATHS: [&str; 2] = ["/tmp", super::runner_db::CA_DIR];
 /// /tmp's size when the profile sets no `ephemeral-storage` limit.
 const DEFAULT_TMP_SIZE: &str = "1Gi";
 
 /// The pod's volumes and the flow container's mounts: a writable /tmp, an emptyDir as large as
-/// the profile's `ephemeral-storage` limit (else [`DEFAULT_TMP_SIZE`]), and the database's CA
-/// when the runner's URL names one.
+/// the profile's `ephemeral-storage` limit (else [`DEFAULT_TMP_SIZE`]), the database's CA
+/// when the runner's URL names one, then the Flow's own.
 fn volumes(spec: &FlowPod<'_>, profile: &ResourceProfileSpec) -> (Vec<Volume>, Vec<VolumeMount>) {
     let tmp_size = profile
         .resources
@@ -201,6 +210,8 @@ fn volumes(spec: &FlowPod<'_>, profile: &ResourceProfileSpec) -> (Vec<Volume>, V
             ..Default::default()
         });
     }
+    volumes.extend(spec.settings.volumes.iter().cloned());
+    mounts.extend(spec.settings.volume_mounts.iter().cloned());
     (volumes, mounts)
 }
 

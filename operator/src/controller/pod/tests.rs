@@ -1,10 +1,12 @@
 use super::*;
 use cairn_crds::FlowRunSpec;
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, PodStatus,
-    ResourceRequirements, Toleration,
+    Affinity, ConfigMapVolumeSource, ContainerState, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, NodeAffinity, NodeSelector, NodeSelectorRequirement,
+    NodeSelectorTerm, PodStatus, ResourceRequirements, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use std::collections::BTreeMap;
 
 fn flowrun() -> FlowRun {
     let mut run = FlowRun::new("research-1", FlowRunSpec::default());
@@ -37,7 +39,33 @@ fn flow_pod(profile: Option<&ResourceProfileSpec>, pooler: cairn::Pooler, db_ca:
         db_ca,
         deadline_in: None,
         pooler,
+        settings: &PodSettings::default(),
     })
+}
+
+/// Attempt 1 of `run`, without a profile, service account or pull secrets.
+fn attempt_one<'a>(
+    run: &'a FlowRun,
+    env: &'a [EnvVar],
+    settings: &'a PodSettings,
+    db_ca: bool,
+) -> FlowPod<'a> {
+    FlowPod {
+        run,
+        run_id: "6b1e5a2c-0000-4000-8000-000000000001",
+        attempt: 1,
+        image: "localhost/agent@sha256:abc",
+        flow: "research",
+        profile: None,
+        extra_env: env,
+        service_account: None,
+        image_pull_secrets: &[],
+        db_secret: "cairn-runner-db",
+        db_ca,
+        deadline_in: None,
+        pooler: cairn::Pooler::None,
+        settings,
+    }
 }
 
 fn env_value(pod: &Pod, name: &str) -> Option<String> {
@@ -194,7 +222,23 @@ fn the_profile_sets_resources_and_placement() {
         }],
         runtime_class_name: Some("gvisor".into()),
         priority_class_name: Some("batch".into()),
-        namespaces: None,
+        affinity: Some(Affinity {
+            node_affinity: Some(NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                    node_selector_terms: vec![NodeSelectorTerm {
+                        match_expressions: Some(vec![NodeSelectorRequirement {
+                            key: "zone".into(),
+                            operator: "In".into(),
+                            values: Some(vec!["a".into()]),
+                        }]),
+                        ..Default::default()
+                    }],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
     };
     let spec = pod_spec_for(Some(&profile)).spec.unwrap();
     assert_eq!(spec.containers[0].resources, profile.resources);
@@ -202,6 +246,39 @@ fn the_profile_sets_resources_and_placement() {
     assert_eq!(spec.tolerations, Some(profile.tolerations.clone()));
     assert_eq!(spec.runtime_class_name.as_deref(), Some("gvisor"));
     assert_eq!(spec.priority_class_name.as_deref(), Some("batch"));
+    assert_eq!(spec.affinity, profile.affinity);
+}
+
+#[test]
+fn the_flows_volumes_labels_and_annotations_join_cairns_own() {
+    let run = flowrun();
+    let settings = PodSettings {
+        volumes: vec![Volume {
+            name: "prompts".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: "agent-prompts".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        volume_mounts: vec![VolumeMount {
+            name: "prompts".into(),
+            mount_path: "/etc/agent".into(),
+            read_only: Some(true),
+            ..Default::default()
+        }],
+        labels: BTreeMap::from([("team".to_owned(), "research".to_owned())]),
+        annotations: BTreeMap::from([("cost-center".to_owned(), "42".to_owned())]),
+    };
+    let pod = build_pod(&attempt_one(&run, &[], &settings, true));
+    let (volume, mount) = volume_of(&pod, "prompts").expect("the Flow's volume, mounted");
+    assert_eq!(volume, &settings.volumes[0]);
+    assert_eq!(mount, &settings.volume_mounts[0]);
+    assert!(volume_of(&pod, "tmp").is_some() && volume_of(&pod, "db-ca").is_some());
+    let labels = pod.metadata.labels.clone().unwrap();
+    assert_eq!(labels["team"], "research");
+    assert_eq!(labels[LABEL_ATTEMPT], "1", "Cairn's labels stay");
+    assert_eq!(pod.metadata.annotations, Some(settings.annotations.clone()));
 }
 
 #[test]
@@ -224,6 +301,7 @@ fn pod_names_fit_a_hostname_and_labels_a_label() {
         db_ca: false,
         deadline_in: None,
         pooler: cairn::Pooler::None,
+        settings: &PodSettings::default(),
     });
     let name = pod.metadata.name.clone().unwrap();
     assert!(name.len() == 63 && name.ends_with("-a12"), "{name}");
@@ -416,21 +494,7 @@ fn the_grace_period_fits_the_flows_stop_grace() {
         value: Some("90500".into()),
         ..Default::default()
     }];
-    let pod = build_pod(&FlowPod {
-        run: &run,
-        run_id: "6b1e5a2c-0000-4000-8000-000000000001",
-        attempt: 1,
-        image: "localhost/agent@sha256:abc",
-        flow: "research",
-        profile: None,
-        extra_env: &env,
-        service_account: None,
-        image_pull_secrets: &[],
-        db_secret: "cairn-runner-db",
-        db_ca: false,
-        deadline_in: None,
-        pooler: cairn::Pooler::None,
-    });
+    let pod = build_pod(&attempt_one(&run, &env, &PodSettings::default(), false));
     assert_eq!(
         grace(pod),
         Some(101),
