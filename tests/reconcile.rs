@@ -34,13 +34,15 @@ struct Flags {
     config: Config,
 }
 
-/// A FlowRun `research` in `NS`, with the finalizer, changed by `overrides` (merged in).
+/// The FlowRun's uid.
+const UID: &str = "0b5e1c2d-0000-4000-8000-0000000000f1";
+
+/// A FlowRun `research` in `NS`, changed by `overrides` (merged in).
 fn flowrun(overrides: Value) -> FlowRun {
     let mut run = json!({
         "apiVersion": "cairn.dev/v1alpha1",
         "kind": "FlowRun",
-        "metadata": { "name": "research", "namespace": NS, "uid": "uid-1", "generation": 1,
-                      "finalizers": [FINALIZER] },
+        "metadata": { "name": "research", "namespace": NS, "uid": UID, "generation": 1 },
         "spec": { "image": "localhost/agent:dev", "flow": "research" },
     });
     json_patch::merge(&mut run, &overrides);
@@ -93,6 +95,15 @@ impl Case {
         read::find(&self.db.pool, NS, "research").await.ok()
     }
 
+    /// The FlowRun uid an engine run is bound to.
+    async fn bound_to(&self, run_id: Uuid) -> Option<Uuid> {
+        sqlx::query_scalar("SELECT flowrun_uid FROM cairn.runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
     /// The engine's run, created and started (attempt 1 running), as a launch leaves it.
     async fn started(&self) -> Uuid {
         let mut conn = self.db.conn().await;
@@ -106,6 +117,7 @@ impl Case {
                 max_attempts: 3,
                 retry_backoff_ms: 0,
                 created_at: None,
+                flowrun_uid: None,
             },
         )
         .await
@@ -119,8 +131,8 @@ impl Case {
 }
 
 #[tokio::test]
-async fn a_new_run_gets_the_finalizer_its_engine_run_and_its_first_pod() {
-    let run = flowrun(json!({ "metadata": { "finalizers": null } }));
+async fn a_new_run_gets_its_engine_run_and_its_first_pod_and_no_finalizer() {
+    let run = flowrun(json!({}));
     let case = case(&run, vec![]).await;
     case.reconcile(run).await.unwrap();
 
@@ -129,19 +141,22 @@ async fn a_new_run_gets_the_finalizer_its_engine_run_and_its_first_pod() {
     assert_eq!(
         case.api.lines(),
         [
-            format!("PATCH {RUNS}/research"),
             "PATCH /api/v1/namespaces/team-a/secrets/cairn-runner-db".into(),
             "POST /api/v1/namespaces/team-a/secrets".into(),
             "POST /api/v1/namespaces/team-a/pods".into(),
             format!("PATCH {RUNS}/research/status"),
         ]
     );
-    let finalizer = case.api.body_of(&format!("PATCH {RUNS}/research"));
-    assert!(finalizer.to_string().contains(FINALIZER), "{finalizer}");
+    let bound = case.bound_to(record.id).await;
+    assert_eq!(
+        bound.map(|u| u.to_string()).as_deref(),
+        Some(UID),
+        "bound to its FlowRun"
+    );
     let token = case.api.body_of("POST /api/v1/namespaces/team-a/secrets");
     let token_name = format!("cairn-token-{}-a1", record.id);
     assert_eq!(token["metadata"]["name"], json!(token_name));
-    assert_eq!(token["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+    assert_eq!(token["metadata"]["ownerReferences"][0]["uid"], UID);
     let pod = case.api.body_of("POST /api/v1/namespaces/team-a/pods");
     assert_eq!(pod["metadata"]["name"], "research-a1");
     assert_eq!(
@@ -297,9 +312,9 @@ async fn a_cancelled_run_that_never_started_is_finished_and_launches_nothing() {
 }
 
 #[tokio::test]
-async fn a_deleted_run_leaves_the_engine_then_loses_its_finalizer() {
+async fn a_deleted_run_held_by_an_older_operators_finalizer_leaves_the_engine_then_loses_it() {
     let run = flowrun(
-        json!({ "metadata": { "deletionTimestamp": "2026-01-01T00:00:00Z" },
+        json!({ "metadata": { "deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": [FINALIZER] },
                               "status": { "phase": "Running", "attempt": 1 } }),
     );
     let case = case(&run, vec![]).await;
@@ -316,6 +331,41 @@ async fn a_deleted_run_leaves_the_engine_then_loses_its_finalizer() {
         patch.to_string().contains("remove"),
         "the finalizer is removed: {patch}"
     );
+}
+
+#[tokio::test]
+async fn a_deleted_run_without_a_finalizer_is_left_to_the_delete_event() {
+    let run = flowrun(
+        json!({ "metadata": { "deletionTimestamp": "2026-01-01T00:00:00Z" },
+                              "status": { "phase": "Running", "attempt": 1 } }),
+    );
+    let case = case(&run, vec![]).await;
+    case.started().await;
+    case.reconcile(run).await.unwrap();
+    assert!(case.api.lines().is_empty(), "{:?}", case.api.lines());
+}
+
+#[tokio::test]
+async fn an_older_operators_finalizer_goes_once_the_run_is_bound_to_its_flowrun() {
+    let run = flowrun(json!({ "metadata": { "finalizers": [FINALIZER] },
+                              "status": { "phase": "Running", "attempt": 1 } }));
+    let case = case(&run, vec![]).await;
+    let id = case.started().await;
+    case.reconcile(run).await.unwrap();
+    let bound = case.bound_to(id).await;
+    assert_eq!(
+        bound.map(|u| u.to_string()).as_deref(),
+        Some(UID),
+        "bound by the reconcile"
+    );
+    let lines = case.api.lines();
+    assert_eq!(
+        lines.last(),
+        Some(&format!("PATCH {RUNS}/research")),
+        "{lines:?}"
+    );
+    let patch = case.api.body_of(&format!("PATCH {RUNS}/research"));
+    assert!(patch.to_string().contains("remove"), "{patch}");
 }
 
 #[tokio::test]
@@ -437,6 +487,7 @@ async fn children_of_a_long_named_parent_are_made_with_its_resolved_settings() {
             max_attempts: 3,
             retry_backoff_ms: 10_000,
             created_at: None,
+            flowrun_uid: None,
         },
     )
     .await

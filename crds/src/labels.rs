@@ -25,7 +25,9 @@ pub const MANAGED_BY_KUBECTL: &str = "kubectl-cairn";
 /// Set this annotation on a failed FlowRun to a new value to retry it from its last checkpoint.
 pub const RETRY_ANNOTATION: &str = "cairn.dev/retry";
 
-/// The operator's finalizer on FlowRuns: it deletes the run's database rows and pods first.
+/// The finalizer older operators put on FlowRuns (to delete the run's rows first). The
+/// operator removes it: a finalizer can outlive its rights to remove it when a namespace is
+/// deleted, and the namespace then never goes.
 pub const FINALIZER: &str = "cairn.dev/cleanup";
 
 /// The [`LABEL_PARENT`] value of the children of FlowRun `parent`.

@@ -23,6 +23,9 @@ pub struct NewRun<'a> {
     /// When the run was asked for (its FlowRun's creationTimestamp); `None`: now. Events sent
     /// to the namespace before it do not reach the run (`cairn.event_reaches`).
     pub created_at: Option<DateTime<Utc>>,
+    /// The FlowRun the run belongs to (operator runs): a row of the same name bound to another
+    /// FlowRun is dropped first, so a reused name starts clean.
+    pub flowrun_uid: Option<Uuid>,
 }
 
 /// Creates a run, or returns the existing one created by the same request. Returns
@@ -30,7 +33,7 @@ pub struct NewRun<'a> {
 pub async fn create_run(conn: &mut PgConnection, run: &NewRun<'_>) -> Result<(Uuid, bool)> {
     let row = sqlx::query!(
         r#"SELECT run_id AS "run_id!", created AS "created!"
-           FROM cairn.create_run($1, $2, $3, $4, $5, $6, p_created_at => $7)"#,
+           FROM cairn.create_run($1, $2, $3, $4, $5, $6, p_created_at => $7, p_flowrun_uid => $8)"#,
         run.namespace,
         run.name,
         run.flow,
@@ -38,11 +41,60 @@ pub async fn create_run(conn: &mut PgConnection, run: &NewRun<'_>) -> Result<(Uu
         run.max_attempts,
         run.retry_backoff_ms,
         run.created_at,
+        run.flowrun_uid,
     )
     .fetch_one(conn)
     .await
     .engine()?;
     Ok((row.run_id, row.created))
+}
+
+/// Forgets the run of a deleted FlowRun (cancelled, then deleted with its children): the run
+/// bound to it, else the unbound one of its namespace and name. False when there is none.
+pub async fn forget_flowrun(
+    pool: &PgPool,
+    flowrun_uid: Uuid,
+    namespace: &str,
+    name: &str,
+) -> Result<bool> {
+    let forgot = sqlx::query_scalar!(
+        r#"SELECT cairn.forget_flowrun($1, $2, $3) AS "forgot!""#,
+        flowrun_uid,
+        namespace,
+        name
+    )
+    .fetch_one(pool)
+    .await
+    .engine()?;
+    Ok(forgot)
+}
+
+/// Forgets a namespace being deleted: its runs and events. Returns how many runs went.
+pub async fn forget_namespace(pool: &PgPool, namespace: &str) -> Result<i32> {
+    let runs = sqlx::query_scalar!(r#"SELECT cairn.forget_namespace($1) AS "runs!""#, namespace)
+        .fetch_one(pool)
+        .await
+        .engine()?;
+    Ok(runs)
+}
+
+/// The FlowRuns that runs are bound to, as (uid, namespace, name), in one namespace or all.
+pub async fn bound_flowruns(
+    pool: &PgPool,
+    namespace: Option<&str>,
+) -> Result<Vec<(Uuid, String, String)>> {
+    let rows = sqlx::query!(
+        r#"SELECT flowrun_uid AS "uid!", namespace, name FROM cairn.runs
+           WHERE flowrun_uid IS NOT NULL AND ($1::text IS NULL OR namespace = $1)"#,
+        namespace
+    )
+    .fetch_all(pool)
+    .await
+    .engine()?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.uid, r.namespace, r.name))
+        .collect())
 }
 
 /// The outcome of claiming a run.

@@ -82,7 +82,9 @@ CREATE TABLE cairn.runs (
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     finished_at      timestamptz,
-    UNIQUE (namespace, name)
+    UNIQUE (namespace, name),
+    -- The FlowRun (its uid) the run belongs to, for runs the operator made.
+    flowrun_uid      uuid
 );
 CREATE INDEX runs_root_idx ON cairn.runs (root_id);
 CREATE INDEX runs_parent_idx ON cairn.runs (parent_id);
@@ -92,6 +94,7 @@ CREATE INDEX runs_running_idx ON cairn.runs (namespace) WHERE state = 'running';
 -- Retention deletes finished runs by age (cairn.gc).
 CREATE INDEX runs_finished_idx ON cairn.runs (finished_at)
     WHERE parent_id IS NULL AND finished_at IS NOT NULL;
+CREATE UNIQUE INDEX runs_flowrun_uid_key ON cairn.runs (flowrun_uid) WHERE flowrun_uid IS NOT NULL;
 
 -- One row per launched process.
 CREATE TABLE cairn.attempts (

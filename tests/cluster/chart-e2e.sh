@@ -649,6 +649,28 @@ else
 fi
 
 # --- 7. uninstall -------------------------------------------------------------------------------
+# --- 7. a watched namespace deleted with a run waiting in it --------------------------------------
+# The operator's rights there (its RoleBinding) go with the namespace, in no set order: nothing
+# it must remove (a finalizer) may be left on the FlowRuns. Its rows go too, once it sees the
+# namespace being deleted (it may `get` its watched namespaces by name).
+name="deleting a watched namespace holding a waiting run and its child finishes within a minute, its rows forgotten"
+rows_of_b() { psql "$CAIRN_CLUSTER_PG_URL" -XAt -c "SELECT count(*) FROM cairn.runs WHERE namespace = '$NS_B'" 2>&1; }
+runs_before=$(rows_of_b)
+finalizers=$(kubectl -n "$NS_B" get fr -o jsonpath='{range .items[*]}{.metadata.finalizers}{end}' 2>&1)
+t0="$EPOCHREALTIME"
+kubectl delete namespace "$NS_B" --wait=false >/dev/null
+namespace_gone=""
+for ((i = 0; i < 60; i++)); do
+    kubectl get namespace "$NS_B" >/dev/null 2>&1 || { namespace_gone=$(since "$t0"); break; }
+    sleep 1
+done
+for ((i = 0; i < 60; i++)); do [[ "$(rows_of_b)" == 0 ]] && break; sleep 1; done
+if [[ -n "$namespace_gone" && "$runs_before" -ge 2 && "$(rows_of_b)" == 0 && -z "$finalizers" ]]; then
+    pass "$name (namespace gone in ${namespace_gone}s, rows in $(since "$t0")s; $runs_before runs)"
+else
+    fail "$name" "namespace: $(kubectl get namespace "$NS_B" -o jsonpath='{.status}' 2>&1); runs before $runs_before, now $(rows_of_b); finalizers before: $finalizers"
+fi
+
 name="helm uninstall removes the release and keeps the CRDs"
 delete_runs || true
 if out=$(helm uninstall "$REL" -n "$SYS_NS" --wait --timeout 120s 2>&1); then

@@ -43,8 +43,8 @@ kubeconfig="$("$CLUSTER_DIR/up.sh" | tail -n 1)"
 source "$STATE_DIR/env"
 [[ "$KUBECONFIG" == "$kubeconfig" ]] || die "up.sh printed $kubeconfig, env file says $KUBECONFIG"
 
-# Removes the previous demo: its FlowRuns while its operator still runs (it removes their
-# finalizers and database rows), then its namespaces and the release.
+# Removes the previous demo: its FlowRuns while its operator still runs (it forgets their
+# database rows), then its namespaces and the release.
 clean() {
     local old ns
     if ! helm status "$RELEASE" -n "$SYS_NS" >/dev/null 2>&1; then

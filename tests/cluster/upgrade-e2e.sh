@@ -205,6 +205,11 @@ else
 fi
 
 # --- helm upgrade to this tree --------------------------------------------------------------------
+# FlowRuns holding the old operator's finalizer (the new one takes it off: it can outlive the
+# operator's rights when a namespace is deleted).
+held() { kget fr -o jsonpath='{range .items[*]}{.metadata.finalizers}{"\n"}{end}' | grep -c cairn.dev/cleanup || true; }
+none_held() { [[ "$(held)" == 0 ]]; }
+held_before=$(held)
 name="helm upgrade to this tree applies the new migrations; the new operator takes the Lease"
 old_pod=$(kubectl -n "$SYS_NS" get pods -l "app.kubernetes.io/component=operator" -o jsonpath='{.items[0].metadata.name}')
 t0="$EPOCHREALTIME"
@@ -243,6 +248,13 @@ if until_true 420 approve_agents; then
     pass "$name"
 else
     fail "$name" "phases: $(phases)"
+fi
+
+name="the new operator took the old operator's finalizer off every FlowRun"
+if until_true 60 none_held && ((held_before >= 20)); then
+    pass "$name ($held_before held it before the upgrade)"
+else
+    fail "$name" "$(held) FlowRuns still hold it ($held_before did before the upgrade)"
 fi
 
 name="every pod resumed after the upgrade runs the digest its run started with (the old SDK)"

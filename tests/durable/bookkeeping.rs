@@ -55,6 +55,7 @@ async fn creating_a_run_twice_by_name_is_idempotent_and_a_different_request_conf
         max_attempts: 3,
         retry_backoff_ms: 100,
         created_at: None,
+        flowrun_uid: None,
     };
     let (id, created) = launcher::create_run(&mut conn, &request).await.unwrap();
     assert!(created);
@@ -95,6 +96,64 @@ async fn creating_a_run_twice_by_name_is_idempotent_and_a_different_request_conf
         .await
         .unwrap();
     assert_eq!(runs, 2);
+}
+
+#[tokio::test]
+async fn a_run_belongs_to_its_flowrun_and_a_reused_name_starts_clean() {
+    let db = TestDb::new().await;
+    let mut conn = db.conn().await;
+    let input = json!({ "topic": "x", "count": 1 });
+    let (first, second) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let unbound = launcher::NewRun {
+        namespace: NS,
+        name: "reused",
+        flow: "typed",
+        input: &input,
+        max_attempts: 3,
+        retry_backoff_ms: 100,
+        created_at: None,
+        flowrun_uid: None,
+    };
+    // A run from before the binding (or a child the engine made) is bound by its FlowRun.
+    let (id, _) = launcher::create_run(&mut conn, &unbound).await.unwrap();
+    let of_first = launcher::NewRun {
+        flowrun_uid: Some(first),
+        ..unbound.clone()
+    };
+    assert_eq!(
+        launcher::create_run(&mut conn, &of_first).await.unwrap(),
+        (id, false)
+    );
+    // The FlowRun was deleted unseen and created again: the new one gets a run of its own.
+    let of_second = launcher::NewRun {
+        flowrun_uid: Some(second),
+        ..unbound.clone()
+    };
+    let (fresh, created) = launcher::create_run(&mut conn, &of_second).await.unwrap();
+    assert!(created && fresh != id, "a new run, not the old one's rows");
+    assert!(
+        !launcher::forget_flowrun(&db.pool, first, NS, "reused")
+            .await
+            .unwrap()
+    );
+    assert!(
+        launcher::forget_flowrun(&db.pool, second, NS, "reused")
+            .await
+            .unwrap()
+    );
+    // A namespace being deleted is forgotten whole: runs and events.
+    let (_, _) = launcher::create_run(&mut conn, &unbound).await.unwrap();
+    launcher::emit(&mut conn, NS, "some-event", &json!(1))
+        .await
+        .unwrap();
+    assert_eq!(launcher::forget_namespace(&db.pool, NS).await.unwrap(), 1);
+    let left: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM cairn.runs) + (SELECT count(*) FROM cairn.events)",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
 }
 
 // ---- 11. Cost and usage ----------------------------------------------------------------------

@@ -193,6 +193,7 @@ async fn the_running_budget_holds_runs_pending_until_a_slot_frees_globally_and_p
             max_attempts: 3,
             retry_backoff_ms: 100,
             created_at: None,
+            flowrun_uid: None,
         };
         launcher::create_run(&mut *db.conn().await, &run)
             .await

@@ -256,6 +256,7 @@ impl TestDb {
                 max_attempts,
                 retry_backoff_ms,
                 created_at: None,
+                flowrun_uid: None,
             },
         )
         .await

@@ -18,8 +18,6 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("{0:#}")]
     Other(#[from] anyhow::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     /// The same, from a named stage of a reconcile.
     #[error("{stage}: {source}")]
     At {
@@ -104,11 +102,6 @@ impl Error {
     pub fn stage(&self) -> Option<Stage> {
         match self {
             Error::At { stage, .. } => Some(*stage),
-            Error::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.stage(),
-                _ => None,
-            },
             _ => None,
         }
     }

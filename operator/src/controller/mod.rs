@@ -10,6 +10,7 @@ pub mod error;
 mod flowevent;
 pub mod flowrun;
 mod history;
+mod janitor;
 pub mod pod;
 pub mod runner_db;
 mod startup;
@@ -55,6 +56,8 @@ pub struct Context {
     pub waiting_for_slot: std::sync::Mutex<VecDeque<ObjectRef<FlowRun>>>,
     /// When each namespace last had its flow pods' Secret (and service account) applied.
     prepared_namespaces: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+    /// Watched namespaces found being deleted: their runs are forgotten, and left alone.
+    forgotten_namespaces: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The statuses this operator wrote in the last few seconds.
     pub written_status: WrittenStatuses,
     pub metrics: telemetry::Metrics,
@@ -89,6 +92,7 @@ impl Context {
             recorder,
             waiting_for_slot: Default::default(),
             prepared_namespaces: Default::default(),
+            forgotten_namespaces: Default::default(),
             written_status: Default::default(),
             failures: Default::default(),
         }
@@ -139,6 +143,12 @@ impl Context {
 
     /// Puts a run the running budget held back at the end of the queue for a slot (once), or
     /// takes it out of the queue.
+    fn forgotten_namespaces(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.forgotten_namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     fn queue_for_slot(&self, run: &FlowRun, waiting: bool) {
         let me = ObjectRef::from_obj(run);
         let mut queue = self
@@ -412,10 +422,19 @@ async fn run_controllers(
             .remove("kubectl.kubernetes.io/last-applied-configuration");
     })
     .reflect(writer)
+    .inspect({
+        let ctx = ctx.clone();
+        move |event| {
+            if let Ok(watcher::Event::Delete(gone)) = event {
+                let (ctx, gone) = (ctx.clone(), gone.clone());
+                tokio::spawn(async move { janitor::forget_deleted(&ctx, &gone).await });
+            }
+        }
+    })
     .applied_objects()
     // Only what asks for work: the spec (generation), the retry annotation and a deletion.
-    // The operator's own writes trigger nothing here: its status patches, and the finalizer
-    // it adds in the reconcile that goes on to act (the pods' changes are watched below).
+    // The operator's own writes trigger nothing here: its status patches (the pods' changes
+    // are watched below).
     .predicate_filter(
         predicates::generation
             .combine(predicates::annotations)
@@ -469,6 +488,11 @@ async fn run_controllers(
         flows: flows_cache,
         profiles: profiles_cache,
     });
+    let sweeper = tokio::spawn(janitor::sweep(
+        ctx.clone(),
+        scope.clone(),
+        flowruns_cache.clone(),
+    ));
     let flowruns = Controller::for_stream(flowruns_watch, flowruns_cache)
         .owns_stream(pods)
         .watches_stream(flows, blocked_on_flow)
@@ -514,6 +538,7 @@ async fn run_controllers(
         "controllers started"
     );
     futures::future::join(flowruns, flowevents).await;
+    sweeper.abort();
 }
 
 /// A failed reconcile: counted by controller, stage and category, told once per streak as a

@@ -42,6 +42,7 @@ pub async fn run(args: DevRun, input: Value) -> anyhow::Result<ExitCode> {
         max_attempts: args.max_attempts.max(1),
         retry_backoff_ms: args.retry_backoff.as_millis() as i64,
         created_at: None,
+        flowrun_uid: None,
     };
     let (root, created) = engine::create_run(&mut *pool.acquire().await?, &request)
         .await

@@ -512,3 +512,47 @@ async fn an_image_whose_sdk_the_engine_no_longer_serves_fails_once() -> anyhow::
     sc.finish();
     Ok(())
 }
+
+/// FlowRuns carry no finalizer, so one deleted while no operator runs is gone at once; the
+/// operator that comes back forgets its run (and its child's) within its sweep.
+#[tokio::test]
+#[ignore = "needs the test cluster: make test-cluster"]
+async fn a_flowrun_deleted_while_no_operator_runs_is_forgotten_when_one_returns()
+-> anyhow::Result<()> {
+    let mut sc = Scenario::with_operator("away").await?;
+    research_flow(&sc, None).await?;
+    run_of(
+        &sc,
+        "away",
+        "research",
+        json!({ "topic": "absence", "breadth": 1 }),
+    )
+    .await?;
+    if let Err(e) = sc.wait_event("away", "approve-away", 180).await {
+        sc.fail_explained("the run waits for its approval", e, "away")
+            .await;
+        sc.finish();
+        return Ok(());
+    }
+    let runs = "SELECT count(*) FROM cairn.runs";
+    let registered = sc.count(runs).await?;
+    let finalizers = sc.run("away").await.map(|r| r.metadata.finalizers);
+    sc.operators[0].stop();
+    let deleted = sc.delete_and_wait::<FlowRun>("away", 30).await;
+    let kept = sc.count(runs).await?;
+    sc.check(
+        "without an operator, the FlowRun (no finalizer) is deleted at once and its rows stay",
+        registered >= 2 && deleted.is_ok() && kept == registered && finalizers == Some(None),
+        format!("{registered} runs registered, {kept} after the delete ({deleted:?}); finalizers {finalizers:?}"),
+    );
+    sc.start_operator(cairn_e2e::operator::free_addr("127.0.0.1")?, &[])
+        .await?;
+    let forgotten = sc.until_zero(runs, 60).await;
+    sc.check(
+        "the operator back forgets the deleted FlowRun's run and its child",
+        forgotten.is_ok(),
+        format!("{forgotten:?}"),
+    );
+    sc.finish();
+    Ok(())
+}

@@ -40,6 +40,7 @@ pub async fn sync(
         retry_backoff_ms: resolved.retry_backoff.as_millis() as i64,
         // Events sent to the namespace before the FlowRun was created are not for this run.
         created_at: run.metadata.creation_timestamp.as_ref().map(to_utc),
+        flowrun_uid: run.metadata.uid.as_deref().and_then(|u| u.parse().ok()),
     };
     // Connections are taken per call and never held across another acquire: reconciles run
     // concurrently and must not starve the pool.

@@ -32,17 +32,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_crds::{FINALIZER, Flow, FlowRun, ResourceProfile};
-use cairn_engine::launcher as engine;
 use cairn_engine::read;
 use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
 use tracing::Instrument;
 
 use super::error::{AtStage, Stage};
-use super::{Context, Error};
+use super::{Context, Error, janitor};
 pub use act::delete_token;
 pub use pod_settings::PodSettings;
 pub use resolve::{Invalid, Resolved, resolve};
@@ -77,24 +76,30 @@ pub async fn reconcile(run: Arc<FlowRun>, scope: Arc<Scope>) -> Result<Action, E
     );
     let api: Api<FlowRun> = Api::namespaced(ctx.client.clone(), &namespace);
     let started = std::time::Instant::now();
-    let adds_finalizer =
-        run.meta().deletion_timestamp.is_none() && !run.finalizers().iter().any(|f| f == FINALIZER);
     let outcome = async {
-        let outcome = finalizer(&api, FINALIZER, run.clone(), |event| async {
-            match event {
-                Finalizer::Apply(run) => apply(&run, &scope).await,
-                Finalizer::Cleanup(run) => cleanup(&run, ctx).await,
-            }
-        })
-        .await
-        .map_err(|e| Error::Finalizer(Box::new(e)))?;
-        // Having added the finalizer, the helper waits for the change to come back through
-        // the watch: a second reconcile for every FlowRun admitted. With the finalizer in
-        // place, carry straight on (the watch ignores finalizer changes: see the controller).
-        match adds_finalizer {
-            true => apply(&run, &scope).await,
-            false => Ok(outcome),
+        // Its namespace is being deleted and its runs forgotten: registering it again would
+        // bring them back.
+        if ctx.forgotten_namespaces().contains(&namespace) {
+            return Ok(Action::await_change());
         }
+        // FlowRuns made by older operators carry a finalizer: it goes, since a finalizer
+        // can outlive the operator's rights to remove it (`janitor`). A deleted FlowRun's run is
+        // forgotten on the watch's delete event; one held by that finalizer, here.
+        let legacy = run.finalizers().iter().any(|f| f == FINALIZER);
+        if run.meta().deletion_timestamp.is_some() {
+            if legacy {
+                janitor::forget_deleted(ctx, &run).await;
+                release_finalizer(&api, &run).await.at(Stage::Cleanup)?;
+            }
+            return Ok(Action::await_change());
+        }
+        let action = apply(&run, &scope).await?;
+        if legacy {
+            // `apply` bound the run to this FlowRun: the sweep now finds it if the delete
+            // event is missed.
+            release_finalizer(&api, &run).await.at(Stage::Cleanup)?;
+        }
+        Ok(action)
     }
     .instrument(span)
     .await;
@@ -207,6 +212,8 @@ async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
                 .delete(&run.name_any(), &Default::default())
                 .await
                 .at(Stage::Expire)?;
+            // Its rows go with it now, not only when the delete event comes back.
+            janitor::forget_deleted(ctx, run).await;
             Ok(Action::await_change())
         }
         requeue::After::LookAt(Some(at)) => {
@@ -246,22 +253,27 @@ pub fn on_error(run: Arc<FlowRun>, error: &Error, scope: Arc<Scope>) -> Action {
     action
 }
 
-/// On deletion: cancel the run (clearing its waits and timers) and delete its rows.
-async fn cleanup(run: &FlowRun, ctx: &Context) -> Result<Action, Error> {
-    let namespace = run.namespace().unwrap_or_default();
-    ctx.queue_for_slot(run, false);
-    let removed = async {
-        // Never registered (an invalid run): nothing to delete. Any other failure (the
-        // database is down) keeps the finalizer, so no run is left behind in the engine.
-        let record = match read::find(&ctx.pool, &namespace, &run.name_any()).await {
-            Ok(record) => record,
-            Err(e) if e.is::<read::NotFound>() => return Ok(()),
-            Err(e) => return Err(Error::from(e)),
-        };
-        engine::cancel_run(&mut *ctx.pool.acquire().await?, record.id).await?;
-        read::delete_run(&ctx.pool, record.id).await?;
-        Ok::<_, Error>(())
+/// Removes the finalizer older operators put on FlowRuns (a JSON patch that tests it is still
+/// there at that index, so no other finalizer is touched).
+async fn release_finalizer(api: &Api<FlowRun>, run: &FlowRun) -> Result<(), kube::Error> {
+    let Some(index) = run.finalizers().iter().position(|f| f == FINALIZER) else {
+        return Ok(());
     };
-    removed.await.at(Stage::Cleanup)?;
-    Ok(Action::await_change())
+    let patch = serde_json::json!([
+        { "op": "test", "path": format!("/metadata/finalizers/{index}"), "value": FINALIZER },
+        { "op": "remove", "path": format!("/metadata/finalizers/{index}") },
+    ]);
+    let patch: json_patch::Patch = serde_json::from_value(patch).expect("a JSON patch");
+    match api
+        .patch(
+            &run.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await
+    {
+        // Gone already, or changed meanwhile: the next event looks again.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 422 => Ok(()),
+        other => other.map(|_| ()),
+    }
 }
