@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::Context;
 
 /// How often the sweep runs (a namespace's rows go within this of its deletion).
-pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// On the watch's delete event: forget the FlowRun's run (best effort: the sweep retries).
 pub async fn forget_deleted(ctx: &Context, run: &FlowRun) {

@@ -51,11 +51,10 @@ impl ReadApi {
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ReadApiError> {
-        let uri = path;
-        let request = Request::get(uri)
+        let request = Request::get(path)
             .header("accept", "application/json")
             .body(Body::from(Vec::new()))
-            .map_err(|e| ReadApiError::Failed(format!("bad request {uri}: {e}")))?;
+            .map_err(|e| ReadApiError::Failed(format!("bad request {path}: {e}")))?;
         let unreachable = |why: String| {
             ReadApiError::Unreachable(format!(
                 "cannot reach {}: {why}; is the operator installed (Helm value readApi.enabled) and ready? \

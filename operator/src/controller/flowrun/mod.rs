@@ -212,8 +212,7 @@ async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
                 .delete(&run.name_any(), &Default::default())
                 .await
                 .at(Stage::Expire)?;
-            // Its rows go with it now, not only when the delete event comes back.
-            janitor::forget_deleted(ctx, run).await;
+            // Its run is forgotten on the delete event, like any deleted FlowRun's.
             Ok(Action::await_change())
         }
         requeue::After::LookAt(Some(at)) => {

@@ -32,29 +32,35 @@ pub fn pod_settings(
 ) -> Result<PodSettings, Invalid> {
     let mut settings = PodSettings::default();
     if let Some((name, profile)) = profile {
-        let invalid = |what: String| Invalid {
-            reason: "InvalidProfile",
-            message: format!("ResourceProfile \"{name}\": {what}"),
-        };
-        check_keys("podLabels", &profile.pod_labels).map_err(invalid)?;
-        check_keys("podAnnotations", &profile.pod_annotations).map_err(invalid)?;
-        settings.labels.extend(profile.pod_labels.clone());
-        settings.annotations.extend(profile.pod_annotations.clone());
+        settings
+            .lay_over(&profile.pod_labels, &profile.pod_annotations)
+            .map_err(|what| Invalid::profile(name, what))?;
     }
     if let Some((name, flow)) = flow {
-        let invalid = |what: String| Invalid {
-            reason: "InvalidFlow",
-            message: format!("Flow \"{name}\": {what}"),
-        };
-        check_keys("podLabels", &flow.pod_labels).map_err(invalid)?;
-        check_keys("podAnnotations", &flow.pod_annotations).map_err(invalid)?;
+        let invalid = |what| Invalid::flow(name, what);
         check_volumes(&flow.volumes, &flow.volume_mounts).map_err(invalid)?;
-        settings.labels.extend(flow.pod_labels.clone());
-        settings.annotations.extend(flow.pod_annotations.clone());
+        settings
+            .lay_over(&flow.pod_labels, &flow.pod_annotations)
+            .map_err(invalid)?;
         settings.volumes = flow.volumes.clone();
         settings.volume_mounts = flow.volume_mounts.clone();
     }
     Ok(settings)
+}
+
+impl PodSettings {
+    /// Lays labels and annotations over those already there, unless one takes a key of Cairn's.
+    fn lay_over(
+        &mut self,
+        labels: &BTreeMap<String, String>,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<(), String> {
+        check_keys("podLabels", labels)?;
+        check_keys("podAnnotations", annotations)?;
+        self.labels.extend(labels.clone());
+        self.annotations.extend(annotations.clone());
+        Ok(())
+    }
 }
 
 fn check_keys(field: &str, map: &BTreeMap<String, String>) -> Result<(), String> {

@@ -38,6 +38,24 @@ pub struct Invalid {
     pub message: String,
 }
 
+impl Invalid {
+    /// ResourceProfile `name` is wrong: `what`.
+    pub fn profile(name: &str, what: String) -> Invalid {
+        Invalid {
+            reason: "InvalidProfile",
+            message: format!("ResourceProfile \"{name}\": {what}"),
+        }
+    }
+
+    /// Flow `name` is wrong: `what`.
+    pub fn flow(name: &str, what: String) -> Invalid {
+        Invalid {
+            reason: "InvalidFlow",
+            message: format!("Flow \"{name}\": {what}"),
+        }
+    }
+}
+
 /// Resolves a FlowRun against its Flow and ResourceProfile (looked up by the caller).
 pub fn resolve(
     spec: &FlowRunSpec,
@@ -151,10 +169,7 @@ fn check_profile_allows(
 /// apply`, but only for profiles written since those rules exist: one stored before still
 /// gives the run a condition naming the profile and the fix, instead of a crash at launch.
 fn check_profile(name: &str, profile: &ResourceProfileSpec) -> Result<(), Invalid> {
-    let invalid = |what: String| Invalid {
-        reason: "InvalidProfile",
-        message: format!("ResourceProfile \"{name}\": {what}"),
-    };
+    let invalid = |what: String| Invalid::profile(name, what);
     let resources = profile.resources.as_ref();
     for (kind, amounts) in [
         ("requests", resources.and_then(|r| r.requests.as_ref())),
