@@ -348,6 +348,14 @@ EOF
 restart_if_changed containerd
 start containerd /usr/bin/containerd --config "$CONF/containerd.toml"
 wait_for "containerd" 60 "$LOG_DIR/containerd.log" /usr/bin/ctr --address "$CONTAINERD_SOCK" version
+# containerd answers ctr before its CRI plugin has initialised (recovering its containers takes
+# seconds), and a kubelet started meanwhile exits: "server is not initialized yet". The plugin
+# logs "Start streaming server" just before it serves; look for it after its last start.
+cri_ready() {
+    grep -E 'loading plugin .{0,2}io\.containerd\.grpc\.v1\.cri|Start streaming server' "$LOG_DIR/containerd.log" |
+        tail -n 1 | grep -q 'Start streaming server'
+}
+wait_for "containerd's CRI plugin" 120 "$LOG_DIR/containerd.log" cri_ready
 
 # The sandbox ("pause") image, built locally: there is no registry to pull it from.
 if ! "$BIN_DIR/ctr" -n k8s.io images ls -q | grep -qx 'registry.k8s.io/pause:3.10'; then
