@@ -9,8 +9,10 @@ mod operator_failures;
 mod operator_leader;
 // Child runs: the parent's settings on their pods; a parent named with 200 characters.
 mod children;
-// What flow pods offer flow code: a writable /tmp.
+// What flow pods offer flow code: a writable /tmp, volumes, labels, affinity.
 mod flow_pods;
+// A flow pod cut off from Postgres by iptables: a crash within the bound, then a relaunch.
+mod network;
 // `kubectl cairn` run through kubectl itself against runs in every phase.
 mod kubectl_cairn;
 // Its commands that change runs: approve, emit, cancel, retry.
