@@ -14,6 +14,11 @@ pub const LABEL_PARENT: &str = "cairn.dev/parent";
 /// On child FlowRuns: the parent FlowRun's full name (children made before this annotation
 /// have only [`LABEL_PARENT`], which then holds the full name: see `FlowRun::parent_name`).
 pub const ANNOTATION_PARENT: &str = "cairn.dev/parent";
+/// On child FlowRuns: the Flow whose volumes, mounts, pod labels and pod annotations the
+/// child's pods take (a child has no `spec.flowRef`: it runs its parent's pinned image). The
+/// child's own Flow where there is one, else the Flow its parent's pods took them from. Set by
+/// the operator when it creates the child; read through `FlowRun::pod_settings_flow`.
+pub const ANNOTATION_POD_SETTINGS_FLOW: &str = "cairn.dev/pod-settings-flow";
 /// The standard label naming who manages an object (values below).
 pub const LABEL_MANAGED: &str = "app.kubernetes.io/managed-by";
 /// [`LABEL_MANAGED`] on what the operator creates (flow pods, token Secrets): its watches

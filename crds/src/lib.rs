@@ -147,6 +147,20 @@ impl FlowRun {
             .or_else(|| meta.labels.as_ref()?.get(LABEL_PARENT))
             .map(String::as_str)
     }
+
+    /// The Flow this run's pods take their volumes, mounts, labels and annotations from: its
+    /// `spec.flowRef`, or for a child run the Flow its parent chose for it.
+    pub fn pod_settings_flow(&self) -> Option<&str> {
+        let chosen = || {
+            let annotations = self.metadata.annotations.as_ref()?;
+            annotations.get(ANNOTATION_POD_SETTINGS_FLOW)
+        };
+        self.spec
+            .flow_ref
+            .as_ref()
+            .or_else(chosen)
+            .map(String::as_str)
+    }
 }
 
 /// What a waiting run waits for.

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use cairn_crds::{
-    ANNOTATION_PARENT, API_VERSION, Flow, FlowRun, FlowRunSpec, FlowSpec, LABEL_PARENT,
-    parent_label,
+    ANNOTATION_PARENT, ANNOTATION_POD_SETTINGS_FLOW, API_VERSION, Flow, FlowRun, FlowRunSpec,
+    LABEL_PARENT, parent_label,
 };
 use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference};
 use kube::api::{Patch, PatchParams};
@@ -56,7 +56,7 @@ pub async fn ensure_child_flowruns(
             .map(Arc::as_ref)
             .filter(|f| f.namespace().as_deref() == Some(namespace.as_str()));
         let own = own_flow(in_namespace, &resolved.image, &child.flow);
-        let settings = child_settings(resolved, own.map(|f| &f.spec));
+        let settings = child_settings(resolved, own);
         let spec = FlowRunSpec {
             image: Some(image.to_owned()),
             flow: Some(child.flow.clone()),
@@ -68,6 +68,10 @@ pub async fn ensure_child_flowruns(
             retry: parent.spec.retry.clone(),
             ..Default::default()
         };
+        let mut annotations = json!({ ANNOTATION_PARENT: parent_name });
+        if let Some(flow) = &settings.pod_settings_flow {
+            annotations[ANNOTATION_POD_SETTINGS_FLOW] = json!(flow);
+        }
         let flowrun = json!({
             "apiVersion": API_VERSION,
             "kind": "FlowRun",
@@ -75,7 +79,7 @@ pub async fn ensure_child_flowruns(
                 "name": child.name,
                 // A label value holds 63 characters: the label selects, the annotation names.
                 "labels": { LABEL_PARENT: parent_label(&parent_name) },
-                "annotations": { ANNOTATION_PARENT: parent_name },
+                "annotations": annotations,
                 "ownerReferences": [parent.controller_owner_ref(&())],
             },
             "spec": spec,
@@ -97,6 +101,9 @@ pub struct ChildSettings {
     pub service_account_name: Option<String>,
     pub image_pull_secrets: Vec<LocalObjectReference>,
     pub env: Vec<EnvVar>,
+    /// The Flow whose volumes, mounts, pod labels and annotations its pods take
+    /// ([`ANNOTATION_POD_SETTINGS_FLOW`]): they cannot be copied into a FlowRun's spec.
+    pub pod_settings_flow: Option<String>,
 }
 
 /// The precedence rule for a child run's settings: each comes from the child's own Flow
@@ -104,7 +111,11 @@ pub struct ChildSettings {
 /// FlowRun's over its Flow's). The env merges by name: the own Flow's variables replace the
 /// parent's of the same name and add the rest. The result is written into the child's spec
 /// once, at creation, so later changes to the parent's Flow do not reach running children.
-pub fn child_settings(parent: &Resolved, own: Option<&FlowSpec>) -> ChildSettings {
+/// Pod settings (volumes, mounts, pod labels and annotations) are the exception: the child
+/// names a Flow, its own else its parent's, and they are read from it at each launch, as for
+/// any run with a flowRef.
+pub fn child_settings(parent: &Resolved, own_flow: Option<&Flow>) -> ChildSettings {
+    let own = own_flow.map(|f| &f.spec);
     let own_env = own.map_or(&[][..], |f| &f.env[..]);
     let mut env: Vec<EnvVar> = parent
         .env
@@ -123,6 +134,9 @@ pub fn child_settings(parent: &Resolved, own: Option<&FlowSpec>) -> ChildSetting
             .or_else(|| parent.service_account.clone()),
         image_pull_secrets: own_secrets.unwrap_or(&parent.image_pull_secrets).clone(),
         env,
+        pod_settings_flow: own_flow
+            .map(ResourceExt::name_any)
+            .or_else(|| parent.pod_settings_flow.clone()),
     }
 }
 
@@ -153,6 +167,7 @@ fn repository(image: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_crds::FlowSpec;
     use std::time::Duration;
 
     fn var(name: &str, value: &str) -> EnvVar {
@@ -180,6 +195,7 @@ mod tests {
             retry_backoff: Duration::from_secs(10),
             ttl_after_finished: None,
             pod: Default::default(),
+            pod_settings_flow: Some("research".into()),
         }
     }
 
@@ -204,6 +220,7 @@ mod tests {
                 service_account_name: Some("agents".into()),
                 image_pull_secrets: vec![secret("registry")],
                 env: vec![var("MODEL", "big"), var("REGION", "eu")],
+                pod_settings_flow: Some("research".into()),
             }
         );
         // A parent on the operator's defaults passes nothing on: the child gets them too.
@@ -212,6 +229,7 @@ mod tests {
             service_account: None,
             image_pull_secrets: vec![],
             env: vec![],
+            pod_settings_flow: None,
             ..parent()
         };
         assert_eq!(child_settings(&plain, None), ChildSettings::default());
@@ -219,14 +237,18 @@ mod tests {
 
     #[test]
     fn the_childs_own_flow_wins_where_it_says_something() {
-        let mut own = flow("summarize", "localhost/agent:dev", "summarize").spec;
-        // Nothing set: the parent's, as without a Flow.
+        let mut own = flow("summarize", "localhost/agent:dev", "summarize");
+        // Nothing set: the parent's, as without a Flow, but its pods take the own Flow's
+        // volumes and labels (none) rather than the parent's.
         assert_eq!(
             child_settings(&parent(), Some(&own)),
-            child_settings(&parent(), None)
+            ChildSettings {
+                pod_settings_flow: Some("summarize".into()),
+                ..child_settings(&parent(), None)
+            }
         );
-        own.profile = Some("small".into());
-        own.env = vec![var("MODEL", "tiny"), var("CHILD", "1")];
+        own.spec.profile = Some("small".into());
+        own.spec.env = vec![var("MODEL", "tiny"), var("CHILD", "1")];
         let settings = child_settings(&parent(), Some(&own));
         assert_eq!(settings.profile.as_deref(), Some("small"));
         assert_eq!(settings.service_account_name.as_deref(), Some("agents"));
@@ -235,8 +257,8 @@ mod tests {
             settings.env,
             [var("REGION", "eu"), var("MODEL", "tiny"), var("CHILD", "1")]
         );
-        own.service_account_name = Some("summarizers".into());
-        own.image_pull_secrets = vec![secret("other")];
+        own.spec.service_account_name = Some("summarizers".into());
+        own.spec.image_pull_secrets = vec![secret("other")];
         let settings = child_settings(&parent(), Some(&own));
         assert_eq!(
             settings.service_account_name.as_deref(),

@@ -1,11 +1,11 @@
-//! Child runs on the real cluster: their pods carry the parent's resolved settings (the profile
-//! and service account of the parent's Flow), and a parent named with 200 characters gets its
+//! Child runs on the real cluster: their pods carry the parent's resolved settings (the profile,
+//! service account, pull secret, volumes and pod labels of the parent's Flow), and a parent named with 200 characters gets its
 //! children, whose labels and pods stay within Kubernetes' limits, and succeeds.
 
 use cairn_crds::{ANNOTATION_PARENT, Flow, FlowRun, LABEL_PARENT, ResourceProfile};
 use cairn_e2e::flows::{event, example, research_flow, run_of};
 use cairn_e2e::{Phase, Scenario};
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::ListParams;
 use serde_json::json;
@@ -26,9 +26,27 @@ async fn first_pod(sc: &Scenario, run: &str) -> Option<Pod> {
     sc.api::<Pod>().get_opt(&name).await.ok().flatten()
 }
 
-/// What a pod carries of its run's settings: service account, pull secrets, cpu request.
-fn settings_of(pod: &Pod) -> (Option<String>, Vec<String>, Option<String>) {
+/// What a pod carries of its run's settings: service account, pull secrets, cpu request, the
+/// paths mounted from volumes of its Flow, label `team`.
+type PodSettings = (
+    Option<String>,
+    Vec<String>,
+    Option<String>,
+    Vec<String>,
+    Option<String>,
+);
+
+fn settings_of(pod: &Pod) -> PodSettings {
     let spec = pod.spec.clone().unwrap_or_default();
+    let flows_volumes: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| v.config_map.is_some())
+        .map(|v| v.name.as_str())
+        .collect();
+    let mounted = spec.containers[0].volume_mounts.iter().flatten();
+    let mounted = mounted.filter(|m| flows_volumes.contains(&m.name.as_str()));
     let secrets = spec.image_pull_secrets.iter().flatten();
     let cpu = spec.containers[0]
         .resources
@@ -38,6 +56,8 @@ fn settings_of(pod: &Pod) -> (Option<String>, Vec<String>, Option<String>) {
         spec.service_account_name.clone(),
         secrets.map(|s| s.name.clone()).collect(),
         cpu,
+        mounted.map(|m| m.mount_path.clone()).collect(),
+        pod.labels().get("team").cloned(),
     )
 }
 
@@ -47,7 +67,8 @@ async fn a_child_pod_carries_the_profile_and_service_account_of_its_parents_flow
 -> anyhow::Result<()> {
     let mut sc = Scenario::with_operator("child-settings").await?;
     // The parent's Flow: a profile of this scenario's own (the example's, 50m of cpu), a
-    // service account and a pull secret. Its children have no Flow of their own.
+    // service account, a pull secret, a ConfigMap mounted and a pod label. Its children have
+    // no Flow of their own.
     let profile_name = format!("small-{}", sc.ns);
     let mut profile: ResourceProfile = example(&sc, "profile.yaml")?;
     profile.metadata.name = Some(profile_name.clone());
@@ -63,10 +84,18 @@ async fn a_child_pod_carries_the_profile_and_service_account_of_its_parents_flow
         "stringData": { ".dockerconfigjson": "{\"auths\":{}}" },
     }))
     .await?;
+    sc.create::<ConfigMap>(json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "prompts" },
+        "data": { "style.txt": "terse" },
+    }))
+    .await?;
     sc.create::<Flow>(json!({
         "apiVersion": "cairn.dev/v1alpha1", "kind": "Flow", "metadata": { "name": "research" },
         "spec": { "image": sc.setup.image.name, "flow": "research", "profile": profile_name,
-                  "serviceAccountName": "agents", "imagePullSecrets": [{ "name": "registry" }] },
+                  "serviceAccountName": "agents", "imagePullSecrets": [{ "name": "registry" }],
+                  "volumes": [{ "name": "prompts", "configMap": { "name": "prompts" } }],
+                  "volumeMounts": [{ "name": "prompts", "mountPath": "/etc/prompts" }],
+                  "podLabels": { "team": "research" } },
     }))
     .await?;
     run_of(
@@ -89,6 +118,8 @@ async fn a_child_pod_carries_the_profile_and_service_account_of_its_parents_flow
         Some("agents".to_owned()),
         vec!["registry".to_owned()],
         Some("50m".to_owned()),
+        vec!["/etc/prompts".to_owned()],
+        Some("research".to_owned()),
     );
     let children = children_of(&sc, "fan-out").await;
     sc.check(
@@ -98,12 +129,16 @@ async fn a_child_pod_carries_the_profile_and_service_account_of_its_parents_flow
     );
     for child in &children {
         let child = child.name_any();
-        let name = format!("child {child}'s pod has the service account, pull secret and profile");
+        let name = format!(
+            "child {child}'s pod has the service account, pull secret, profile, mount and label"
+        );
         let seen = first_pod(&sc, &child).await.as_ref().map(settings_of);
         sc.check(
             &name,
             seen.as_ref() == Some(&want),
-            format!("expected (account, pull secrets, cpu request) {want:?}; saw {seen:?}"),
+            format!(
+                "expected (account, pull secrets, cpu request, mounts, team) {want:?}; saw {seen:?}"
+            ),
         );
         let spec = sc.run(&child).await.map(|r| r.spec).unwrap_or_default();
         sc.check(

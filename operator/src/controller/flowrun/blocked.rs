@@ -32,7 +32,7 @@ pub fn waiting_for_flow(runs: &[Arc<FlowRun>], flow: &Flow) -> Vec<ObjectRef<Flo
     let (namespace, name) = (flow.namespace(), flow.name_any());
     runs.iter()
         .filter(|run| run.namespace() == namespace)
-        .filter(|run| run.spec.flow_ref.as_deref() == Some(name.as_str()))
+        .filter(|run| run.pod_settings_flow() == Some(name.as_str()))
         .filter(|run| refused_for(run).is_some_and(|reason| ON_FLOW.contains(&reason)))
         .map(|run| ObjectRef::from_obj(run.as_ref()))
         .collect()

@@ -12,6 +12,7 @@ use crate::controller::Error;
 
 /// What a FlowRun names, where it exists.
 pub struct Referenced {
+    /// Its `spec.flowRef`, or for a child run the Flow its pods take their settings from.
     pub flow: Option<Flow>,
     pub profile: Option<ResourceProfile>,
 }
@@ -19,7 +20,7 @@ pub struct Referenced {
 pub async fn fetch(run: &FlowRun, scope: &Scope) -> Result<Referenced, Error> {
     let namespace = run.namespace().unwrap_or_default();
     let client = &scope.ctx.client;
-    let flow = match &run.spec.flow_ref {
+    let flow = match run.pod_settings_flow() {
         Some(flow_ref) => {
             cached_or_get(
                 &scope.flows,

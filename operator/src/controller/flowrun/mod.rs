@@ -121,6 +121,7 @@ async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
     let namespace = run.namespace().unwrap_or_default();
     let resolved = match resolve(
         &run.spec,
+        run.pod_settings_flow(),
         &namespace,
         referenced.flow.as_ref(),
         referenced.profile.as_ref(),

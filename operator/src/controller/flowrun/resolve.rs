@@ -29,6 +29,8 @@ pub struct Resolved {
     pub ttl_after_finished: Option<Duration>,
     /// Volumes, mounts, labels and annotations from the Flow and the profile.
     pub pod: PodSettings,
+    /// The Flow `pod` took its volumes and labels from: the run's own, or its parent's choice.
+    pub pod_settings_flow: Option<String>,
 }
 
 /// Why a FlowRun cannot run as written; the message says what to fix.
@@ -57,8 +59,12 @@ impl Invalid {
 }
 
 /// Resolves a FlowRun against its Flow and ResourceProfile (looked up by the caller).
+/// `pod_settings_flow` names the Flow its pods take their settings from
+/// (`FlowRun::pod_settings_flow`: its flowRef, or the Flow a child run was given), and `flow`
+/// is that Flow where it exists.
 pub fn resolve(
     spec: &FlowRunSpec,
+    pod_settings_flow: Option<&str>,
     namespace: &str,
     flow: Option<&Flow>,
     profile: Option<&ResourceProfile>,
@@ -104,8 +110,21 @@ pub fn resolve(
         check_profile(name, profile)?;
         check_profile_allows(name, profile, namespace)?;
     }
+    let settings_flow = match (pod_settings_flow, flow) {
+        (Some(name), Some(flow)) => Some((name, &flow.spec)),
+        // A child run whose chosen Flow is gone (a run with a flowRef is refused above).
+        (Some(name), None) => {
+            return Err(Invalid {
+                reason: "FlowNotFound",
+                message: format!(
+                    "Flow \"{name}\" (whose volumes and pod settings this child run takes) not found in namespace \"{namespace}\"; create it again, or delete the run"
+                ),
+            });
+        }
+        (None, _) => None,
+    };
     let pod = pod_settings(
-        spec.flow_ref.as_deref().zip(template),
+        settings_flow,
         profile_name.map(String::as_str).zip(profile.as_ref()),
     )?;
     let retry = spec
@@ -142,6 +161,7 @@ pub fn resolve(
             .or(template.and_then(|t| t.ttl_seconds_after_finished))
             .map(|seconds| Duration::from_secs(seconds.max(0) as u64)),
         pod,
+        pod_settings_flow: settings_flow.map(|(name, _)| name.to_owned()),
     })
 }
 
@@ -268,7 +288,8 @@ mod tests {
 
     #[test]
     fn a_flow_reference_takes_image_flow_and_defaults_from_the_flow() {
-        let resolved = resolve(&by_ref(None), "ns", Some(&flow(None)), None).unwrap();
+        let resolved =
+            resolve(&by_ref(None), Some("agent"), "ns", Some(&flow(None)), None).unwrap();
         assert_eq!(
             (resolved.image.as_str(), resolved.flow.as_str()),
             ("localhost/agent:dev", "research")
@@ -285,7 +306,7 @@ mod tests {
         let mut template = flow(None);
         template.spec.ttl_seconds_after_finished = Some(600);
         let ttl = |spec: &FlowRunSpec, flow: &Flow| {
-            resolve(spec, "ns", Some(flow), None)
+            resolve(spec, spec.flow_ref.as_deref(), "ns", Some(flow), None)
                 .unwrap()
                 .ttl_after_finished
         };
@@ -321,7 +342,8 @@ mod tests {
             value: Some("run".into()),
             ..Default::default()
         }];
-        let resolved = resolve(&spec, "ns", Some(&template), None).unwrap();
+        let resolved =
+            resolve(&spec, spec.flow_ref.as_deref(), "ns", Some(&template), None).unwrap();
         let names: Vec<&str> = resolved.env.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["A", "B"]);
     }
@@ -333,18 +355,33 @@ mod tests {
         template.spec.service_account_name = Some("flow-account".into());
         template.spec.image_pull_secrets = vec![secret("flow-registry")];
         let small = ResourceProfile::new("small", Default::default());
-        let resolved = resolve(&by_ref(None), "ns", Some(&template), Some(&small)).unwrap();
+        let resolved = resolve(
+            &by_ref(None),
+            Some("agent"),
+            "ns",
+            Some(&template),
+            Some(&small),
+        )
+        .unwrap();
         assert_eq!(resolved.profile_name.as_deref(), Some("small"));
         assert_eq!(resolved.service_account.as_deref(), Some("flow-account"));
         assert_eq!(resolved.image_pull_secrets, [secret("flow-registry")]);
         let mut own = by_ref(None);
         own.service_account_name = Some("run-account".into());
         own.image_pull_secrets = vec![secret("run-registry")];
-        let resolved = resolve(&own, "ns", Some(&template), Some(&small)).unwrap();
+        let resolved = resolve(
+            &own,
+            own.flow_ref.as_deref(),
+            "ns",
+            Some(&template),
+            Some(&small),
+        )
+        .unwrap();
         assert_eq!(resolved.service_account.as_deref(), Some("run-account"));
         assert_eq!(resolved.image_pull_secrets, [secret("run-registry")]);
         // Neither sets one: the operator's default account applies.
-        let resolved = resolve(&by_ref(None), "ns", Some(&flow(None)), None).unwrap();
+        let resolved =
+            resolve(&by_ref(None), Some("agent"), "ns", Some(&flow(None)), None).unwrap();
         assert_eq!(resolved.service_account, None);
     }
 
@@ -355,7 +392,7 @@ mod tests {
             flow: Some("f".into()),
             ..Default::default()
         };
-        let resolved = resolve(&inline, "ns", None, None).unwrap();
+        let resolved = resolve(&inline, inline.flow_ref.as_deref(), "ns", None, None).unwrap();
         assert_eq!(
             (resolved.max_attempts, resolved.retry_backoff),
             (3, Duration::from_secs(10))
@@ -365,24 +402,65 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            resolve(&half, "ns", None, None).unwrap_err().reason,
+            resolve(&half, half.flow_ref.as_deref(), "ns", None, None)
+                .unwrap_err()
+                .reason,
             "InvalidSpec"
         );
     }
 
     #[test]
+    fn a_child_run_takes_its_pod_settings_from_the_flow_it_was_given() {
+        let child = FlowRunSpec {
+            image: Some("localhost/agent@sha256:abc".into()),
+            flow: Some("summarize".into()),
+            ..Default::default()
+        };
+        let mut parents = flow(Some("small"));
+        parents.spec.volumes = serde_json::from_value(serde_json::json!(
+            [{ "name": "prompts", "configMap": { "name": "prompts" } }]
+        ))
+        .unwrap();
+        let resolved = resolve(&child, Some("agent"), "ns", Some(&parents), None).unwrap();
+        assert_eq!(resolved.pod.volumes, parents.spec.volumes);
+        assert_eq!(resolved.pod_settings_flow.as_deref(), Some("agent"));
+        // Only the pod settings: image, flow and profile stay the child's own.
+        assert_eq!(resolved.flow, "summarize");
+        assert_eq!(resolved.profile_name, None);
+        let gone = resolve(&child, Some("agent"), "ns", None, None).unwrap_err();
+        assert_eq!(gone.reason, "FlowNotFound");
+        assert!(
+            gone.message.contains("\"agent\" (whose volumes"),
+            "{}",
+            gone.message
+        );
+    }
+
+    #[test]
     fn missing_references_say_what_to_fix() {
-        let missing_flow = resolve(&by_ref(None), "team-a", None, None).unwrap_err();
+        let missing_flow = resolve(&by_ref(None), Some("agent"), "team-a", None, None).unwrap_err();
         assert_eq!(missing_flow.reason, "FlowNotFound");
         assert!(
             missing_flow.message.contains("\"agent\"") && missing_flow.message.contains("team-a")
         );
-        let missing_profile =
-            resolve(&by_ref(Some("huge")), "ns", Some(&flow(None)), None).unwrap_err();
+        let missing_profile = resolve(
+            &by_ref(Some("huge")),
+            Some("agent"),
+            "ns",
+            Some(&flow(None)),
+            None,
+        )
+        .unwrap_err();
         assert_eq!(missing_profile.reason, "ProfileNotFound");
         // The Flow's default profile is looked up too.
-        let default_missing =
-            resolve(&by_ref(None), "ns", Some(&flow(Some("small"))), None).unwrap_err();
+        let default_missing = resolve(
+            &by_ref(None),
+            Some("agent"),
+            "ns",
+            Some(&flow(Some("small"))),
+            None,
+        )
+        .unwrap_err();
         assert!(default_missing.message.contains("\"small\""));
     }
 
@@ -409,9 +487,25 @@ mod tests {
         };
         let spec = by_ref(Some("small"));
         let good = profile("250m", "NoSchedule");
-        assert!(resolve(&spec, "ns", Some(&flow(None)), Some(&good)).is_ok());
+        assert!(
+            resolve(
+                &spec,
+                spec.flow_ref.as_deref(),
+                "ns",
+                Some(&flow(None)),
+                Some(&good)
+            )
+            .is_ok()
+        );
         let lots = profile("lots", "NoSchedule");
-        let bad = resolve(&spec, "ns", Some(&flow(None)), Some(&lots)).unwrap_err();
+        let bad = resolve(
+            &spec,
+            spec.flow_ref.as_deref(),
+            "ns",
+            Some(&flow(None)),
+            Some(&lots),
+        )
+        .unwrap_err();
         assert_eq!(bad.reason, "InvalidProfile");
         assert!(
             bad.message.contains("resources.requests.cpu is \"lots\""),
@@ -419,7 +513,14 @@ mod tests {
             bad.message
         );
         let sometimes = profile("1", "Sometimes");
-        let bad = resolve(&spec, "ns", Some(&flow(None)), Some(&sometimes)).unwrap_err();
+        let bad = resolve(
+            &spec,
+            spec.flow_ref.as_deref(),
+            "ns",
+            Some(&flow(None)),
+            Some(&sometimes),
+        )
+        .unwrap_err();
         assert!(
             bad.message.contains("effect \"Sometimes\""),
             "{}",
@@ -440,7 +541,13 @@ mod tests {
         };
         let spec = by_ref(Some("gpu"));
         let run_in = |ns: &str, profile: &ResourceProfile| {
-            resolve(&spec, ns, Some(&flow(None)), Some(profile))
+            resolve(
+                &spec,
+                spec.flow_ref.as_deref(),
+                ns,
+                Some(&flow(None)),
+                Some(profile),
+            )
         };
         assert!(
             run_in("team-a", &restricted(None)).is_ok(),
