@@ -7,6 +7,7 @@ pub mod api;
 mod children;
 mod config;
 pub mod error;
+mod events;
 mod flowevent;
 pub mod flowrun;
 mod history;
@@ -61,7 +62,7 @@ pub struct Context {
     /// The statuses this operator wrote in the last few seconds.
     pub written_status: WrittenStatuses,
     pub metrics: telemetry::Metrics,
-    recorder: Recorder,
+    recorder: events::Events,
     /// Objects failing reconcile after reconcile, for the backoff.
     failures: error::Backoff,
 }
@@ -76,7 +77,7 @@ impl Context {
         config: Config,
         runner_db: runner_db::RunnerDb,
     ) -> Self {
-        let recorder = Recorder::new(
+        let recorder = events::Events::new(
             client.clone(),
             Reporter {
                 controller: FIELD_MANAGER.into(),

@@ -29,6 +29,34 @@ async fn starts_before_its_periodic_look(sc: &mut Scenario, name: &str, run: &st
     }
 }
 
+/// Waits until a Warning Event with `reason` is about FlowRun `run`; returns its name.
+async fn warning_about(
+    sc: &Scenario,
+    run: &str,
+    reason: &str,
+    secs: u64,
+) -> Result<String, String> {
+    let events = sc.api::<k8s_openapi::api::events::v1::Event>();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let listed = events.list(&Default::default()).await;
+        let found = listed.iter().flat_map(|l| &l.items).find(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.type_.as_deref() == Some("Warning")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(run)
+        });
+        if let Some(event) = found {
+            return Ok(event.metadata.name.clone().unwrap_or_default());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "no Warning Event {reason} about {run} within {secs}s"
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs the test cluster: make test-cluster"]
 async fn bad_runs_fail_saying_why() -> anyhow::Result<()> {
@@ -36,6 +64,10 @@ async fn bad_runs_fail_saying_why() -> anyhow::Result<()> {
     research_flow(&sc, None).await?;
     let image = sc.setup.image.name.clone();
     sc.create::<FlowRun>(flowrun("no-such-flow", json!({ "flowRef": "missing" })))
+        .await?;
+    // As long as a name may be: its Events' names must be shortened to be valid.
+    let longest = format!("{}-{}", "l".repeat(200), "n".repeat(52));
+    sc.create::<FlowRun>(flowrun(&longest, json!({ "flowRef": "never" })))
         .await?;
     sc.create::<FlowRun>(flowrun(
         "no-such-image",
@@ -64,6 +96,11 @@ async fn bad_runs_fail_saying_why() -> anyhow::Result<()> {
     {
         Ok(_) => sc.check(name, true, ""),
         Err(e) => sc.fail_explained(name, e, "no-such-flow").await,
+    }
+    let name = "a FlowRun named with 253 characters gets its Warning Event too";
+    match warning_about(&sc, &longest, "FlowNotFound", 60).await {
+        Ok(event) => sc.check(name, true, event),
+        Err(e) => sc.fail_explained(name, e, &longest).await,
     }
 
     // Refused, the run is looked at again a minute later at the latest; the Flow's watch makes
