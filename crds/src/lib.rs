@@ -73,7 +73,8 @@ pub struct RetryPolicy {
         type_ = "string",
         json_path = ".status.waitingFor.event"
     ),
-    printcolumn(name = "Attempt", type_ = "integer", json_path = ".status.attempt"),
+    printcolumn(name = "Execution", type_ = "integer", json_path = ".status.attempt"),
+    printcolumn(name = "Crashes", type_ = "integer", json_path = ".status.crashes"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -187,8 +188,11 @@ pub struct FlowRunStatus {
     pub phase: Option<Phase>,
     /// The run's id in the engine's database.
     pub run_id: Option<String>,
-    /// Current attempt (one pod per attempt).
+    /// Current execution (one pod each): every launch counts, after a wait as after a crash.
     pub attempt: Option<i32>,
+    /// How many executions crashed (the retry policy's `maxAttempts` allows that many).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crashes: Option<i32>,
     /// The current or last pod.
     pub pod: Option<String>,
     /// The image digest every pod of this run uses (`repo@sha256:…`).

@@ -25,7 +25,11 @@ pub struct RunSummary {
     pub name: String,
     pub flow: String,
     pub phase: Phase,
+    /// Executions so far: every launch counts, after a wait as after a crash.
     pub attempt: i32,
+    /// Executions that crashed (absent from operators before 0.2: read as 0).
+    #[serde(default)]
+    pub crashes: i32,
     /// Completed steps.
     pub steps: i64,
     /// Cost recorded by its steps, in US dollars.
@@ -63,6 +67,7 @@ pub struct RunInfo {
     pub parent_id: Option<Uuid>,
     pub parent: Option<String>,
     pub phase: Phase,
+    /// Executions so far (see `RunSummary`), the crashed ones, and how many crashes are allowed.
     pub attempt: i32,
     pub crashes: i32,
     pub max_attempts: i32,
@@ -224,6 +229,7 @@ mod from_records {
                 flow: record.flow.clone(),
                 phase: record.phase,
                 attempt: record.attempt,
+                crashes: record.crashes,
                 steps: record.steps,
                 usd: record.usd,
                 waiting_for_event: wait.as_ref().and_then(|w| w.event.clone()),

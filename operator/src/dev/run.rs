@@ -63,10 +63,11 @@ pub async fn run(args: DevRun, input: Value) -> anyhow::Result<ExitCode> {
     let record = supervisor::supervise(&pool, &launcher, root).await?;
     let tree = read::tree(&pool, root).await?;
     eprintln!(
-        "cairn: {} {} after {} attempt(s); {} run(s), {} steps, ${:.4} in all",
+        "cairn: {} {} after {} execution(s), {} crashed; {} run(s), {} steps, ${:.4} in all",
         record.name,
         record.phase,
         record.attempt,
+        record.crashes,
         tree.len(),
         tree.iter().map(|r| r.steps).sum::<i64>(),
         tree.iter().map(|r| r.usd).sum::<f64>()

@@ -106,8 +106,9 @@ fn header_of(run: &FlowRun) -> Header {
         parent: run.parent_name().map(str::to_owned),
         phase: status.phase,
         progress: format!(
-            "attempt {}, {} steps, {}",
+            "execution {}, crashes {}, {} steps, {}",
             status.attempt.unwrap_or(0),
+            status.crashes.unwrap_or(0),
             status.steps_completed.unwrap_or(0),
             render::money(cost.unwrap_or(0.0))
         ),

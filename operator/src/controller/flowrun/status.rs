@@ -114,6 +114,7 @@ pub fn build_status(
         phase: Some(record.phase),
         run_id: Some(record.id.to_string()),
         attempt: Some(record.attempt),
+        crashes: Some(record.crashes),
         pod: current_pod.or_else(|| run.status.as_ref().and_then(|s| s.pod.clone())),
         image_digest: pinned,
         waiting_for,
@@ -205,9 +206,12 @@ mod tests {
         assert_eq!(status.result, None);
         assert!(status.finished_at.is_some());
         assert!(status.conditions[0].status == "True");
-        let mut failed = record(Phase::Failed, 3);
+        let mut failed = record(Phase::Failed, 5);
+        failed.crashes = 3;
         failed.error = Some(json!({ "message": "no more attempts: out of memory" }));
         let status = build_status(&flowrun(json!({})), &failed, &[], None, None, None);
+        // Five executions (two of them after waits), three of which crashed.
+        assert_eq!((status.attempt, status.crashes), (Some(5), Some(3)));
         assert_eq!(
             reason(&status),
             ("Failed", "no more attempts: out of memory")

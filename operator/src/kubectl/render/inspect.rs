@@ -42,8 +42,8 @@ pub struct Header {
     pub flow: String,
     pub parent: Option<String>,
     pub phase: Option<Phase>,
-    /// After the phase: `attempt 2, 1 crash(es) of 3 allowed` (the engine), or
-    /// `attempt 1, 3 steps, $0.0100` (a FlowRun's status).
+    /// After the phase: `execution 2, crashes 1 of 3` (the engine), or
+    /// `execution 1, crashes 0, 3 steps, $0.0100` (a FlowRun's status).
     pub progress: String,
     pub created: Option<DateTime<Utc>>,
     pub finished: Option<DateTime<Utc>>,
@@ -88,7 +88,7 @@ impl Header {
             parent: run.parent.clone(),
             phase: Some(run.phase),
             progress: format!(
-                "attempt {}, {} crash(es) of {} allowed{cancel}",
+                "execution {}, crashes {} of {}{cancel}",
                 run.attempt, run.crashes, run.max_attempts
             ),
             created: Some(run.created_at),
@@ -411,7 +411,7 @@ mod tests {
         );
         for expected in [
             "Run:       research-1  (namespace ns, id 00000000-0000-0000-0000-000000000000)",
-            "Phase:     Waiting  attempt 2, 1 crash(es) of 3 allowed",
+            "Phase:     Waiting  execution 2, crashes 1 of 3",
             "Pod:       research-1-a2",
             "Waiting:   event approve-research-1",
             "Question:  Publish?",
@@ -437,7 +437,7 @@ mod tests {
             id: "not registered yet".into(),
             flow: "research".into(),
             phase: Some(Phase::Waiting),
-            progress: "attempt 1, 3 steps, $0.0100".into(),
+            progress: "execution 1, crashes 0, 3 steps, $0.0100".into(),
             created: Some(t(0)),
             finished: Some(t(90)),
             waiting: Some("event approve-research-1".into()),
@@ -462,7 +462,7 @@ mod tests {
         let text = inspect_text(&inspect, &Ui::plain(), t(100));
         for expected in [
             "Run:       research-1  (namespace ns, id not registered yet)",
-            "Phase:     Waiting  attempt 1, 3 steps, $0.0100",
+            "Phase:     Waiting  execution 1, crashes 0, 3 steps, $0.0100",
             "Finished:  2023-11-14 22:14:50Z (10s ago), took 1m 30s",
             "Waiting:   event approve-research-1",
             "Answer:    answer approve-research-1",
