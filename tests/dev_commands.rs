@@ -1,6 +1,7 @@
 //! `cairn dev approve`, `delete` and `wait` through the real command line, against a real
 //! Postgres: what they do, and their exit codes (0 done, 1 the operation failed or the run's
-//! state does not allow it, 2 a mistake in what was asked), as `cairn --help` says.
+//! state does not allow it, 2 a mistake in what was asked), as `cairn --help` says; and
+//! `cairn dev run` stopped by Ctrl-C.
 
 use std::time::{Duration, Instant};
 
@@ -275,5 +276,42 @@ async fn an_attempt_claimed_by_a_cairn_dev_that_died_before_launching_is_not_a_c
         (record.phase, record.attempt, record.crashes),
         (Phase::Succeeded, 1, 0),
         "launched again under attempt 1, no crash counted"
+    );
+}
+
+#[tokio::test]
+async fn ctrl_c_lets_the_step_in_flight_finish_and_costs_no_crash() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let input = json!({ "n": 3, "step_ms": 1500 }).to_string();
+    let args = [
+        "dev", "run", FLOWS, "--flow", "looper", "--input", &input, "--name", "stopped",
+    ];
+    let child = cairn(&db, &log, &args).spawn().expect("cannot start cairn");
+    log.wait_for("tick:0").await;
+    cairn_tests::sigint(child.id().expect("cairn's pid"));
+    let stopped = finish(child).await;
+    assert_eq!(stopped.status.code(), Some(1), "{}", stderr(&stopped));
+    assert!(
+        stderr(&stopped).contains("finish their step in flight"),
+        "{}",
+        stderr(&stopped)
+    );
+    // The step in flight finished and was checkpointed; the run went back, with no crash.
+    let id = run_id(&db, "stopped").await;
+    let record = db.run(id).await;
+    assert_eq!(
+        (record.phase, record.crashes, record.steps),
+        (Phase::Pending, 0, 1),
+        "{}",
+        stderr(&stopped)
+    );
+
+    let resumed = run(cairn(&db, &log, &args)).await;
+    assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
+    assert_eq!(
+        log.summary(),
+        ["tick:0@1", "tick:1@2", "tick:2@2"],
+        "each step once: the one in flight at Ctrl-C finished in the first process"
     );
 }

@@ -91,7 +91,7 @@ pub async fn supervise(
         let timer = tokio::time::sleep(next_wake.map_or(Duration::from_secs(3600), |ms| {
             Duration::from_millis(ms as u64)
         }));
-        tokio::select! {
+        let told_to_stop = tokio::select! {
             notification = listener.try_recv() => {
                 // `None`: the connection dropped and will be re-established; rescan anyway,
                 // since notifications sent meanwhile are lost.
@@ -99,16 +99,27 @@ pub async fn supervise(
                     tracing::warn!(error = %e, "lost the notification channel; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
+                false
             }
             Some(exited) = exit_rx.recv() => {
                 supervisor.exited(exited);
                 while let Ok(more) = exit_rx.try_recv() {
                     supervisor.exited(more);
                 }
+                false
             }
-            _ = timer => {}
-            _ = interrupt.recv() => return Err(supervisor.abandon(&root_record)),
-            _ = terminate.recv() => return Err(supervisor.abandon(&root_record)),
+            _ = timer => false,
+            _ = interrupt.recv() => true,
+            _ = terminate.recv() => true,
+        };
+        if told_to_stop {
+            let again = async {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            };
+            return Err(supervisor.stop(&root_record, &mut exit_rx, again).await);
         }
     }
 }
@@ -273,6 +284,8 @@ impl Supervisor<'_> {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // A group of its own: a terminal's Ctrl-C reaches cairn only, which stops it gently.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn();
         let mut child = match spawned {
@@ -308,9 +321,36 @@ impl Supervisor<'_> {
         });
     }
 
-    /// Stops on a signal. The processes are killed (their runs are durable: a later
-    /// `cairn dev run` with the same name records the crashes and carries on).
-    fn abandon(&mut self, root: &RunRecord) -> anyhow::Error {
+    /// Stops on a signal. Each flow process is told to stop (SIGTERM): it finishes the step in
+    /// flight within its `CAIRN_STOP_GRACE_MS` and gives its run back, so stopping costs no
+    /// crash. Those still running a few seconds past that bound, or at a second signal, are
+    /// killed: a later `cairn dev run` with the same name records their crashes and carries on.
+    async fn stop(
+        &mut self,
+        root: &RunRecord,
+        exits: &mut mpsc::UnboundedReceiver<Exited>,
+        again: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Error {
+        if !self.alive.is_empty() {
+            let grace = stop_grace(&self.launcher.env);
+            eprintln!(
+                "cairn: stopping: {} flow process(es) finish their step in flight (within {}) and give their runs back; interrupt again to kill them now",
+                self.alive.len(),
+                humantime::format_duration(grace)
+            );
+            for (_, pid) in self.alive.values() {
+                send(*pid, nix::sys::signal::Signal::SIGTERM);
+            }
+            let deadline = tokio::time::sleep(grace + Duration::from_secs(5));
+            tokio::pin!(deadline, again);
+            while !self.alive.is_empty() {
+                tokio::select! {
+                    Some(exited) = exits.recv() => self.exited(exited),
+                    _ = &mut deadline => break,
+                    _ = &mut again => break,
+                }
+            }
+        }
         for (_, pid) in self.alive.values() {
             kill(*pid);
         }
@@ -322,10 +362,23 @@ impl Supervisor<'_> {
 }
 
 fn kill(pid: u32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    send(pid, nix::sys::signal::Signal::SIGKILL);
+}
+
+fn send(pid: u32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+}
+
+/// How long a flow process told to stop may finish its step: `CAIRN_STOP_GRACE_MS` as the
+/// process sees it (the launcher's environment, else the one it inherits from ours).
+fn stop_grace(env: &[(String, String)]) -> Duration {
+    let name = cairn::env::STOP_GRACE_MS;
+    let set = env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let ms = set
+        .or_else(|| std::env::var(name).ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cairn_engine::protocol::DEFAULT_STOP_GRACE_MS);
+    Duration::from_millis(ms)
 }
 
 /// Copies a child's output to our stderr, each line prefixed with `[run#attempt]`, so our

@@ -463,6 +463,11 @@ pub fn sigterm(pid: u32) {
     send_signal(pid, "TERM");
 }
 
+/// SIGINT, as a terminal's Ctrl-C sends it.
+pub fn sigint(pid: u32) {
+    send_signal(pid, "INT");
+}
+
 fn send_signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
