@@ -315,3 +315,53 @@ async fn ctrl_c_lets_the_step_in_flight_finish_and_costs_no_crash() {
         "each step once: the one in flight at Ctrl-C finished in the first process"
     );
 }
+
+#[tokio::test]
+async fn a_run_keeps_the_binary_it_started_with_and_a_rebuild_applies_to_new_runs() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    // A build of the flows where a user's build would be.
+    let build = db.dir.join("my-flows");
+    std::fs::copy(FLOWS, &build).expect("copy the test flows");
+    let build = build.to_str().expect("a UTF-8 path");
+    let input = json!({ "event": "go" }).to_string();
+    let args = |name| {
+        [
+            "dev", "run", build, "--flow", "approval", "--input", &input, "--name", name,
+        ]
+    };
+    let child = cairn(&db, &log, &args("old"))
+        .spawn()
+        .expect("cannot start cairn");
+    wait_waiting(&db, &log, "old", "go").await;
+    cairn_tests::sigint(child.id().expect("cairn's pid"));
+    finish(child).await;
+
+    // Rebuilt meanwhile, into something that no longer runs at all.
+    std::fs::write(build, "#!/bin/sh\nexit 3\n").expect("rebuild");
+    let approve = [
+        "dev",
+        "approve",
+        "old",
+        "--data",
+        r#"{"approved":true,"by":"me"}"#,
+    ];
+    let approved = run(cairn(&db, &log, &approve)).await;
+    assert_eq!(approved.status.code(), Some(0), "{}", stderr(&approved));
+    let resumed = run(cairn(&db, &log, &args("old"))).await;
+    assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
+    assert!(
+        stderr(&resumed).contains("with the binary it started with (sha256:"),
+        "{}",
+        stderr(&resumed)
+    );
+
+    // A new run takes the rebuild, which is refused for what it is.
+    let fresh = run(cairn(&db, &log, &args("new"))).await;
+    assert_eq!(fresh.status.code(), Some(2), "{}", stderr(&fresh));
+    assert!(
+        stderr(&fresh).contains("did not describe its flows"),
+        "{}",
+        stderr(&fresh)
+    );
+}

@@ -385,3 +385,46 @@ pub async fn delete_event(conn: &mut PgConnection, namespace: &str, name: &str) 
     .await
     .engine()
 }
+
+/// The flow binary of a local run tree (`cairn dev`): the SHA-256 of its copy in the binary
+/// store, and the path it was copied from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedBinary {
+    pub sha256: String,
+    pub built_from: String,
+}
+
+/// Records the binary of the tree rooted at `root`, unless it has one: the first pin wins, so
+/// the tree keeps the binary it started with. Returns the tree's binary.
+pub async fn pin_binary(
+    conn: &mut PgConnection,
+    root: Uuid,
+    sha256: &str,
+    built_from: &str,
+) -> Result<PinnedBinary> {
+    let pinned = sqlx::query_as!(
+        PinnedBinary,
+        r#"SELECT sha256 AS "sha256!", built_from AS "built_from!"
+           FROM cairn.pin_binary($1, $2, $3)"#,
+        root,
+        sha256,
+        built_from
+    )
+    .fetch_one(conn)
+    .await
+    .engine()?;
+    Ok(pinned)
+}
+
+/// The binary of the tree rooted at `root`, if one was pinned.
+pub async fn pinned_binary(conn: &mut PgConnection, root: Uuid) -> Result<Option<PinnedBinary>> {
+    let pinned = sqlx::query_as!(
+        PinnedBinary,
+        "SELECT sha256, built_from FROM cairn.run_binaries WHERE root_id = $1",
+        root
+    )
+    .fetch_optional(conn)
+    .await
+    .engine()?;
+    Ok(pinned)
+}

@@ -268,7 +268,9 @@ fn parse_until(text: &str) -> Result<kubectl::Until, String> {
 #[derive(Subcommand)]
 enum DevCommand {
     /// Start a run (or resume the one with this --name) and supervise it until it finishes.
-    /// Prints the result JSON as the last line; exits 0 only when the run succeeded.
+    /// Prints the result JSON as the last line; exits 0 only when the run succeeded. A run
+    /// keeps the binary it started with (a copy under the dev root): a rebuild applies to new
+    /// runs only.
     Run(DevRun),
     /// List runs.
     Runs {

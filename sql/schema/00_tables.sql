@@ -180,3 +180,14 @@ CREATE TABLE cairn.runner_login (
     password text NOT NULL
 );
 
+
+-- The flow binary of each local run tree (`cairn dev`): the SHA-256 of the copy in its
+-- content-addressed store, which every process of the tree runs, whatever is rebuilt later.
+-- Runs the operator launches have none: their FlowRun pins an image digest.
+CREATE TABLE cairn.run_binaries (
+    root_id    uuid PRIMARY KEY REFERENCES cairn.runs (id) ON DELETE CASCADE,
+    sha256     text NOT NULL CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+    -- The path it was copied from, for messages.
+    built_from text NOT NULL,
+    pinned_at  timestamptz NOT NULL DEFAULT now()
+);

@@ -385,3 +385,19 @@ BEGIN
     RETURN QUERY SELECT v_login, v_password;
 END $$;
 
+
+-- Records the binary of the run tree rooted at p_root_id (`cairn dev`), unless it has one
+-- already (the first pin wins: a tree never changes binary). Returns the tree's binary.
+CREATE FUNCTION cairn.pin_binary(p_root_id uuid, p_sha256 text, p_built_from text)
+RETURNS TABLE (sha256 text, built_from text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM cairn.runs WHERE id = p_root_id AND parent_id IS NOT NULL) THEN
+        RAISE EXCEPTION 'run % is a child run: its tree''s root holds the binary', p_root_id
+            USING ERRCODE = 'CN005';
+    END IF;
+    INSERT INTO cairn.run_binaries (root_id, sha256, built_from)
+    VALUES (p_root_id, p_sha256, p_built_from)
+    ON CONFLICT (root_id) DO NOTHING;
+    RETURN QUERY SELECT b.sha256, b.built_from FROM cairn.run_binaries b WHERE b.root_id = p_root_id;
+END $$;

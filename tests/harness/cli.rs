@@ -15,6 +15,8 @@ pub fn cairn(db: &TestDb, log: &EffectLog, args: &[&str]) -> Command {
     command
         .args(args)
         .env("CAIRN_DATABASE_URL", &db.url)
+        // Its binary store (and anything else it keeps) in the test's own directory.
+        .env("CAIRN_HOME", db.dir.join("cairn-home"))
         .env("CAIRN_TEST_LOG", &log.path)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

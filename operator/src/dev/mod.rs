@@ -7,6 +7,7 @@ pub mod db;
 pub mod run;
 pub mod runs;
 pub mod steer;
+pub mod store;
 
 use anyhow::anyhow;
 use cairn_engine::{EngineError, schema};

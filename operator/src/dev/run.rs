@@ -1,5 +1,7 @@
 //! `cairn dev run`: starts a run of a flow binary (or resumes the run of that name) and
-//! supervises it, relaunching the binary as the engine says, until the run ends.
+//! supervises it, relaunching the binary as the engine says, until the run ends. Every process
+//! of the run's tree runs the binary the run started with: a copy in the binary store, recorded
+//! with the run (see `store`), so a rebuild applies to new runs only.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,19 +15,12 @@ use crate::kubectl::input as input_error;
 use crate::lifecycle::Phase;
 use crate::supervisor::{self, Launcher};
 
+use super::store::Store;
+
 /// `run`: starts the run (or resumes the one of that name) and supervises it until it ends;
 /// prints the result JSON (or the error) last. Exits 0 only when the run succeeded.
 pub async fn run(args: DevRun, input: Value) -> anyhow::Result<ExitCode> {
     let binary = resolve_binary(&args.binary)?;
-    let flows = describe(&binary).await?;
-    if !flows.iter().any(|f| f == &args.flow) {
-        return Err(input_error(format!(
-            "flow \"{}\" is not registered in {} (it registers: {})",
-            args.flow,
-            binary.display(),
-            flows.join(", ")
-        )));
-    }
     let (url, pool) = super::open_with_url().await?;
     let name = args.name.unwrap_or_else(|| {
         format!(
@@ -44,18 +39,54 @@ pub async fn run(args: DevRun, input: Value) -> anyhow::Result<ExitCode> {
         created_at: None,
         flowrun_uid: None,
     };
-    let (root, created) = engine::create_run(&mut *pool.acquire().await?, &request)
+    let store = Store::open();
+    // The run and its binary together: a run is never seen without the binary it runs.
+    let mut tx = pool.begin().await?;
+    let (root, created) = engine::create_run(&mut tx, &request)
         .await
         .map_err(super::explain)?;
-    eprintln!(
-        "cairn: {} run {name} ({})",
-        if created { "started" } else { "resuming" },
-        args.flow
-    );
+    let started_with = match created {
+        true => None,
+        false => engine::pinned_binary(&mut tx, root).await?,
+    };
+    let pinned = match started_with {
+        Some(pinned) => {
+            eprintln!(
+                "cairn: resuming run {name} ({}) with the binary it started with (sha256:{}, built from {}); a rebuild applies to new runs",
+                args.flow,
+                &pinned.sha256[..12],
+                pinned.built_from
+            );
+            pinned
+        }
+        None => {
+            check_registers(&binary, &args.flow).await?;
+            let built = store.put(&binary)?;
+            let pinned =
+                engine::pin_binary(&mut tx, root, &built, &binary.to_string_lossy()).await?;
+            eprintln!(
+                "cairn: {} run {name} ({})",
+                if created { "started" } else { "resuming" },
+                args.flow
+            );
+            pinned
+        }
+    };
+    tx.commit().await?;
+    let pinned_copy = store.path(&pinned.sha256);
+    if !pinned_copy.exists() {
+        return Err(anyhow::anyhow!(
+            "run {name} started with binary sha256:{} (built from {}), which is not in the binary store ({}): \
+             this CAIRN_HOME is not where it was started; set CAIRN_HOME as it was, or delete the run",
+            pinned.sha256,
+            pinned.built_from,
+            pinned_copy.display()
+        ));
+    }
 
     // Flow processes get the runner login, never the owner's.
     let launcher = Launcher {
-        binary,
+        binary: pinned_copy,
         database_url: engine::runner_url(&pool, &url).await?,
         env: vec![],
         max_parallel: args.parallel.max(1),
@@ -99,6 +130,19 @@ fn resolve_binary(path: &Path) -> anyhow::Result<PathBuf> {
         )));
     }
     Ok(std::fs::canonicalize(path)?)
+}
+
+/// Refuses a binary that does not register `flow`.
+async fn check_registers(binary: &Path, flow: &str) -> anyhow::Result<()> {
+    let flows = describe(binary).await?;
+    if !flows.iter().any(|f| f == flow) {
+        return Err(input_error(format!(
+            "flow \"{flow}\" is not registered in {} (it registers: {})",
+            binary.display(),
+            flows.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// Asks the binary which flows it registers (the runner answers `CAIRN_DESCRIBE`).
