@@ -96,8 +96,8 @@ cluster-demo:
 .PHONY: bench bench-smoke bench-tools
 
 # `make bench`: Cairn next to the physical limit (a raw INSERT + COMMIT on the same Postgres) and
-# its peers (Absurd and DBOS, in a private Python environment), figures 1-7: a private Postgres for
-# 1-3, the test cluster for 4-7. Prints the Markdown table and writes target/bench/bench.{md,json,png}.
+# its peers (Absurd and DBOS, in a private Python environment), figures 1-9: a private Postgres for
+# 1-3, the test cluster for 4-9. Prints the Markdown table and writes target/bench/bench.{md,json,png}.
 # Takes the better part of an hour; not part of `make test`. `make bench-smoke`: the same with
 # small sizes, in a few minutes.
 BENCH_VENV := target/bench-venv
@@ -110,7 +110,7 @@ $(BENCH_VENV)/.installed: bench/requirements.txt
 bench-tools: $(BENCH_VENV)/.installed
 	$(CARGO) build --release -p cairn-bench -p cairn-operator
 	tests/install-deps.sh static
-	$(CARGO) build --release --target $(STATIC_TARGET) -p cairn-bench --bin bench-flows
+	CARGO_PROFILE_RELEASE_STRIP=debuginfo $(CARGO) build --release --target $(STATIC_TARGET) -p cairn-bench --bin bench-flows
 
 # BENCH_ARGS passes options, e.g. BENCH_ARGS="--local-only" or "--fanout 200" (see --help).
 bench: bench-tools

@@ -6,11 +6,18 @@
 //!
 //! With `BENCH_PRINT_START` set it prints the time its process started and exits: the bare pod
 //! the cluster figures compare flow pods with.
+//!
+//! `drain` (figure 8) prints what its long step does, for the benchmark to read in the pod's
+//! log: when to delete the pod, and how many times the step's work was done.
+
+mod drain_lines;
 
 use std::sync::OnceLock;
 
 use cairn::{Ctx, Runner};
 use serde::{Deserialize, Serialize};
+
+use crate::drain_lines::{WORK_DONE, WORK_STARTED};
 
 /// When this process started (the first line of `main`), for the benchmark's breakdown.
 static STARTED: OnceLock<f64> = OnceLock::new();
@@ -67,6 +74,57 @@ async fn wait_once(ctx: Ctx, input: WaitOnce) -> anyhow::Result<f64> {
     Ok(resumed.at)
 }
 
+#[derive(Deserialize)]
+struct Drain {
+    /// How long the step works.
+    step_ms: u64,
+}
+
+/// What the long step of `drain` records: when it ran, and in which attempt.
+#[derive(Serialize, Deserialize)]
+struct Worked {
+    started_at: f64,
+    finished_at: f64,
+    attempt: i32,
+}
+
+/// What `drain`'s step after the long one records: as `resumed`, and in which attempt.
+#[derive(Serialize, Deserialize)]
+struct Continued {
+    #[serde(flatten)]
+    resumed: Resumed,
+    attempt: i32,
+}
+
+/// One long step, then a step recording when its process started. A pod deleted during the
+/// long step finishes it, gives the run back and exits; the next attempt replays the long step
+/// and runs the second in a new process.
+async fn drain(ctx: Ctx, input: Drain) -> anyhow::Result<()> {
+    let attempt = ctx.attempt();
+    let _: Worked = ctx
+        .step("work", || async {
+            let started_at = now_ms();
+            println!("{WORK_STARTED}");
+            tokio::time::sleep(std::time::Duration::from_millis(input.step_ms)).await;
+            println!("{WORK_DONE}");
+            Ok(Worked {
+                started_at,
+                finished_at: now_ms(),
+                attempt,
+            })
+        })
+        .await?;
+    let _: Continued = ctx
+        .step("continued", || async {
+            Ok(Continued {
+                resumed: resumed(),
+                attempt,
+            })
+        })
+        .await?;
+    Ok(())
+}
+
 /// Finishes at once: admission and pod start without any wait.
 async fn noop(_ctx: Ctx, _input: serde_json::Value) -> anyhow::Result<()> {
     Ok(())
@@ -87,6 +145,7 @@ async fn main() {
         .flow("resume", resume)
         .flow("wait-once", wait_once)
         .flow("noop", noop)
+        .flow("drain", drain)
         .run()
         .await
 }

@@ -1,4 +1,4 @@
-//! Figures 4–7 on the test cluster (`tests/cluster/up.sh`): the real operator (`cairn operator`,
+//! Figures 4–9 on the test cluster (`tests/cluster/up.sh`): the real operator (`cairn operator`,
 //! a host process watching only the benchmark's own namespace, as the end-to-end tests run it),
 //! flow pods of the `bench-flows` image, and a database of the benchmark's own on the cluster's
 //! Postgres (so its runs and notifications never reach the other operators using that server).
@@ -10,7 +10,9 @@
 //! 5. more FlowRuns, registered and parked `waiting` beforehand (see `park_runs`), up to 10,000
 //!    in all; the operator's RSS and CPU with all of them present;
 //! 7. one FlowEvent wakes the N runs of figure 6: time until all their pods exist, until all
-//!    finished, and how many did not.
+//!    finished, and how many did not;
+//! 8. and 9. (`recovery.rs`): flow pods deleted mid-step; the leading operator SIGKILLed, last
+//!    as it replaces the operator.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -44,19 +46,24 @@ struct Sizes {
     /// Figure 5: FlowRuns present in all.
     total: usize,
     idle: Duration,
+    /// Figure 8: pods deleted mid-step; figure 9: leaders killed.
+    drains: usize,
+    handovers: usize,
 }
 
 pub struct Cluster {
     client: Client,
-    ns: String,
+    pub(crate) ns: String,
     image: String,
-    pool: PgPool,
+    pub(crate) pool: PgPool,
     /// The operator's running budget (`--max-running`).
     max_running: usize,
     up: e2e::Cluster,
     db: e2e::cluster::OwnDatabase,
-    operator: Option<e2e::operator::Operator>,
-    operator_pid: u32,
+    pub(crate) operator: Option<e2e::operator::Operator>,
+    pub(crate) operator_pid: u32,
+    /// How the operator was started (figure 9 starts standbys the same way).
+    pub(crate) operator_config: e2e::operator::OperatorConfig,
     /// Operator CPU (cores) while admitting figure 6's FlowRuns.
     admitting_cpu: Option<f64>,
     /// Figures 5 and 7's population: (FlowRuns, seconds until all had a status, operator CPU).
@@ -91,6 +98,8 @@ pub async fn figures(
             fanout: 20,
             total: 100,
             idle: Duration::from_secs(5),
+            drains: 3,
+            handovers: 2,
         }
     } else {
         Sizes {
@@ -99,6 +108,8 @@ pub async fn figures(
             fanout: 1000,
             total: 10_000,
             idle: Duration::from_secs(30),
+            drains: 10,
+            handovers: 5,
         }
     };
     let sizes = Sizes {
@@ -111,11 +122,13 @@ pub async fn figures(
         "cluster sizes".into(),
         format!(
             "figure 4: {} resumes; figure 6: {} FlowRuns admitted; figure 7: {} runs woken; \
-             figure 5: {} FlowRuns present{}",
+             figure 5: {} FlowRuns present; figure 8: {} drains; figure 9: {} handovers{}",
             sizes.resumes,
             sizes.admit,
             sizes.fanout,
             sizes.total,
+            sizes.drains,
+            sizes.handovers,
             if smoke || asked.admit.is_some() || asked.fanout.is_some() || asked.flowruns.is_some()
             {
                 " (the issue asks 1,000, 1,000 and 10,000: see the command)"
@@ -136,7 +149,7 @@ pub async fn figures(
         }
     };
     results.header.push((
-        "cluster (figures 4–7)".into(),
+        "cluster (figures 4–9)".into(),
         format!(
             "the one-node test cluster (`tests/cluster/up.sh`: Kubernetes {}, containerd, on this \
              machine); `cairn operator` as a host process watching only namespace {} \
@@ -211,7 +224,7 @@ impl Cluster {
             "cluster: starting the operator for namespace {ns} (log {})",
             log.display()
         ));
-        let mut operator = e2e::operator::Operator::spawn(&e2e::operator::OperatorConfig {
+        let operator_config = e2e::operator::OperatorConfig {
             binary: bin_dir.join("cairn"),
             kubeconfig: up.kubeconfig.clone(),
             database_url: db.url.clone(),
@@ -220,7 +233,8 @@ impl Cluster {
             listen,
             flags: vec!["--max-running".into(), max_running.to_string()],
             log: log.clone(),
-        })?;
+        };
+        let mut operator = e2e::operator::Operator::spawn(&operator_config)?;
         let operator_pid = operator.pid().unwrap_or_default();
         operator
             .wait_log("controllers started", Duration::from_secs(120))
@@ -235,6 +249,7 @@ impl Cluster {
             db,
             operator: Some(operator),
             operator_pid,
+            operator_config,
             admitting_cpu: None,
             populating: None,
             image_digest_ref: Some(built.digest_ref()),
@@ -299,7 +314,19 @@ impl Cluster {
             }
             crate::write_outputs(results)?;
         }
-        for f in [5u8, 6, 7] {
+        if figures.contains(&8) {
+            if let Err(e) = self.figure8(results, sizes.drains).await {
+                failed(results, "8", e);
+            }
+            crate::write_outputs(results)?;
+        }
+        if figures.contains(&9) {
+            if let Err(e) = self.figure9(results, sizes.handovers).await {
+                failed(results, "9", e);
+            }
+            crate::write_outputs(results)?;
+        }
+        for f in [5u8, 6, 7, 8, 9] {
             if !figures.contains(&f) {
                 results
                     .not_measured
@@ -309,15 +336,21 @@ impl Cluster {
         Ok(())
     }
 
-    fn flowruns(&self) -> Api<FlowRun> {
+    pub(crate) fn flowruns(&self) -> Api<FlowRun> {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
-    fn pods(&self) -> Api<Pod> {
+    pub(crate) fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
-    fn flowrun(&self, name: &str, flow: &str, input: serde_json::Value, cancel: bool) -> FlowRun {
+    pub(crate) fn flowrun(
+        &self,
+        name: &str,
+        flow: &str,
+        input: serde_json::Value,
+        cancel: bool,
+    ) -> FlowRun {
         FlowRun::new(
             name,
             FlowRunSpec {
@@ -508,7 +541,11 @@ impl Cluster {
 
     /// Waits until the pod selected (by labels, or `metadata.name=` as a field) has finished;
     /// `false` if it has not within `patience`.
-    async fn wait_pod_finished(&self, selector: &str, patience: Duration) -> anyhow::Result<bool> {
+    pub(crate) async fn wait_pod_finished(
+        &self,
+        selector: &str,
+        patience: Duration,
+    ) -> anyhow::Result<bool> {
         let params = match selector.strip_prefix("metadata.name=") {
             Some(_) => ListParams::default().fields(selector),
             None => ListParams::default().labels(selector),
@@ -530,7 +567,7 @@ impl Cluster {
     }
 
     /// Probes the database every `every` until `probe` gives a value.
-    async fn wait_db<T, F, Fut>(
+    pub(crate) async fn wait_db<T, F, Fut>(
         &self,
         what: &str,
         patience: Duration,
@@ -798,7 +835,7 @@ impl Cluster {
     }
 
     /// FlowRuns in the namespace by phase (listed in pages).
-    async fn phases(&self) -> anyhow::Result<HashMap<String, usize>> {
+    pub(crate) async fn phases(&self) -> anyhow::Result<HashMap<String, usize>> {
         let mut counts = HashMap::new();
         let mut params = ListParams::default().limit(500);
         loop {
@@ -1100,4 +1137,5 @@ pub fn targets(results: &Results, targets: &mut Vec<Target>) {
             met: f.pods_created_s <= 20.0 && f.lost == 0,
         });
     }
+    crate::recovery::targets(results, targets);
 }

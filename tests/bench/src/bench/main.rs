@@ -7,19 +7,27 @@
 //! 4. suspend → resume on the cluster, next to a bare pod's create → running;
 //! 5. the operator's RSS and CPU with 10,000 FlowRuns present;
 //! 6. FlowRuns admitted per second;
-//! 7. one event waking 1,000 waiting runs.
+//! 7. one event waking 1,000 waiting runs;
+//! 8. drain: a flow pod deleted mid-step → the next attempt's process runs (and no finished
+//!    step done again);
+//! 9. leader handover: the leading operator SIGKILLed → a standby holds the Lease, and a new
+//!    FlowRun gets its first attempt.
 //!
 //! Figures 1–3 run on a private Postgres started for the benchmark (the same server and
-//! settings for every system); 4–7 on the test cluster (`tests/cluster/up.sh`). The peers
+//! settings for every system); 4–9 on the test cluster (`tests/cluster/up.sh`). The peers
 //! (Absurd, DBOS) are the Python programs in `bench/peers/`, run in the virtual environment
 //! `make bench` installs (`target/bench-venv`, pinned by `bench/requirements.txt`).
 //!
 //! Writes `<out>/bench.md` (also printed), `<out>/bench.json` and `<out>/bench.png`.
 
 mod cluster;
+// The lines figure 8's flow prints (shared with the `bench-flows` binary).
+#[path = "../drain_lines.rs"]
+mod drain_lines;
 mod local;
 mod peers;
 mod pg;
+mod recovery;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -48,7 +56,7 @@ pub struct Args {
     /// Figure 1: rounds of (raw, Cairn, Absurd, DBOS, raw from Python), samples pooled.
     #[arg(long)]
     rounds: Option<usize>,
-    /// Skip figures 4–7 (the cluster).
+    /// Skip figures 4–9 (the cluster).
     #[arg(long)]
     local_only: bool,
     /// Skip figures 1–3 (local).
@@ -66,7 +74,7 @@ pub struct Args {
     /// Figure 5: FlowRuns present in all (default 10,000).
     #[arg(long)]
     flowruns: Option<usize>,
-    /// Cluster figures to run (default: all of 4,5,6,7).
+    /// Cluster figures to run (default: all of 4,5,6,7,8,9).
     #[arg(long, value_delimiter = ',')]
     cluster_figures: Option<Vec<u8>>,
 }
@@ -182,9 +190,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.local_only {
         results
             .not_measured
-            .push("Figures 4–7 (the cluster): skipped (`--local-only`).".into());
+            .push("Figures 4–9 (the cluster): skipped (`--local-only`).".into());
     } else {
-        let figures = args.cluster_figures.clone().unwrap_or(vec![4, 5, 6, 7]);
+        let figures = args
+            .cluster_figures
+            .clone()
+            .unwrap_or(vec![4, 5, 6, 7, 8, 9]);
         let asked = cluster::Asked {
             admit: args.admit,
             fanout: args.fanout,

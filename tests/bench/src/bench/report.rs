@@ -12,7 +12,9 @@ pub struct Latency {
     pub how: String,
     pub n: usize,
     pub p50: f64,
+    pub p90: f64,
     pub p99: f64,
+    pub max: f64,
     pub mean: f64,
 }
 
@@ -26,7 +28,9 @@ impl Latency {
             how: how.into(),
             n: samples.len(),
             p50: at(0.50),
+            p90: at(0.90),
             p99: at(0.99),
+            max: samples[samples.len() - 1],
             mean: samples.iter().sum::<f64>() / samples.len() as f64,
         }
     }
@@ -125,6 +129,17 @@ pub struct FanOut {
     pub max_running_pods: usize,
 }
 
+/// Figure 8: flow pods deleted gracefully mid-step.
+#[derive(Debug, Clone, Serialize)]
+pub struct Drains {
+    /// The whole (delete → the next attempt's process runs), then its parts.
+    pub latencies: Vec<Latency>,
+    pub runs: usize,
+    pub succeeded: usize,
+    /// Runs whose step finished before the drain and had its work done again.
+    pub work_repeated: usize,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct Results {
     pub header: Vec<(String, String)>,
@@ -137,6 +152,9 @@ pub struct Results {
     /// The API server alone (the floor), then Cairn.
     pub fig6: Vec<Rate>,
     pub fig7: Option<FanOut>,
+    pub fig8: Option<Drains>,
+    /// Until the standby holds the Lease, then until a new FlowRun has its first attempt.
+    pub fig9: Vec<Latency>,
     pub notes: Vec<String>,
     pub not_measured: Vec<String>,
     pub targets: Vec<Target>,
@@ -304,6 +322,25 @@ impl Results {
                 f.max_running_pods
             );
         }
+        if let Some(d) = &self.fig8 {
+            let _ = writeln!(
+                w,
+                "\n## 8. Drain: a flow pod deleted mid-step → the next attempt's process runs\n"
+            );
+            spread_table(w, &d.latencies);
+            let _ = writeln!(
+                w,
+                "\n{} of {} runs succeeded; {} ran their finished step's work again.",
+                d.succeeded, d.runs, d.work_repeated
+            );
+        }
+        if !self.fig9.is_empty() {
+            let _ = writeln!(
+                w,
+                "\n## 9. Leader handover: the leading operator SIGKILLed, a standby takes over\n"
+            );
+            spread_table(w, &self.fig9);
+        }
         if !self.not_measured.is_empty() {
             let _ = writeln!(w, "\n## Not measured in this run\n");
             for n in &self.not_measured {
@@ -331,6 +368,26 @@ impl Results {
             }
         }
         md
+    }
+}
+
+/// Latencies without a floor, in seconds, with their spread (figures 8 and 9: few samples).
+fn spread_table(w: &mut String, rows: &[Latency]) {
+    let _ = writeln!(
+        w,
+        "| what | how | samples | p50 | p90 | max |\n|---|---|---:|---:|---:|---:|"
+    );
+    for l in rows {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {:.2} s | {:.2} s | {:.2} s |",
+            l.system,
+            l.how,
+            l.n,
+            l.p50 / 1000.0,
+            l.p90 / 1000.0,
+            l.max / 1000.0
+        );
     }
 }
 
