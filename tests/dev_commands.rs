@@ -1,7 +1,7 @@
 //! `cairn dev approve`, `delete` and `wait` through the real command line, against a real
 //! Postgres: what they do, and their exit codes (0 done, 1 the operation failed or the run's
-//! state does not allow it, 2 a mistake in what was asked), as `cairn --help` says; and
-//! `cairn dev run` stopped by Ctrl-C.
+//! state does not allow it, 2 a mistake in what was asked), as `cairn --help` says;
+//! `cairn dev run` stopped by Ctrl-C, and `logs` of what its processes printed.
 
 use std::time::{Duration, Instant};
 
@@ -314,6 +314,28 @@ async fn ctrl_c_lets_the_step_in_flight_finish_and_costs_no_crash() {
         ["tick:0@1", "tick:1@2", "tick:2@2"],
         "each step once: the one in flight at Ctrl-C finished in the first process"
     );
+
+    // What each execution printed is kept: the first one's stop is in its log.
+    let logs = run(cairn(&db, &log, &["dev", "logs", "stopped"])).await;
+    assert_eq!(logs.status.code(), Some(0), "{}", stderr(&logs));
+    let printed = String::from_utf8_lossy(&logs.stdout).into_owned();
+    let first = printed.find("── execution 1").expect(&printed);
+    let stop = printed.find("told to stop (SIGTERM)").expect(&printed);
+    let second = printed.find("── execution 2").expect(&printed);
+    assert!(first < stop && stop < second, "{printed}");
+    let only = run(cairn(
+        &db,
+        &log,
+        &["dev", "logs", "stopped", "--attempt", "2"],
+    ))
+    .await;
+    let only = String::from_utf8_lossy(&only.stdout).into_owned();
+    assert!(
+        only.starts_with("── execution 2") && !only.contains("told to stop"),
+        "{only}"
+    );
+    let unknown = run(cairn(&db, &log, &["dev", "logs", "nobody"])).await;
+    assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
 }
 
 #[tokio::test]

@@ -312,6 +312,15 @@ enum DevCommand {
         #[command(flatten)]
         namespace: Namespace,
     },
+    /// What a run's processes printed, execution by execution (kept under the dev root).
+    Logs {
+        run: String,
+        /// Only this execution.
+        #[arg(long)]
+        attempt: Option<i32>,
+        #[command(flatten)]
+        namespace: Namespace,
+    },
     /// Delete a run with its children, steps and attempts. A run not finished is refused
     /// unless --force, which cancels it first.
     Delete {
@@ -570,6 +579,11 @@ async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
             dev::steer::approve(&run, &payload, &namespace.name).await
         }
         DevCommand::Cancel { run, namespace } => dev::steer::cancel(&run, &namespace.name).await,
+        DevCommand::Logs {
+            run,
+            attempt,
+            namespace,
+        } => dev::logs::print(&run, &namespace.name, attempt).await,
         DevCommand::Delete {
             run,
             force,

@@ -12,7 +12,6 @@ use anyhow::Context;
 use cairn_engine::{launcher as engine, read};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -31,6 +30,8 @@ pub struct Launcher {
     pub env: Vec<(String, String)>,
     /// At most this many processes at once; the rest stay pending.
     pub max_parallel: usize,
+    /// Where each process writes its output (`dev::logs::attempt_log`).
+    pub logs: PathBuf,
 }
 
 struct Exited {
@@ -274,6 +275,15 @@ impl Supervisor<'_> {
         let attempt = claim.number;
         self.exits.remove(&run.id);
         let label = format!("{}#{attempt}", run.name);
+        let log = crate::dev::logs::attempt_log(&self.launcher.logs, run.id, attempt);
+        let output = match open_log(&log) {
+            Ok(output) => output,
+            Err(e) => {
+                let exit = ProcessExit::LaunchFailed(format!("{}: {e}", log.display()));
+                self.exits.insert(run.id, (attempt, exit));
+                return;
+            }
+        };
         let spawned = Command::new(&self.launcher.binary)
             .envs(self.launcher.env.iter().map(|(k, v)| (k, v)))
             .env(cairn::env::DATABASE_URL, &self.launcher.database_url)
@@ -282,8 +292,8 @@ impl Supervisor<'_> {
             .env(cairn::env::TOKEN, &claim.token)
             .env(cairn::env::FLOW, &run.flow)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(output.0)
+            .stderr(output.1)
             // A group of its own: a terminal's Ctrl-C reaches cairn only, which stops it gently.
             .process_group(0)
             .kill_on_drop(true)
@@ -300,8 +310,8 @@ impl Supervisor<'_> {
         eprintln!("cairn: launched {label} ({})", run.flow);
         let pid = child.id().unwrap_or_default();
         self.alive.insert(run.id, (attempt, pid));
-        forward_lines(child.stdout.take(), label.clone());
-        forward_lines(child.stderr.take(), label);
+        let (ended, ended_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(crate::dev::logs::echo(log, label, ended_rx));
         let exit_tx = self.exit_tx.clone();
         let run_id = run.id;
         tokio::spawn(async move {
@@ -313,6 +323,7 @@ impl Supervisor<'_> {
                 },
                 Err(_) => ProcessExit::Vanished,
             };
+            let _ = ended.send(());
             let _ = exit_tx.send(Exited {
                 run_id,
                 attempt,
@@ -381,17 +392,15 @@ fn stop_grace(env: &[(String, String)]) -> Duration {
     Duration::from_millis(ms)
 }
 
-/// Copies a child's output to our stderr, each line prefixed with `[run#attempt]`, so our
-/// stdout carries only the final result.
-fn forward_lines(
-    stream: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>,
-    label: String,
-) {
-    let Some(stream) = stream else { return };
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stream).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            eprintln!("[{label}] {line}");
-        }
-    });
+/// The log file of an execution, opened for appending (an execution launched again under its
+/// number adds to it), as the process's stdout and stderr.
+fn open_log(path: &std::path::Path) -> std::io::Result<(Stdio, Stdio)> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    Ok((Stdio::from(file.try_clone()?), Stdio::from(file)))
 }

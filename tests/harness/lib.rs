@@ -345,6 +345,7 @@ impl TestDb {
             database_url: self.runner_url.clone(),
             env: vars,
             max_parallel: 8,
+            logs: self.dir.join("logs"),
         }
     }
 

@@ -90,6 +90,7 @@ pub async fn run(args: DevRun, input: Value) -> anyhow::Result<ExitCode> {
         database_url: engine::runner_url(&pool, &url).await?,
         env: vec![],
         max_parallel: args.parallel.max(1),
+        logs: super::logs::logs_dir(),
     };
     let record = supervisor::supervise(&pool, &launcher, root).await?;
     let tree = read::tree(&pool, root).await?;
