@@ -307,7 +307,8 @@ async fn ctrl_c_lets_the_step_in_flight_finish_and_costs_no_crash() {
         stderr(&stopped)
     );
 
-    let resumed = run(cairn(&db, &log, &args)).await;
+    // Carried on by name alone: no binary, flow or input repeated.
+    let resumed = run(cairn(&db, &log, &["dev", "resume", "stopped"])).await;
     assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
     assert_eq!(
         log.summary(),
@@ -386,4 +387,44 @@ async fn a_run_keeps_the_binary_it_started_with_and_a_rebuild_applies_to_new_run
         "{}",
         stderr(&fresh)
     );
+}
+
+#[tokio::test]
+async fn retry_runs_a_failed_run_again_from_its_last_checkpoint() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let args = ["dev", "run", FLOWS, "--flow", "configured", "--name", "cfg"];
+    let failed = run(cairn(&db, &log, &args)).await;
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    assert!(
+        String::from_utf8_lossy(&failed.stdout).contains("CAIRN_TEST_API_KEY is not set"),
+        "{}",
+        stderr(&failed)
+    );
+
+    // Still without what it lacks: it fails again, its first step not run again.
+    let again = run(cairn(&db, &log, &["dev", "retry", "cfg"])).await;
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+    // With it: it succeeds.
+    let mut fixed = cairn(&db, &log, &["dev", "retry", "cfg"]);
+    fixed.env("CAIRN_TEST_API_KEY", "k-123");
+    let fixed = run(fixed).await;
+    assert_eq!(fixed.status.code(), Some(0), "{}", stderr(&fixed));
+    assert_eq!(last_line(&fixed), json!("k-123"));
+    assert_eq!(
+        log.summary(),
+        ["prepare@1", "call@1", "call@2", "call@3"],
+        "prepare checkpointed once; the failed call tried once per retry"
+    );
+
+    // What cannot be retried.
+    let succeeded = run(cairn(&db, &log, &["dev", "retry", "cfg"])).await;
+    assert_eq!(succeeded.status.code(), Some(1), "{}", stderr(&succeeded));
+    assert!(
+        stderr(&succeeded).contains("only a failed run can be retried"),
+        "{}",
+        stderr(&succeeded)
+    );
+    let unknown = run(cairn(&db, &log, &["dev", "retry", "nobody"])).await;
+    assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
 }

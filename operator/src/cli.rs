@@ -312,6 +312,27 @@ enum DevCommand {
         #[command(flatten)]
         namespace: Namespace,
     },
+    /// Carry on a run without repeating its input, on the binary it started with, and
+    /// supervise it until it finishes, as `run` does.
+    Resume {
+        run: String,
+        /// Processes running at once (children included).
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
+        #[command(flatten)]
+        namespace: Namespace,
+    },
+    /// Run a failed run again from its last checkpoint (completed steps are not run again,
+    /// crashes count from zero), on the binary it started with, and supervise it until it
+    /// finishes. Set what it lacked first: its processes get this command's environment.
+    Retry {
+        run: String,
+        /// Processes running at once (children included).
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
+        #[command(flatten)]
+        namespace: Namespace,
+    },
     /// What a run's processes printed, execution by execution (kept under the dev root).
     Logs {
         run: String,
@@ -584,6 +605,16 @@ async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
             attempt,
             namespace,
         } => dev::logs::print(&run, &namespace.name, attempt).await,
+        DevCommand::Resume {
+            run,
+            parallel,
+            namespace,
+        } => dev::run::resume(&run, &namespace.name, parallel).await,
+        DevCommand::Retry {
+            run,
+            parallel,
+            namespace,
+        } => dev::run::retry(&run, &namespace.name, parallel).await,
         DevCommand::Delete {
             run,
             force,

@@ -405,6 +405,32 @@ async fn files(ctx: Ctx, input: FilesInput) -> anyhow::Result<Value> {
     .await
 }
 
+// ---- configured: fails until its configuration is set, then a retry succeeds ---------------
+
+/// Prepares (a step that succeeds), then calls a service with `CAIRN_TEST_API_KEY`: a
+/// permanent failure while it is unset, as a missing credential is. Returns the key.
+async fn configured(ctx: Ctx, _input: Value) -> anyhow::Result<String> {
+    let c = ctx.clone();
+    ctx.step("prepare", move || {
+        let ctx = c.clone();
+        async move {
+            effect(&ctx, "prepare");
+            Ok(())
+        }
+    })
+    .await?;
+    let c = ctx.clone();
+    ctx.step("call", move || {
+        let ctx = c.clone();
+        async move {
+            effect(&ctx, "call");
+            std::env::var("CAIRN_TEST_API_KEY")
+                .map_err(|_| cairn::permanent(anyhow!("CAIRN_TEST_API_KEY is not set")))
+        }
+    })
+    .await
+}
+
 #[tokio::main]
 async fn main() {
     Runner::new()
@@ -421,6 +447,7 @@ async fn main() {
         .flow("typed", typed)
         .flow("costly", costly)
         .flow("files", files)
+        .flow("configured", configured)
         .run()
         .await
 }

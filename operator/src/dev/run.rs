@@ -52,10 +52,9 @@ pub async fn run(args: DevRun, input: Value) -> anyhow::Result<ExitCode> {
     let pinned = match started_with {
         Some(pinned) => {
             eprintln!(
-                "cairn: resuming run {name} ({}) with the binary it started with (sha256:{}, built from {}); a rebuild applies to new runs",
+                "cairn: resuming run {name} ({}) {}",
                 args.flow,
-                &pinned.sha256[..12],
-                pinned.built_from
+                on_its_binary(&pinned)
             );
             pinned
         }
@@ -73,27 +72,112 @@ pub async fn run(args: DevRun, input: Value) -> anyhow::Result<ExitCode> {
         }
     };
     tx.commit().await?;
-    let pinned_copy = store.path(&pinned.sha256);
-    if !pinned_copy.exists() {
+    let copy = stored_copy(&name, &pinned)?;
+    supervise_tree(&pool, &url, root, copy, args.parallel).await
+}
+
+/// `resume`: carries on run `run` without its input, on the binary it started with, and
+/// supervises it until it ends, as `run` does.
+pub async fn resume(run: &str, namespace: &str, parallel: usize) -> anyhow::Result<ExitCode> {
+    let (url, pool) = super::open_with_url().await?;
+    let record = read::find(&pool, namespace, run).await?;
+    let (pinned, copy) = started_with(&pool, &record).await?;
+    eprintln!(
+        "cairn: resuming run {} ({}) {}",
+        record.name,
+        record.flow,
+        on_its_binary(&pinned)
+    );
+    supervise_tree(&pool, &url, record.id, copy, parallel).await
+}
+
+/// `retry`: makes failed run `run` runnable again from its last checkpoint, and supervises it
+/// until it ends on the binary it started with, as `run` does.
+pub async fn retry(run: &str, namespace: &str, parallel: usize) -> anyhow::Result<ExitCode> {
+    let (url, pool) = super::open_with_url().await?;
+    let record = read::find(&pool, namespace, run).await?;
+    let (pinned, copy) = started_with(&pool, &record).await?;
+    engine::retry_run(&mut *pool.acquire().await?, record.id)
+        .await
+        .map_err(super::explain)?;
+    eprintln!(
+        "cairn: retrying run {} ({}) from its last checkpoint {}",
+        record.name,
+        record.flow,
+        on_its_binary(&pinned)
+    );
+    supervise_tree(&pool, &url, record.id, copy, parallel).await
+}
+
+/// The binary run `record`'s tree started with, and its copy in the store.
+async fn started_with(
+    pool: &sqlx::PgPool,
+    record: &read::RunRecord,
+) -> anyhow::Result<(engine::PinnedBinary, PathBuf)> {
+    if record.parent_id.is_some() {
+        return Err(input_error(format!(
+            "{} is a child run: its root run is the one to carry on (`cairn dev inspect {}` names it)",
+            record.name, record.name
+        )));
+    }
+    let pinned = engine::pinned_binary(&mut *pool.acquire().await?, record.id)
+        .await?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "run {} has no binary recorded (an earlier cairn started it): carry it on with \
+                 `cairn dev run BINARY --flow {} --name {} --input <its input>`",
+                record.name,
+                record.flow,
+                record.name
+            )
+        })?;
+    let copy = stored_copy(&record.name, &pinned)?;
+    Ok((pinned, copy))
+}
+
+/// "with the binary it started with (sha256:…, built from …)".
+fn on_its_binary(pinned: &engine::PinnedBinary) -> String {
+    format!(
+        "with the binary it started with (sha256:{}, built from {}); a rebuild applies to new runs",
+        &pinned.sha256[..12],
+        pinned.built_from
+    )
+}
+
+/// Where the copy of run `name`'s binary is, or why it cannot be run.
+fn stored_copy(name: &str, pinned: &engine::PinnedBinary) -> anyhow::Result<PathBuf> {
+    let copy = Store::open().path(&pinned.sha256);
+    if !copy.exists() {
         return Err(anyhow::anyhow!(
             "run {name} started with binary sha256:{} (built from {}), which is not in the binary store ({}): \
              this CAIRN_HOME is not where it was started; set CAIRN_HOME as it was, or delete the run",
             pinned.sha256,
             pinned.built_from,
-            pinned_copy.display()
+            copy.display()
         ));
     }
+    Ok(copy)
+}
 
+/// Supervises the tree rooted at `root` on `binary` until the root ends; prints the result
+/// JSON (or the error) last. Exits 0 only when the run succeeded.
+async fn supervise_tree(
+    pool: &sqlx::PgPool,
+    url: &str,
+    root: uuid::Uuid,
+    binary: PathBuf,
+    parallel: usize,
+) -> anyhow::Result<ExitCode> {
     // Flow processes get the runner login, never the owner's.
     let launcher = Launcher {
-        binary: pinned_copy,
-        database_url: engine::runner_url(&pool, &url).await?,
+        binary,
+        database_url: engine::runner_url(pool, url).await?,
         env: vec![],
-        max_parallel: args.parallel.max(1),
+        max_parallel: parallel.max(1),
         logs: super::logs::logs_dir(),
     };
-    let record = supervisor::supervise(&pool, &launcher, root).await?;
-    let tree = read::tree(&pool, root).await?;
+    let record = supervisor::supervise(pool, &launcher, root).await?;
+    let tree = read::tree(pool, root).await?;
     eprintln!(
         "cairn: {} {} after {} execution(s), {} crashed; {} run(s), {} steps, ${:.4} in all",
         record.name,
