@@ -428,3 +428,19 @@ pub async fn pinned_binary(conn: &mut PgConnection, root: Uuid) -> Result<Option
     .engine()?;
     Ok(pinned)
 }
+
+/// The local run trees a `cairn dev` server carries on: roots with a pinned binary, not the
+/// operator's (no FlowRun), with a run of the tree not finished; oldest first.
+pub async fn unfinished_local_trees(pool: &PgPool) -> Result<Vec<Uuid>> {
+    let roots = sqlx::query_scalar!(
+        r#"SELECT r.id FROM cairn.runs r JOIN cairn.run_binaries b ON b.root_id = r.id
+           WHERE r.parent_id IS NULL AND r.flowrun_uid IS NULL
+             AND EXISTS (SELECT 1 FROM cairn.runs t
+                         WHERE t.root_id = r.id AND NOT cairn.is_terminal(t.state))
+           ORDER BY r.created_at"#
+    )
+    .fetch_all(pool)
+    .await
+    .engine()?;
+    Ok(roots)
+}

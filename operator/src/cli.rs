@@ -312,6 +312,29 @@ enum DevCommand {
         #[command(flatten)]
         namespace: Namespace,
     },
+    /// Start the local server in the background: it carries every local run on (woken by
+    /// events, timers and crashes) without a `cairn dev run` in a terminal; `run`, `resume`
+    /// and `retry` then submit to it and follow. Its processes get this command's environment.
+    Up {
+        /// Flow processes running at once, in all.
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
+    },
+    /// Stop the local server: its flow processes finish their steps in flight and give their
+    /// runs back (the next `up` carries them on); killed if still up after --timeout.
+    Down {
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Whether the local server is up (exit 0) or not (exit 1), and how many run trees are not
+    /// finished.
+    Status,
+    /// The local server itself, in the foreground (what `up` starts).
+    #[command(hide = true)]
+    Serve {
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
+    },
     /// Carry on a run without repeating its input, on the binary it started with, and
     /// supervise it until it finishes, as `run` does.
     Resume {
@@ -605,6 +628,10 @@ async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
             attempt,
             namespace,
         } => dev::logs::print(&run, &namespace.name, attempt).await,
+        DevCommand::Up { parallel } => dev::server::up(parallel).await,
+        DevCommand::Down { timeout } => dev::server::down(timeout).await,
+        DevCommand::Status => dev::server::status().await,
+        DevCommand::Serve { parallel } => dev::server::serve(parallel).await,
         DevCommand::Resume {
             run,
             parallel,

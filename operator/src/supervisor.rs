@@ -40,12 +40,28 @@ struct Exited {
     exit: ProcessExit,
 }
 
+/// Which runs a supervisor carries on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scope {
+    /// One tree (a root run and its children) on the launcher's binary, until the root ends:
+    /// `cairn dev run`.
+    Tree(Uuid),
+    /// Every unfinished local tree, each on the binary it started with (`dev::store`), until
+    /// told to stop: the local server.
+    Local,
+}
+
 struct Supervisor<'a> {
     pool: &'a PgPool,
     launcher: &'a Launcher,
+    scope: Scope,
     alive: HashMap<Uuid, (i32, u32)>, // run → (attempt, pid)
     exits: HashMap<Uuid, (i32, ProcessExit)>,
     exit_tx: mpsc::UnboundedSender<Exited>,
+    /// Each tree's binary (its root → the file), once looked up.
+    binaries: HashMap<Uuid, Option<PathBuf>>,
+    /// Trees with a process alive at the last look: looked at until their processes are gone.
+    active: Vec<Uuid>,
 }
 
 /// Supervises the tree rooted at `root` until the root run is finished; returns its record.
@@ -54,22 +70,42 @@ pub async fn supervise(
     launcher: &Launcher,
     root: Uuid,
 ) -> anyhow::Result<RunRecord> {
-    let mut listener = PgListener::connect_with(pool).await?;
+    supervise_scope(pool, launcher, Scope::Tree(root))
+        .await?
+        .context("the root run disappeared")
+}
+
+/// Supervises `scope`: returns the root's record once a tree's root is finished, or `None`
+/// when the local server's scope was told to stop.
+pub async fn supervise_scope(
+    pool: &PgPool,
+    launcher: &Launcher,
+    scope: Scope,
+) -> anyhow::Result<Option<RunRecord>> {
+    // A connection of its own: a listener holds its connection for good, and the pool is small.
+    let listening = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*pool.connect_options()).clone())
+        .await?;
+    let mut listener = PgListener::connect_with(&listening).await?;
     listener.listen("cairn_runs").await?;
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
     let mut supervisor = Supervisor {
         pool,
         launcher,
+        scope,
         alive: HashMap::new(),
         exits: HashMap::new(),
         exit_tx,
+        binaries: HashMap::new(),
+        active: Vec::new(),
     };
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
 
     let mut outage = Outage::default();
     loop {
-        let (root_record, next_wake) = match supervisor.look(root).await {
+        let (root_record, next_wake) = match supervisor.look().await {
             Ok(looked) => {
                 outage.over();
                 looked
@@ -85,13 +121,21 @@ pub async fn supervise(
             }
             Err(e) => return Err(e),
         };
-        if root_record.phase.is_terminal() && supervisor.alive.is_empty() {
-            return Ok(root_record);
+        if let Some(root_record) = &root_record
+            && root_record.phase.is_terminal()
+            && supervisor.alive.is_empty()
+        {
+            return Ok(Some(root_record.clone()));
         }
 
-        let timer = tokio::time::sleep(next_wake.map_or(Duration::from_secs(3600), |ms| {
-            Duration::from_millis(ms as u64)
-        }));
+        // The local server also looks again now and then for work it was not told of.
+        let idle = match scope {
+            Scope::Tree(_) => Duration::from_secs(3600),
+            Scope::Local => Duration::from_secs(5),
+        };
+        let timer = tokio::time::sleep(
+            next_wake.map_or(idle, |ms| Duration::from_millis(ms as u64).min(idle)),
+        );
         let told_to_stop = tokio::select! {
             notification = listener.try_recv() => {
                 // `None`: the connection dropped and will be re-established; rescan anyway,
@@ -120,7 +164,15 @@ pub async fn supervise(
                     _ = terminate.recv() => {}
                 }
             };
-            return Err(supervisor.stop(&root_record, &mut exit_rx, again).await);
+            let stopped = supervisor.stop(&mut exit_rx, again).await;
+            return match (scope, root_record) {
+                (Scope::Local, _) => Ok(None),
+                (Scope::Tree(_), root) => Err(anyhow::anyhow!(
+                    "interrupted; the run \"{}\" is durable: `cairn dev resume {}` carries it on{stopped}",
+                    root.as_ref().map_or("", |r| r.name.as_str()),
+                    root.as_ref().map_or("", |r| r.name.as_str()),
+                )),
+            };
         }
     }
 }
@@ -150,21 +202,67 @@ impl Outage {
 }
 
 impl Supervisor<'_> {
-    /// One look at the tree: wake due timers, act on every run as the lifecycle says. Returns
-    /// the root's record and the next timer.
-    async fn look(&mut self, root: Uuid) -> anyhow::Result<(RunRecord, Option<i64>)> {
+    /// One look at the scope: wake due timers, act on every run as the lifecycle says.
+    /// Returns the root's record (for a tree) and the next timer.
+    async fn look(&mut self) -> anyhow::Result<(Option<RunRecord>, Option<i64>)> {
         let mut conn = self.pool.acquire().await?;
         engine::wake_due(&mut conn).await?;
         let next_wake = engine::next_wake_ms(&mut conn).await?;
         drop(conn);
-        let runs = read::tree(self.pool, root).await?;
-        let root_record = runs
-            .iter()
-            .find(|r| r.id == root)
-            .cloned()
-            .context("the root run disappeared")?;
-        self.step(&runs).await?;
+        let roots = match self.scope {
+            Scope::Tree(root) => vec![root],
+            Scope::Local => {
+                let mut roots = engine::unfinished_local_trees(self.pool).await?;
+                roots.extend(
+                    self.active
+                        .iter()
+                        .filter(|r| !roots.contains(r))
+                        .collect::<Vec<_>>(),
+                );
+                roots
+            }
+        };
+        let mut root_record = None;
+        let mut active = Vec::new();
+        for root in roots {
+            let runs = read::tree(self.pool, root).await?;
+            if let Some(binary) = self.binary_of(root).await? {
+                self.step(&runs, &binary).await?;
+            }
+            if runs.iter().any(|r| self.alive.contains_key(&r.id)) {
+                active.push(root);
+            }
+            if self.scope == Scope::Tree(root) {
+                root_record = runs.into_iter().find(|r| r.id == root);
+            }
+        }
+        self.active = active;
         Ok((root_record, next_wake))
+    }
+
+    /// The binary of the tree rooted at `root`: the launcher's for one tree; for the local
+    /// server, the copy it started with (`None`, said once, when there is none to run).
+    async fn binary_of(&mut self, root: Uuid) -> anyhow::Result<Option<PathBuf>> {
+        if let Scope::Tree(_) = self.scope {
+            return Ok(Some(self.launcher.binary.clone()));
+        }
+        if let Some(known) = self.binaries.get(&root) {
+            return Ok(known.clone());
+        }
+        let pinned = engine::pinned_binary(&mut *self.pool.acquire().await?, root).await?;
+        let binary = pinned.and_then(|p| {
+            let copy = crate::dev::store::Store::open().path(&p.sha256);
+            if !copy.exists() {
+                eprintln!(
+                    "cairn: run tree {root}: its binary sha256:{} is not in {}; left alone",
+                    p.sha256,
+                    copy.display()
+                );
+            }
+            copy.exists().then_some(copy)
+        });
+        self.binaries.insert(root, binary.clone());
+        Ok(binary)
     }
 
     fn exited(&mut self, exited: Exited) {
@@ -192,13 +290,13 @@ impl Supervisor<'_> {
         }
     }
 
-    async fn step(&mut self, runs: &[RunRecord]) -> anyhow::Result<()> {
+    async fn step(&mut self, runs: &[RunRecord], binary: &std::path::Path) -> anyhow::Result<()> {
         for run in runs {
             match decide(&RunView::of(run), &self.process(run.id)) {
                 Next::Idle => {}
                 Next::Launch => {
                     if self.alive.len() < self.launcher.max_parallel {
-                        self.launch(run).await?;
+                        self.launch(run, binary).await?;
                     }
                 }
                 Next::RecordCrash {
@@ -213,7 +311,7 @@ impl Supervisor<'_> {
                         && let Some(again) = engine::reissue(&mut conn, run.id, attempt).await?
                     {
                         drop(conn);
-                        self.spawn(run, again);
+                        self.spawn(run, again, binary);
                         continue;
                     }
                     let retry_ms = retry_in.map(|d| d.as_millis() as i64);
@@ -261,17 +359,22 @@ impl Supervisor<'_> {
         Ok(())
     }
 
-    async fn launch(&mut self, run: &RunRecord) -> anyhow::Result<()> {
+    async fn launch(&mut self, run: &RunRecord, binary: &std::path::Path) -> anyhow::Result<()> {
         let mut conn = self.pool.acquire().await?;
         let Some(claim) = engine::start_attempt(&mut conn, run.id).await? else {
             return Ok(()); // no longer pending
         };
-        self.spawn(run, claim);
+        self.spawn(run, claim, binary);
         Ok(())
     }
 
     /// Starts the flow process of a claimed attempt.
-    fn spawn(&mut self, run: &RunRecord, claim: cairn_engine::runner::Attempt) {
+    fn spawn(
+        &mut self,
+        run: &RunRecord,
+        claim: cairn_engine::runner::Attempt,
+        binary: &std::path::Path,
+    ) {
         let attempt = claim.number;
         self.exits.remove(&run.id);
         let label = format!("{}#{attempt}", run.name);
@@ -284,7 +387,7 @@ impl Supervisor<'_> {
                 return;
             }
         };
-        let spawned = Command::new(&self.launcher.binary)
+        let spawned = Command::new(binary)
             .envs(self.launcher.env.iter().map(|(k, v)| (k, v)))
             .env(cairn::env::DATABASE_URL, &self.launcher.database_url)
             .env(cairn::env::RUN_ID, run.id.to_string())
@@ -301,8 +404,7 @@ impl Supervisor<'_> {
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
-                let exit =
-                    ProcessExit::LaunchFailed(format!("{}: {e}", self.launcher.binary.display()));
+                let exit = ProcessExit::LaunchFailed(format!("{}: {e}", binary.display()));
                 self.exits.insert(run.id, (attempt, exit));
                 return;
             }
@@ -335,13 +437,13 @@ impl Supervisor<'_> {
     /// Stops on a signal. Each flow process is told to stop (SIGTERM): it finishes the step in
     /// flight within its `CAIRN_STOP_GRACE_MS` and gives its run back, so stopping costs no
     /// crash. Those still running a few seconds past that bound, or at a second signal, are
-    /// killed: a later `cairn dev run` with the same name records their crashes and carries on.
+    /// killed: whoever carries their runs on records their crashes. Returns what was killed, in
+    /// words to follow a sentence ("" when nothing was).
     async fn stop(
         &mut self,
-        root: &RunRecord,
         exits: &mut mpsc::UnboundedReceiver<Exited>,
         again: impl std::future::Future<Output = ()>,
-    ) -> anyhow::Error {
+    ) -> String {
         if !self.alive.is_empty() {
             let grace = stop_grace(&self.launcher.env);
             eprintln!(
@@ -365,10 +467,10 @@ impl Supervisor<'_> {
         for (_, pid) in self.alive.values() {
             kill(*pid);
         }
-        anyhow::anyhow!(
-            "interrupted; the run \"{}\" is durable: run the same `cairn dev run` command (same --name) to carry on",
-            root.name
-        )
+        match self.alive.len() {
+            0 => String::new(),
+            n => format!(" ({n} flow process(es) did not stop in time and were killed)"),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod db;
 pub mod logs;
 pub mod run;
 pub mod runs;
+pub mod server;
 pub mod steer;
 pub mod store;
 

@@ -16,6 +16,7 @@ use crate::lifecycle::Phase;
 use crate::supervisor::{self, Launcher};
 
 use super::store::Store;
+use tokio::signal::unix::{SignalKind, signal};
 
 /// `run`: starts the run (or resumes the one of that name) and supervises it until it ends;
 /// prints the result JSON (or the error) last. Exits 0 only when the run succeeded.
@@ -168,15 +169,20 @@ async fn supervise_tree(
     binary: PathBuf,
     parallel: usize,
 ) -> anyhow::Result<ExitCode> {
-    // Flow processes get the runner login, never the owner's.
-    let launcher = Launcher {
-        binary,
-        database_url: engine::runner_url(pool, url).await?,
-        env: vec![],
-        max_parallel: parallel.max(1),
-        logs: super::logs::logs_dir(),
+    let record = match super::server::find(pool).await? {
+        Some(server) => follow(pool, root, &server).await?,
+        None => {
+            // Flow processes get the runner login, never the owner's.
+            let launcher = Launcher {
+                binary,
+                database_url: engine::runner_url(pool, url).await?,
+                env: vec![],
+                max_parallel: parallel.max(1),
+                logs: super::logs::logs_dir(),
+            };
+            supervisor::supervise(pool, &launcher, root).await?
+        }
     };
-    let record = supervisor::supervise(pool, &launcher, root).await?;
     let tree = read::tree(pool, root).await?;
     eprintln!(
         "cairn: {} {} after {} execution(s), {} crashed; {} run(s), {} steps, ${:.4} in all",
@@ -198,6 +204,31 @@ async fn supervise_tree(
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Waits for the run rooted at `root`, which the local server runs, to end.
+async fn follow(
+    pool: &sqlx::PgPool,
+    root: uuid::Uuid,
+    server: &super::server::Running,
+) -> anyhow::Result<read::RunRecord> {
+    let id = root.to_string();
+    let mut record = read::find(pool, "", &id).await?;
+    eprintln!(
+        "cairn: the dev server (pid {}) runs {}; following it (Ctrl-C stops following, not the run; `cairn dev logs {}` shows its output)",
+        server.pid, record.name, record.name
+    );
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    while !record.phase.is_terminal() {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            _ = interrupt.recv() => anyhow::bail!(
+                "stopped following {}; the dev server carries it on", record.name
+            ),
+        }
+        record = read::find(pool, "", &id).await?;
+    }
+    Ok(record)
 }
 
 fn resolve_binary(path: &Path) -> anyhow::Result<PathBuf> {
