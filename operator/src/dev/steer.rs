@@ -51,11 +51,21 @@ pub async fn approve(run: &str, payload: &Value, namespace: &str) -> anyhow::Res
     match emitted.duplicate {
         true => println!("{run}: event {event} was already emitted with this payload"),
         false => println!(
-            "{run}: approved (event {event}, payload {payload}); it resumes under the \
-             `cairn dev run` that supervises it"
+            "{run}: approved (event {event}, payload {payload}); {}",
+            who_carries_on(&pool).await
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who carries a woken run on: the local server if one is up, else a `cairn dev run`.
+async fn who_carries_on(pool: &sqlx::PgPool) -> String {
+    match super::server::find(pool).await {
+        Ok(Some(server)) => format!("the dev server (pid {}) carries it on", server.pid),
+        _ => "it resumes under the `cairn dev run` that supervises it (or `cairn dev up`, or \
+              `cairn dev resume`)"
+            .into(),
+    }
 }
 
 /// `delete`: the run with its children, steps and attempts. One not finished is refused, or
