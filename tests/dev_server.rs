@@ -150,3 +150,41 @@ async fn runs_go_on_under_the_server_and_survive_its_sigkill() {
     let after = run(dev(&db, &log, &["status"])).await;
     assert_eq!(after.status.code(), Some(1), "{}", stderr(&after));
 }
+
+#[tokio::test]
+async fn a_run_has_one_supervisor_whoever_comes_later() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let input = json!({ "n": 6, "step_ms": 300 }).to_string();
+    let args = [
+        "run", FLOWS, "--flow", "looper", "--input", &input, "--name", "shared",
+    ];
+    let first = dev(&db, &log, &args).spawn().expect("cannot start cairn");
+    log.wait_for("tick:0").await;
+    // The same command again, then a server: both leave the run to the first.
+    let second = dev(&db, &log, &args).spawn().expect("cannot start cairn");
+    let up = run(dev(&db, &log, &["up"])).await;
+    assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
+    let _started = Started(server_pid(&db, &log).await.into());
+
+    let first = exited(&db, first).await;
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let second = exited(&db, second).await;
+    assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("another cairn dev run runs shared"),
+        "{}",
+        stderr(&second)
+    );
+    let record = db.run(cairn_tests::cli::run_id(&db, "shared").await).await;
+    assert_eq!(
+        (record.attempt, record.crashes),
+        (1, 0),
+        "one execution, nobody's process taken for a crash; the server's log:\n{}",
+        server_log(&db)
+    );
+    let ticks: Vec<String> = log.summary();
+    assert_eq!(ticks.len(), 6, "each step once: {ticks:?}");
+    let stopped = run(dev(&db, &log, &["down"])).await;
+    assert_eq!(stopped.status.code(), Some(0), "{}", stderr(&stopped));
+}

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cairn_engine::{launcher as engine, read};
-use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use sqlx::{ConnectOptions, PgPool};
 use tokio::process::Command;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -62,7 +62,19 @@ struct Supervisor<'a> {
     binaries: HashMap<Uuid, Option<PathBuf>>,
     /// Trees with a process alive at the last look: looked at until their processes are gone.
     active: Vec<Uuid>,
+    /// The connection holding this supervisor's tree locks, and the trees it holds.
+    locks: sqlx::PgConnection,
+    owned: std::collections::HashSet<Uuid>,
 }
+
+/// The key space of the tree locks: one supervisor per run tree, whether a `cairn dev run`
+/// or the local server, or each would count the other's processes as crashes.
+const TREE_LOCK: i32 = 0x6361_6974; // "cait"
+
+/// Another supervisor (a `cairn dev run`, the local server) carries this tree on.
+#[derive(Debug, thiserror::Error)]
+#[error("another cairn dev supervises this run")]
+pub struct SupervisedElsewhere;
 
 /// Supervises the tree rooted at `root` until the root run is finished; returns its record.
 pub async fn supervise(
@@ -89,6 +101,7 @@ pub async fn supervise_scope(
         .await?;
     let mut listener = PgListener::connect_with(&listening).await?;
     listener.listen("cairn_runs").await?;
+    let locks = (*pool.connect_options()).clone().connect().await?;
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
     let mut supervisor = Supervisor {
         pool,
@@ -99,7 +112,14 @@ pub async fn supervise_scope(
         exit_tx,
         binaries: HashMap::new(),
         active: Vec::new(),
+        locks,
+        owned: Default::default(),
     };
+    if let Scope::Tree(root) = scope
+        && !supervisor.own(root).await?
+    {
+        return Err(SupervisedElsewhere.into());
+    }
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
 
@@ -224,7 +244,20 @@ impl Supervisor<'_> {
         };
         let mut root_record = None;
         let mut active = Vec::new();
+        // Trees no longer looked at (finished, no process left) are let go.
+        let done: Vec<Uuid> = self
+            .owned
+            .iter()
+            .filter(|r| !roots.contains(r))
+            .copied()
+            .collect();
+        for root in done {
+            self.let_go(root).await?;
+        }
         for root in roots {
+            if !self.own(root).await? {
+                continue; // a `cairn dev run` carries it on
+            }
             let runs = read::tree(self.pool, root).await?;
             if let Some(binary) = self.binary_of(root).await? {
                 self.step(&runs, &binary).await?;
@@ -238,6 +271,33 @@ impl Supervisor<'_> {
         }
         self.active = active;
         Ok((root_record, next_wake))
+    }
+
+    /// Takes the lock of the tree rooted at `root`, unless already held; false when another
+    /// supervisor holds it.
+    async fn own(&mut self, root: Uuid) -> anyhow::Result<bool> {
+        if self.owned.contains(&root) {
+            return Ok(true);
+        }
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2::text))")
+            .bind(TREE_LOCK)
+            .bind(root)
+            .fetch_one(&mut self.locks)
+            .await?;
+        if taken {
+            self.owned.insert(root);
+        }
+        Ok(taken)
+    }
+
+    async fn let_go(&mut self, root: Uuid) -> anyhow::Result<()> {
+        sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2::text))")
+            .bind(TREE_LOCK)
+            .bind(root)
+            .execute(&mut self.locks)
+            .await?;
+        self.owned.remove(&root);
+        Ok(())
     }
 
     /// The binary of the tree rooted at `root`: the launcher's for one tree; for the local

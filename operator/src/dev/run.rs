@@ -170,7 +170,7 @@ async fn supervise_tree(
     parallel: usize,
 ) -> anyhow::Result<ExitCode> {
     let record = match super::server::find(pool).await? {
-        Some(server) => follow(pool, root, &server).await?,
+        Some(server) => follow(pool, root, &format!("the dev server (pid {})", server.pid)).await?,
         None => {
             // Flow processes get the runner login, never the owner's.
             let launcher = Launcher {
@@ -180,7 +180,12 @@ async fn supervise_tree(
                 max_parallel: parallel.max(1),
                 logs: super::logs::logs_dir(),
             };
-            supervisor::supervise(pool, &launcher, root).await?
+            match supervisor::supervise(pool, &launcher, root).await {
+                Err(e) if e.is::<supervisor::SupervisedElsewhere>() => {
+                    follow(pool, root, "another cairn dev run").await?
+                }
+                supervised => supervised?,
+            }
         }
     };
     let tree = read::tree(pool, root).await?;
@@ -206,17 +211,17 @@ async fn supervise_tree(
     }
 }
 
-/// Waits for the run rooted at `root`, which the local server runs, to end.
+/// Waits for the run rooted at `root`, which `who` carries on, to end.
 async fn follow(
     pool: &sqlx::PgPool,
     root: uuid::Uuid,
-    server: &super::server::Running,
+    who: &str,
 ) -> anyhow::Result<read::RunRecord> {
     let id = root.to_string();
     let mut record = read::find(pool, "", &id).await?;
     eprintln!(
-        "cairn: the dev server (pid {}) runs {}; following it (Ctrl-C stops following, not the run; `cairn dev logs {}` shows its output)",
-        server.pid, record.name, record.name
+        "cairn: {who} runs {}; following it (Ctrl-C stops following, not the run; `cairn dev logs {}` shows its output)",
+        record.name, record.name
     );
     let mut interrupt = signal(SignalKind::interrupt())?;
     while !record.phase.is_terminal() {
