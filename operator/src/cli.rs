@@ -347,7 +347,8 @@ enum DevCommand {
     },
     /// Run a failed run again from its last checkpoint (completed steps are not run again,
     /// crashes count from zero), on the binary it started with, and supervise it until it
-    /// finishes. Set what it lacked first: its processes get this command's environment.
+    /// finishes. Set what it lacked first: its processes get this command's environment (the
+    /// server's, when a `cairn dev up` server carries it on).
     Retry {
         run: String,
         /// Processes running at once (children included).

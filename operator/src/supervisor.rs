@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::lifecycle::{Next, Phase, Process, ProcessExit, RunView, decide};
+use cairn_engine::error::is_unavailable;
 use cairn_engine::read::RunRecord;
 
 /// How to launch the flow binary.
@@ -71,6 +72,20 @@ struct Supervisor<'a> {
 /// or the local server, or each would count the other's processes as crashes.
 const TREE_LOCK: i32 = 0x6361_6974; // "cait"
 
+/// Whether a supervisor holds the tree rooted at `root` now.
+pub async fn supervised(pool: &PgPool, root: Uuid) -> anyhow::Result<bool> {
+    // Taken and given back in one statement on one session: true when it was free.
+    let free: bool = sqlx::query_scalar(
+        "SELECT CASE WHEN pg_try_advisory_lock($1, hashtext($2::text))
+                THEN pg_advisory_unlock($1, hashtext($2::text)) ELSE false END",
+    )
+    .bind(TREE_LOCK)
+    .bind(root)
+    .fetch_one(pool)
+    .await?;
+    Ok(!free)
+}
+
 /// Another supervisor (a `cairn dev run`, the local server) carries this tree on.
 #[derive(Debug, thiserror::Error)]
 #[error("another cairn dev supervises this run")]
@@ -122,6 +137,8 @@ pub async fn supervise_scope(
     }
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    // The terminal closing: its flow processes, in groups of their own, do not get the hang-up.
+    let mut hangup = signal(SignalKind::hangup())?;
 
     let mut outage = Outage::default();
     loop {
@@ -132,11 +149,12 @@ pub async fn supervise_scope(
             }
             // Postgres restarting or unreachable: the runs are safe in it; look again soon.
             // Processes that lose their connection meanwhile crash and are relaunched after.
-            Err(e) if cairn_engine::error::is_unavailable(e.as_ref()) => {
+            Err(e) if is_unavailable(e.as_ref()) => {
                 tokio::select! {
                     _ = outage.wait(&e) => continue,
                     _ = interrupt.recv() => return Err(e.context("interrupted while the database was unavailable")),
                     _ = terminate.recv() => return Err(e.context("terminated while the database was unavailable")),
+                    _ = hangup.recv() => return Err(e.context("hung up while the database was unavailable")),
                 }
             }
             Err(e) => return Err(e),
@@ -146,6 +164,9 @@ pub async fn supervise_scope(
             && supervisor.alive.is_empty()
         {
             return Ok(Some(root_record.clone()));
+        }
+        if let (Scope::Tree(_), None) = (scope, &root_record) {
+            anyhow::bail!("the run was deleted");
         }
 
         // The local server also looks again now and then for work it was not told of.
@@ -176,12 +197,14 @@ pub async fn supervise_scope(
             _ = timer => false,
             _ = interrupt.recv() => true,
             _ = terminate.recv() => true,
+            _ = hangup.recv() => true,
         };
         if told_to_stop {
             let again = async {
                 tokio::select! {
                     _ = interrupt.recv() => {}
                     _ = terminate.recv() => {}
+                    _ = hangup.recv() => {}
                 }
             };
             let stopped = supervisor.stop(&mut exit_rx, again).await;
@@ -242,6 +265,7 @@ impl Supervisor<'_> {
                 roots
             }
         };
+        self.keep_locks().await?;
         let mut root_record = None;
         let mut active = Vec::new();
         // Trees no longer looked at (finished, no process left) are let go.
@@ -260,7 +284,14 @@ impl Supervisor<'_> {
             }
             let runs = read::tree(self.pool, root).await?;
             if let Some(binary) = self.binary_of(root).await? {
-                self.step(&runs, &binary).await?;
+                let stepped = self.step(&runs, &binary).await;
+                match stepped {
+                    // The server goes on with the other trees (this one deleted meanwhile...).
+                    Err(e) if self.scope == Scope::Local && !is_unavailable(e.as_ref()) => {
+                        eprintln!("cairn: run tree {root}: {e:#}");
+                    }
+                    stepped => stepped?,
+                }
             }
             if runs.iter().any(|r| self.alive.contains_key(&r.id)) {
                 active.push(root);
@@ -288,6 +319,29 @@ impl Supervisor<'_> {
             self.owned.insert(root);
         }
         Ok(taken)
+    }
+
+    /// The tree locks live as long as their connection: after a Postgres restart, takes them
+    /// again on a new one. A tree another supervisor took meanwhile is left to it.
+    async fn keep_locks(&mut self) -> anyhow::Result<()> {
+        if sqlx::query("SELECT 1")
+            .execute(&mut self.locks)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        self.locks = (*self.pool.connect_options()).clone().connect().await?;
+        for root in std::mem::take(&mut self.owned) {
+            if self.own(root).await? {
+                continue;
+            }
+            if self.scope == Scope::Tree(root) {
+                return Err(SupervisedElsewhere.into());
+            }
+            eprintln!("cairn: run tree {root} is carried on elsewhere now; leaving it");
+        }
+        Ok(())
     }
 
     async fn let_go(&mut self, root: Uuid) -> anyhow::Result<()> {
@@ -473,7 +527,7 @@ impl Supervisor<'_> {
         let pid = child.id().unwrap_or_default();
         self.alive.insert(run.id, (attempt, pid));
         let (ended, ended_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(crate::dev::logs::echo(log, label, ended_rx));
+        let echoed = tokio::spawn(crate::dev::logs::echo(log, label, ended_rx));
         let exit_tx = self.exit_tx.clone();
         let run_id = run.id;
         tokio::spawn(async move {
@@ -485,7 +539,9 @@ impl Supervisor<'_> {
                 },
                 Err(_) => ProcessExit::Vanished,
             };
+            // Its last lines (often why it failed) are shown before its exit is acted on.
             let _ = ended.send(());
+            let _ = echoed.await;
             let _ = exit_tx.send(Exited {
                 run_id,
                 attempt,

@@ -32,14 +32,14 @@ pub async fn echo(path: PathBuf, label: String, mut ended: oneshot::Receiver<()>
         return;
     };
     let mut reader = BufReader::new(file);
-    let mut line = String::new();
+    let mut line = Vec::new();
     let mut exited = false;
     loop {
-        match reader.read_line(&mut line).await {
+        match reader.read_until(b'\n', &mut line).await {
             Ok(n) if n > 0 => {
                 // A line still being written stays until its newline comes.
-                if let Some(whole) = line.strip_suffix('\n') {
-                    eprintln!("[{label}] {whole}");
+                if let Some(whole) = line.strip_suffix(b"\n") {
+                    eprintln!("[{label}] {}", String::from_utf8_lossy(whole));
                     line.clear();
                 }
             }
@@ -54,7 +54,7 @@ pub async fn echo(path: PathBuf, label: String, mut ended: oneshot::Receiver<()>
         }
     }
     if !line.is_empty() {
-        eprintln!("[{label}] {line}");
+        eprintln!("[{label}] {}", String::from_utf8_lossy(&line));
     }
 }
 
@@ -89,7 +89,8 @@ pub async fn print(run: &str, namespace: &str, attempt: Option<i32>) -> anyhow::
     }
     for n in kept {
         println!("── execution {n}");
-        let text = std::fs::read_to_string(attempt_log(&logs_dir(), record.id, n))?;
+        let bytes = std::fs::read(attempt_log(&logs_dir(), record.id, n))?;
+        let text = String::from_utf8_lossy(&bytes);
         print!("{text}");
         if !text.is_empty() && !text.ends_with('\n') {
             println!();

@@ -101,6 +101,13 @@ pub async fn retry(run: &str, namespace: &str, parallel: usize) -> anyhow::Resul
     engine::retry_run(&mut *pool.acquire().await?, record.id)
         .await
         .map_err(super::explain)?;
+    if let Some(server) = super::server::find(&pool).await? {
+        eprintln!(
+            "cairn: the dev server ({server}) carries it on with its own environment, that of \
+             `cairn dev up`: if the run lacked a setting, set it there (`cairn dev down`, export \
+             it, `cairn dev up`)"
+        );
+    }
     eprintln!(
         "cairn: retrying run {} ({}) from its last checkpoint {}",
         record.name,
@@ -224,14 +231,30 @@ async fn follow(
         record.name, record.name
     );
     let mut interrupt = signal(SignalKind::interrupt())?;
+    // Nobody may carry it on any more (the server stopped, or cannot run it): not for ever.
+    let mut unsupervised_since = None;
     while !record.phase.is_terminal() {
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
             _ = interrupt.recv() => anyhow::bail!(
-                "stopped following {}; the dev server carries it on", record.name
+                "stopped following {}; {who} carries it on", record.name
             ),
         }
         record = read::find(pool, "", &id).await?;
+        if supervisor::supervised(pool, root).await? {
+            unsupervised_since = None;
+        } else if unsupervised_since
+            .get_or_insert_with(std::time::Instant::now)
+            .elapsed()
+            > std::time::Duration::from_secs(15)
+        {
+            anyhow::bail!(
+                "nobody carries {} on any more (a server stopped, or it cannot run it: see \
+                 `cairn dev status` and the server's log); `cairn dev resume {}` does",
+                record.name,
+                record.name
+            );
+        }
     }
     Ok(record)
 }

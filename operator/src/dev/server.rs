@@ -6,7 +6,7 @@
 //!
 //! Whether a server is up is in the database, not in a pid file: the server holds a session
 //! advisory lock, which Postgres releases with its connection, so a killed server leaves
-//! nothing stale. Its connection's application name carries its pid.
+//! nothing stale. Its connection's application name carries its pid and host.
 
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
@@ -20,19 +20,53 @@ use sqlx::{ConnectOptions, PgPool};
 
 /// The server's advisory lock: a two-key lock, apart from the engine's one-key locks.
 const LOCK: (i32, i32) = (0x6361_6972, 1); // "cair"
-/// How a server's connection names itself: this, then its pid.
+/// How a server's connection names itself: this, then `<pid>@<host>`.
 const APPLICATION: &str = "cairn-dev-server:";
+
+/// This machine's name, as a server records it (a pid means something on its host only).
+fn host() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    // application_name holds 63 bytes.
+    name.trim().chars().take(36).collect()
+}
 
 /// A server that is up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Running {
     pub pid: u32,
-    pub since: chrono::DateTime<chrono::Utc>,
+    pub host: String,
+    /// When it connected (unknown to a role that may not see its session's details).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Running {
+    fn here(&self) -> bool {
+        self.host == host()
+    }
+
+    /// Whether its process is gone (known on its own host only).
+    fn gone(&self) -> bool {
+        self.here()
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), None).is_err()
+    }
+}
+
+impl std::fmt::Display for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {}", self.pid)?;
+        if !self.here() {
+            write!(f, " on {}", self.host)?;
+        }
+        if let Some(since) = self.since {
+            write!(f, ", since {}", since.format("%Y-%m-%d %H:%M:%SZ"))?;
+        }
+        Ok(())
+    }
 }
 
 /// The server of this database, if one is up.
 pub async fn find(pool: &PgPool) -> anyhow::Result<Option<Running>> {
-    let row: Option<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+    let row: Option<(Option<String>, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
         "SELECT a.application_name, a.backend_start FROM pg_locks l
          JOIN pg_stat_activity a ON a.pid = l.pid
          WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
@@ -44,8 +78,13 @@ pub async fn find(pool: &PgPool) -> anyhow::Result<Option<Running>> {
     .fetch_optional(pool)
     .await?;
     Ok(row.and_then(|(name, since)| {
-        let pid = name.strip_prefix(APPLICATION)?.parse().ok()?;
-        Some(Running { pid, since })
+        let name = name?;
+        let (pid, host) = name.strip_prefix(APPLICATION)?.split_once('@')?;
+        Some(Running {
+            pid: pid.parse().ok()?,
+            host: host.to_owned(),
+            since,
+        })
     }))
 }
 
@@ -56,11 +95,8 @@ fn server_dir() -> PathBuf {
 /// `up`: starts the server in the background (`cairn dev serve`), unless one is up.
 pub async fn up(parallel: usize) -> anyhow::Result<ExitCode> {
     let pool = super::open().await?;
-    if let Some(running) = find(&pool).await? {
-        println!(
-            "a cairn dev server is already up (pid {}, since {})",
-            running.pid, running.since
-        );
+    if let Some(running) = up_or_gone(&pool).await? {
+        println!("a cairn dev server is already up ({running})");
         return Ok(ExitCode::SUCCESS);
     }
     let dir = server_dir();
@@ -82,9 +118,10 @@ pub async fn up(parallel: usize) -> anyhow::Result<ExitCode> {
     let pid = child.id().unwrap_or_default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        if find(&pool).await?.is_some_and(|r| r.pid == pid) {
+        // Ours, or one started at the same moment (ours then exits, finding it).
+        if let Some(running) = find(&pool).await? {
             println!(
-                "cairn dev server up (pid {pid}); its log: {}; stop it with `cairn dev down`",
+                "cairn dev server up ({running}); its log: {}; stop it with `cairn dev down`",
                 log_path.display()
             );
             return Ok(ExitCode::SUCCESS);
@@ -108,20 +145,40 @@ pub async fn up(parallel: usize) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The server that is up, waiting a moment for the lock of one just killed to clear.
+async fn up_or_gone(pool: &PgPool) -> anyhow::Result<Option<Running>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match find(pool).await? {
+            Some(running) if running.gone() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            found => return Ok(found),
+        }
+    }
+}
+
 /// `down`: stops the server gently (its flow processes finish their steps in flight and give
 /// their runs back), killing it if it is still up after `timeout`.
 pub async fn down(timeout: Duration) -> anyhow::Result<ExitCode> {
     let pool = super::open().await?;
-    let Some(running) = find(&pool).await? else {
+    let Some(running) = up_or_gone(&pool).await? else {
         println!("no cairn dev server is up");
         return Ok(ExitCode::SUCCESS);
     };
+    if !running.here() {
+        bail!(
+            "the cairn dev server of this database runs on {} (pid {}): stop it there",
+            running.host,
+            running.pid
+        );
+    }
     let pid = nix::unistd::Pid::from_raw(running.pid as i32);
-    let gone = |pid| nix::sys::signal::kill(pid, None).is_err();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
         .with_context(|| format!("cannot signal the server (pid {})", running.pid))?;
     let deadline = tokio::time::Instant::now() + timeout;
-    while !gone(pid) {
+    // Down once its lock is released (its process may linger a moment after).
+    while find(&pool).await?.is_some_and(|r| r.pid == running.pid) && !running.gone() {
         if tokio::time::Instant::now() > deadline {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             println!(
@@ -144,9 +201,7 @@ pub async fn status() -> anyhow::Result<ExitCode> {
     match find(&pool).await? {
         Some(running) => {
             println!(
-                "cairn dev server up: pid {}, since {}; {trees} run tree(s) not finished; log {}",
-                running.pid,
-                running.since,
+                "cairn dev server up: {running}; {trees} run tree(s) not finished; log {}",
                 server_dir().join("server.log").display()
             );
             Ok(ExitCode::SUCCESS)
@@ -167,7 +222,7 @@ pub async fn serve(parallel: usize) -> anyhow::Result<ExitCode> {
     // The lock lives on a connection of its own, named so that `find` gives our pid.
     let mut lock = (*pool.connect_options())
         .clone()
-        .application_name(&format!("{APPLICATION}{}", std::process::id()))
+        .application_name(&format!("{APPLICATION}{}@{}", std::process::id(), host()))
         .connect()
         .await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")

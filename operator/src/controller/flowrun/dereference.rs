@@ -31,11 +31,14 @@ pub async fn fetch(run: &FlowRun, scope: &Scope) -> Result<Referenced, Error> {
         }
         None => None,
     };
+    // Only a Flow the run references gives it a profile: the Flow a child takes its pod
+    // settings from gives it none (the child's spec carries its profile).
+    let template = flow.as_ref().filter(|_| run.spec.flow_ref.is_some());
     let profile_name = run
         .spec
         .profile
         .as_ref()
-        .or_else(|| flow.as_ref().and_then(|f| f.spec.profile.as_ref()));
+        .or_else(|| template.and_then(|f| f.spec.profile.as_ref()));
     let profile = match profile_name {
         Some(name) => {
             cached_or_get(

@@ -104,7 +104,9 @@ pub fn resolve(
                 ),
             });
         }
-        (_, found) => found.map(|p| p.spec.clone()),
+        (Some(_), found) => found.map(|p| p.spec.clone()),
+        // A profile looked up for another reason is not this run's.
+        (None, _) => None,
     };
     if let (Some(name), Some(profile)) = (profile_name, &profile) {
         check_profile(name, profile)?;
@@ -421,12 +423,17 @@ mod tests {
             [{ "name": "prompts", "configMap": { "name": "prompts" } }]
         ))
         .unwrap();
-        let resolved = resolve(&child, Some("agent"), "ns", Some(&parents), None).unwrap();
+        let gpu = ResourceProfile::new(
+            "small",
+            serde_json::from_value(serde_json::json!({ "namespaces": [] })).unwrap(),
+        );
+        let resolved = resolve(&child, Some("agent"), "ns", Some(&parents), Some(&gpu)).unwrap();
         assert_eq!(resolved.pod.volumes, parents.spec.volumes);
         assert_eq!(resolved.pod_settings_flow.as_deref(), Some("agent"));
-        // Only the pod settings: image, flow and profile stay the child's own.
+        // Only the pod settings: image, flow and profile stay the child's own (a profile that
+        // would refuse this namespace is not taken up).
         assert_eq!(resolved.flow, "summarize");
-        assert_eq!(resolved.profile_name, None);
+        assert_eq!((resolved.profile_name, resolved.profile), (None, None));
         let gone = resolve(&child, Some("agent"), "ns", None, None).unwrap_err();
         assert_eq!(gone.reason, "FlowNotFound");
         assert!(
