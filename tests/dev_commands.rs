@@ -379,6 +379,17 @@ async fn a_run_keeps_the_binary_it_started_with_and_a_rebuild_applies_to_new_run
         stderr(&resumed)
     );
 
+    // Its copy lives under the dev root it started from: elsewhere, resuming says so.
+    let mut elsewhere = cairn(&db, &log, &["dev", "resume", "old"]);
+    elsewhere.env("CAIRN_HOME", db.dir.join("another-home"));
+    let elsewhere = run(elsewhere).await;
+    assert_eq!(elsewhere.status.code(), Some(1), "{}", stderr(&elsewhere));
+    assert!(
+        stderr(&elsewhere).contains("is not in the binary store"),
+        "{}",
+        stderr(&elsewhere)
+    );
+
     // A new run takes the rebuild, which is refused for what it is.
     let fresh = run(cairn(&db, &log, &args("new"))).await;
     assert_eq!(fresh.status.code(), Some(2), "{}", stderr(&fresh));

@@ -365,15 +365,10 @@ impl Supervisor<'_> {
         }
         let pinned = engine::pinned_binary(&mut *self.pool.acquire().await?, root).await?;
         let binary = pinned.and_then(|p| {
-            let copy = crate::dev::store::Store::open().path(&p.sha256);
-            if !copy.exists() {
-                eprintln!(
-                    "cairn: run tree {root}: its binary sha256:{} is not in {}; left alone",
-                    p.sha256,
-                    copy.display()
-                );
-            }
-            copy.exists().then_some(copy)
+            crate::dev::store::Store::open()
+                .copy_of(&p)
+                .inspect_err(|e| eprintln!("cairn: run tree {root} left alone: {e:#}"))
+                .ok()
         });
         self.binaries.insert(root, binary.clone());
         Ok(binary)

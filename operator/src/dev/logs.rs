@@ -63,7 +63,8 @@ pub async fn echo(path: PathBuf, label: String, mut ended: oneshot::Receiver<()>
 pub async fn print(run: &str, namespace: &str, attempt: Option<i32>) -> anyhow::Result<ExitCode> {
     let pool = super::open().await?;
     let record = read::find(&pool, namespace, run).await?;
-    let dir = logs_dir().join(record.id.to_string());
+    let root = logs_dir();
+    let dir = root.join(record.id.to_string());
     let mut kept: Vec<i32> = std::fs::read_dir(&dir)
         .into_iter()
         .flatten()
@@ -89,7 +90,7 @@ pub async fn print(run: &str, namespace: &str, attempt: Option<i32>) -> anyhow::
     }
     for n in kept {
         println!("── execution {n}");
-        let bytes = std::fs::read(attempt_log(&logs_dir(), record.id, n))?;
+        let bytes = std::fs::read(attempt_log(&root, record.id, n))?;
         let text = String::from_utf8_lossy(&bytes);
         print!("{text}");
         if !text.is_empty() && !text.ends_with('\n') {

@@ -73,7 +73,9 @@ pub async fn run(args: DevRun, input: Value) -> anyhow::Result<ExitCode> {
         }
     };
     tx.commit().await?;
-    let copy = stored_copy(&name, &pinned)?;
+    let copy = Store::open()
+        .copy_of(&pinned)
+        .with_context(|| format!("run {name}"))?;
     supervise_tree(&pool, &url, root, copy, args.parallel).await
 }
 
@@ -139,7 +141,9 @@ async fn started_with(
                 record.name
             )
         })?;
-    let copy = stored_copy(&record.name, &pinned)?;
+    let copy = Store::open()
+        .copy_of(&pinned)
+        .with_context(|| format!("run {}", record.name))?;
     Ok((pinned, copy))
 }
 
@@ -150,21 +154,6 @@ fn on_its_binary(pinned: &engine::PinnedBinary) -> String {
         &pinned.sha256[..12],
         pinned.built_from
     )
-}
-
-/// Where the copy of run `name`'s binary is, or why it cannot be run.
-fn stored_copy(name: &str, pinned: &engine::PinnedBinary) -> anyhow::Result<PathBuf> {
-    let copy = Store::open().path(&pinned.sha256);
-    if !copy.exists() {
-        return Err(anyhow::anyhow!(
-            "run {name} started with binary sha256:{} (built from {}), which is not in the binary store ({}): \
-             this CAIRN_HOME is not where it was started; set CAIRN_HOME as it was, or delete the run",
-            pinned.sha256,
-            pinned.built_from,
-            copy.display()
-        ));
-    }
-    Ok(copy)
 }
 
 /// Supervises the tree rooted at `root` on `binary` until the root ends; prints the result

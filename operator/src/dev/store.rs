@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use cairn_engine::launcher::PinnedBinary;
 use sha2::{Digest, Sha256};
 
 use crate::localdb::LocalPostgres;
@@ -56,6 +57,20 @@ impl Store {
     /// Where the copy with `sha256` is (or would be).
     pub fn path(&self, sha256: &str) -> PathBuf {
         self.dir.join(sha256)
+    }
+
+    /// The copy of a run tree's pinned binary, or why there is none to run.
+    pub fn copy_of(&self, pinned: &PinnedBinary) -> anyhow::Result<PathBuf> {
+        let copy = self.path(&pinned.sha256);
+        anyhow::ensure!(
+            copy.exists(),
+            "its binary sha256:{} (built from {}) is not in the binary store ({}): this \
+             CAIRN_HOME is not where the run was started; set CAIRN_HOME as it was, or delete the run",
+            pinned.sha256,
+            pinned.built_from,
+            copy.display()
+        );
+        Ok(copy)
     }
 }
 
