@@ -439,3 +439,93 @@ async fn retry_runs_a_failed_run_again_from_its_last_checkpoint() {
     let unknown = run(cairn(&db, &log, &["dev", "retry", "nobody"])).await;
     assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
 }
+
+#[tokio::test]
+async fn inspect_shows_what_steps_returned_but_never_a_sensitive_value() {
+    const SECRET: &str = "sk-local-do-not-show-42";
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let input = json!({ "secret": SECRET }).to_string();
+    let args = [
+        "dev",
+        "run",
+        FLOWS,
+        "--flow",
+        "secretive",
+        "--input",
+        &input,
+        "--name",
+        "sec",
+    ];
+    let ran = run(cairn(&db, &log, &args)).await;
+    assert_eq!(ran.status.code(), Some(0), "{}", stderr(&ran));
+    // The master keys were made on first use, readable by their owner only.
+    let keys = db.dir.join("cairn-home/step-keys");
+    let mode = std::fs::metadata(&keys).expect("step-keys").permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+
+    let table = run(cairn(&db, &log, &["dev", "inspect", "sec"])).await;
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert_eq!(table.status.code(), Some(0), "{}", stderr(&table));
+    for expected in ["OUTPUT", "(sensitive)", "like ours", "called with a key of"] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    let step = run(cairn(
+        &db,
+        &log,
+        &[
+            "dev",
+            "inspect",
+            "sec",
+            "--step",
+            "credentials",
+            "-o",
+            "json",
+        ],
+    ))
+    .await;
+    assert_eq!(step.status.code(), Some(0), "{}", stderr(&step));
+    let step: serde_json::Value = serde_json::from_slice(&step.stdout).unwrap();
+    assert_eq!(
+        (&step["sensitive"], &step["output"]),
+        (&json!(true), &json!(null))
+    );
+    let whole = run(cairn(
+        &db,
+        &log,
+        &["dev", "inspect", "sec", "--step", "tricky"],
+    ))
+    .await;
+    let whole_text = String::from_utf8_lossy(&whole.stdout);
+    assert!(
+        whole_text.contains(r#""looks": "like ours""#),
+        "{whole_text}"
+    );
+    let unknown = run(cairn(
+        &db,
+        &log,
+        &["dev", "inspect", "sec", "--step", "nope"],
+    ))
+    .await;
+    assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
+    assert!(
+        stderr(&unknown).contains(r#"no step "nope""#),
+        "{}",
+        stderr(&unknown)
+    );
+
+    // Nowhere: not in the table, the JSON detail, the run's output or its logs.
+    let detail = run(cairn(&db, &log, &["dev", "inspect", "sec", "-o", "json"])).await;
+    let logs = run(cairn(&db, &log, &["dev", "logs", "sec"])).await;
+    for shown in [&table, &detail, &ran, &logs] {
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&shown.stdout),
+            stderr(shown)
+        );
+        assert!(!all.contains(SECRET), "{all}");
+    }
+}

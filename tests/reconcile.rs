@@ -79,7 +79,13 @@ async fn case(run: &FlowRun, cached: Vec<Pod>) -> Case {
     let (api, client) = FakeApi::new(run);
     let config = Flags::parse_from(["cairn"]).config;
     let runner = RunnerDb::from_url(&db.runner_url).unwrap();
-    let ctx = Context::new(client, db.pool.clone(), config, runner);
+    let ctx = Context::new(
+        client,
+        db.pool.clone(),
+        config,
+        runner,
+        db.step_keys.clone(),
+    );
     let scope = scope(Arc::new(ctx), cached);
     Case { db, api, scope }
 }

@@ -62,6 +62,7 @@ async fn the_engine_and_a_flow_process_work_over_verify_full() {
         runner_url,
         name: "tls".into(),
         dir: std::env::temp_dir().join(format!("cairn-tls-files-{}", uuid::Uuid::new_v4())),
+        step_keys: cairn_engine::checkpoint::StepKeys::generate(),
     };
     std::fs::create_dir_all(&db.dir).unwrap();
     let log = db.log("effects");

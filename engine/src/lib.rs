@@ -21,6 +21,8 @@ pub use phase::Phase;
 pub use wait::Wait;
 
 #[cfg(feature = "runner")]
+pub mod checkpoint;
+#[cfg(feature = "runner")]
 pub mod error;
 #[cfg(feature = "runner")]
 pub mod runner;

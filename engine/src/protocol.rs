@@ -46,6 +46,9 @@ pub mod env {
     /// past it the database counts as unreachable and the attempt ends as crashed, so a silent
     /// network becomes a relaunch.
     pub const CALL_TIMEOUT_MS: &str = "CAIRN_DATABASE_CALL_TIMEOUT_MS";
+    /// The step keys of the run's namespace (see `checkpoint::StepKeys`): sensitive steps'
+    /// values are sealed with the first and opened with any. Unset: no step may be sensitive.
+    pub const STEP_KEYS: &str = "CAIRN_STEP_KEYS";
 }
 
 /// The default of [`env::INLINE_SLEEP_MAX_MS`].

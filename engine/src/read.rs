@@ -8,7 +8,8 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::read_api::{Attempt, Step, Totals};
+use crate::checkpoint;
+use crate::read_api::{Attempt, PREVIEW_CHARS, Step, StepOutput, Totals};
 use crate::{Phase, Wait};
 
 /// A run as the supervisors and the CLI see it.
@@ -131,33 +132,107 @@ pub async fn find(pool: &PgPool, namespace: &str, name_or_id: &str) -> anyhow::R
 #[error("{0}")]
 pub struct NotFound(String);
 
-/// The run's steps for `cairn dev inspect` and the read API: checkpoints (`completed`), and
-/// the wait, sleep or join the run is blocked on (`waiting`).
+/// The run's steps for `cairn dev inspect` and the read API: checkpoints (`completed`), the
+/// wait, sleep or join the run is blocked on (`waiting`), and the step whose failure failed
+/// the run (`failed`, named by the SDK in the run's error). Each completed step comes with a
+/// preview of its value, except a sensitive one's (see [`crate::checkpoint`]).
 pub async fn steps(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Vec<Step>> {
-    let rows = sqlx::query_as!(
-        Step,
+    let rows = sqlx::query!(
         r#"SELECT key AS "key!", kind AS "kind!", status AS "status!", attempt, tries,
                   started_at AS "started_at!", duration_ms AS "duration_ms!",
-                  usd, tokens_in, tokens_out, model
+                  usd, tokens_in, tokens_out, model, preview, sensitive AS "sensitive!", error
            FROM (SELECT key, kind, 'completed' AS status, attempt, tries, started_at,
                         (extract(epoch FROM completed_at - started_at) * 1000)::float8 AS duration_ms,
-                        usd::float8 AS usd, tokens_in, tokens_out, model
+                        usd::float8 AS usd, tokens_in, tokens_out, model,
+                        CASE coalesce(result->>'$cairn', '')
+                            WHEN 'sealed' THEN NULL
+                            WHEN 'value' THEN left((result->'value')::text, $2 + 1)
+                            ELSE left(result::text, $2 + 1) END AS preview,
+                        coalesce(result->>'$cairn' = 'sealed', false) AS sensitive,
+                        NULL::text AS error
                  FROM cairn.steps WHERE run_id = $1
                  UNION ALL
                  SELECT w.step_key, CASE w.kind WHEN 'event' THEN 'wait' WHEN 'children' THEN 'join' ELSE w.kind END,
                         'waiting', NULL, NULL, w.created_at,
                         (extract(epoch FROM now() - w.created_at) * 1000)::float8,
-                        NULL, NULL, NULL, NULL
+                        NULL, NULL, NULL, NULL, NULL, false, NULL
                  FROM cairn.waits w
                  WHERE w.run_id = $1
                    AND NOT EXISTS (SELECT 1 FROM cairn.steps s WHERE s.run_id = w.run_id AND s.key = w.step_key)
+                 UNION ALL
+                 SELECT r.error->>'step', 'step', 'failed', r.attempt, (r.error->>'tries')::int,
+                        coalesce(r.finished_at, r.updated_at), 0, NULL, NULL, NULL, NULL, NULL, false,
+                        r.error->>'message'
+                 FROM cairn.runs r
+                 WHERE r.id = $1 AND r.state = 'failed' AND r.error ? 'step'
+                   AND NOT EXISTS (SELECT 1 FROM cairn.steps s WHERE s.run_id = r.id AND s.key = r.error->>'step')
                 ) all_steps
            ORDER BY started_at, key"#,
-        run_id
+        run_id,
+        PREVIEW_CHARS as i32
     )
     .fetch_all(pool)
     .await?;
-    Ok(rows)
+    Ok(rows
+        .into_iter()
+        .map(|row| Step {
+            key: row.key,
+            kind: row.kind,
+            status: row.status,
+            attempt: row.attempt,
+            tries: row.tries,
+            started_at: row.started_at,
+            duration_ms: row.duration_ms,
+            usd: row.usd,
+            tokens_in: row.tokens_in,
+            tokens_out: row.tokens_out,
+            model: row.model,
+            preview: row.preview.map(preview),
+            sensitive: row.sensitive,
+            error: row.error,
+        })
+        .collect())
+}
+
+/// A preview cut to [`PREVIEW_CHARS`] characters, marked when it was cut.
+fn preview(text: String) -> String {
+    match text.char_indices().nth(PREVIEW_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
+    }
+}
+
+/// One step's whole value (`inspect --step KEY`); a sensitive one's stays hidden.
+pub async fn step_output(pool: &PgPool, run: &RunRecord, key: &str) -> anyhow::Result<StepOutput> {
+    let steps = steps(pool, run.id).await?;
+    let step = steps.into_iter().find(|s| s.key == key).ok_or_else(|| {
+        NotFound(format!(
+            "run \"{}\" has no step \"{key}\" (completed, waiting or failed); `inspect` lists its steps",
+            run.name
+        ))
+    })?;
+    let stored = sqlx::query_scalar!(
+        "SELECT result FROM cairn.steps WHERE run_id = $1 AND key = $2",
+        run.id,
+        key
+    )
+    .fetch_optional(pool)
+    .await?;
+    let output = match stored {
+        Some(stored) if !checkpoint::is_sealed(&stored) => {
+            Some(checkpoint::value_of(key, stored, None).map_err(|why| anyhow!(why))?)
+        }
+        _ => None,
+    };
+    Ok(StepOutput {
+        run: run.name.clone(),
+        key: step.key,
+        kind: step.kind,
+        status: step.status,
+        sensitive: step.sensitive,
+        output,
+        error: step.error,
+    })
 }
 
 /// The launched processes, for `cairn dev inspect` and the read API.

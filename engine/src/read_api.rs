@@ -90,12 +90,13 @@ impl RunInfo {
     }
 }
 
-/// A checkpointed step, or the wait, sleep or join the run is blocked on.
+/// A checkpointed step, the wait, sleep or join the run is blocked on, or the step whose
+/// failure failed the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     pub key: String,
     pub kind: String,
-    /// `completed` or `waiting`.
+    /// `completed`, `waiting` or `failed`.
     pub status: String,
     /// The attempt that completed it.
     pub attempt: Option<i32>,
@@ -106,6 +107,32 @@ pub struct Step {
     pub tokens_in: Option<i64>,
     pub tokens_out: Option<i64>,
     pub model: Option<String>,
+    /// The start of what it returned, as JSON (at most [`PREVIEW_CHARS`] characters, then
+    /// `…`). None for a sensitive step, and for a step not completed.
+    #[serde(default)]
+    pub preview: Option<String>,
+    /// Its value is secret: stored sealed, never shown.
+    #[serde(default)]
+    pub sensitive: bool,
+    /// Why it failed (a `failed` step).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The longest [`Step::preview`].
+pub const PREVIEW_CHARS: usize = 200;
+
+/// `GET .../runs/{name}/steps/{key}`: one step's whole value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepOutput {
+    pub run: String,
+    pub key: String,
+    pub kind: String,
+    pub status: String,
+    pub sensitive: bool,
+    /// What it returned; None when it is sensitive or not completed.
+    pub output: Option<Value>,
+    pub error: Option<String>,
 }
 
 /// One launched process (a pod on Kubernetes).

@@ -54,10 +54,13 @@ enum Command {
     ///
     /// The FlowRun's status, with the detail the operator's read API serves from the database:
     /// steps with durations, tokens and cost, attempts and their pods, children, and the
-    /// pending question with its JSON schema.
+    /// pending question with its JSON schema. Each step shows the start of what it returned;
+    /// `--step KEY` shows the whole value (a sensitive step's value is never shown).
     Inspect {
         /// The FlowRun's name.
         run: String,
+        #[command(flatten)]
+        step: StepFlag,
         #[command(flatten)]
         target: KubeTarget,
         #[command(flatten)]
@@ -231,6 +234,14 @@ impl OutputFlag {
     }
 }
 
+/// `--step`: one step of a run, with its whole value.
+#[derive(Args)]
+struct StepFlag {
+    /// Show this step's whole value (its key as the steps table names it: `plan`, `plan#2`).
+    #[arg(long, value_name = "KEY")]
+    step: Option<String>,
+}
+
 /// `-n`: the namespace of a `cairn dev` run or event.
 #[derive(Args)]
 pub struct Namespace {
@@ -279,9 +290,11 @@ enum DevCommand {
         #[command(flatten)]
         output: OutputFlag,
     },
-    /// Show a run: its steps with durations and cost, attempts, current wait and result.
+    /// Show a run: its steps with durations, cost and output, attempts, current wait and result.
     Inspect {
         run: String,
+        #[command(flatten)]
+        step: StepFlag,
         #[command(flatten)]
         namespace: Namespace,
         #[command(flatten)]
@@ -509,10 +522,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Inspect {
             run,
+            step,
             target,
             output,
         } => {
-            connect(target, output.json()).await?.inspect(&run).await?;
+            let kube = connect(target, output.json()).await?;
+            match step.step {
+                Some(key) => kube.inspect_step(&run, &key).await?,
+                None => kube.inspect(&run).await?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Approve {
@@ -604,9 +622,13 @@ async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
         }
         DevCommand::Inspect {
             run,
+            step,
             namespace,
             output,
-        } => dev::runs::inspect(&run, &namespace.name, output.json()).await,
+        } => match step.step {
+            Some(key) => dev::runs::inspect_step(&run, &key, &namespace.name, output.json()).await,
+            None => dev::runs::inspect(&run, &namespace.name, output.json()).await,
+        },
         DevCommand::Emit {
             event,
             data,

@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
+use cairn_engine::checkpoint::StepKeys;
 use cairn_engine::{launcher as engine, read};
 use sqlx::postgres::PgListener;
 use sqlx::{ConnectOptions, PgPool};
@@ -33,6 +34,8 @@ pub struct Launcher {
     pub max_parallel: usize,
     /// Where each process writes its output (`dev::logs::attempt_log`).
     pub logs: PathBuf,
+    /// The master step keys: each process gets its run's namespace's (`dev::keys`).
+    pub step_keys: StepKeys,
 }
 
 struct Exited {
@@ -503,6 +506,13 @@ impl Supervisor<'_> {
             .env(cairn::env::ATTEMPT, attempt.to_string())
             .env(cairn::env::TOKEN, &claim.token)
             .env(cairn::env::FLOW, &run.flow)
+            .env(
+                cairn::env::STEP_KEYS,
+                self.launcher
+                    .step_keys
+                    .for_namespace(&run.namespace)
+                    .encode(),
+            )
             .stdin(Stdio::null())
             .stdout(output.0)
             .stderr(output.1)

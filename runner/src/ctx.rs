@@ -21,9 +21,10 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::conn::{RunnerConn, engine_call};
-use crate::error::{Interrupted, is_permanent, permanent};
+use crate::error::{Interrupted, StepFailed, is_permanent, permanent};
 use crate::usage::{STEP_USAGE, Usage, UsageCell};
 use cairn_engine::EngineError;
+use cairn_engine::checkpoint::{self, StepKeys};
 use cairn_engine::runner::{self as engine, Parked, SleepOutcome};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -47,6 +48,7 @@ struct Inner {
     replayed: AtomicU32,
     executed: AtomicU32,
     inline_sleep_max: Duration,
+    step_keys: Option<StepKeys>,
 }
 
 /// Step-level retries: tries in-process with exponential backoff. Errors marked with
@@ -126,11 +128,18 @@ pub struct PendingStep<'c> {
     ctx: &'c Ctx,
     key: String,
     started: Instant,
+    sensitive: bool,
 }
 
 impl PendingStep<'_> {
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Marks the value sensitive (see [`Step::sensitive`]).
+    pub fn sensitive(mut self) -> Self {
+        self.sensitive = true;
+        self
     }
 
     /// Checkpoints the step's value (one database round trip).
@@ -139,7 +148,7 @@ impl PendingStep<'_> {
         value: &T,
         usage: Option<Usage>,
     ) -> anyhow::Result<()> {
-        let result = to_checkpoint(&self.key, value)?;
+        let result = self.ctx.to_checkpoint(&self.key, value, self.sensitive)?;
         self.ctx
             .complete(&self.key, result, self.started, 1, usage)
             .await
@@ -152,6 +161,7 @@ impl Ctx {
         run: engine::LoadedRun,
         conn: RunnerConn,
         inline_sleep_max: Duration,
+        step_keys: Option<StepKeys>,
     ) -> Self {
         Ctx {
             inner: Arc::new(Inner {
@@ -166,6 +176,7 @@ impl Ctx {
                 replayed: AtomicU32::new(0),
                 executed: AtomicU32::new(0),
                 inline_sleep_max,
+                step_keys,
             }),
         }
     }
@@ -227,6 +238,7 @@ impl Ctx {
             ctx: self,
             key: self.next_key(name).0,
             retry: RetryPolicy::default(),
+            sensitive: false,
             f,
         }
     }
@@ -246,6 +258,7 @@ impl Ctx {
             ctx: self,
             key,
             started: Instant::now(),
+            sensitive: false,
         }))
     }
 
@@ -253,6 +266,7 @@ impl Ctx {
         &self,
         key: String,
         retry: RetryPolicy,
+        sensitive: bool,
         mut f: F,
     ) -> anyhow::Result<T>
     where
@@ -282,12 +296,12 @@ impl Ctx {
             )
             .await;
         let tries = tries.load(Ordering::Relaxed);
-        let value = outcome.with_context(|| {
-            let tries_word = if tries == 1 { "try" } else { "tries" };
-            format!("step \"{}\" failed after {tries} {tries_word}", pending.key)
+        let value = outcome.context(StepFailed {
+            key: pending.key.clone(),
+            tries,
         })?;
         let usage = lock(&usage).take();
-        let result = to_checkpoint(&pending.key, &value)?;
+        let result = self.to_checkpoint(&pending.key, &value, sensitive)?;
         self.complete(&pending.key, result, pending.started, tries, usage)
             .await?;
         Ok(value)
@@ -608,7 +622,39 @@ impl Ctx {
             return Ok(None);
         };
         self.inner.replayed.fetch_add(1, Ordering::Relaxed);
-        decode(stored.clone(), &format!("the checkpoint of \"{key}\"")).map(Some)
+        let value = checkpoint::value_of(key, stored.clone(), self.inner.step_keys.as_ref())
+            .map_err(|why| {
+                permanent(anyhow!(
+                    "the checkpoint of step \"{key}\" cannot be read: {why}"
+                ))
+            })?;
+        decode(value, &format!("the checkpoint of \"{key}\"")).map(Some)
+    }
+
+    /// A step's value as its checkpoint stores it: sealed with the namespace's step key when
+    /// the step is sensitive.
+    fn to_checkpoint<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        sensitive: bool,
+    ) -> anyhow::Result<Value> {
+        let value = serde_json::to_value(value).map_err(|e| {
+            permanent(anyhow!(
+                "the result of step \"{key}\" cannot be stored as JSON: {e}"
+            ))
+        })?;
+        if !sensitive {
+            return Ok(checkpoint::plain(value));
+        }
+        let keys = self.inner.step_keys.as_ref().ok_or_else(|| {
+            permanent(anyhow!(
+                "step \"{key}\" is sensitive, but this process has no step keys to seal its value ({} is not set); \
+                 launch it with `cairn dev` or the Cairn operator, which set it",
+                cairn_engine::protocol::env::STEP_KEYS
+            ))
+        })?;
+        Ok(keys.seal(key, &value))
     }
 
     /// At a step boundary (a step, wait, sleep, join or emit begins): whether to go on.
@@ -653,14 +699,6 @@ impl Ctx {
     }
 }
 
-fn to_checkpoint<T: Serialize>(key: &str, value: &T) -> anyhow::Result<Value> {
-    serde_json::to_value(value).map_err(|e| {
-        permanent(anyhow!(
-            "the result of step \"{key}\" cannot be stored as JSON: {e}"
-        ))
-    })
-}
-
 /// Deserializes with the path of the first mismatch in the message.
 pub(crate) fn decode<T: DeserializeOwned>(value: Value, what: &str) -> anyhow::Result<T> {
     serde_path_to_error::deserialize(value).map_err(|e| {
@@ -690,6 +728,7 @@ pub struct Step<'c, F> {
     ctx: &'c Ctx,
     key: String,
     retry: RetryPolicy,
+    sensitive: bool,
     f: F,
 }
 
@@ -697,6 +736,14 @@ impl<F> Step<'_, F> {
     /// Sets the step's in-process retry policy (default: 3 tries, backoff from 1 s).
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+
+    /// Marks the value secret (a credential, personal data): it is stored encrypted with the
+    /// namespace's step key, opened only when this flow replays the step, and never shown by
+    /// `inspect`, the read API or anything built on them.
+    pub fn sensitive(mut self) -> Self {
+        self.sensitive = true;
         self
     }
 }
@@ -711,7 +758,10 @@ where
     type IntoFuture = BoxFuture<'c, anyhow::Result<T>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.ctx.run_step(self.key, self.retry, self.f))
+        Box::pin(
+            self.ctx
+                .run_step(self.key, self.retry, self.sensitive, self.f),
+        )
     }
 }
 

@@ -37,3 +37,12 @@ pub fn is_permanent(err: &anyhow::Error) -> bool {
     err.chain()
         .any(|cause| cause.is::<Permanent>() || cause.is::<Interrupted>())
 }
+
+/// What a step's error is wrapped in once its tries are spent: the runner names the step (and
+/// its tries) in the run's error when the flow lets it fail the run.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("step \"{key}\" failed after {tries} {}", if *.tries == 1 { "try" } else { "tries" })]
+pub struct StepFailed {
+    pub key: String,
+    pub tries: u32,
+}

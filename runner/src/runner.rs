@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 
 use crate::conn::{Pooler, RunnerConn, engine_call};
 use crate::ctx::{Ctx, decode};
-use crate::error::Interrupted;
+use crate::error::{Interrupted, StepFailed};
 use cairn_engine::EngineError;
+use cairn_engine::checkpoint::StepKeys;
 use cairn_engine::protocol::{self, Exit, env};
 use cairn_engine::runner::{self as engine, Handshake};
 
@@ -30,6 +31,8 @@ pub struct RunnerEnv {
     pub stop_grace: Duration,
     /// The longest one database call may take before the attempt ends as crashed.
     pub call_timeout: Duration,
+    /// The namespace's step keys, which seal and open sensitive steps' values.
+    pub step_keys: Option<StepKeys>,
 }
 
 impl RunnerEnv {
@@ -60,6 +63,11 @@ impl RunnerEnv {
                 .map_err(|e| anyhow!("{}: {e}", env::POOLER))?,
             stop_grace: millis(env::STOP_GRACE_MS, protocol::DEFAULT_STOP_GRACE_MS)?,
             call_timeout: millis(env::CALL_TIMEOUT_MS, protocol::DEFAULT_CALL_TIMEOUT_MS)?,
+            step_keys: std::env::var(env::STEP_KEYS)
+                .ok()
+                .map(|keys| StepKeys::parse(&keys))
+                .transpose()
+                .map_err(|e| anyhow!("{}: {e}", env::STEP_KEYS))?,
         })
     }
 
@@ -204,7 +212,13 @@ impl Runner {
             return finish_failed(&mut conn, attempt, &message, "unknown_flow").await;
         };
         let input = run.input.clone();
-        let ctx = Ctx::new(attempt.clone(), run, conn, runner_env.inline_sleep_max);
+        let ctx = Ctx::new(
+            attempt.clone(),
+            run,
+            conn,
+            runner_env.inline_sleep_max,
+            runner_env.step_keys.clone(),
+        );
         let outcome = tokio::select! {
             outcome = flow(ctx.clone(), input) => outcome,
             () = stop_after_grace(&ctx, terminate, runner_env.stop_grace) => {
@@ -243,7 +257,13 @@ impl Runner {
             Err(err) => {
                 let message = format!("{err:#}");
                 tracing::error!(error = %message, "flow failed");
-                finish_failed(&mut conn, attempt, &message, "flow_error").await
+                let mut error = json!({ "message": message, "kind": "flow_error" });
+                // Names the step whose failure failed the run, for `inspect`.
+                if let Some(step) = err.downcast_ref::<StepFailed>() {
+                    error["step"] = json!(step.key);
+                    error["tries"] = json!(step.tries);
+                }
+                finish_with(&mut conn, attempt, &error).await
             }
         }
     }
@@ -290,8 +310,11 @@ async fn finish_failed(
     message: &str,
     kind: &str,
 ) -> Exit {
-    let error = json!({ "message": message, "kind": kind });
-    match engine_call!(*conn, |conn| engine::fail_run(conn, attempt, &error)) {
+    finish_with(conn, attempt, &json!({ "message": message, "kind": kind })).await
+}
+
+async fn finish_with(conn: &mut RunnerConn, attempt: &engine::Attempt, error: &Value) -> Exit {
+    match engine_call!(*conn, |conn| engine::fail_run(conn, attempt, error)) {
         Ok(()) => Exit::Failed,
         Err(e) => settle_error(e),
     }

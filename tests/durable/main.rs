@@ -9,6 +9,7 @@ mod event_scope;
 mod events;
 mod fencing;
 mod graceful_stop;
+mod outputs;
 mod retries;
 mod silent_network;
 mod sleep_and_children;

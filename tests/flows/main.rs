@@ -431,6 +431,54 @@ async fn configured(ctx: Ctx, _input: Value) -> anyhow::Result<String> {
     .await
 }
 
+// ---- secretive: a sensitive step, replayed after a kill ------------------------------------
+
+#[derive(Deserialize)]
+struct SecretiveInput {
+    secret: String,
+    hang: Option<String>,
+    /// Fails (permanently) after the first two steps while `CAIRN_TEST_API_KEY` is unset.
+    #[serde(default)]
+    configured: bool,
+}
+
+/// Keeps a credential in a sensitive step, then (after an optional kill point) uses it: the
+/// replay must open the sealed value. Also stores a plain value shaped like Cairn's own forms.
+async fn secretive(ctx: Ctx, input: SecretiveInput) -> anyhow::Result<Value> {
+    let c = ctx.clone();
+    let secret = input.secret.clone();
+    let credentials: Value = ctx
+        .step("credentials", move || {
+            let (ctx, secret) = (c.clone(), secret.clone());
+            async move {
+                effect(&ctx, "credentials");
+                Ok(json!({ "api_key": secret }))
+            }
+        })
+        .sensitive()
+        .await?;
+    let tricky: Value = ctx
+        .step("tricky", || async {
+            Ok(json!({ "$cairn": "sealed", "looks": "like ours" }))
+        })
+        .await?;
+    hang_once(&ctx, input.hang.as_deref(), "before:use").await;
+    if input.configured && std::env::var_os("CAIRN_TEST_API_KEY").is_none() {
+        return Err(cairn::permanent(anyhow!("CAIRN_TEST_API_KEY is not set")));
+    }
+    let key = credentials["api_key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let used: String = ctx
+        .step("use", move || {
+            let key = key.clone();
+            async move { Ok(format!("called with a key of {} characters", key.len())) }
+        })
+        .await?;
+    Ok(json!({ "used": used, "tricky": tricky }))
+}
+
 #[tokio::main]
 async fn main() {
     Runner::new()
@@ -448,6 +496,7 @@ async fn main() {
         .flow("costly", costly)
         .flow("files", files)
         .flow("configured", configured)
+        .flow("secretive", secretive)
         .run()
         .await
 }

@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use cairn_engine::checkpoint::StepKeys;
 use cairn_engine::launcher::{self, NewRun};
 use cairn_engine::read::{self, RunRecord};
 use cairn_operator::lifecycle::Phase;
@@ -154,6 +155,8 @@ pub struct TestDb {
     pub name: String,
     /// A directory for this test's files (side-effect logs...).
     pub dir: PathBuf,
+    /// The master step keys its launchers give flow processes (their namespace's).
+    pub step_keys: StepKeys,
 }
 
 impl TestDb {
@@ -199,6 +202,7 @@ impl TestDb {
             url,
             name,
             dir,
+            step_keys: StepKeys::generate(),
         }
     }
 
@@ -346,6 +350,7 @@ impl TestDb {
             env: vars,
             max_parallel: 8,
             logs: self.dir.join("logs"),
+            step_keys: self.step_keys.clone(),
         }
     }
 

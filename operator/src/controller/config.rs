@@ -26,6 +26,14 @@ pub struct Config {
     /// (default: all namespaces).
     #[arg(long, env = "CAIRN_WATCH_NAMESPACES", value_delimiter = ',')]
     pub watch_namespaces: Vec<String>,
+    /// Name of the Secret, in the operator's namespace (the Lease's), holding the master keys
+    /// that seal sensitive steps' values; made on first start when missing.
+    #[arg(
+        long,
+        env = "CAIRN_STEP_KEYS_SECRET",
+        default_value = "cairn-step-keys"
+    )]
+    pub step_keys_secret: String,
     /// Namespace of the Lease that elects the one active replica (in a pod: its own namespace).
     #[arg(long, env = "CAIRN_LEASE_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,

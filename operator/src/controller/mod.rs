@@ -15,6 +15,7 @@ mod janitor;
 pub mod pod;
 pub mod runner_db;
 mod startup;
+pub mod step_keys;
 mod telemetry;
 mod wakeups;
 mod written;
@@ -30,6 +31,7 @@ use cairn_crds::{
     Flow, FlowEvent, FlowRun, LABEL_ATTEMPT, LABEL_MANAGED, LABEL_RUN, MANAGED_BY_OPERATOR,
     ResourceProfile,
 };
+use cairn_engine::checkpoint::StepKeys;
 use cairn_engine::runner::Attempt;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
@@ -53,6 +55,8 @@ pub struct Context {
     /// `config.runner_database_url`, or the operator's own address with the runner login, as
     /// pods use it (with the CA it names).
     runner_db: runner_db::RunnerDb,
+    /// The master step keys; each namespace's runner Secret gets that namespace's.
+    step_keys: StepKeys,
     /// Runs refused a launch by the running budget, oldest first; woken as slots free.
     pub waiting_for_slot: std::sync::Mutex<VecDeque<ObjectRef<FlowRun>>>,
     /// When each namespace last had its flow pods' Secret (and service account) applied.
@@ -76,6 +80,7 @@ impl Context {
         pool: PgPool,
         config: Config,
         runner_db: runner_db::RunnerDb,
+        step_keys: StepKeys,
     ) -> Self {
         let recorder = events::Events::new(
             client.clone(),
@@ -88,6 +93,7 @@ impl Context {
             client,
             pool,
             runner_db,
+            step_keys,
             config,
             metrics: telemetry::Metrics::default(),
             recorder,
@@ -223,7 +229,10 @@ impl Context {
         }
         let apply = PatchParams::apply(FIELD_MANAGER).force();
         let labels = json!({ LABEL_MANAGED: MANAGED_BY_OPERATOR });
-        let mut data = json!({ pod::DB_SECRET_KEY: self.runner_db.url });
+        let mut data = json!({
+            pod::DB_SECRET_KEY: self.runner_db.url,
+            step_keys::NAMESPACE_KEY: self.step_keys.for_namespace(namespace).encode(),
+        });
         if let Some(ca) = &self.runner_db.ca {
             data[runner_db::CA_KEY] = json!(ca);
         }
@@ -286,7 +295,19 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
         None => cairn_engine::launcher::runner_url(&pool, database_url).await?,
     };
     let runner_db = runner_db::RunnerDb::from_url(&runner_database_url)?;
-    let ctx = Arc::new(Context::new(client.clone(), pool, config, runner_db));
+    let step_keys = step_keys::load_or_create(
+        client.clone(),
+        &config.lease_namespace,
+        &config.step_keys_secret,
+    )
+    .await?;
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        pool,
+        config,
+        runner_db,
+        step_keys,
+    ));
     let mut endpoints = tokio::spawn(telemetry::serve(ctx.config.listen, ctx.clone()));
     // Every replica serves the read API (standbys too): it only reads the database.
     let mut read_api = match (&ctx.config.api_tls_cert, &ctx.config.api_tls_key) {

@@ -4,6 +4,7 @@
 //! `steer` (emit, cancel, wait) and `db` (the private Postgres, garbage collection).
 
 pub mod db;
+pub mod keys;
 pub mod logs;
 pub mod run;
 pub mod runs;

@@ -175,6 +175,7 @@ async fn supervise_tree(
                 env: vec![],
                 max_parallel: parallel.max(1),
                 logs: super::logs::logs_dir(),
+                step_keys: super::keys::master()?,
             };
             match supervisor::supervise(pool, &launcher, root).await {
                 Err(e) if e.is::<supervisor::SupervisedElsewhere>() => {

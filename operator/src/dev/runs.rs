@@ -35,10 +35,7 @@ pub async fn inspect(run: &str, namespace: &str, json: bool) -> anyhow::Result<E
     let pool = super::open().await?;
     let detail = api::detail(&pool, namespace, run)
         .await
-        .map_err(|e| match e.status {
-            axum::http::StatusCode::NOT_FOUND => anyhow!("{e} (see `cairn dev runs`)"),
-            _ => anyhow!(e),
-        })?;
+        .map_err(not_found_is_a_mistake)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&detail)?);
     } else {
@@ -51,4 +48,33 @@ pub async fn inspect(run: &str, namespace: &str, json: bool) -> anyhow::Result<E
         print!("{text}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `inspect --step KEY`: one step with its whole value (never a sensitive one's).
+pub async fn inspect_step(
+    run: &str,
+    key: &str,
+    namespace: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let pool = super::open().await?;
+    let step = api::step(&pool, namespace, run, key)
+        .await
+        .map_err(not_found_is_a_mistake)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&step)?);
+    } else {
+        print!("{}", render::step_text(&step, &Ui::detect()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An unknown run or step is a mistake in what was asked (exit 2).
+fn not_found_is_a_mistake(e: api::ApiError) -> anyhow::Error {
+    match e.status {
+        axum::http::StatusCode::NOT_FOUND => crate::kubectl::input(format!(
+            "{e} (see `cairn dev runs` and `cairn dev inspect`)"
+        )),
+        _ => anyhow!(e),
+    }
 }

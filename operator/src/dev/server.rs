@@ -241,6 +241,7 @@ pub async fn serve(parallel: usize) -> anyhow::Result<ExitCode> {
         env: vec![],
         max_parallel: parallel.max(1),
         logs: super::logs::logs_dir(),
+        step_keys: super::keys::master()?,
     };
     supervisor::supervise_scope(&pool, &launcher, Scope::Local).await?;
     eprintln!("cairn: dev server stopped");

@@ -66,6 +66,23 @@ impl Kube {
         Ok(())
     }
 
+    /// `inspect --step KEY`: one step with its whole value (never a sensitive one's).
+    pub async fn inspect_step(&self, name: &str, key: &str) -> anyhow::Result<()> {
+        let api = self.read_api();
+        let step = api
+            .step(&self.namespace, name, key)
+            .await
+            .map_err(|e| match e {
+                ReadApiError::NotFound(message) => super::input(message),
+                other => anyhow::anyhow!(explain_missing_detail(other, &api)),
+            })?;
+        if self.json {
+            return self.print_json(&step);
+        }
+        print!("{}", render::step_text(&step, &self.ui));
+        Ok(())
+    }
+
     /// The run's pods by attempt (deleted ones are missing).
     pub(super) async fn pods_of(&self, run: &FlowRun) -> anyhow::Result<Vec<(i32, Pod)>> {
         let Some(run_id) = run.status.as_ref().and_then(|s| s.run_id.clone()) else {

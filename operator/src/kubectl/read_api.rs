@@ -10,7 +10,7 @@ use kube::client::Body;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use cairn_engine::read_api::RunDetail;
+use cairn_engine::read_api::{RunDetail, StepOutput};
 
 /// How long one read may take before the operator counts as unreachable.
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
@@ -48,6 +48,22 @@ impl ReadApi {
     pub async fn run(&self, namespace: &str, name: &str) -> Result<RunDetail, ReadApiError> {
         self.get(&format!("{PREFIX}/namespaces/{namespace}/runs/{name}"))
             .await
+    }
+
+    /// One step of a run with its whole value.
+    pub async fn step(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<StepOutput, ReadApiError> {
+        // Keys hold `#` and `:` (`plan#2`, `event:approve-x`): each segment is escaped.
+        let mut url = url::Url::parse("http://read-api").expect("a valid base URL");
+        url.path_segments_mut()
+            .expect("an http URL has path segments")
+            .extend(PREFIX.trim_start_matches('/').split('/'))
+            .extend(["namespaces", namespace, "runs", name, "steps", key]);
+        self.get(url.path()).await
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ReadApiError> {

@@ -17,3 +17,5 @@ mod network;
 mod kubectl_cairn;
 // Its commands that change runs: approve, emit, cancel, retry.
 mod kubectl_cairn_writes;
+// Step outputs shown, a sensitive step's hidden.
+mod kubectl_cairn_outputs;

@@ -130,6 +130,7 @@ async fn create_runs(sc: &Scenario) -> anyhow::Result<()> {
     for (name, flow, input) in runs {
         cairn_e2e::flows::run_of(sc, name, flow, input).await?;
     }
+    crate::kubectl_cairn_outputs::create(sc).await?;
     Ok(())
 }
 
@@ -424,6 +425,7 @@ async fn kubectl_cairn_on_runs_in_every_phase() -> anyhow::Result<()> {
     );
 
     read_api_under_rbac(&mut sc).await?;
+    crate::kubectl_cairn_outputs::step_outputs(&mut sc).await?;
     kubectl_cairn_writes::approve_and_emit(&mut sc).await?;
     kubectl_cairn_writes::cancel_and_retry(&mut sc).await?;
 

@@ -8,7 +8,11 @@
 //! ```text
 //! kubectl get --raw /apis/api.cairn.dev/v1alpha1/namespaces/{ns}/runs?phase=&flow=
 //! kubectl get --raw /apis/api.cairn.dev/v1alpha1/namespaces/{ns}/runs/{name}
+//! kubectl get --raw /apis/api.cairn.dev/v1alpha1/namespaces/{ns}/runs/{name}/steps/{key}
 //! ```
+//!
+//! A step's value is shown (a preview in the run, the whole of it by key), except a sensitive
+//! step's: the engine stores it sealed with a key only flow pods hold.
 //!
 //! Errors are Kubernetes `Status` objects: 401 without a user, 403 without the right, 404 for
 //! an unknown run or a namespace this operator does not manage, 400 for a bad filter, 503 when
@@ -34,7 +38,7 @@ use uuid::Uuid;
 use crate::lifecycle::Phase;
 use auth::{Access, Authorizer, IdentityHeaders};
 use cairn_engine::read::{self, RunRecord};
-use cairn_engine::read_api::{RunDetail, RunInfo, RunList, RunSummary, Wait};
+use cairn_engine::read_api::{RunDetail, RunInfo, RunList, RunSummary, StepOutput, Wait};
 
 /// The API's group and version, as the APIService registers it.
 pub const GROUP_VERSION: &str = "api.cairn.dev/v1alpha1";
@@ -123,6 +127,10 @@ pub fn router(state: ApiState) -> Router {
             "/apis/api.cairn.dev/v1alpha1/namespaces/{namespace}/runs/{name}",
             get(get_run),
         )
+        .route(
+            "/apis/api.cairn.dev/v1alpha1/namespaces/{namespace}/runs/{name}/steps/{key}",
+            get(get_step),
+        )
         .fallback(no_route)
         .with_state(state)
 }
@@ -196,20 +204,7 @@ pub async fn detail(
     namespace: &str,
     name_or_id: &str,
 ) -> Result<RunDetail, ApiError> {
-    let unknown = || {
-        ApiError::not_found(format!(
-            "run \"{name_or_id}\" not found in namespace \"{namespace}\""
-        ))
-    };
-    let run = match read::find(pool, namespace, name_or_id).await {
-        Ok(run) => run,
-        Err(e) if e.is::<read::NotFound>() => return Err(unknown()),
-        Err(e) => return Err(e.into()),
-    };
-    // `find` also matches an id in any namespace: stay within the one asked for.
-    if run.namespace != namespace {
-        return Err(unknown());
-    }
+    let run = find(pool, namespace, name_or_id).await?;
     let steps = read::steps(pool, run.id).await?;
     let attempts = read::attempts(pool, run.id).await?;
     let totals = read::totals(pool, run.id).await?;
@@ -239,6 +234,40 @@ pub async fn detail(
         children,
         wait,
     })
+}
+
+/// A run of a namespace, by name or by id.
+async fn find(pool: &PgPool, namespace: &str, name_or_id: &str) -> Result<RunRecord, ApiError> {
+    let unknown = || {
+        ApiError::not_found(format!(
+            "run \"{name_or_id}\" not found in namespace \"{namespace}\""
+        ))
+    };
+    let run = match read::find(pool, namespace, name_or_id).await {
+        Ok(run) => run,
+        Err(e) if e.is::<read::NotFound>() => return Err(unknown()),
+        Err(e) => return Err(e.into()),
+    };
+    // `find` also matches an id in any namespace: stay within the one asked for.
+    if run.namespace != namespace {
+        return Err(unknown());
+    }
+    Ok(run)
+}
+
+/// One step of a run of a namespace, with its whole value (hidden when sensitive).
+pub async fn step(
+    pool: &PgPool,
+    namespace: &str,
+    name_or_id: &str,
+    key: &str,
+) -> Result<StepOutput, ApiError> {
+    let run = find(pool, namespace, name_or_id).await?;
+    match read::step_output(pool, &run, key).await {
+        Ok(step) => Ok(step),
+        Err(e) if e.is::<read::NotFound>() => Err(ApiError::not_found(e.to_string())),
+        Err(e) => Err(e.into()),
+    }
 }
 
 // ---- handlers -----------------------------------------------------------------------------------
@@ -305,10 +334,22 @@ async fn get_run(
     Ok(Json(detail(&state.pool, &namespace, &name).await?))
 }
 
+async fn get_step(
+    State(state): State<ApiState>,
+    Path((namespace, name, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<StepOutput>, ApiError> {
+    state
+        .authorize(&headers, Access::get(&namespace, &name))
+        .await?;
+    state.check_namespace(&namespace)?;
+    Ok(Json(step(&state.pool, &namespace, &name, &key).await?))
+}
+
 async fn no_route(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!(
         "no such route: {} (routes: /apis/api.cairn.dev/v1alpha1/namespaces/{{namespace}}/runs[?phase=&flow=], \
-         /apis/api.cairn.dev/v1alpha1/namespaces/{{namespace}}/runs/{{name}})",
+         /apis/api.cairn.dev/v1alpha1/namespaces/{{namespace}}/runs/{{name}}[/steps/{{key}}])",
         uri.path()
     ))
 }
@@ -478,7 +519,11 @@ mod tests {
     #[tokio::test]
     async fn a_caller_without_the_right_reads_nothing() {
         // Refused before the database is asked: it is unreachable here, yet the answer is 403.
-        for uri in [format!("{RUNS}/a/runs"), format!("{RUNS}/a/runs/r")] {
+        for uri in [
+            format!("{RUNS}/a/runs"),
+            format!("{RUNS}/a/runs/r"),
+            format!("{RUNS}/a/runs/r/steps/plan%232"),
+        ] {
             let (status, body) = get(state_with(&[], false), &uri).await;
             assert_eq!(status, StatusCode::FORBIDDEN, "{uri}");
             assert_eq!(body["reason"], "Forbidden");

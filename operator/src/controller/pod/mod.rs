@@ -72,6 +72,14 @@ pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
             &token_secret_name(spec.run_id, spec.attempt),
             TOKEN_SECRET_KEY,
         ),
+        // Optional: a Secret applied by an operator from before step keys lacks it, and then
+        // only a sensitive step fails (saying so), not the pod's start.
+        secret_ref_env(
+            cairn::env::STEP_KEYS,
+            spec.db_secret,
+            super::step_keys::NAMESPACE_KEY,
+            true,
+        ),
         plain_env(cairn::env::RUN_ID, spec.run_id),
         plain_env(cairn::env::ATTEMPT, &spec.attempt.to_string()),
         plain_env(cairn::env::FLOW, spec.flow),
@@ -217,13 +225,17 @@ fn volumes(spec: &FlowPod<'_>, profile: &ResourceProfileSpec) -> (Vec<Volume>, V
 
 /// Credentials reach pods as Secret references, never as literals in the pod spec.
 fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    secret_ref_env(name, secret, key, false)
+}
+
+fn secret_ref_env(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: secret.into(),
                 key: key.into(),
-                optional: Some(false),
+                optional: Some(optional),
             }),
             ..Default::default()
         }),

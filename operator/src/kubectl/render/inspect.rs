@@ -342,6 +342,9 @@ mod tests {
                     tokens_in: Some(100),
                     tokens_out: Some(20),
                     model: Some("fake-llm-1".into()),
+                    preview: Some(r#"{"outline":["a","b"]}"#.into()),
+                    sensitive: false,
+                    error: None,
                 },
                 Step {
                     key: "approve".into(),
@@ -355,6 +358,9 @@ mod tests {
                     tokens_in: None,
                     tokens_out: None,
                     model: None,
+                    preview: None,
+                    sensitive: false,
+                    error: None,
                 },
             ],
             attempts: vec![
@@ -423,6 +429,7 @@ mod tests {
             "Totals: 1 steps, 100 tokens in, 20 tokens out, $0.5000",
             "research-1-a1",
             "killed by SIGKILL",
+            r#"{"outline":["a","b"]}"#,
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }

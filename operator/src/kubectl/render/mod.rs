@@ -3,8 +3,10 @@
 //! strings, so it is unit-tested.
 
 mod inspect;
+mod step;
 
 pub use inspect::{AnswerHint, Header, Inspect, KubeView, WaitLines, inspect_text};
+pub use step::step_text;
 
 use std::collections::BTreeMap;
 
@@ -313,11 +315,13 @@ pub fn steps_table(steps: &[Step], ui: &Ui) -> Table {
         "TOKENS IN/OUT",
         "COST",
         "MODEL",
+        "OUTPUT",
     ]);
     for step in steps {
         let status = Cell::new(&step.status);
         let status = match step.status.as_str() {
             "waiting" if ui.color => status.fg(Color::Yellow),
+            "failed" if ui.color => status.fg(Color::Red),
             _ => status,
         };
         table.add_row([
@@ -330,6 +334,7 @@ pub fn steps_table(steps: &[Step], ui: &Ui) -> Table {
             right(tokens(step.tokens_in, step.tokens_out)),
             right(step.usd.map(money).unwrap_or_default()),
             Cell::new(step.model.clone().unwrap_or_default()),
+            step::output_cell(step, ui),
         ]);
     }
     table
