@@ -529,3 +529,67 @@ async fn inspect_shows_what_steps_returned_but_never_a_sensitive_value() {
         assert!(!all.contains(SECRET), "{all}");
     }
 }
+
+#[tokio::test]
+async fn a_run_past_its_budget_waits_for_approve_budget_which_refuses_less_than_was_spent() {
+    let db = TestDb::unmigrated().await;
+    let log = db.log("effects");
+    let input = json!({ "before": [0.25, 0.25, 0.25] }).to_string();
+    let args = [
+        "dev", "run", FLOWS, "--flow", "spender", "--input", &input, "--name", "thrifty",
+        "--budget", "0.3",
+    ];
+    let child = cairn(&db, &log, &args).spawn().expect("cannot start cairn");
+    run_id(&db, "thrifty").await;
+    let waited = run(cairn(
+        &db,
+        &log,
+        &[
+            "dev",
+            "wait",
+            "thrifty",
+            "--for",
+            "waiting",
+            "--timeout",
+            "60s",
+        ],
+    ))
+    .await;
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr(&waited));
+
+    let shown = run(cairn(&db, &log, &["dev", "inspect", "thrifty"])).await;
+    let text = String::from_utf8_lossy(&shown.stdout);
+    for expected in [
+        "Budget:    $0.5000 of $0.3000 spent",
+        "Over budget: $0.5000 spent of $0.3000 (run thrifty)",
+        "cairn dev approve thrifty --budget <USD above $0.5000>",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    let event = run(cairn(&db, &log, &["dev", "approve", "thrifty"])).await;
+    assert_eq!(event.status.code(), Some(1), "{}", stderr(&event));
+    assert!(stderr(&event).contains("--budget"), "{}", stderr(&event));
+    let less = run(cairn(
+        &db,
+        &log,
+        &["dev", "approve", "thrifty", "--budget", "0.4"],
+    ))
+    .await;
+    assert_eq!(less.status.code(), Some(2), "{}", stderr(&less));
+    assert!(
+        stderr(&less).contains("below what it has already spent ($0.5000)"),
+        "{}",
+        stderr(&less)
+    );
+    let raised = run(cairn(
+        &db,
+        &log,
+        &["dev", "approve", "thrifty", "--budget", "1"],
+    ))
+    .await;
+    assert_eq!(raised.status.code(), Some(0), "{}", stderr(&raised));
+    let finished = finish(child).await;
+    assert_eq!(finished.status.code(), Some(0), "{}", stderr(&finished));
+    assert_eq!(last_line(&finished), json!(0.75));
+    assert_eq!(log.summary(), ["pay:1@1", "pay:2@1", "pay:3@2"]);
+}

@@ -51,6 +51,24 @@ pub struct RetryPolicy {
     pub backoff_seconds: Option<i32>,
 }
 
+/// What a run may spend, its children included.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Budget {
+    /// US dollars, as a decimal (`"5"`, `"2.50"`). Past it, the run that spent parks at its
+    /// next step boundary until the budget is raised (`kubectl cairn approve RUN --budget`,
+    /// or by editing this field); a budget below what was already spent is refused.
+    #[schemars(regex(pattern = r"^[0-9]{1,9}(\.[0-9]{1,6})?$"))]
+    pub usd: String,
+}
+
+impl Budget {
+    /// The amount; the CRD's pattern makes it a decimal.
+    pub fn usd(&self) -> Option<f64> {
+        self.usd.parse().ok()
+    }
+}
+
 /// One execution of a flow.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[kube(
@@ -75,6 +93,8 @@ pub struct RetryPolicy {
     ),
     printcolumn(name = "Execution", type_ = "integer", json_path = ".status.attempt"),
     printcolumn(name = "Crashes", type_ = "integer", json_path = ".status.crashes"),
+    printcolumn(name = "Cost", type_ = "string", json_path = ".status.costUsd"),
+    printcolumn(name = "Budget", type_ = "string", json_path = ".status.budgetUsd"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -133,6 +153,10 @@ pub struct FlowRunSpec {
     /// step boundary.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel: bool,
+    /// What the run may spend, its children included (overrides the Flow's). Raise it to let
+    /// a run parked at its budget go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
 }
 
 impl FlowRun {
@@ -180,6 +204,20 @@ pub struct WaitingFor {
     pub deadline: Option<Time>,
     /// Unfinished child runs being joined.
     pub children: Option<i32>,
+    /// A spend budget was passed: raise it to go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetWait>,
+}
+
+/// The budget a parked run waits to see raised.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetWait {
+    /// The run (FlowRun) whose budget was passed: this one, or a parent.
+    pub run: String,
+    /// What that run's tree has spent, and its budget, in US dollars.
+    pub spent_usd: String,
+    pub limit_usd: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
@@ -206,8 +244,11 @@ pub struct FlowRunStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
     pub error: Option<String>,
-    /// Total cost recorded by the run's steps, in US dollars.
+    /// Total cost recorded by the run's steps and its children's, in US dollars.
     pub cost_usd: Option<String>,
+    /// The budget the run's tree is held to, in US dollars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<String>,
     pub started_at: Option<Time>,
     pub finished_at: Option<Time>,
     /// The value of the `cairn.dev/retry` annotation last acted on: setting that annotation to
@@ -259,6 +300,9 @@ pub struct FlowSpec {
     /// Default for its FlowRuns: delete a FlowRun this long after it finished; 0 keeps it.
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i32>,
+    /// Default for its FlowRuns: what a run may spend, its children included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
     /// Volumes of the flow's pods (at most 32), of the kinds the restricted Pod Security
     /// Standard admits: configMap, secret, emptyDir, projected, downwardAPI,
     /// persistentVolumeClaim, ephemeral, csi. `tmp` and `db-ca` are Cairn's own.

@@ -303,6 +303,20 @@ pub async fn retry_run(conn: &mut PgConnection, run_id: Uuid) -> Result<Phase> {
     phase(state)
 }
 
+/// Sets what a run's tree may spend (US dollars; `None`: no limit), waking the runs of the tree
+/// parked at a budget that no longer holds them back. Returns how many it woke. A budget below
+/// what the tree already spent is refused (`WrongState`), saying both figures.
+pub async fn set_budget(conn: &mut PgConnection, run_id: Uuid, usd: Option<f64>) -> Result<i32> {
+    sqlx::query_scalar!(
+        r#"SELECT cairn.set_budget($1, $2::float8::numeric) AS "woken!""#,
+        run_id,
+        usd
+    )
+    .fetch_one(conn)
+    .await
+    .engine()
+}
+
 /// Cancels a run (and its unfinished children); returns its state afterwards.
 pub async fn cancel_run(conn: &mut PgConnection, run_id: Uuid) -> Result<Phase> {
     let state = sqlx::query_scalar!(r#"SELECT cairn.cancel_run($1) AS "state!""#, run_id)

@@ -35,7 +35,11 @@ pub struct RunRecord {
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub steps: i64,
+    /// Cost of the run's own steps, and of its tree (its children's too, at any depth).
     pub usd: f64,
+    pub tree_usd: f64,
+    /// What the tree may spend (US dollars), if limited.
+    pub budget_usd: Option<f64>,
 }
 
 impl RunRecord {
@@ -56,7 +60,8 @@ macro_rules! select_runs {
                       r.max_attempts, r.retry_backoff_ms, r.wake_at, r.waiting_for, r.cancel_requested,
                       r.result, r.error, r.created_at, r.updated_at, r.finished_at,
                       (SELECT count(*) FROM cairn.steps s WHERE s.run_id = r.id) AS "steps!",
-                      (SELECT coalesce(sum(s.usd), 0)::float8 FROM cairn.steps s WHERE s.run_id = r.id) AS "usd!"
+                      (SELECT coalesce(sum(s.usd), 0)::float8 FROM cairn.steps s WHERE s.run_id = r.id) AS "usd!",
+                      cairn.tree_usd(r.id)::float8 AS "tree_usd!", r.budget_usd::float8 AS budget_usd
                FROM cairn.runs r "# + $filter
             $(, $arg)*
         )
@@ -87,6 +92,8 @@ macro_rules! to_record {
             finished_at: row.finished_at,
             steps: row.steps,
             usd: row.usd,
+            tree_usd: row.tree_usd,
+            budget_usd: row.budget_usd,
         }
     }};
 }
@@ -276,6 +283,52 @@ pub async fn children(pool: &PgPool, parent: Uuid) -> anyhow::Result<Vec<ChildRe
     )
     .fetch_all(pool)
     .await?)
+}
+
+/// What the steps of one execution of a run recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    pub namespace: String,
+    pub flow: String,
+    pub usd: f64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+}
+
+pub async fn attempt_usage(
+    pool: &PgPool,
+    run_id: Uuid,
+    attempt: i32,
+) -> anyhow::Result<Option<Usage>> {
+    Ok(sqlx::query_as!(
+        Usage,
+        r#"SELECT r.namespace, r.flow, coalesce(sum(s.usd), 0)::float8 AS "usd!",
+                  coalesce(sum(s.tokens_in), 0)::int8 AS "tokens_in!",
+                  coalesce(sum(s.tokens_out), 0)::int8 AS "tokens_out!"
+           FROM cairn.runs r LEFT JOIN cairn.steps s ON s.run_id = r.id AND s.attempt = $2
+           WHERE r.id = $1
+           GROUP BY r.namespace, r.flow"#,
+        run_id,
+        attempt
+    )
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// The runs above a run (its parent, theirs...), nearest first, as (namespace, name).
+pub async fn ancestors(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Vec<(String, String)>> {
+    let rows = sqlx::query!(
+        r#"WITH RECURSIVE up (id, depth) AS (
+               SELECT parent_id, 1 FROM cairn.runs WHERE id = $1 AND parent_id IS NOT NULL
+               UNION ALL
+               SELECT r.parent_id, u.depth + 1 FROM cairn.runs r JOIN up u ON r.id = u.id
+               WHERE r.parent_id IS NOT NULL)
+           SELECT r.namespace, r.name FROM up JOIN cairn.runs r ON r.id = up.id ORDER BY up.depth"#,
+        run_id
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.namespace, r.name)).collect())
 }
 
 /// Deletes a run with everything it owns (children, steps, attempts, waits).

@@ -34,6 +34,12 @@ pub struct RunSummary {
     pub steps: i64,
     /// Cost recorded by its steps, in US dollars.
     pub usd: f64,
+    /// Cost of its tree: its steps' and its children's, at any depth (absent from operators
+    /// before 0.2), and the budget that tree is held to.
+    #[serde(default)]
+    pub tree_usd: Option<f64>,
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
     /// The event it waits for, if it waits for one.
     pub waiting_for_event: Option<String>,
     /// What it waits for, in words (`event approve-x`, `2 child run(s)`, `timer ...`).
@@ -82,6 +88,11 @@ pub struct RunInfo {
     pub finished_at: Option<DateTime<Utc>>,
     pub steps: i64,
     pub usd: f64,
+    /// As in [`RunSummary`]: the tree's cost, and its budget.
+    #[serde(default)]
+    pub tree_usd: Option<f64>,
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
 }
 
 impl RunInfo {
@@ -157,7 +168,7 @@ pub struct Totals {
 /// What a parked run waits for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Wait {
-    /// `event`, `children`, `sleep` or `retry` (the backoff after a crash).
+    /// `event`, `children`, `sleep`, `retry` (the backoff after a crash) or `budget`.
     pub kind: String,
     pub event: Option<String>,
     pub question: Option<String>,
@@ -172,6 +183,14 @@ pub struct Wait {
     pub unfinished: Option<i64>,
     /// Why the run is backing off (the crash).
     pub reason: Option<String>,
+    /// A budget wait: the run whose budget was passed, what its tree spent and its limit (US
+    /// dollars). Absent from operators before 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_run: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spent_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_usd: Option<f64>,
 }
 
 impl From<crate::Wait> for Wait {
@@ -187,6 +206,9 @@ impl From<crate::Wait> for Wait {
             children: None,
             unfinished: None,
             reason: None,
+            budget_run: None,
+            spent_usd: None,
+            limit_usd: None,
         };
         match wait {
             crate::Wait::Event {
@@ -204,6 +226,15 @@ impl From<crate::Wait> for Wait {
             } => (wire.children, wire.unfinished) = (children, unfinished),
             crate::Wait::Sleep { until } => wire.until = until,
             crate::Wait::Retry { reason, until } => (wire.reason, wire.until) = (reason, until),
+            crate::Wait::Budget {
+                run,
+                spent,
+                limit,
+                question,
+            } => {
+                (wire.budget_run, wire.question) = (Some(run), question);
+                (wire.spent_usd, wire.limit_usd) = (Some(spent), Some(limit));
+            }
         }
         wire
     }
@@ -227,6 +258,12 @@ impl Wait {
             "retry" => crate::Wait::Retry {
                 reason: self.reason.clone(),
                 until: self.until,
+            },
+            "budget" => crate::Wait::Budget {
+                run: self.budget_run.clone().unwrap_or_default(),
+                spent: self.spent_usd.unwrap_or_default(),
+                limit: self.limit_usd.unwrap_or_default(),
+                question: self.question.clone(),
             },
             _ => return None,
         })
@@ -259,6 +296,8 @@ mod from_records {
                 crashes: record.crashes,
                 steps: record.steps,
                 usd: record.usd,
+                tree_usd: Some(record.tree_usd),
+                budget_usd: record.budget_usd,
                 waiting_for_event: wait.as_ref().and_then(|w| w.event.clone()),
                 waiting: wait.as_ref().map(Wait::summary),
                 created_at: record.created_at,
@@ -292,6 +331,8 @@ mod from_records {
                 finished_at: record.finished_at,
                 steps: record.steps,
                 usd: record.usd,
+                tree_usd: Some(record.tree_usd),
+                budget_usd: record.budget_usd,
             }
         }
     }

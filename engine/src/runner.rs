@@ -127,7 +127,8 @@ pub struct CompletedStep<'a> {
     pub usage: StepUsage,
 }
 
-/// Checkpoints a step. Returns true when the run was cancelled at this boundary.
+/// Checkpoints a step. Returns true when the process must stop at this boundary: the run was
+/// cancelled, or parked because the step took it past a spend budget.
 pub async fn complete_step(
     conn: &mut PgConnection,
     attempt: &Attempt,

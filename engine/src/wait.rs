@@ -1,5 +1,6 @@
 //! What a parked run waits for, parsed once from the engine's `runs.waiting_for` (written only
-//! by the SQL: `cairn.await_event`, `cairn.join_children`, `cairn.sleep`, `cairn.record_crash`).
+//! by the SQL: `cairn.await_event`, `cairn.join_children`, `cairn.sleep`, `cairn.record_crash`,
+//! `cairn.park_over_budget`).
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -27,6 +28,14 @@ pub enum Wait {
         reason: Option<String>,
         until: Option<DateTime<Utc>>,
     },
+    /// A spend budget passed: run `run`'s tree spent `spent` of its `limit` (US dollars), and
+    /// waits for that budget to be raised.
+    Budget {
+        run: String,
+        spent: f64,
+        limit: f64,
+        question: Option<String>,
+    },
 }
 
 impl Wait {
@@ -47,7 +56,19 @@ impl Wait {
                 .map(|t| t.with_timezone(&Utc))
         };
         let number = |key: &str| waiting_for.get(key).and_then(Value::as_i64);
-        if let Some(event) = text("event") {
+        if let Some(budget) = waiting_for.get("budget") {
+            let usd = |key: &str| budget.get(key).and_then(Value::as_f64).unwrap_or_default();
+            Some(Wait::Budget {
+                run: budget
+                    .get("run")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                spent: usd("spent"),
+                limit: usd("limit"),
+                question: text("question"),
+            })
+        } else if let Some(event) = text("event") {
             Some(Wait::Event {
                 event,
                 question: text("question"),
@@ -80,6 +101,7 @@ impl Wait {
             Wait::Children { .. } => "children",
             Wait::Sleep { .. } => "sleep",
             Wait::Retry { .. } => "retry",
+            Wait::Budget { .. } => "budget",
         }
     }
 
@@ -108,6 +130,7 @@ impl Wait {
             }
             Wait::Sleep { until: None } => "timer".into(),
             Wait::Retry { .. } => "retry backoff".into(),
+            Wait::Budget { run, limit, .. } => format!("budget of {run} (${limit:.2}) raised"),
         }
     }
 }
@@ -154,6 +177,19 @@ mod tests {
             }
         );
         assert_eq!(retry.kind(), "retry");
+        let budget =
+            json!({ "budget": { "run": "r", "spent": 1.25, "limit": 1 }, "question": "More?" });
+        let budget = Wait::from_engine(&budget, None).unwrap();
+        assert_eq!(
+            budget,
+            Wait::Budget {
+                run: "r".into(),
+                spent: 1.25,
+                limit: 1.0,
+                question: Some("More?".into())
+            }
+        );
+        assert_eq!(budget.summary(), "budget of r ($1.00) raised");
         assert_eq!(Wait::from_engine(&json!({}), wake), None);
     }
 }

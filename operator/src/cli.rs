@@ -66,16 +66,21 @@ enum Command {
         #[command(flatten)]
         output: OutputFlag,
     },
-    /// Answer the event a run waits for (a FlowEvent).
+    /// Answer the event a run waits for (a FlowEvent), or raise the budget it is parked at.
     ///
     /// The payload is checked against the wait's JSON schema before anything is created; then a
-    /// FlowEvent delivers it, so RBAC on FlowEvents decides who may approve.
+    /// FlowEvent delivers it, so RBAC on FlowEvents decides who may approve. With --budget, the
+    /// budget of the run whose budget was passed (this one, or a parent) is set in its FlowRun
+    /// (spec.budget.usd), so RBAC's patch on FlowRuns decides.
     Approve {
         /// The FlowRun's name.
         run: String,
         /// The payload (JSON).
-        #[arg(long, default_value = "true")]
+        #[arg(long, default_value = "true", conflicts_with = "budget")]
         data: String,
+        /// Raise the spend budget instead: US dollars, above what was spent.
+        #[arg(long, value_name = "USD")]
+        budget: Option<String>,
         #[command(flatten)]
         wait: WaitFlags,
         #[command(flatten)]
@@ -314,8 +319,11 @@ enum DevCommand {
     Approve {
         run: String,
         /// The payload (JSON).
-        #[arg(long, default_value = "true")]
+        #[arg(long, default_value = "true", conflicts_with = "budget")]
         data: String,
+        /// Raise the spend budget the run is parked at instead (US dollars, above what was spent).
+        #[arg(long, value_name = "USD")]
+        budget: Option<String>,
         #[command(flatten)]
         namespace: Namespace,
     },
@@ -445,6 +453,10 @@ pub struct DevRun {
     /// Processes running at once (children included).
     #[arg(long, default_value_t = 16)]
     pub parallel: usize,
+    /// What the run may spend, its children included (US dollars): past it, the run parks
+    /// until `cairn dev approve RUN --budget USD` raises it.
+    #[arg(long, value_name = "USD")]
+    pub budget: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -536,13 +548,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Approve {
             run,
             data,
+            budget,
             wait,
             target,
             output,
         } => {
-            let payload = kube_json(&data, "--data")?;
             let kube = connect(target, output.json()).await?;
-            kube.approve(&run, payload, wait.timeout()).await?;
+            match budget {
+                Some(budget) => kube.raise_budget(&run, &budget, wait.timeout()).await?,
+                None => {
+                    let payload = kube_json(&data, "--data")?;
+                    kube.approve(&run, payload, wait.timeout()).await?;
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Emit {
@@ -639,7 +657,14 @@ async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
         }
         DevCommand::Approve {
             run,
+            data: _,
+            budget: Some(budget),
+            namespace,
+        } => dev::steer::raise_budget(&run, &budget, &namespace.name).await,
+        DevCommand::Approve {
+            run,
             data,
+            budget: None,
             namespace,
         } => {
             let payload = parse_json(&data, "--data")?;

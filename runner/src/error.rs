@@ -7,7 +7,9 @@
 pub enum Interrupted {
     #[error("the run is suspended until what it waits for arrives")]
     Suspended,
-    #[error("the run was cancelled")]
+    /// The run was cancelled; or, at a step boundary, parked because the step took it past a
+    /// spend budget (the engine's answer does not tell them apart; the run's record does).
+    #[error("the run was cancelled (or parked at its spend budget): this process stops here")]
     Cancelled,
     #[error("this attempt was superseded by a newer one and must stop")]
     Superseded,

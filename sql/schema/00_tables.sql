@@ -84,7 +84,10 @@ CREATE TABLE cairn.runs (
     finished_at      timestamptz,
     UNIQUE (namespace, name),
     -- The FlowRun (its uid) the run belongs to, for runs the operator made.
-    flowrun_uid      uuid
+    flowrun_uid      uuid,
+    -- What the run's tree (its steps and its children's) may spend, in US dollars; NULL: no
+    -- limit. Checked when a step with a cost completes (cairn.park_over_budget).
+    budget_usd       numeric CHECK (budget_usd >= 0)
 );
 CREATE INDEX runs_root_idx ON cairn.runs (root_id);
 CREATE INDEX runs_parent_idx ON cairn.runs (parent_id);

@@ -16,8 +16,9 @@ BEGIN
 END $$;
 
 -- Stores a completed step (its duration measured by the process, its times by the database).
--- Returns true when cancellation was requested: the run is then cancelled here, at the step
--- boundary, and the process must stop. (The runner's usual path is the one-INSERT fast path in
+-- Returns true when the process must stop at this step boundary: cancellation was requested
+-- (the run is cancelled here), or the step's cost took the run past a budget (the run parks
+-- here; see "Budgets" below). (The runner's usual path is the one-INSERT fast path in
 -- cairn_runner_v1.complete_step; this is the general one.)
 CREATE FUNCTION cairn.complete_step(p_run_id uuid, p_attempt integer, p_key text, p_result jsonb,
                                     p_duration_ms bigint, p_tries integer,
@@ -38,8 +39,9 @@ BEGIN
         PERFORM cairn.end_attempt(p_run_id, p_attempt, 'cancelled', NULL);
         PERFORM cairn.finish(p_run_id, 'cancelled', NULL,
                              jsonb_build_object('message', 'cancelled at step boundary after "' || p_key || '"'));
+        RETURN true;
     END IF;
-    RETURN r.cancel_requested;
+    RETURN p_usd IS NOT NULL AND cairn.park_over_budget(p_run_id, p_attempt);
 END $$;
 
 -- The flow finished: store its result (or error) and end the run.
@@ -310,3 +312,56 @@ BEGIN
     END IF;
 END $$;
 
+----------------------------------------------------------------------------------------------
+-- Budgets. A run may have a budget (runs.budget_usd) covering its whole tree. It is checked
+-- whenever a step with a cost completes, in that step's transaction; past it, the run that
+-- spent parks (state waiting, waiting_for.budget) until someone raises the budget
+-- (cairn.set_budget). The process sees the step boundary's stop, as for a cancel, so runs on
+-- SDKs from before budgets are held to them too.
+
+-- The spend of a run's tree: its steps' costs and those of its children, at any depth.
+CREATE FUNCTION cairn.tree_usd(p_run_id uuid) RETURNS numeric
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE tree (id) AS (
+        SELECT p_run_id
+        UNION ALL
+        SELECT r.id FROM cairn.runs r JOIN tree t ON r.parent_id = t.id)
+    SELECT coalesce(sum(s.usd), 0) FROM cairn.steps s WHERE s.run_id IN (SELECT id FROM tree)
+$$;
+
+-- The nearest budget a run is past: its own, else its parent's, and so on up (each run's
+-- budget covers its whole tree). None when all hold.
+CREATE FUNCTION cairn.exceeded_budget(p_run_id uuid)
+RETURNS TABLE (run_id uuid, name text, spent numeric, budget numeric)
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE chain (id, depth) AS (
+        SELECT p_run_id, 0
+        UNION ALL
+        SELECT r.parent_id, c.depth + 1 FROM cairn.runs r JOIN chain c ON r.id = c.id
+        WHERE r.parent_id IS NOT NULL)
+    SELECT r.id, r.name, spend.usd, r.budget_usd
+    FROM chain c
+    JOIN cairn.runs r ON r.id = c.id
+    CROSS JOIN LATERAL (SELECT cairn.tree_usd(r.id) AS usd) spend
+    WHERE r.budget_usd IS NOT NULL AND spend.usd > r.budget_usd
+    ORDER BY c.depth
+    LIMIT 1
+$$;
+
+-- After a step with a cost: parks the run when a budget is past, and says so (true: the
+-- process must stop here). The wait names the run whose budget to raise.
+CREATE FUNCTION cairn.park_over_budget(p_run_id uuid, p_attempt integer) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    b record;
+BEGIN
+    SELECT * INTO b FROM cairn.exceeded_budget(p_run_id);
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM cairn.suspend(p_run_id, p_attempt, 'waiting', NULL, jsonb_build_object(
+        'budget', jsonb_build_object('run', b.name, 'spent', b.spent, 'limit', b.budget),
+        'question', format('Run "%s" has spent $%s, past its budget of $%s. Raise the budget to go on?',
+                           b.name, round(b.spent, 4), round(b.budget, 4))));
+    RETURN true;
+END $$;

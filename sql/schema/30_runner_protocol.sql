@@ -58,7 +58,7 @@ $$;
 -- itself; anything else inserts nothing and takes the general path (authorize, then
 -- cairn.complete_step), which raises the same errors (CN001 for another token or a superseded
 -- attempt, CN004), cancels the run when cancellation was requested, and is a no-op for a key
--- already stored.
+-- already stored. Only a step with a cost checks the budgets (cairn.park_over_budget).
 CREATE FUNCTION cairn_runner_v1.complete_step(p_token text, p_run_id uuid,
     p_attempt integer, p_key text, p_result jsonb, p_duration_ms bigint, p_tries integer,
     p_usd double precision, p_tokens_in bigint, p_tokens_out bigint, p_model text,
@@ -83,7 +83,7 @@ BEGIN
       AND r.attempt = p_attempt AND r.state = 'running' AND NOT r.cancel_requested
     ON CONFLICT (run_id, key) DO NOTHING;
     IF FOUND THEN
-        RETURN false;
+        RETURN p_usd IS NOT NULL AND cairn.park_over_budget(p_run_id, p_attempt);
     END IF;
     PERFORM cairn.authorize(p_token, p_run_id);
     RETURN cairn.complete_step(p_run_id, p_attempt, p_key, p_result, p_duration_ms, p_tries,

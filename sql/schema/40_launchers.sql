@@ -316,6 +316,40 @@ BEGIN
     RETURN 'pending';
 END $$;
 
+-- Sets a run's budget (NULL: none). Refused below what its tree has already spent. Runs of the
+-- tree parked at a budget go on when no budget above them is past any more. Returns how many
+-- runs it woke.
+CREATE FUNCTION cairn.set_budget(p_run_id uuid, p_usd numeric) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    r       cairn.runs;
+    v_spent numeric := cairn.tree_usd(p_run_id);
+    v_woken integer;
+BEGIN
+    SELECT * INTO r FROM cairn.runs WHERE id = p_run_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'run % does not exist', p_run_id USING ERRCODE = 'CN004';
+    END IF;
+    IF p_usd IS NOT NULL AND p_usd < v_spent THEN
+        RAISE EXCEPTION 'a budget of $% for run "%" is below what it has already spent ($%)',
+            p_usd, r.name, round(v_spent, 4)
+            USING ERRCODE = 'CN005', HINT = 'give a budget above what was spent';
+    END IF;
+    UPDATE cairn.runs SET budget_usd = p_usd, updated_at = now() WHERE id = p_run_id;
+    WITH RECURSIVE tree (id) AS (
+        SELECT p_run_id
+        UNION ALL
+        SELECT c.id FROM cairn.runs c JOIN tree t ON c.parent_id = t.id),
+    woken AS (
+        UPDATE cairn.runs w SET state = 'pending', updated_at = now()
+        FROM tree
+        WHERE w.id = tree.id AND w.state = 'waiting' AND w.waiting_for ? 'budget'
+          AND NOT EXISTS (SELECT 1 FROM cairn.exceeded_budget(w.id))
+        RETURNING w.id)
+    SELECT count(*) INTO v_woken FROM woken;
+    RETURN v_woken;
+END $$;
+
 -- Retention. Deletes runs (with their children, steps, attempts and waits) that finished
 -- before p_runs_before, and events emitted before p_events_before that no wait is waiting for;
 -- NULL keeps that kind. Runs that a FlowRun mirrors go with their FlowRun (its TTL), not here:

@@ -3,6 +3,7 @@
 //! are counted from the flows' effect log, never from logs of the system under test.
 
 mod bookkeeping;
+mod budgets;
 mod control;
 mod crashes;
 mod event_scope;

@@ -479,6 +479,62 @@ async fn secretive(ctx: Ctx, input: SecretiveInput) -> anyhow::Result<Value> {
     Ok(json!({ "used": used, "tricky": tricky }))
 }
 
+// ---- spender: paid steps, optionally around a child that pays too --------------------------
+
+#[derive(Deserialize, Serialize)]
+struct SpenderInput {
+    /// The cost of each step before the child, in US dollars.
+    #[serde(default)]
+    before: Vec<f64>,
+    /// The child's steps (a `spender` of its own), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    child: Option<Vec<f64>>,
+    #[serde(default)]
+    after: Vec<f64>,
+}
+
+/// Steps `pay`, `pay#2`, ... each recording its cost and the effect `pay:<n>`, so a test
+/// sees a budget stop the run between them and that nothing is paid twice.
+async fn spender(ctx: Ctx, input: SpenderInput) -> anyhow::Result<f64> {
+    let pay = |n: usize, usd: f64| {
+        let (ctx, c) = (ctx.clone(), ctx.clone());
+        async move {
+            ctx.step("pay", move || {
+                let ctx = c.clone();
+                async move {
+                    effect(&ctx, &format!("pay:{n}"));
+                    cairn::record_usage(Usage::llm("model-a", 10, 10, usd));
+                    Ok(usd)
+                }
+            })
+            .await
+        }
+    };
+    let (mut total, mut n) = (0.0, 0);
+    for usd in input.before {
+        n += 1;
+        total += pay(n, usd).await?;
+    }
+    if let Some(steps) = input.child {
+        let child = ctx
+            .spawn::<f64, _>(
+                "spender",
+                &SpenderInput {
+                    before: steps,
+                    child: None,
+                    after: vec![],
+                },
+            )
+            .await?;
+        total += ctx.join(&child).await?;
+    }
+    for usd in input.after {
+        n += 1;
+        total += pay(n, usd).await?;
+    }
+    Ok(total)
+}
+
 #[tokio::main]
 async fn main() {
     Runner::new()
@@ -497,6 +553,7 @@ async fn main() {
         .flow("files", files)
         .flow("configured", configured)
         .flow("secretive", secretive)
+        .flow("spender", spender)
         .run()
         .await
 }

@@ -196,6 +196,7 @@ mod tests {
             ttl_after_finished: None,
             pod: Default::default(),
             pod_settings_flow: Some("research".into()),
+            budget_usd: Some(5.0),
         }
     }
 

@@ -23,6 +23,20 @@ struct PhaseLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowLabels {
+    namespace: String,
+    flow: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    namespace: String,
+    flow: String,
+    /// `in` (prompt) or `out` (completion).
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     controller: String,
     stage: String,
@@ -38,6 +52,8 @@ pub struct Metrics {
     pub resume_latency: Histogram,
     /// How long one FlowRun reconcile takes (its calls to the API server and the database).
     pub reconcile_duration: Histogram,
+    spend: Family<FlowLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    tokens: Family<TokenLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -66,7 +82,21 @@ impl Default for Metrics {
             "How long a FlowRun reconcile takes",
             reconcile_duration.clone(),
         );
+        let spend = Family::<FlowLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "spend_usd",
+            "US dollars recorded by steps, by namespace and flow (counted as each execution ends)",
+            spend.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Model tokens recorded by steps, by namespace, flow and direction (in, out)",
+            tokens.clone(),
+        );
         Metrics {
+            spend,
+            tokens,
             registry,
             runs,
             launches,
@@ -78,6 +108,28 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// What one execution's steps recorded, counted once when it ends.
+    pub fn spent(&self, usage: &cairn_engine::read::Usage) {
+        let (namespace, flow) = (usage.namespace.clone(), usage.flow.clone());
+        if usage.usd > 0.0 {
+            let labels = FlowLabels {
+                namespace: namespace.clone(),
+                flow: flow.clone(),
+            };
+            self.spend.get_or_create(&labels).inc_by(usage.usd);
+        }
+        for (direction, count) in [("in", usage.tokens_in), ("out", usage.tokens_out)] {
+            if count > 0 {
+                let labels = TokenLabels {
+                    namespace: namespace.clone(),
+                    flow: flow.clone(),
+                    direction: direction.into(),
+                };
+                self.tokens.get_or_create(&labels).inc_by(count as u64);
+            }
+        }
+    }
+
     pub fn reconcile_failed(&self, controller: &str, stage: &str, category: &str) {
         let labels = ErrorLabels {
             controller: controller.to_owned(),

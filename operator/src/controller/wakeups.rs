@@ -27,9 +27,12 @@ pub async fn forward_notifications(
 ) {
     #[derive(Deserialize)]
     struct Changed {
+        id: uuid::Uuid,
+        root_id: uuid::Uuid,
         namespace: String,
         name: String,
         state: String,
+        attempt: i32,
         from: Option<String>,
     }
     let wake = |run: ObjectRef<FlowRun>| {
@@ -63,6 +66,26 @@ pub async fn forward_notifications(
                 }
                 if !made_by_a_reconcile(changed.from.as_deref(), &changed.state) {
                     wake(ObjectRef::new(&changed.name).within(&changed.namespace));
+                }
+                // An execution that ended: what its steps spent goes to the metrics, once.
+                if changed.from.as_deref() == Some("running") {
+                    match cairn_engine::read::attempt_usage(&ctx.pool, changed.id, changed.attempt)
+                        .await
+                    {
+                        Ok(Some(usage)) => ctx.metrics.spent(&usage),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "cannot read what an execution spent"),
+                    }
+                }
+                // A child that stopped running changed what its ancestors' trees spent: their
+                // statuses show it (and a budget a child parked at).
+                if changed.from.as_deref() == Some("running") && changed.id != changed.root_id {
+                    match cairn_engine::read::ancestors(&ctx.pool, changed.id).await {
+                        Ok(above) => above
+                            .into_iter()
+                            .for_each(|(ns, name)| wake(ObjectRef::new(&name).within(&ns))),
+                        Err(e) => tracing::warn!(error = %e, "cannot read a child run's ancestors"),
+                    }
                 }
             }
             #[allow(unreachable_code)]

@@ -22,6 +22,11 @@ use tokio::signal::unix::{SignalKind, signal};
 /// prints the result JSON (or the error) last. Exits 0 only when the run succeeded.
 pub async fn run(args: DevRun, input: Value) -> anyhow::Result<ExitCode> {
     let binary = resolve_binary(&args.binary)?;
+    let budget = args
+        .budget
+        .as_deref()
+        .map(crate::kubectl::budget::parse_budget)
+        .transpose()?;
     let (url, pool) = super::open_with_url().await?;
     let name = args.name.unwrap_or_else(|| {
         format!(
@@ -72,6 +77,11 @@ pub async fn run(args: DevRun, input: Value) -> anyhow::Result<ExitCode> {
             pinned
         }
     };
+    if let Some((usd, _)) = budget {
+        engine::set_budget(&mut tx, root, Some(usd))
+            .await
+            .map_err(super::explain)?;
+    }
     tx.commit().await?;
     let copy = Store::open()
         .copy_of(&pinned)

@@ -39,7 +39,15 @@ pub async fn inspect(run: &str, namespace: &str, json: bool) -> anyhow::Result<E
     if json {
         println!("{}", serde_json::to_string_pretty(&detail)?);
     } else {
-        let answer = |event: &str| format!("cairn dev emit {event} --data <JSON> -n {namespace}");
+        let answer = |answer: render::Answer<'_>| match answer {
+            render::Answer::Event(event) => {
+                format!("cairn dev emit {event} --data <JSON> -n {namespace}")
+            }
+            render::Answer::Budget { run, spent } => format!(
+                "cairn dev approve {run} --budget <USD above {}> -n {namespace}",
+                render::money(spent)
+            ),
+        };
         let text = render::inspect_text(
             &Inspect::of_detail(&detail, None, Some(&answer)),
             &Ui::detect(),

@@ -11,8 +11,9 @@ use serde_json::Value;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 
-use crate::kubectl::{Until, input};
+use crate::kubectl::{Until, budget, input};
 use crate::lifecycle::Phase;
+use cairn_engine::Wait;
 
 /// `emit`: an event; the runs waiting for it wake up.
 pub async fn emit(event: &str, payload: &Value, namespace: &str) -> anyhow::Result<ExitCode> {
@@ -33,6 +34,18 @@ pub async fn emit(event: &str, payload: &Value, namespace: &str) -> anyhow::Resu
 pub async fn approve(run: &str, payload: &Value, namespace: &str) -> anyhow::Result<ExitCode> {
     let pool = super::open().await?;
     let record = read::find(&pool, namespace, run).await?;
+    if let Some(Wait::Budget {
+        run: owner,
+        spent,
+        limit,
+        ..
+    }) = record.wait()
+    {
+        bail!(
+            "{run} is parked at the spend budget of {owner} (${spent:.4} spent of ${limit:.2}): \
+             raise it with `cairn dev approve {run} --budget <USD>`"
+        );
+    }
     let Some(event) = record.wait().and_then(|w| w.event().map(str::to_owned)) else {
         bail!(
             "{run} is {} and waits for no event: nothing to approve (`cairn dev inspect {run}` \
@@ -55,6 +68,34 @@ pub async fn approve(run: &str, payload: &Value, namespace: &str) -> anyhow::Res
             who_carries_on(&pool).await
         ),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `approve RUN --budget USD`: sets the budget of the run whose budget RUN is parked at (its
+/// own, or a parent's), waking what it lets go on.
+pub async fn raise_budget(run: &str, budget: &str, namespace: &str) -> anyhow::Result<ExitCode> {
+    let (usd, _) = budget::parse_budget(budget)?;
+    let pool = super::open().await?;
+    let record = read::find(&pool, namespace, run).await?;
+    let owner = match record.wait() {
+        Some(Wait::Budget { run: owner, .. }) if owner != record.name => {
+            read::find(&pool, namespace, &owner).await?
+        }
+        _ => record,
+    };
+    budget::check_above_spent(&owner.name, usd, owner.tree_usd)?;
+    let woken = engine::set_budget(&mut *pool.acquire().await?, owner.id, Some(usd))
+        .await
+        .map_err(super::explain)?;
+    println!(
+        "{}: budget set to ${usd:.2} (its tree spent ${:.4}); {}",
+        owner.name,
+        owner.tree_usd,
+        match woken {
+            0 => "nothing was parked at it".to_owned(),
+            n => format!("{n} run(s) go on; {}", who_carries_on(&pool).await),
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -12,7 +12,7 @@ use super::client::{Kube, kube_error};
 use super::logic;
 use super::program;
 use super::read_api::{ReadApi, ReadApiError};
-use super::render::{self, Header, Inspect, KubeView, WaitLines};
+use super::render::{self, Answer, Header, Inspect, KubeView, WaitLines};
 
 impl Kube {
     /// `inspect`: the FlowRun's status with the read API's detail (steps, attempts, costs).
@@ -45,7 +45,7 @@ impl Kube {
             condition: status.conditions.first().map(|c| c.message.clone()),
             pods: pods.iter().map(|(a, p)| (*a, p.name_any())).collect(),
         };
-        let answer = |event: &str| approve_hint(&run, event);
+        let answer = |answer: Answer<'_>| approve_hint(&run, answer);
         let (header, detail, missing) = match &detail {
             Ok(detail) => (Header::of_detail(detail), Some(detail), None),
             Err(why) => (header_of(&run), None, Some(why)),
@@ -122,6 +122,11 @@ fn header_of(run: &FlowRun) -> Header {
         flow: logic::flow_of(run),
         parent: run.parent_name().map(str::to_owned),
         phase: status.phase,
+        budget: status
+            .budget_usd
+            .as_deref()
+            .and_then(|b| b.parse().ok())
+            .map(|limit| (limit, cost.unwrap_or(0.0))),
         progress: format!(
             "execution {}, crashes {}, {} steps, {}",
             status.attempt.unwrap_or(0),
@@ -139,15 +144,29 @@ fn header_of(run: &FlowRun) -> Header {
             until: None,
             crash: None,
             event: wait.and_then(|w| w.event.clone()),
+            budget: wait.and_then(|w| w.budget.as_ref()).map(|b| {
+                let usd = |text: &str| text.parse().unwrap_or(0.0);
+                (b.run.clone(), usd(&b.spent_usd), usd(&b.limit_usd))
+            }),
         },
         result: status.result.clone(),
         error: status.error.clone(),
     }
 }
 
-/// How to answer a run's event from here.
-fn approve_hint(run: &FlowRun, event: &str) -> String {
+/// How to answer a run's wait from here.
+fn approve_hint(run: &FlowRun, answer: Answer<'_>) -> String {
     let name = run.name_any();
+    let event = match answer {
+        Answer::Event(event) => event,
+        Answer::Budget { run, spent } => {
+            return format!(
+                "{} approve {run} --budget <USD above {}>",
+                program(),
+                render::money(spent)
+            );
+        }
+    };
     if event == format!("approve-{name}") {
         format!("{} approve {name} --data <JSON, default true>", program())
     } else {

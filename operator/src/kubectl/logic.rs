@@ -257,6 +257,19 @@ pub fn verdict(run: &FlowRun, until: Until, event: Option<&str>) -> Verdict {
 /// Why a run cannot be approved now, when it does not wait for an event.
 pub fn not_waiting_for_event(run: &FlowRun) -> String {
     let name = run.name_any();
+    let over = run
+        .status
+        .as_ref()
+        .and_then(|s| s.waiting_for.as_ref()?.budget.as_ref());
+    if let Some(over) = over {
+        return format!(
+            "{name} is parked at the spend budget of {} (${} spent of ${}): raise it with `{} approve {name} --budget <USD>`",
+            over.run,
+            over.spent_usd,
+            over.limit_usd,
+            super::program()
+        );
+    }
     match phase(run) {
         None => format!(
             "{name} has no status yet: the operator has not picked it up (is it running, and does it watch namespace \"{}\"?)",

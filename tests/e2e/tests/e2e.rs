@@ -19,3 +19,5 @@ mod kubectl_cairn;
 mod kubectl_cairn_writes;
 // Step outputs shown, a sensitive step's hidden.
 mod kubectl_cairn_outputs;
+// Spend budgets: a child parks at its parent's budget until it is raised.
+mod budgets;

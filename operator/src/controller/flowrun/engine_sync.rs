@@ -1,7 +1,8 @@
 //! Stage "sync with the engine" (I/O): the engine's run for the FlowRun, created once by
 //! (namespace, name), then what the FlowRun asks of it: cancel (`spec.cancel`), retry (the
-//! retry annotation, once per value) and the deadline (`spec.deadlineSeconds`, by the
-//! database clock). Ends with the run as the engine now has it.
+//! retry annotation, once per value), the budget (`spec.budget`, else the Flow's) and the
+//! deadline (`spec.deadlineSeconds`, by the database clock). Ends with the run as the engine
+//! now has it.
 
 use cairn_crds::{FlowRun, RETRY_ANNOTATION};
 use cairn_engine::launcher::{self as engine, NewRun};
@@ -69,6 +70,9 @@ pub async fn sync(
         changed |= retry(ctx, run, &record).await?;
         retried = Some(asked.to_owned());
     }
+    if !record.phase.is_terminal() && differs(resolved.budget_usd, record.budget_usd) {
+        changed |= set_budget(ctx, run, &record, resolved.budget_usd).await?;
+    }
     let deadline = run
         .spec
         .deadline_seconds
@@ -95,6 +99,40 @@ pub async fn sync(
         retried,
         deadline,
     }))
+}
+
+fn differs(a: Option<f64>, b: Option<f64>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => (a - b).abs() > 1e-9,
+        (a, b) => a.is_some() != b.is_some(),
+    }
+}
+
+/// Holds the run's tree to the budget asked for, waking what a raise lets go on. A budget below
+/// what was already spent is refused, with a Warning saying both figures.
+async fn set_budget(
+    ctx: &Context,
+    run: &FlowRun,
+    record: &RunRecord,
+    usd: Option<f64>,
+) -> Result<bool, Error> {
+    match engine::set_budget(&mut *ctx.pool.acquire().await?, record.id, usd).await {
+        Ok(woken) => {
+            if woken > 0 {
+                let note = format!(
+                    "budget raised to ${:.2}: {woken} run(s) go on",
+                    usd.unwrap_or_default()
+                );
+                ctx.event(run, "BudgetRaised", &note).await;
+            }
+            Ok(true)
+        }
+        Err(EngineError::WrongState(message)) => {
+            ctx.warn(run, "BudgetBelowSpend", &message).await;
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The retry annotation's value, when not yet acted on (each value is acted on once).

@@ -33,6 +33,8 @@ pub fn record(phase: Phase, attempt: i32) -> RunRecord {
             .then_some(created + chrono::Duration::minutes(1)),
         steps: 0,
         usd: 0.0,
+        tree_usd: 0.0,
+        budget_usd: None,
     }
 }
 

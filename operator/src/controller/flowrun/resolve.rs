@@ -31,6 +31,8 @@ pub struct Resolved {
     pub pod: PodSettings,
     /// The Flow `pod` took its volumes and labels from: the run's own, or its parent's choice.
     pub pod_settings_flow: Option<String>,
+    /// What the run's tree may spend (US dollars): the FlowRun's budget, else its Flow's.
+    pub budget_usd: Option<f64>,
 }
 
 /// Why a FlowRun cannot run as written; the message says what to fix.
@@ -164,6 +166,11 @@ pub fn resolve(
             .map(|seconds| Duration::from_secs(seconds.max(0) as u64)),
         pod,
         pod_settings_flow: settings_flow.map(|(name, _)| name.to_owned()),
+        budget_usd: spec
+            .budget
+            .as_ref()
+            .or(template.and_then(|t| t.budget.as_ref()))
+            .and_then(|b| b.usd()),
     })
 }
 

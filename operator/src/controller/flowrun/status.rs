@@ -2,7 +2,7 @@
 //! and what this reconcile did; or, for a run that cannot run as written, the reason. The
 //! status stays small: history lives in the engine.
 
-use cairn_crds::{FlowRun, FlowRunStatus, WaitingFor};
+use cairn_crds::{BudgetWait, FlowRun, FlowRunStatus, WaitingFor};
 use cairn_engine::read::RunRecord;
 use cairn_engine::{Phase, Wait};
 use k8s_openapi::api::core::v1::Pod;
@@ -64,10 +64,24 @@ pub fn build_status(
             question,
             schema,
             deadline: deadline.map(to_time),
-            children: None,
+            ..WaitingFor::default()
         },
         Wait::Children { unfinished, .. } => WaitingFor {
             children: unfinished.map(|n| n as i32),
+            ..WaitingFor::default()
+        },
+        Wait::Budget {
+            run,
+            spent,
+            limit,
+            question,
+        } => WaitingFor {
+            question,
+            budget: Some(BudgetWait {
+                run,
+                spent_usd: format!("{spent:.6}"),
+                limit_usd: format!("{limit:.6}"),
+            }),
             ..WaitingFor::default()
         },
         Wait::Sleep { .. } | Wait::Retry { .. } => WaitingFor::default(),
@@ -89,11 +103,20 @@ pub fn build_status(
             record.error_message().unwrap_or("failed").to_owned(),
         ),
         Phase::Cancelled => (false, "Cancelled", "the run was cancelled".to_owned()),
-        Phase::Waiting => (
-            false,
-            "Waiting",
-            "waiting; no pod runs meanwhile".to_owned(),
-        ),
+        Phase::Waiting => match record.wait() {
+            Some(Wait::Budget { run, limit, .. }) => (
+                false,
+                "BudgetExceeded",
+                format!(
+                    "past the budget of {run} (${limit:.2}); raise it to go on (no pod runs meanwhile)"
+                ),
+            ),
+            _ => (
+                false,
+                "Waiting",
+                "waiting; no pod runs meanwhile".to_owned(),
+            ),
+        },
         Phase::Sleeping => (
             false,
             "Sleeping",
@@ -122,7 +145,8 @@ pub fn build_status(
         steps_completed: Some(record.steps),
         result,
         error: record.error_message().map(str::to_owned),
-        cost_usd: Some(format!("{:.6}", record.usd)),
+        cost_usd: Some(format!("{:.6}", record.tree_usd)),
+        budget_usd: record.budget_usd.map(|usd| format!("{usd:.2}")),
         started_at: Some(to_time(record.created_at)),
         finished_at: record.finished_at.map(to_time),
         retried,

@@ -29,8 +29,19 @@ pub struct KubeView {
     pub pods: BTreeMap<i32, String>,
 }
 
+/// What answers a wait: an event, or a raise of a run's budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Answer<'a> {
+    Event(&'a str),
+    /// The run whose budget to raise, and what its tree spent.
+    Budget {
+        run: &'a str,
+        spent: f64,
+    },
+}
+
 /// How to answer a wait, for the hint under a question (`kubectl cairn approve RUN --data`).
-pub type AnswerHint<'a> = &'a dyn Fn(&str) -> String;
+pub type AnswerHint<'a> = &'a dyn Fn(Answer<'_>) -> String;
 
 /// The labelled lines above the tables: what every source knows about a run.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -42,6 +53,8 @@ pub struct Header {
     pub flow: String,
     pub parent: Option<String>,
     pub phase: Option<Phase>,
+    /// The budget the run's tree is held to and what the tree spent (US dollars).
+    pub budget: Option<(f64, f64)>,
     /// After the phase: `execution 2, crashes 1 of 3` (the engine), or
     /// `execution 1, crashes 0, 3 steps, $0.0100` (a FlowRun's status).
     pub progress: String,
@@ -68,6 +81,8 @@ pub struct WaitLines {
     pub crash: Option<String>,
     /// The event that answers it (shown with the answer hint).
     pub event: Option<String>,
+    /// A budget wait: the run whose budget was passed, what its tree spent, and the budget.
+    pub budget: Option<(String, f64, f64)>,
 }
 
 impl Header {
@@ -87,6 +102,9 @@ impl Header {
             flow: run.flow.clone(),
             parent: run.parent.clone(),
             phase: Some(run.phase),
+            budget: run
+                .budget_usd
+                .map(|limit| (limit, run.tree_usd.unwrap_or(run.usd))),
             progress: format!(
                 "execution {}, crashes {} of {}{cancel}",
                 run.attempt, run.crashes, run.max_attempts
@@ -103,6 +121,13 @@ impl Header {
                     until: w.until.filter(|_| w.kind != "event"),
                     crash: w.reason.clone(),
                     event: w.event.clone(),
+                    budget: w.budget_run.clone().map(|run| {
+                        (
+                            run,
+                            w.spent_usd.unwrap_or_default(),
+                            w.limit_usd.unwrap_or_default(),
+                        )
+                    }),
                 })
                 .unwrap_or_default(),
             result: run.result.clone(),
@@ -178,6 +203,14 @@ pub fn inspect_text(inspect: &Inspect<'_>, ui: &Ui, now: DateTime<Utc>) -> Strin
         l.line("Parent", parent);
     }
     l.line("Phase", format!("{}  {}", ui.phase(h.phase), h.progress));
+    if let Some((limit, spent)) = h.budget {
+        let line = format!(
+            "{} of {} spent (children included)",
+            money(spent),
+            money(limit)
+        );
+        l.line("Budget", line);
+    }
     if let Some(kube) = inspect.kube {
         if let Some(pod) = &kube.pod {
             l.line("Pod", pod);
@@ -221,7 +254,15 @@ pub fn inspect_text(inspect: &Inspect<'_>, ui: &Ui, now: DateTime<Utc>) -> Strin
         l.line("Crash", crash);
     }
     if let (Some(event), Some(answer)) = (&w.event, inspect.answer) {
-        l.line("Answer", ui.dim(&answer(event)));
+        l.line("Answer", ui.dim(&answer(Answer::Event(event))));
+    }
+    if let Some((run, spent, limit)) = &w.budget {
+        let line = format!("{} spent of {} (run {run})", money(*spent), money(*limit));
+        l.line("Over budget", ui.error(&line));
+        if let Some(answer) = inspect.answer {
+            let hint = answer(Answer::Budget { run, spent: *spent });
+            l.line("Answer", ui.dim(&hint));
+        }
     }
     if let Some(result) = &h.result {
         l.line("Result", compact_json(result));
@@ -256,14 +297,20 @@ fn history(l: &mut Lines<'_>, detail: &RunDetail, kube: Option<&KubeView>, now: 
         let _ = writeln!(l.out, "{}", steps_table(&detail.steps, ui));
     }
     let t = &detail.totals;
+    let tree = detail
+        .run
+        .tree_usd
+        .filter(|tree| *tree > t.usd + 1e-9)
+        .map(|tree| format!(" ({} with its children)", money(tree)));
     let _ = writeln!(
         l.out,
-        "{} {} steps, {} tokens in, {} tokens out, {}",
+        "{} {} steps, {} tokens in, {} tokens out, {}{}",
         ui.bold("Totals:"),
         t.steps,
         t.tokens_in,
         t.tokens_out,
-        money(t.usd)
+        money(t.usd),
+        tree.unwrap_or_default()
     );
 
     l.section("Attempts");
@@ -328,6 +375,8 @@ mod tests {
                 finished_at: None,
                 steps: 1,
                 usd: 0.5,
+                tree_usd: Some(0.75),
+                budget_usd: Some(2.0),
             },
             steps: vec![
                 Step {
@@ -396,6 +445,9 @@ mod tests {
                 children: None,
                 unfinished: None,
                 reason: None,
+                budget_run: None,
+                spent_usd: None,
+                limit_usd: None,
             }),
         }
     }
@@ -408,7 +460,10 @@ mod tests {
             condition: None,
             pods: BTreeMap::from([(1, "research-1-a1".into()), (2, "research-1-a2".into())]),
         };
-        let hint = |event: &str| format!("kubectl cairn approve research-1 # event {event}");
+        let hint = |answer: Answer<'_>| match answer {
+            Answer::Event(event) => format!("kubectl cairn approve research-1 # event {event}"),
+            Answer::Budget { run, .. } => format!("kubectl cairn approve {run} --budget <USD>"),
+        };
         let detail = detail();
         let text = inspect_text(
             &Inspect::of_detail(&detail, Some(&kube), Some(&hint)),
@@ -426,7 +481,8 @@ mod tests {
             "fake-llm-1",
             "100/20",
             "1.5 s",
-            "Totals: 1 steps, 100 tokens in, 20 tokens out, $0.5000",
+            "Totals: 1 steps, 100 tokens in, 20 tokens out, $0.5000 ($0.7500 with its children)",
+            "Budget:    $0.7500 of $2.0000 spent (children included)",
             "research-1-a1",
             "killed by SIGKILL",
             r#"{"outline":["a","b"]}"#,
@@ -459,7 +515,10 @@ mod tests {
             pods: BTreeMap::from([(1, "research-1-a1".into())]),
             ..KubeView::default()
         };
-        let hint = |event: &str| format!("answer {event}");
+        let hint = |answer: Answer<'_>| match answer {
+            Answer::Event(event) => format!("answer {event}"),
+            Answer::Budget { run, .. } => format!("raise {run}"),
+        };
         let inspect = Inspect {
             header,
             detail: None,
@@ -479,5 +538,33 @@ mod tests {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
         assert!(!text.contains("Steps"), "{text}");
+    }
+
+    #[test]
+    fn a_run_over_its_budget_says_what_was_spent_and_how_to_raise_it() {
+        let mut detail = detail();
+        detail.wait = Some(Wait::from(cairn_engine::Wait::Budget {
+            run: "research-1".into(),
+            spent: 2.5,
+            limit: 2.0,
+            question: Some("Raise the budget?".into()),
+        }));
+        let hint = |answer: Answer<'_>| match answer {
+            Answer::Budget { run, spent } => format!("approve {run} --budget <above {spent}>"),
+            Answer::Event(event) => format!("emit {event}"),
+        };
+        let text = inspect_text(
+            &Inspect::of_detail(&detail, None, Some(&hint)),
+            &Ui::plain(),
+            t(10),
+        );
+        for expected in [
+            "Waiting:   budget of research-1",
+            "Question:  Raise the budget?",
+            "Over budget: $2.5000 spent of $2.0000 (run research-1)",
+            "approve research-1 --budget <above 2.5>",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
     }
 }

@@ -5,7 +5,7 @@
 mod inspect;
 mod step;
 
-pub use inspect::{AnswerHint, Header, Inspect, KubeView, WaitLines, inspect_text};
+pub use inspect::{Answer, AnswerHint, Header, Inspect, KubeView, WaitLines, inspect_text};
 pub use step::step_text;
 
 use std::collections::BTreeMap;
@@ -205,7 +205,8 @@ impl From<&RunSummary> for RunRow {
             execution: Some(run.attempt),
             crashes: Some(run.crashes),
             steps: Some(run.steps),
-            usd: Some(run.usd),
+            // The tree's cost, as a FlowRun's status shows it.
+            usd: Some(run.tree_usd.unwrap_or(run.usd)),
             waiting: run.waiting.clone().unwrap_or_default(),
             created: Some(run.created_at),
             parent: run.parent.clone(),
