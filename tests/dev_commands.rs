@@ -593,3 +593,70 @@ async fn a_run_past_its_budget_waits_for_approve_budget_which_refuses_less_than_
     assert_eq!(last_line(&finished), json!(0.75));
     assert_eq!(log.summary(), ["pay:1@1", "pay:2@1", "pay:3@2"]);
 }
+
+#[tokio::test]
+async fn fork_runs_the_steps_from_its_point_on_the_sources_binary_and_shows_what_it_reused() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let ran = run(cairn(
+        &db,
+        &log,
+        &[
+            "dev", "run", FLOWS, "--flow", "steps", "--name", "s1", "--input", "{}",
+        ],
+    ))
+    .await;
+    assert_eq!(ran.status.code(), Some(0), "{}", stderr(&ran));
+    let args = [
+        "dev",
+        "fork",
+        "s1",
+        "--from-step",
+        "c",
+        "--set-output",
+        r#"b="b, edited""#,
+        "--name",
+        "s2",
+    ];
+    let forked = run(cairn(&db, &log, &args)).await;
+    assert_eq!(forked.status.code(), Some(0), "{}", stderr(&forked));
+    assert_eq!(last_line(&forked), json!(["a done", "b, edited", "c done"]));
+    assert!(
+        stderr(&forked).contains("1 step(s) reused"),
+        "{}",
+        stderr(&forked)
+    );
+    assert_eq!(
+        log.summary(),
+        ["step:a@1", "step:b@1", "step:c@1", "step:c@1"],
+        "the fork ran c alone"
+    );
+    let shown = run(cairn(&db, &log, &["dev", "inspect", "s2"])).await;
+    let text = String::from_utf8_lossy(&shown.stdout);
+    for expected in [
+        "Forked:    from s1 at step c (1 step(s) reused, 1 set)",
+        "reused",
+        "set",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    let unknown = run(cairn(
+        &db,
+        &log,
+        &["dev", "fork", "s1", "--from-step", "nope"],
+    ))
+    .await;
+    assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
+    assert!(
+        stderr(&unknown).contains(r#"has no step "nope""#),
+        "{}",
+        stderr(&unknown)
+    );
+    let taken = run(cairn(
+        &db,
+        &log,
+        &["dev", "fork", "s1", "--from-step", "b", "--name", "s2"],
+    ))
+    .await;
+    assert_eq!(taken.status.code(), Some(2), "{}", stderr(&taken));
+}

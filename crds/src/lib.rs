@@ -157,6 +157,30 @@ pub struct FlowRunSpec {
     /// a run parked at its budget go on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
+    /// Make this run a fork of another (`kubectl cairn fork`): it starts from that run's
+    /// checkpoints completed before `step`, reused without being paid again, and runs `step`
+    /// and what follows. The source run is not changed.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.forkOf is immutable"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork_of: Option<ForkOf>,
+}
+
+/// The run a fork starts from, and what it changes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ForkOf {
+    /// The source FlowRun, in this namespace.
+    pub run: String,
+    /// The step (its key, as `inspect` shows it: `draft`, `llm#2`) run again, with all after it.
+    pub step: String,
+    /// Other values for steps before `step`, by key: the fork replays these instead.
+    #[schemars(schema_with = "any_json")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Value>,
+    /// Events sent to the fork alone, by name, answering its waits for them when reached.
+    #[schemars(schema_with = "any_json")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answers: Option<Value>,
 }
 
 impl FlowRun {

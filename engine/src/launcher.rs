@@ -49,6 +49,50 @@ pub async fn create_run(conn: &mut PgConnection, run: &NewRun<'_>) -> Result<(Uu
     Ok((row.run_id, row.created))
 }
 
+/// A fork: a new run, in its source's namespace and of its flow, from the source's checkpoints
+/// (see `cairn.fork_run`).
+#[derive(Debug, Clone)]
+pub struct Fork<'a> {
+    pub name: &'a str,
+    /// `None`: the source's input.
+    pub input: Option<&'a Value>,
+    pub max_attempts: i32,
+    pub retry_backoff_ms: i64,
+    pub created_at: Option<DateTime<Utc>>,
+    pub flowrun_uid: Option<Uuid>,
+    pub source: Uuid,
+    /// The step the fork runs again, and everything after it.
+    pub from_step: &'a str,
+    /// Other values for steps before `from_step`: `{key: value}`.
+    pub outputs: &'a Value,
+    /// Events sent to the fork alone, so its waits for them are answered: `{event: payload}`.
+    pub answers: &'a Value,
+}
+
+/// Makes a fork, or returns the existing one of that name. Returns `(run id, created, how
+/// many checkpoints it reused)`. An unknown step is `NotFound`; an output for a step the fork
+/// does not reuse is `WrongState`.
+pub async fn fork_run(conn: &mut PgConnection, fork: &Fork<'_>) -> Result<(Uuid, bool, i32)> {
+    let row = sqlx::query!(
+        r#"SELECT run_id AS "run_id!", created AS "created!", reused AS "reused!"
+           FROM cairn.fork_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"#,
+        fork.source,
+        fork.name,
+        fork.input,
+        fork.from_step,
+        fork.outputs,
+        fork.answers,
+        fork.max_attempts,
+        fork.retry_backoff_ms,
+        fork.created_at,
+        fork.flowrun_uid,
+    )
+    .fetch_one(conn)
+    .await
+    .engine()?;
+    Ok((row.run_id, row.created, row.reused))
+}
+
 /// Forgets the run of a deleted FlowRun (cancelled, then deleted with its children): the run
 /// bound to it, else the unbound one of its namespace and name. False when there is none.
 pub async fn forget_flowrun(

@@ -40,6 +40,10 @@ pub struct RunRecord {
     pub tree_usd: f64,
     /// What the tree may spend (US dollars), if limited.
     pub budget_usd: Option<f64>,
+    /// For a fork: `{"run", "run_id", "step", "reused", "set"}` (`cairn.fork_run`).
+    pub fork_of: Option<Value>,
+    /// The FlowRun the run belongs to (runs the operator made).
+    pub flowrun_uid: Option<Uuid>,
 }
 
 impl RunRecord {
@@ -60,8 +64,10 @@ macro_rules! select_runs {
                       r.max_attempts, r.retry_backoff_ms, r.wake_at, r.waiting_for, r.cancel_requested,
                       r.result, r.error, r.created_at, r.updated_at, r.finished_at,
                       (SELECT count(*) FROM cairn.steps s WHERE s.run_id = r.id) AS "steps!",
-                      (SELECT coalesce(sum(s.usd), 0)::float8 FROM cairn.steps s WHERE s.run_id = r.id) AS "usd!",
-                      cairn.tree_usd(r.id)::float8 AS "tree_usd!", r.budget_usd::float8 AS budget_usd
+                      (SELECT coalesce(sum(s.usd), 0)::float8 FROM cairn.steps s
+                       WHERE s.run_id = r.id AND s.origin IS NULL) AS "usd!",
+                      cairn.tree_usd(r.id)::float8 AS "tree_usd!", r.budget_usd::float8 AS budget_usd,
+                      r.fork_of, r.flowrun_uid
                FROM cairn.runs r "# + $filter
             $(, $arg)*
         )
@@ -94,6 +100,8 @@ macro_rules! to_record {
             usd: row.usd,
             tree_usd: row.tree_usd,
             budget_usd: row.budget_usd,
+            fork_of: row.fork_of,
+            flowrun_uid: row.flowrun_uid,
         }
     }};
 }
@@ -147,7 +155,7 @@ pub async fn steps(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Vec<Step>> {
     let rows = sqlx::query!(
         r#"SELECT key AS "key!", kind AS "kind!", status AS "status!", attempt, tries,
                   started_at AS "started_at!", duration_ms AS "duration_ms!",
-                  usd, tokens_in, tokens_out, model, preview, sensitive AS "sensitive!", error
+                  usd, tokens_in, tokens_out, model, preview, sensitive AS "sensitive!", error, origin
            FROM (SELECT key, kind, 'completed' AS status, attempt, tries, started_at,
                         (extract(epoch FROM completed_at - started_at) * 1000)::float8 AS duration_ms,
                         usd::float8 AS usd, tokens_in, tokens_out, model,
@@ -156,20 +164,20 @@ pub async fn steps(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Vec<Step>> {
                             WHEN 'value' THEN left((result->'value')::text, $2 + 1)
                             ELSE left(result::text, $2 + 1) END AS preview,
                         coalesce(result->>'$cairn' = 'sealed', false) AS sensitive,
-                        NULL::text AS error
+                        NULL::text AS error, origin
                  FROM cairn.steps WHERE run_id = $1
                  UNION ALL
                  SELECT w.step_key, CASE w.kind WHEN 'event' THEN 'wait' WHEN 'children' THEN 'join' ELSE w.kind END,
                         'waiting', NULL, NULL, w.created_at,
                         (extract(epoch FROM now() - w.created_at) * 1000)::float8,
-                        NULL, NULL, NULL, NULL, NULL, false, NULL
+                        NULL, NULL, NULL, NULL, NULL, false, NULL, NULL
                  FROM cairn.waits w
                  WHERE w.run_id = $1
                    AND NOT EXISTS (SELECT 1 FROM cairn.steps s WHERE s.run_id = w.run_id AND s.key = w.step_key)
                  UNION ALL
                  SELECT r.error->>'step', 'step', 'failed', r.attempt, (r.error->>'tries')::int,
                         coalesce(r.finished_at, r.updated_at), 0, NULL, NULL, NULL, NULL, NULL, false,
-                        r.error->>'message'
+                        r.error->>'message', NULL
                  FROM cairn.runs r
                  WHERE r.id = $1 AND r.state = 'failed' AND r.error ? 'step'
                    AND NOT EXISTS (SELECT 1 FROM cairn.steps s WHERE s.run_id = r.id AND s.key = r.error->>'step')
@@ -197,6 +205,7 @@ pub async fn steps(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Vec<Step>> {
             preview: row.preview.map(preview),
             sensitive: row.sensitive,
             error: row.error,
+            origin: row.origin,
         })
         .collect())
 }
@@ -257,9 +266,12 @@ pub async fn attempts(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Vec<Attempt
 pub async fn totals(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Totals> {
     Ok(sqlx::query_as!(
         Totals,
-        r#"SELECT count(*) AS "steps!", coalesce(sum(usd), 0)::float8 AS "usd!",
-                  coalesce(sum(tokens_in), 0)::int8 AS "tokens_in!",
-                  coalesce(sum(tokens_out), 0)::int8 AS "tokens_out!"
+        r#"SELECT count(*) AS "steps!",
+                  coalesce(sum(usd) FILTER (WHERE origin IS NULL), 0)::float8 AS "usd!",
+                  coalesce(sum(tokens_in) FILTER (WHERE origin IS NULL), 0)::int8 AS "tokens_in!",
+                  coalesce(sum(tokens_out) FILTER (WHERE origin IS NULL), 0)::int8 AS "tokens_out!",
+                  count(*) FILTER (WHERE origin IS NOT NULL) AS "reused_steps!",
+                  coalesce(sum(usd) FILTER (WHERE origin = 'reused'), 0)::float8 AS "reused_usd!"
            FROM cairn.steps WHERE run_id = $1"#,
         run_id
     )

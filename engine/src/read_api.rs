@@ -93,6 +93,9 @@ pub struct RunInfo {
     pub tree_usd: Option<f64>,
     #[serde(default)]
     pub budget_usd: Option<f64>,
+    /// For a fork: `{"run", "run_id", "step", "reused", "set"}`.
+    #[serde(default)]
+    pub fork_of: Option<Value>,
 }
 
 impl RunInfo {
@@ -128,6 +131,10 @@ pub struct Step {
     /// Why it failed (a `failed` step).
     #[serde(default)]
     pub error: Option<String>,
+    /// In a fork, a checkpoint it did not make itself: `reused` from its source, or `set` by
+    /// whoever forked it. Neither was paid by this run.
+    #[serde(default)]
+    pub origin: Option<String>,
 }
 
 /// The longest [`Step::preview`].
@@ -160,9 +167,16 @@ pub struct Attempt {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Totals {
     pub steps: i64,
+    /// What the run paid (reused and set steps are not counted).
     pub usd: f64,
     pub tokens_in: i64,
     pub tokens_out: i64,
+    /// For a fork: the checkpoints it took from its source (reused or set), and what the
+    /// reused ones cost the source.
+    #[serde(default)]
+    pub reused_steps: i64,
+    #[serde(default)]
+    pub reused_usd: f64,
 }
 
 /// What a parked run waits for.
@@ -333,6 +347,7 @@ mod from_records {
                 usd: record.usd,
                 tree_usd: Some(record.tree_usd),
                 budget_usd: record.budget_usd,
+                fork_of: record.fork_of.clone(),
             }
         }
     }

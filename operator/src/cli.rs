@@ -130,6 +130,21 @@ enum Command {
         #[command(flatten)]
         output: OutputFlag,
     },
+    /// A new run from another's checkpoints: those completed before --from-step are reused
+    /// (not paid again), some may be given other values, and its waits may be answered ahead.
+    ///
+    /// Creates a FlowRun with the source's spec and spec.forkOf; the source is not changed.
+    /// `inspect` of the fork shows which steps were reused and which were paid for.
+    Fork {
+        #[command(flatten)]
+        fork: kubectl::fork::ForkArgs,
+        #[command(flatten)]
+        wait: WaitFlags,
+        #[command(flatten)]
+        target: KubeTarget,
+        #[command(flatten)]
+        output: OutputFlag,
+    },
     /// Logs of a run's pods, attempt by attempt.
     Logs {
         /// The FlowRun's name.
@@ -378,6 +393,21 @@ enum DevCommand {
         #[command(flatten)]
         namespace: Namespace,
     },
+    /// A new run from another's checkpoints, supervised until it finishes: those completed
+    /// before --from-step are reused (not paid again), some may be given other values, and its
+    /// waits may be answered ahead. It runs on the source's binary unless --binary names one.
+    Fork {
+        #[command(flatten)]
+        fork: kubectl::fork::ForkArgs,
+        /// Run the fork on this binary (a rebuilt flow) instead of its source's.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Processes running at once (children included).
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
+        #[command(flatten)]
+        namespace: Namespace,
+    },
     /// What a run's processes printed, execution by execution (kept under the dev root).
     Logs {
         run: String,
@@ -594,6 +624,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             kube.retry(&run, wait.timeout()).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Fork {
+            fork,
+            wait,
+            target,
+            output,
+        } => {
+            let kube = connect(target, output.json()).await?;
+            kube.fork(&fork, wait.timeout()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Logs {
             run,
             follow,
@@ -690,6 +730,12 @@ async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
             parallel,
             namespace,
         } => dev::run::retry(&run, &namespace.name, parallel).await,
+        DevCommand::Fork {
+            fork,
+            binary,
+            parallel,
+            namespace,
+        } => dev::run::fork(&fork, binary.as_deref(), &namespace.name, parallel).await,
         DevCommand::Delete {
             run,
             force,

@@ -87,7 +87,10 @@ CREATE TABLE cairn.runs (
     flowrun_uid      uuid,
     -- What the run's tree (its steps and its children's) may spend, in US dollars; NULL: no
     -- limit. Checked when a step with a cost completes (cairn.park_over_budget).
-    budget_usd       numeric CHECK (budget_usd >= 0)
+    budget_usd       numeric CHECK (budget_usd >= 0),
+    -- For a fork: {"run": name, "run_id": id, "step": key, "reused": n, "set": n}
+    -- (cairn.fork_run).
+    fork_of          jsonb
 );
 CREATE INDEX runs_root_idx ON cairn.runs (root_id);
 CREATE INDEX runs_parent_idx ON cairn.runs (parent_id);
@@ -137,6 +140,10 @@ CREATE TABLE cairn.steps (
     tokens_out   bigint,
     model        text,
     usage_meta   jsonb,
+    -- Where the checkpoint came from, when not from this run's own execution: `reused`
+    -- (copied from the run it was forked from) or `set` (given by whoever forked it). Neither
+    -- was paid by this run, so its cost counts nowhere (cairn.tree_usd, the totals).
+    origin       text CHECK (origin IN ('reused', 'set')),
     PRIMARY KEY (run_id, key)
 );
 

@@ -326,7 +326,8 @@ LANGUAGE sql STABLE AS $$
         SELECT p_run_id
         UNION ALL
         SELECT r.id FROM cairn.runs r JOIN tree t ON r.parent_id = t.id)
-    SELECT coalesce(sum(s.usd), 0) FROM cairn.steps s WHERE s.run_id IN (SELECT id FROM tree)
+    SELECT coalesce(sum(s.usd), 0) FROM cairn.steps s
+    WHERE s.run_id IN (SELECT id FROM tree) AND s.origin IS NULL
 $$;
 
 -- The nearest budget a run is past: its own, else its parent's, and so on up (each run's

@@ -9,6 +9,7 @@ mod crashes;
 mod event_scope;
 mod events;
 mod fencing;
+mod forks;
 mod graceful_stop;
 mod outputs;
 mod retries;

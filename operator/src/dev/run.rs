@@ -11,6 +11,7 @@ use cairn_engine::{launcher as engine, read};
 use serde_json::Value;
 
 use crate::cli::DevRun;
+use crate::kubectl::fork::ForkArgs;
 use crate::kubectl::input as input_error;
 use crate::lifecycle::Phase;
 use crate::supervisor::{self, Launcher};
@@ -127,6 +128,69 @@ pub async fn retry(run: &str, namespace: &str, parallel: usize) -> anyhow::Resul
         on_its_binary(&pinned)
     );
     supervise_tree(&pool, &url, record.id, copy, parallel).await
+}
+
+/// `fork`: a new run from run `args.run`'s checkpoints (see `kubectl::fork`), on its source's
+/// binary or on `binary`, supervised until it ends as `run` does.
+pub async fn fork(
+    args: &ForkArgs,
+    binary: Option<&Path>,
+    namespace: &str,
+    parallel: usize,
+) -> anyhow::Result<ExitCode> {
+    let plan = args.plan()?;
+    let (url, pool) = super::open_with_url().await?;
+    let source = read::find(&pool, namespace, &args.run).await?;
+    let store = Store::open();
+    let (sha256, built_from) = match binary {
+        Some(binary) => {
+            let binary = resolve_binary(binary)?;
+            check_registers(&binary, &source.flow).await?;
+            (store.put(&binary)?, binary.to_string_lossy().into_owned())
+        }
+        None => {
+            // A child's flow is in its root's binary.
+            let root = match read::ancestors(&pool, source.id).await?.pop() {
+                Some((_, root)) => read::find(&pool, namespace, &root).await?,
+                None => source.clone(),
+            };
+            let (pinned, _) = started_with(&pool, &root).await?;
+            (pinned.sha256, pinned.built_from)
+        }
+    };
+    let request = engine::Fork {
+        name: &plan.name,
+        input: plan.input.as_ref(),
+        max_attempts: source.max_attempts,
+        retry_backoff_ms: source.retry_backoff_ms,
+        created_at: None,
+        flowrun_uid: None,
+        source: source.id,
+        from_step: &args.from_step,
+        outputs: &plan.outputs,
+        answers: &plan.answers,
+    };
+    // The fork and its binary together, as for `run`.
+    let mut tx = pool.begin().await?;
+    let (id, created, reused) = engine::fork_run(&mut tx, &request)
+        .await
+        .map_err(super::explain)?;
+    if !created {
+        return Err(input_error(format!(
+            "a run named {} exists already: give the fork another --name",
+            plan.name
+        )));
+    }
+    let pinned = engine::pin_binary(&mut tx, id, &sha256, &built_from).await?;
+    tx.commit().await?;
+    eprintln!(
+        "cairn: forked run {} from {} at step {}: {reused} step(s) reused, not paid again",
+        plan.name, source.name, args.from_step
+    );
+    let copy = store
+        .copy_of(&pinned)
+        .with_context(|| format!("run {}", plan.name))?;
+    supervise_tree(&pool, &url, id, copy, parallel).await
 }
 
 /// The binary run `record`'s tree started with, and its copy in the store.

@@ -121,6 +121,11 @@ fn header_of(run: &FlowRun) -> Header {
             .unwrap_or_else(|| "not registered yet".into()),
         flow: logic::flow_of(run),
         parent: run.parent_name().map(str::to_owned),
+        fork: run
+            .spec
+            .fork_of
+            .as_ref()
+            .map(|fork| format!("from {} at step {}", fork.run, fork.step)),
         phase: status.phase,
         budget: status
             .budget_usd

@@ -13,6 +13,7 @@
 pub mod budget;
 mod client;
 mod events;
+pub mod fork;
 mod inspect;
 pub(crate) mod logic;
 mod logs;

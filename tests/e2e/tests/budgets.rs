@@ -54,7 +54,15 @@ async fn a_child_past_its_parents_budget_waits_for_the_raise_then_both_finish() 
         seen == "budgeted:1.250000:1.000000:BudgetExceeded",
         &seen,
     );
-    let parent = sc.status("budgeted").await;
+    // The parent's status follows when the child stops running.
+    let parent = sc
+        .wait_run("budgeted", "show its tree's cost", 60, |s| {
+            s.cost_usd.as_deref() == Some("1.250000")
+        })
+        .await
+        .ok()
+        .and_then(|r| r.status)
+        .unwrap_or_default();
     let costs = format!("{:?}:{:?}", parent.cost_usd, parent.budget_usd);
     sc.check(
         "the parent's status shows its tree's cost and its budget",

@@ -426,6 +426,7 @@ async fn kubectl_cairn_on_runs_in_every_phase() -> anyhow::Result<()> {
 
     read_api_under_rbac(&mut sc).await?;
     crate::kubectl_cairn_outputs::step_outputs(&mut sc).await?;
+    let forked = crate::kubectl_cairn_outputs::fork(&mut sc).await?;
     kubectl_cairn_writes::approve_and_emit(&mut sc).await?;
     kubectl_cairn_writes::cancel_and_retry(&mut sc).await?;
 
@@ -456,6 +457,7 @@ async fn kubectl_cairn_on_runs_in_every_phase() -> anyhow::Result<()> {
     for (title, shown) in [
         ("kubectl cairn runs (while runs waited)", &runs_table.out),
         ("kubectl cairn inspect asks (waiting)", &inspect_waiting.out),
+        ("kubectl cairn fork, then inspect of the fork", &forked),
     ] {
         println!("--- {title} ---\n{shown}");
     }

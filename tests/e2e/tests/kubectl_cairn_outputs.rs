@@ -1,6 +1,8 @@
-//! What steps returned, through `kubectl cairn inspect` and the read API (issue 17): a preview
-//! per step, the whole value by key, and a sensitive step's value nowhere, while the flow pod
-//! sealed it with its namespace's step key (the operator's runner Secret carries it).
+//! What an agent did, and what to do about it (issue 17), through `kubectl cairn` and the read
+//! API: a preview of each step's output, the whole value by key, and a sensitive step's value
+//! nowhere, while the flow pod sealed it with its namespace's step key (the operator's runner
+//! Secret carries it); and a fork of the example at `draft` with an edited plan, whose ledger
+//! shows only `draft` and `final` paid, its source unchanged.
 
 use cairn_e2e::Scenario;
 use serde_json::json;
@@ -18,7 +20,107 @@ pub(crate) async fn create(sc: &Scenario) -> anyhow::Result<()> {
     }))
     .await?;
     cairn_e2e::flows::run_of(sc, "secretive", "secretive", json!({ "secret": SECRET })).await?;
+    sc.create::<cairn_crds::Flow>(json!({
+        "apiVersion": "cairn.dev/v1alpha1", "kind": "Flow", "metadata": { "name": "ledgered" },
+        "spec": { "image": sc.setup.image.name, "flow": "research",
+                  "env": [{ "name": "CAIRN_EXAMPLE_LLM_MS", "value": "20" },
+                          { "name": "CAIRN_EXAMPLE_LEDGER", "value": "-" }] },
+    }))
+    .await?;
+    let input = json!({ "topic": "forks", "breadth": 1 });
+    cairn_e2e::flows::run_of(sc, "to-fork", "ledgered", input).await?;
     Ok(())
+}
+
+/// The example approved and finished, then forked at `draft` with an edited plan and its
+/// approval answered ahead.
+pub(crate) async fn fork(sc: &mut Scenario) -> anyhow::Result<String> {
+    let kc = |sc: &Scenario, args: &[&str]| Plugin { sc }.kc(args);
+    let got = kc(sc, &["approve", "to-fork", "--wait", "--timeout", "240s"]);
+    expect(
+        sc,
+        "the run to fork is approved",
+        &got,
+        0,
+        &["to-fork: resumed"],
+    );
+    let source = sc
+        .wait_phase("to-fork", cairn_e2e::Phase::Succeeded, 240)
+        .await;
+    let before = source.ok().and_then(|r| r.status).and_then(|s| s.result);
+    let got = kc(
+        sc,
+        &[
+            "fork",
+            "to-fork",
+            "--from-step",
+            "draft",
+            "--set-output",
+            r#"plan="an edited plan""#,
+            "--answer",
+            "approve-edited=true",
+            "--name",
+            "edited",
+            "--wait",
+            "--timeout",
+            "240s",
+        ],
+    );
+    expect(
+        sc,
+        "fork --from-step draft --set-output plan --answer: the fork succeeds",
+        &got,
+        0,
+        &[
+            "edited: forked from to-fork at step draft",
+            "edited is Succeeded",
+        ],
+    );
+    // The run is over in the database before the kubelet says its pod ended (and serves its
+    // log).
+    if let Err(why) = sc.wait_pods_ended("edited", 120).await {
+        sc.fail("the fork's pods end", why);
+    }
+    let pods = sc.pods_of("edited").await;
+    let ledger = sc.ledger_of(&pods).await;
+    let paid: Vec<String> = ledger
+        .iter()
+        .filter(|l| l.starts_with("ledger\tpaid\t"))
+        .filter_map(|l| l.split('\t').nth(3).map(str::to_owned))
+        .collect();
+    sc.check(
+        "the fork's ledger: only draft and final paid",
+        paid == ["draft", "final"],
+        format!("{paid:?} in the ledger of pods {pods:?}: {ledger:?}"),
+    );
+    let after = sc.status("to-fork").await.result;
+    sc.check(
+        "the source's result is unchanged",
+        before.is_some() && after == before,
+        format!("{before:?} then {after:?}"),
+    );
+    let got = kc(sc, &["inspect", "edited"]);
+    expect(
+        sc,
+        "inspect of the fork shows what it reused, set and paid",
+        &got,
+        0,
+        &[
+            "Forked:    from to-fork at step draft",
+            "reused",
+            "set",
+            "not paid again",
+        ],
+    );
+    let got = kc(sc, &["fork", "to-fork", "--from-step", "nope"]);
+    expect(
+        sc,
+        "fork from an unknown step: refused, saying so (exit 2)",
+        &got,
+        2,
+        &[r#"has no step "nope""#],
+    );
+    Ok(got.out.clone() + &kc(sc, &["inspect", "edited"]).out)
 }
 
 pub(crate) async fn step_outputs(sc: &mut Scenario) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@
 //! deadline (`spec.deadlineSeconds`, by the database clock). Ends with the run as the engine
 //! now has it.
 
-use cairn_crds::{FlowRun, RETRY_ANNOTATION};
+use cairn_crds::{FlowRun, ForkOf, RETRY_ANNOTATION};
 use cairn_engine::launcher::{self as engine, NewRun};
 use cairn_engine::read::{self, RunRecord};
 use cairn_engine::{EngineError, Phase};
@@ -45,18 +45,25 @@ pub async fn sync(
     };
     // Connections are taken per call and never held across another acquire: reconciles run
     // concurrently and must not starve the pool.
-    let created = engine::create_run(&mut *ctx.pool.acquire().await?, &request).await;
+    let created = match &run.spec.fork_of {
+        None => engine::create_run(&mut *ctx.pool.acquire().await?, &request)
+            .await
+            .map(|_| ())
+            .map_err(Refused::from),
+        Some(fork) => create_fork(ctx, run, fork, request).await?,
+    };
     match created {
         // (No Kubernetes Event for this: the status says it, and an Event is one more write
         // to the API server for every FlowRun admitted.)
-        Ok(_) => {}
-        Err(EngineError::RunConflict(message)) => {
+        Ok(()) => {}
+        Err(Refused::Invalid(invalid)) => return Ok(Err(invalid)),
+        Err(Refused::Engine(EngineError::RunConflict(message))) => {
             return Ok(Err(Invalid {
                 reason: "RunConflict",
                 message,
             }));
         }
-        Err(e) => return Err(e.into()),
+        Err(Refused::Engine(e)) => return Err(e.into()),
     }
     let record = read::find(&ctx.pool, &namespace, &name).await?;
     tracing::Span::current().record("attempt", record.attempt);
@@ -99,6 +106,84 @@ pub async fn sync(
         retried,
         deadline,
     }))
+}
+
+/// A fork's run, from its source's checkpoints (once: later reconciles find it made). Its
+/// source must be a run of this namespace; what the engine refuses (an unknown step, an output
+/// for a step the fork does not reuse) is shown as the reason the FlowRun cannot run.
+async fn create_fork(
+    ctx: &Context,
+    run: &FlowRun,
+    fork: &ForkOf,
+    request: NewRun<'_>,
+) -> Result<Result<(), Refused>, Error> {
+    let invalid = |reason: &'static str, message: String| {
+        Ok(Err(Refused::Invalid(Invalid { reason, message })))
+    };
+    // Made already: the source may be gone since, and is not needed any more.
+    if let Ok(existing) = read::find(&ctx.pool, request.namespace, request.name).await
+        && existing.fork_of.is_some()
+        && existing.flowrun_uid.is_some()
+        && existing.flowrun_uid == request.flowrun_uid
+    {
+        return Ok(Ok(()));
+    }
+    let source = match read::find(&ctx.pool, request.namespace, &fork.run).await {
+        Ok(source) if source.namespace == request.namespace => source,
+        _ => {
+            let message = format!(
+                "spec.forkOf.run: no run \"{}\" in namespace \"{}\" to fork from",
+                fork.run, request.namespace
+            );
+            return invalid("ForkSourceNotFound", message);
+        }
+    };
+    if source.flow != request.flow {
+        let message = format!(
+            "spec.forkOf.run: run \"{}\" is of flow \"{}\", not \"{}\": a fork runs its source's flow",
+            fork.run, source.flow, request.flow
+        );
+        return invalid("ForkInvalid", message);
+    }
+    let empty = serde_json::json!({});
+    let request = engine::Fork {
+        name: request.name,
+        input: Some(request.input),
+        max_attempts: request.max_attempts,
+        retry_backoff_ms: request.retry_backoff_ms,
+        created_at: request.created_at,
+        flowrun_uid: request.flowrun_uid,
+        source: source.id,
+        from_step: &fork.step,
+        outputs: fork.outputs.as_ref().unwrap_or(&empty),
+        answers: fork.answers.as_ref().unwrap_or(&empty),
+    };
+    match engine::fork_run(&mut *ctx.pool.acquire().await?, &request).await {
+        Ok((_, true, reused)) => {
+            let note = format!(
+                "forked from {} at step {}: {reused} step(s) reused, not paid again",
+                fork.run, fork.step
+            );
+            ctx.event(run, "Forked", &note).await;
+            Ok(Ok(()))
+        }
+        Ok((_, false, _)) => Ok(Ok(())),
+        Err(EngineError::NotFound(message)) => invalid("ForkPointNotFound", message),
+        Err(EngineError::WrongState(message)) => invalid("ForkInvalid", message),
+        Err(e) => Ok(Err(Refused::Engine(e))),
+    }
+}
+
+/// Why the engine did not make a FlowRun's run.
+enum Refused {
+    Invalid(Invalid),
+    Engine(EngineError),
+}
+
+impl From<EngineError> for Refused {
+    fn from(e: EngineError) -> Refused {
+        Refused::Engine(e)
+    }
 }
 
 fn differs(a: Option<f64>, b: Option<f64>) -> bool {

@@ -35,6 +35,8 @@ pub fn record(phase: Phase, attempt: i32) -> RunRecord {
         usd: 0.0,
         tree_usd: 0.0,
         budget_usd: None,
+        fork_of: None,
+        flowrun_uid: None,
     }
 }
 

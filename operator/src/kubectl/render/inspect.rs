@@ -52,6 +52,8 @@ pub struct Header {
     pub id: String,
     pub flow: String,
     pub parent: Option<String>,
+    /// For a fork: where it comes from, in words.
+    pub fork: Option<String>,
     pub phase: Option<Phase>,
     /// The budget the run's tree is held to and what the tree spent (US dollars).
     pub budget: Option<(f64, f64)>,
@@ -101,6 +103,17 @@ impl Header {
             id: run.id.to_string(),
             flow: run.flow.clone(),
             parent: run.parent.clone(),
+            fork: run.fork_of.as_ref().map(|fork| {
+                let text = |key: &str| fork.get(key).and_then(Value::as_str).unwrap_or("?");
+                let count = |key: &str| fork.get(key).and_then(Value::as_i64).unwrap_or(0);
+                format!(
+                    "from {} at step {} ({} step(s) reused, {} set)",
+                    text("run"),
+                    text("step"),
+                    count("reused"),
+                    count("set")
+                )
+            }),
             phase: Some(run.phase),
             budget: run
                 .budget_usd
@@ -202,6 +215,9 @@ pub fn inspect_text(inspect: &Inspect<'_>, ui: &Ui, now: DateTime<Utc>) -> Strin
     if let Some(parent) = &h.parent {
         l.line("Parent", parent);
     }
+    if let Some(fork) = &h.fork {
+        l.line("Forked", fork);
+    }
     l.line("Phase", format!("{}  {}", ui.phase(h.phase), h.progress));
     if let Some((limit, spent)) = h.budget {
         let line = format!(
@@ -302,15 +318,23 @@ fn history(l: &mut Lines<'_>, detail: &RunDetail, kube: Option<&KubeView>, now: 
         .tree_usd
         .filter(|tree| *tree > t.usd + 1e-9)
         .map(|tree| format!(" ({} with its children)", money(tree)));
+    let reused = (t.reused_steps > 0).then(|| {
+        format!(
+            "; {} step(s) from the source, {} not paid again",
+            t.reused_steps,
+            money(t.reused_usd)
+        )
+    });
     let _ = writeln!(
         l.out,
-        "{} {} steps, {} tokens in, {} tokens out, {}{}",
+        "{} {} steps, {} tokens in, {} tokens out, {}{}{}",
         ui.bold("Totals:"),
         t.steps,
         t.tokens_in,
         t.tokens_out,
         money(t.usd),
-        tree.unwrap_or_default()
+        tree.unwrap_or_default(),
+        reused.unwrap_or_default()
     );
 
     l.section("Attempts");
@@ -377,6 +401,7 @@ mod tests {
                 usd: 0.5,
                 tree_usd: Some(0.75),
                 budget_usd: Some(2.0),
+                fork_of: None,
             },
             steps: vec![
                 Step {
@@ -394,6 +419,7 @@ mod tests {
                     preview: Some(r#"{"outline":["a","b"]}"#.into()),
                     sensitive: false,
                     error: None,
+                    origin: None,
                 },
                 Step {
                     key: "approve".into(),
@@ -410,6 +436,7 @@ mod tests {
                     preview: None,
                     sensitive: false,
                     error: None,
+                    origin: None,
                 },
             ],
             attempts: vec![
@@ -433,6 +460,8 @@ mod tests {
                 usd: 0.5,
                 tokens_in: 100,
                 tokens_out: 20,
+                reused_steps: 0,
+                reused_usd: 0.0,
             },
             children: vec![],
             wait: Some(Wait {

@@ -329,7 +329,11 @@ pub fn steps_table(steps: &[Step], ui: &Ui) -> Table {
             Cell::new(&step.key),
             Cell::new(&step.kind),
             status,
-            right(step.attempt.map(|a| a.to_string()).unwrap_or_default()),
+            // A fork's reused (or set) checkpoint was made by no execution of its own.
+            right(match &step.origin {
+                Some(origin) => origin.clone(),
+                None => step.attempt.map(|a| a.to_string()).unwrap_or_default(),
+            }),
             right(step.tries.map(|t| t.to_string()).unwrap_or_default()),
             right(duration(step.duration_ms)),
             right(tokens(step.tokens_in, step.tokens_out)),

@@ -24,6 +24,7 @@ mod cluster;
 // The lines figure 8's flow prints (shared with the `bench-flows` binary).
 #[path = "../drain_lines.rs"]
 mod drain_lines;
+mod forks;
 mod local;
 mod peers;
 mod pg;
@@ -62,7 +63,7 @@ pub struct Args {
     /// Skip figures 1–3 (local).
     #[arg(long)]
     cluster_only: bool,
-    /// Local figures to run (default: all of 1,2,3).
+    /// Local figures to run (default: all of 1,2,3,10).
     #[arg(long, value_delimiter = ',')]
     local_figures: Option<Vec<u8>>,
     /// Figure 6: FlowRuns to admit (default 1,000).
@@ -179,7 +180,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     OUT.set(out.clone()).expect("set once");
     if !args.cluster_only {
-        let figures = args.local_figures.clone().unwrap_or(vec![1, 2, 3]);
+        let figures = args.local_figures.clone().unwrap_or(vec![1, 2, 3, 10]);
         // On Ctrl-C the figures' future is dropped: the private Postgres stops with it.
         tokio::select! {
             done = local_figures(&mut results, &figures, sizes, &peers, &bin_dir, &out) => done?,
@@ -381,6 +382,12 @@ async fn local_figures(
             out,
         )
         .await?;
+    }
+    if figures.contains(&10) {
+        progress("figure 10: forks of a run of 1,000 steps");
+        let (floor, fork) = forks::fork_creation(&pool, 1000, 20).await?;
+        results.fig10 = vec![floor, fork];
+        write_outputs(results)?;
     }
     drop(pool);
     drop(pg);

@@ -155,6 +155,8 @@ pub struct Results {
     pub fig8: Option<Drains>,
     /// Until the standby holds the Lease, then until a new FlowRun has its first attempt.
     pub fig9: Vec<Latency>,
+    /// A raw copy of the rows (the floor), then Cairn's fork.
+    pub fig10: Vec<Latency>,
     pub notes: Vec<String>,
     pub not_measured: Vec<String>,
     pub targets: Vec<Target>,
@@ -340,6 +342,10 @@ impl Results {
                 "\n## 9. Leader handover: the leading operator SIGKILLed, a standby takes over\n"
             );
             spread_table(w, &self.fig9);
+        }
+        if let Some(floor) = self.fig10.first() {
+            let _ = writeln!(w, "\n## 10. A fork of a run of 1,000 steps\n");
+            latency_table(w, &self.fig10, floor);
         }
         if !self.not_measured.is_empty() {
             let _ = writeln!(w, "\n## Not measured in this run\n");
