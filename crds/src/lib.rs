@@ -105,6 +105,8 @@ impl Budget {
     .message("set either spec.flowRef (a Flow in this namespace) or spec.image and spec.flow"))]
 #[x_kube(validation = Rule::new("has(self.flowRef) || (has(self.image) && has(self.flow))")
     .message("an inline flow needs both spec.image and spec.flow"))]
+#[x_kube(validation = Rule::new("has(self.forkOf) == has(oldSelf.forkOf)")
+    .message("spec.forkOf is immutable: a run is a fork from its creation, or never"))]
 #[serde(rename_all = "camelCase")]
 pub struct FlowRunSpec {
     /// A Flow in this namespace to run.

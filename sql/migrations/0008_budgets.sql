@@ -6,6 +6,12 @@
 
 ALTER TABLE cairn.runs ADD COLUMN budget_usd numeric CHECK (budget_usd >= 0);
 
+-- The lock that orders budget checks and budget changes within a run tree (by its root).
+CREATE FUNCTION cairn.budget_lock_key(p_run_id uuid) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT hashtextextended(root_id::text, 2) FROM cairn.runs WHERE id = p_run_id
+$$;
+
 -- The spend of a run's tree: its steps' costs and those of its children, at any depth.
 CREATE FUNCTION cairn.tree_usd(p_run_id uuid) RETURNS numeric
 LANGUAGE sql STABLE AS $$
@@ -42,6 +48,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     b record;
 BEGIN
+    -- Ordered against cairn.set_budget on the same tree: a raise either comes first (and this
+    -- sees it) or waits for this to park (and then wakes it).
+    PERFORM pg_advisory_xact_lock_shared(cairn.budget_lock_key(p_run_id));
     SELECT * INTO b FROM cairn.exceeded_budget(p_run_id);
     IF NOT FOUND THEN
         RETURN false;
@@ -115,10 +124,14 @@ CREATE FUNCTION cairn.set_budget(p_run_id uuid, p_usd numeric) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     r       cairn.runs;
-    v_spent numeric := cairn.tree_usd(p_run_id);
+    v_spent numeric;
     v_woken integer;
 BEGIN
-    SELECT * INTO r FROM cairn.runs WHERE id = p_run_id FOR UPDATE;
+    -- Exclusive against the budget checks of the tree's steps (cairn.park_over_budget), so a
+    -- run that parks does so before this looks for runs to wake.
+    PERFORM pg_advisory_xact_lock(cairn.budget_lock_key(p_run_id));
+    v_spent := cairn.tree_usd(p_run_id);
+    SELECT * INTO r FROM cairn.runs WHERE id = p_run_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'run % does not exist', p_run_id USING ERRCODE = 'CN004';
     END IF;

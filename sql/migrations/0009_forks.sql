@@ -51,7 +51,10 @@ END $$;
 -- some of those steps another value; p_answers ({event: payload}) sends events to the new run
 -- alone, so the waits for them are answered when reached. Idempotent by name: a fork that
 -- exists is returned as it is. Returns the new run, whether it was made, and how many
--- checkpoints it reused.
+-- checkpoints it reused. Sealed (sensitive) checkpoints are not copied: the fork runs those
+-- steps again, so a value sealed for one run is opened by that run's code alone. A fork
+-- point after a spawn whose child has not finished is refused: the fork would join a child
+-- of its source that never wakes it.
 CREATE FUNCTION cairn.fork_run(p_source uuid, p_name text, p_input jsonb, p_step text,
                                p_outputs jsonb, p_answers jsonb, p_max_attempts integer,
                                p_retry_backoff_ms bigint, p_created_at timestamptz DEFAULT NULL,
@@ -72,6 +75,16 @@ BEGIN
         RAISE EXCEPTION 'run % does not exist', p_source USING ERRCODE = 'CN004';
     END IF;
     v_at := cairn.fork_point(p_source, p_step);
+    SELECT s.key INTO v_key
+    FROM cairn.steps s JOIN cairn.runs c ON c.id = (s.result ->> 'run_id')::uuid
+    WHERE s.run_id = p_source AND s.kind = 'spawn' AND s.completed_at <= v_at
+      AND s.key <> p_step AND NOT cairn.is_terminal(c.state)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'run "%" started a child at "%" that has not finished: a fork after it would wait for a child of its source',
+            src.name, v_key
+            USING ERRCODE = 'CN005', HINT = 'fork from that step or an earlier one, or once the child has finished';
+    END IF;
     SELECT c.run_id, c.created INTO v_id, v_created
     FROM cairn.create_run(src.namespace, p_name, src.flow, coalesce(p_input, src.input), p_max_attempts,
                           p_retry_backoff_ms, NULL, p_created_at, p_flowrun_uid) c;
@@ -81,8 +94,9 @@ BEGIN
     END IF;
     FOR v_key IN SELECT jsonb_object_keys(coalesce(p_outputs, '{}')) LOOP
         IF NOT EXISTS (SELECT 1 FROM cairn.steps s WHERE s.run_id = p_source AND s.key = v_key
-                       AND s.completed_at <= v_at AND s.key <> p_step) THEN
-            RAISE EXCEPTION 'step "%" of run "%" is not one the fork reuses (those completed before "%")',
+                       AND s.completed_at <= v_at AND s.key <> p_step AND s.kind = 'step'
+                       AND coalesce(s.result ->> '$cairn', '') <> 'sealed') THEN
+            RAISE EXCEPTION 'step "%" of run "%" is not one the fork reuses (the steps completed before "%", not waits, spawns or sensitive steps)',
                 v_key, src.name, p_step
                 USING ERRCODE = 'CN005',
                       HINT = 'give outputs to steps before the fork point; later ones run again';
@@ -105,7 +119,8 @@ BEGIN
            CASE WHEN p_outputs ? s.key THEN NULL ELSE s.usage_meta END,
            CASE WHEN p_outputs ? s.key THEN 'set' ELSE 'reused' END
     FROM cairn.steps s
-    WHERE s.run_id = p_source AND s.completed_at <= v_at AND s.key <> p_step;
+    WHERE s.run_id = p_source AND s.completed_at <= v_at AND s.key <> p_step
+      AND coalesce(s.result ->> '$cairn', '') <> 'sealed';
     GET DIAGNOSTICS v_reused = ROW_COUNT;
     SELECT count(*) INTO v_set FROM jsonb_object_keys(coalesce(p_outputs, '{}'));
     PERFORM cairn.emit_event(src.namespace, a.key, a.value, NULL, v_id)

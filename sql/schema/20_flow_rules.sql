@@ -319,6 +319,12 @@ END $$;
 -- (cairn.set_budget). The process sees the step boundary's stop, as for a cancel, so runs on
 -- SDKs from before budgets are held to them too.
 
+-- The lock that orders budget checks and budget changes within a run tree (by its root).
+CREATE FUNCTION cairn.budget_lock_key(p_run_id uuid) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT hashtextextended(root_id::text, 2) FROM cairn.runs WHERE id = p_run_id
+$$;
+
 -- The spend of a run's tree: its steps' costs and those of its children, at any depth.
 CREATE FUNCTION cairn.tree_usd(p_run_id uuid) RETURNS numeric
 LANGUAGE sql STABLE AS $$
@@ -356,6 +362,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     b record;
 BEGIN
+    -- Ordered against cairn.set_budget on the same tree: a raise either comes first (and this
+    -- sees it) or waits for this to park (and then wakes it).
+    PERFORM pg_advisory_xact_lock_shared(cairn.budget_lock_key(p_run_id));
     SELECT * INTO b FROM cairn.exceeded_budget(p_run_id);
     IF NOT FOUND THEN
         RETURN false;

@@ -212,3 +212,80 @@ async fn a_forks_reused_steps_cost_it_nothing() {
     );
     assert_eq!(effects_of(&log, "cheap"), ["pay:2@1"]);
 }
+
+#[tokio::test]
+async fn a_fork_never_inherits_a_sealed_value_and_never_joins_an_unfinished_child() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let launcher_ = db.launcher(FLOWS, &log, &[]);
+    let none = json!({});
+
+    // Sensitive steps run again in the fork: a value sealed for one run is opened by its code
+    // alone. Nor can a fork give one a value.
+    let secret = json!({ "secret": "sk-fork-0123" });
+    let source = db.create_run("sealed-src", "secretive", secret).await;
+    db.supervise(&launcher_, source).await;
+    let (id, _, reused) = launcher::fork_run(
+        &mut *db.conn().await,
+        &fork(source, "sealed-fork", "use", &none, &none),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reused, 1, "tricky reused; credentials not");
+    let run = db.supervise(&launcher_, id).await;
+    assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
+    assert_eq!(effects_of(&log, "sealed-fork"), ["credentials@1"]);
+    let set = json!({ "credentials": { "api_key": "mine" } });
+    match launcher::fork_run(
+        &mut *db.conn().await,
+        &fork(source, "sealed-set", "use", &set, &none),
+    )
+    .await
+    {
+        Err(EngineError::WrongState(message)) => {
+            assert!(message.contains("sensitive"), "{message}")
+        }
+        other => panic!("an output for a sensitive step was not refused: {other:?}"),
+    }
+
+    // A source whose child is parked (at its parent's budget): forking after the spawn would
+    // join that child, which would never wake the fork.
+    let input = json!({ "child": [0.5, 0.5] });
+    let parent = db.create_run("parked-parent", "spender", input).await;
+    launcher::set_budget(&mut *db.conn().await, parent, Some(0.25))
+        .await
+        .unwrap();
+    let supervisor = db.supervise_in_background(&launcher_, parent);
+    let child = cairn_engine::names::child_run_name("parked-parent", "spender", 1);
+    loop {
+        let tree = read::tree(&db.pool, parent).await.unwrap();
+        let parked = tree
+            .iter()
+            .any(|r| r.name == child && r.phase == Phase::Waiting);
+        let joining = tree
+            .iter()
+            .any(|r| r.id == parent && r.phase == Phase::Waiting);
+        if parked && joining {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    match launcher::fork_run(
+        &mut *db.conn().await,
+        &fork(parent, "too-late", "join", &none, &none),
+    )
+    .await
+    {
+        Err(EngineError::WrongState(message)) => {
+            assert!(
+                message.contains("has not finished") && message.contains("spawn:spender"),
+                "{message}"
+            )
+        }
+        other => panic!("a fork after an unfinished child was not refused: {other:?}"),
+    }
+    launcher::set_budget(&mut *db.conn().await, parent, None)
+        .await
+        .unwrap();
+    assert_eq!(supervisor.await.unwrap().phase, Phase::Succeeded);
+}

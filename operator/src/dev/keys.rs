@@ -28,18 +28,22 @@ fn load_or_create(path: &Path) -> anyhow::Result<StepKeys> {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        // create_new: when two commands make it at once, one wins and both read its keys.
-        let created = std::fs::OpenOptions::new()
+        // Written aside, then linked into place (which fails if it exists): when two commands
+        // make it at once, one wins, and neither ever reads a half-written file.
+        let partial = path.with_extension(format!("partial-{}", uuid::Uuid::new_v4()));
+        let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(path);
-        match created {
-            Ok(mut file) => {
-                writeln!(file, "{}", StepKeys::generate().encode())
-                    .and_then(|()| file.sync_all())
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-            }
+            .open(&partial)
+            .and_then(|mut file| {
+                writeln!(file, "{}", StepKeys::generate().encode())?;
+                file.sync_all()
+            });
+        let linked = written.and_then(|()| std::fs::hard_link(&partial, path));
+        let _ = std::fs::remove_file(&partial);
+        match linked {
+            Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
         }

@@ -547,7 +547,15 @@ impl Ctx {
                     "the checkpoint of step \"{key}\" cannot be read: {why}"
                 ))
             })?;
-        decode(value, &format!("the checkpoint of \"{key}\"")).map(Some)
+        let decoded = decode(value, &format!("the checkpoint of \"{key}\""));
+        if checkpoint::is_sealed(stored) && decoded.is_err() {
+            // Serde's message quotes the value: a sensitive one must not reach the run's error.
+            return Err(permanent(anyhow!(
+                "the checkpoint of sensitive step \"{key}\" does not match the type {}",
+                std::any::type_name::<T>()
+            )));
+        }
+        decoded.map(Some)
     }
 
     /// A step's value as its checkpoint stores it: sealed with the namespace's step key when

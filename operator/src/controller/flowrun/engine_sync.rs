@@ -130,6 +130,7 @@ async fn create_fork(
     }
     let source = match read::find(&ctx.pool, request.namespace, &fork.run).await {
         Ok(source) if source.namespace == request.namespace => source,
+        Err(e) if !e.is::<read::NotFound>() => return Err(e.into()),
         _ => {
             let message = format!(
                 "spec.forkOf.run: no run \"{}\" in namespace \"{}\" to fork from",
@@ -148,7 +149,8 @@ async fn create_fork(
     let empty = serde_json::json!({});
     let request = engine::Fork {
         name: request.name,
-        input: Some(request.input),
+        // Without spec.input, the source's.
+        input: run.spec.input.as_ref(),
         max_attempts: request.max_attempts,
         retry_backoff_ms: request.retry_backoff_ms,
         created_at: request.created_at,
