@@ -19,6 +19,7 @@ use dev::{DevCommand, run_dev};
 
 use crate::kubectl;
 use crate::lifecycle::Phase;
+use kubectl::parse_json;
 
 #[derive(Parser)]
 #[command(
@@ -478,11 +479,6 @@ async fn connect(target: KubeTarget, json: bool) -> anyhow::Result<kubectl::Kube
 /// JSON given to a `kubectl cairn` command (a mistake there is an input error).
 fn kube_json(text: &str, flag: &str) -> anyhow::Result<Value> {
     parse_json(text, flag).map_err(|e| kubectl::InputError(e.to_string()).into())
-}
-
-fn parse_json(text: &str, flag: &str) -> anyhow::Result<Value> {
-    serde_json::from_str(text)
-        .map_err(|e| kubectl::input(format!("{flag} is not valid JSON: {e} (got {text:?})")))
 }
 
 /// Commands log warnings to stderr; the operator logs JSON lines at info.

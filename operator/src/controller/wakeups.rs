@@ -35,12 +35,7 @@ pub async fn forward_notifications(
         attempt: i32,
         from: Option<String>,
     }
-    let wake = |run: ObjectRef<FlowRun>| {
-        let scope = run.namespace.clone();
-        if let Some(waker) = wakers.get(&scope).or_else(|| wakers.get(&None)) {
-            let _ = waker.unbounded_send(run);
-        }
-    };
+    let wake = |run: ObjectRef<FlowRun>| send(&wakers, run);
     loop {
         let listening = async {
             let mut listener = PgListener::connect_with(&ctx.pool).await?;
@@ -67,25 +62,14 @@ pub async fn forward_notifications(
                 if !made_by_a_reconcile(changed.from.as_deref(), &changed.state) {
                     wake(ObjectRef::new(&changed.name).within(&changed.namespace));
                 }
-                // An execution that ended: what its steps spent goes to the metrics, once.
+                // Off this loop: its queries must not hold up the notifications behind it.
                 if changed.from.as_deref() == Some("running") {
-                    match cairn_engine::read::attempt_usage(&ctx.pool, changed.id, changed.attempt)
-                        .await
-                    {
-                        Ok(Some(usage)) => ctx.metrics.spent(&usage),
-                        Ok(None) => {}
-                        Err(e) => tracing::warn!(error = %e, "cannot read what an execution spent"),
-                    }
-                }
-                // A child that stopped running changed what its ancestors' trees spent: their
-                // statuses show it (and a budget a child parked at).
-                if changed.from.as_deref() == Some("running") && changed.id != changed.root_id {
-                    match cairn_engine::read::ancestors(&ctx.pool, changed.id).await {
-                        Ok(above) => above
-                            .into_iter()
-                            .for_each(|(ns, name)| wake(ObjectRef::new(&name).within(&ns))),
-                        Err(e) => tracing::warn!(error = %e, "cannot read a child run's ancestors"),
-                    }
+                    tokio::spawn(execution_ended(
+                        ctx.clone(),
+                        wakers.clone(),
+                        (changed.id, changed.attempt),
+                        changed.id != changed.root_id,
+                    ));
                 }
             }
             #[allow(unreachable_code)]
@@ -94,6 +78,41 @@ pub async fn forward_notifications(
         if let Err(e) = listening.await {
             tracing::warn!(error = %e, "lost the engine's notifications; reconnecting");
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Routes a FlowRun to the controller of its namespace (or the one of all namespaces).
+fn send(
+    wakers: &HashMap<Option<String>, UnboundedSender<ObjectRef<FlowRun>>>,
+    run: ObjectRef<FlowRun>,
+) {
+    let scope = run.namespace.clone();
+    if let Some(waker) = wakers.get(&scope).or_else(|| wakers.get(&None)) {
+        let _ = waker.unbounded_send(run);
+    }
+}
+
+/// An execution ended: what its steps spent goes to the metrics, once; and for a child run,
+/// its ancestors' trees spent more, so their statuses (and a budget a child parked at) are
+/// looked at again.
+async fn execution_ended(
+    ctx: Arc<Context>,
+    wakers: HashMap<Option<String>, UnboundedSender<ObjectRef<FlowRun>>>,
+    (run_id, attempt): (uuid::Uuid, i32),
+    is_child: bool,
+) {
+    match cairn_engine::read::attempt_usage(&ctx.pool, run_id, attempt).await {
+        Ok(Some(usage)) => ctx.metrics.spent(&usage),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read what an execution spent"),
+    }
+    if is_child {
+        match cairn_engine::read::ancestors(&ctx.pool, run_id).await {
+            Ok(above) => above
+                .into_iter()
+                .for_each(|(ns, name)| send(&wakers, ObjectRef::new(&name).within(&ns))),
+            Err(e) => tracing::warn!(error = %e, "cannot read a child run's ancestors"),
         }
     }
 }

@@ -11,7 +11,7 @@ use kube::api::PostParams;
 use serde_json::{Map, Value, json};
 
 use super::client::{Kube, kube_error};
-use super::{input, logic};
+use super::{input, logic, parse_json};
 use crate::lifecycle::Phase;
 
 /// What to fork, as the command line gives it.
@@ -49,7 +49,7 @@ pub struct ForkPlan {
 impl ForkArgs {
     pub fn plan(&self) -> anyhow::Result<ForkPlan> {
         let input = match &self.input {
-            Some(text) => Some(json_of(text, "--input")?),
+            Some(text) => Some(parse_json(text, "--input")?),
             None => None,
         };
         Ok(ForkPlan {
@@ -68,11 +68,6 @@ fn default_name(run: &str) -> String {
     format!("{}{suffix}", cairn_engine::names::fit(run, room))
 }
 
-fn json_of(text: &str, flag: &str) -> anyhow::Result<Value> {
-    serde_json::from_str(text)
-        .map_err(|e| input(format!("{flag} is not valid JSON: {e} (got {text:?})")))
-}
-
 /// `NAME=JSON` items as one object; a name given twice is refused.
 fn pairs(items: &[String], flag: &str, what: &str) -> anyhow::Result<Value> {
     let mut object = Map::new();
@@ -80,7 +75,7 @@ fn pairs(items: &[String], flag: &str, what: &str) -> anyhow::Result<Value> {
         let Some((name, text)) = item.split_once('=').filter(|(name, _)| !name.is_empty()) else {
             return Err(input(format!("{flag} {item:?} is not {what}=JSON")));
         };
-        let value = json_of(text, &format!("{flag} {name}"))?;
+        let value = parse_json(text, &format!("{flag} {name}"))?;
         if object.insert(name.to_owned(), value).is_some() {
             return Err(input(format!("{flag} names {name} twice")));
         }

@@ -36,6 +36,12 @@ pub(crate) fn input(message: impl Into<String>) -> anyhow::Error {
     InputError(message.into()).into()
 }
 
+/// JSON given on the command line (`--data`, `--input`...); a mistake names the flag.
+pub(crate) fn parse_json(text: &str, flag: &str) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_str(text)
+        .map_err(|e| input(format!("{flag} is not valid JSON: {e} (got {text:?})")))
+}
+
 /// The exit code for an error of any command (`kubectl cairn`, `cairn dev`, the operator): 2
 /// for a mistake in what was asked (an unknown run, bad JSON, a payload failing the wait's
 /// schema, a name taken with other input), 1 for an operation that failed.

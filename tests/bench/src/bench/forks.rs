@@ -14,23 +14,8 @@ use crate::report::Latency;
 
 /// A finished run of `steps` checkpoints, each a small JSON object.
 async fn source_run(pool: &PgPool, steps: usize) -> anyhow::Result<Uuid> {
+    let attempt = crate::local::started_run(pool, json!({ "steps": steps })).await?;
     let mut conn = pool.acquire().await?;
-    let name = format!("fork-source-{}", Uuid::new_v4().simple());
-    let input = json!({ "steps": steps });
-    let request = launcher::NewRun {
-        namespace: "bench",
-        name: &name,
-        flow: "steps",
-        input: &input,
-        max_attempts: 1,
-        retry_backoff_ms: 0,
-        created_at: None,
-        flowrun_uid: None,
-    };
-    let (run_id, _) = launcher::create_run(&mut conn, &request).await?;
-    let attempt = launcher::start_attempt(&mut conn, run_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("the source run is not pending"))?;
     for i in 0..steps {
         let key = if i == 0 {
             "s".to_owned()
@@ -51,7 +36,7 @@ async fn source_run(pool: &PgPool, steps: usize) -> anyhow::Result<Uuid> {
         runner::complete_step(&mut conn, &attempt, &step).await?;
     }
     runner::complete_run(&mut conn, &attempt, &json!(steps)).await?;
-    Ok(run_id)
+    Ok(attempt.run_id)
 }
 
 /// `samples` forks of a `steps`-step run from its last step, and as many raw copies.

@@ -180,6 +180,22 @@ async fn claimed_run(
     url: &str,
     input: serde_json::Value,
 ) -> anyhow::Result<RunnerEnv> {
+    Ok(RunnerEnv {
+        database_url: url.to_owned(),
+        attempt: started_run(pool, input).await?,
+        inline_sleep_max: Duration::ZERO,
+        pooler: Default::default(),
+        stop_grace: Duration::ZERO,
+        call_timeout: Duration::from_millis(cairn_engine::protocol::DEFAULT_CALL_TIMEOUT_MS),
+        step_keys: None,
+    })
+}
+
+/// A new run of the `steps` flow in namespace `bench`, and its first attempt, claimed.
+pub async fn started_run(
+    pool: &PgPool,
+    input: serde_json::Value,
+) -> anyhow::Result<runner::Attempt> {
     let name = format!("bench-{}", Uuid::new_v4().simple());
     let mut conn = pool.acquire().await?;
     let request = launcher::NewRun {
@@ -193,18 +209,9 @@ async fn claimed_run(
         flowrun_uid: None,
     };
     let (run_id, _) = launcher::create_run(&mut conn, &request).await?;
-    let attempt = launcher::start_attempt(&mut conn, run_id)
+    launcher::start_attempt(&mut conn, run_id)
         .await?
-        .context("run not pending")?;
-    Ok(RunnerEnv {
-        database_url: url.to_owned(),
-        attempt,
-        inline_sleep_max: Duration::ZERO,
-        pooler: Default::default(),
-        stop_grace: Duration::ZERO,
-        call_timeout: Duration::from_millis(cairn_engine::protocol::DEFAULT_CALL_TIMEOUT_MS),
-        step_keys: None,
-    })
+        .context("run not pending")
 }
 
 /// Figure 1 for Cairn: one run of `n` trivial steps through the SDK, each preceded by the
