@@ -26,7 +26,9 @@ async fn source_run(pool: &PgPool, steps: usize) -> anyhow::Result<Uuid> {
         let step = runner::CompletedStep {
             key: &key,
             result: &value,
-            duration_ms: 1,
+            // No made-up duration: a step's start is its commit minus its duration, and a fork
+            // copies the steps that completed before its fork point's start.
+            duration_ms: 0,
             tries: 1,
             usage: runner::StepUsage {
                 usd: Some(0.001),
