@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what a make target needs on a fresh Debian machine, when it is missing:
-#   test: the Postgres server binaries (the tests start their own servers from them) and
-#         PgBouncer (tests/pooler.rs);
+#   test: the Postgres server binaries (the tests start their own servers from them),
+#         PgBouncer (tests/pooler.rs) and s3s-fs, the S3 server of the artifact tests (built
+#         from crates.io into ~/.cache/cairn, once);
+#   s3: s3s-fs alone (the test cluster's object store); prints its path;
 #   static: what the images need (make static-bins, tests/cluster/image.sh): Rust's musl target,
 #         musl-gcc (ring's C code) and buildah, the OCI image builder;
 #   lint: shellcheck, cargo-deny (built from crates.io into ~/.cargo/bin, once), checkov (from
@@ -27,12 +29,27 @@ apt_install() {
     apt-get update -q >/dev/null
     apt-get install -y -q "$@" >/dev/null
 }
+# The artifact tests (tests/durable/artifacts.rs, tests/harness/s3.rs) and the test cluster
+# (tests/cluster/up.sh) need a real S3-compatible server: s3s-fs is one, pure Rust and on
+# crates.io, so cargo builds it with no Go toolchain or container (about 3 minutes, once per
+# machine). Pinned (the directory tests/harness/s3.rs looks in names it): 0.15 and later need
+# rustc 1.96, newer than ours. Prints the binary's path.
+install_s3s_fs() {
+    local version=0.14.1
+    local root="$cache/s3s-fs-$version"
+    if [[ ! -x "$root/bin/s3s-fs" ]]; then
+        echo "building s3s-fs $version into $root (once per machine)" >&2
+        cargo install --locked --quiet --root "$root" "s3s-fs@$version" --features binary >&2
+    fi
+    echo "$root/bin/s3s-fs"
+}
 missing=()
 case "$target" in
 test)
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
     command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || missing+=(pgbouncer)
     apt_install "${missing[@]}"
+    install_s3s_fs >/dev/null
     ;;
 static)
     command -v musl-gcc >/dev/null || missing+=(musl-tools)
@@ -69,8 +86,11 @@ lint)
         CGO_ENABLED=0 GOBIN="$cache/bin" go install "helm.sh/helm/v3/cmd/helm@$helm_version"
     fi
     ;;
+s3)
+    install_s3s_fs
+    ;;
 *)
-    echo "usage: $0 test|static|lint" >&2
+    echo "usage: $0 test|static|lint|s3" >&2
     exit 2
     ;;
 esac

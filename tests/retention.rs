@@ -210,7 +210,7 @@ async fn cairn_dev_gc_says_what_it_deleted() {
     );
     assert_eq!(
         stdout.trim(),
-        "deleted 1 finished run(s) and 1 event(s) older than 1day"
+        "deleted 1 finished run(s) and 1 event(s) older than 1day, and 0 artifact(s) no run refers to"
     );
     let bad = tokio::process::Command::new(cairn_cli())
         .args(["dev", "gc", "--older-than", "soon"])

@@ -63,6 +63,7 @@ async fn the_engine_and_a_flow_process_work_over_verify_full() {
         name: "tls".into(),
         dir: std::env::temp_dir().join(format!("cairn-tls-files-{}", uuid::Uuid::new_v4())),
         step_keys: cairn_engine::checkpoint::StepKeys::generate(),
+        artifacts: cairn_engine::artifacts::ArtifactSettings::new("file:///nonexistent"),
     };
     std::fs::create_dir_all(&db.dir).unwrap();
     let log = db.log("effects");

@@ -431,6 +431,68 @@ pub async fn gc(
     })
 }
 
+/// Retention of artifacts in the namespaces `only` names (none: all): deletes the objects no
+/// checkpoint refers to any more (see [`delete_unreferenced_artifacts`]). Returns how many.
+pub async fn collect_artifacts(
+    pool: &PgPool,
+    store: &crate::artifacts::ArtifactStore,
+    only: Option<&[String]>,
+    grace: std::time::Duration,
+) -> anyhow::Result<usize> {
+    const BATCH: i32 = 500;
+    let mut deleted = 0;
+    for namespace in artifact_namespaces(pool).await? {
+        if only.is_some_and(|only| !only.contains(&namespace)) {
+            continue;
+        }
+        loop {
+            let batch =
+                delete_unreferenced_artifacts(pool, store, &namespace, grace, BATCH).await?;
+            deleted += batch;
+            if batch < BATCH as usize {
+                break;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// The namespaces with objects in the artifact store.
+pub async fn artifact_namespaces(pool: &PgPool) -> Result<Vec<String>> {
+    sqlx::query_scalar!("SELECT DISTINCT namespace FROM cairn.artifacts ORDER BY namespace")
+        .fetch_all(pool)
+        .await
+        .engine()
+}
+
+/// Retention of artifacts: deletes from `store` up to `limit` objects of `namespace` that no
+/// checkpoint refers to and that no run recorded in the last `grace` (one being written for a
+/// step not checkpointed yet). Returns how many went. The records go only once their objects
+/// did: a store that fails leaves them for the next pass.
+pub async fn delete_unreferenced_artifacts(
+    pool: &PgPool,
+    store: &crate::artifacts::ArtifactStore,
+    namespace: &str,
+    grace: std::time::Duration,
+    limit: i32,
+) -> anyhow::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let digests = sqlx::query_scalar!(
+        r#"SELECT digest AS "digest!"
+           FROM cairn.artifacts_to_delete($1, now() - make_interval(secs => $2), $3) digest"#,
+        namespace,
+        grace.as_secs_f64(),
+        limit
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for digest in &digests {
+        store.delete(namespace, digest).await?;
+    }
+    tx.commit().await?;
+    Ok(digests.len())
+}
+
 /// Deletes an event (its FlowEvent is gone); a later wait for the name waits for a new emit.
 /// Returns whether it existed.
 pub async fn delete_event(conn: &mut PgConnection, namespace: &str, name: &str) -> Result<bool> {

@@ -7,6 +7,7 @@
 //!   the [`names`] derived from a run's name (pods, labels, children) within Kubernetes' limits;
 //! - [`runner`] (feature `runner`): the calls a flow process makes, the runner protocol. The
 //!   SDK depends on this side only; flow processes log in as a role that can do nothing else;
+//!   with it, the [`checkpoint`] forms and the [`artifacts`] kept in object storage;
 //! - [`launcher`], [`read`] and [`schema`] (feature `launcher`): creating, claiming, waking and
 //!   steering runs, the read queries behind the CLI and the read API, and migrations with the
 //!   compatibility checks that make upgrades and rollbacks safe. The operator and `cairn dev`.
@@ -20,6 +21,8 @@ pub mod wait;
 pub use phase::Phase;
 pub use wait::Wait;
 
+#[cfg(feature = "runner")]
+pub mod artifacts;
 #[cfg(feature = "runner")]
 pub mod checkpoint;
 #[cfg(feature = "runner")]

@@ -49,6 +49,10 @@ pub mod env {
     /// The step keys of the run's namespace (see `checkpoint::StepKeys`): sensitive steps'
     /// values are sealed with the first and opened with any. Unset: no step may be sensitive.
     pub const STEP_KEYS: &str = "CAIRN_STEP_KEYS";
+    /// Where artifacts are kept, and the sizes that send results there
+    /// (`artifacts::ArtifactSettings` as JSON). Unset: results stay in Postgres, and a flow
+    /// that stores an artifact fails saying so.
+    pub const ARTIFACTS: &str = "CAIRN_ARTIFACTS";
 }
 
 /// The default of [`env::INLINE_SLEEP_MAX_MS`].

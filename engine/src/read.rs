@@ -8,8 +8,9 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::artifacts::ArtifactRef;
 use crate::checkpoint;
-use crate::read_api::{Attempt, PREVIEW_CHARS, Step, StepOutput, Totals};
+use crate::read_api::{Artifact, Attempt, PREVIEW_CHARS, Step, StepOutput, Totals};
 use crate::{Phase, Wait};
 
 /// A run as the supervisors and the CLI see it.
@@ -161,6 +162,7 @@ pub async fn steps(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Vec<Step>> {
                         usd::float8 AS usd, tokens_in, tokens_out, model,
                         CASE coalesce(result->>'$cairn', '')
                             WHEN 'sealed' THEN NULL
+                            WHEN 'artifact' THEN format('<artifact: %s, %s>', pg_size_pretty((result->>'size')::bigint), result->>'content_type')
                             WHEN 'value' THEN left((result->'value')::text, $2 + 1)
                             ELSE left(result::text, $2 + 1) END AS preview,
                         coalesce(result->>'$cairn' = 'sealed', false) AS sensitive,
@@ -234,8 +236,11 @@ pub async fn step_output(pool: &PgPool, run: &RunRecord, key: &str) -> anyhow::R
     )
     .fetch_optional(pool)
     .await?;
+    let artifact = stored
+        .as_ref()
+        .and_then(|stored| artifact_of(key, stored, step.started_at));
     let output = match stored {
-        Some(stored) if !checkpoint::is_sealed(&stored) => {
+        Some(stored) if !checkpoint::is_sealed(&stored) && artifact.is_none() => {
             Some(checkpoint::value_of(key, stored, None).map_err(|why| anyhow!(why))?)
         }
         _ => None,
@@ -247,7 +252,82 @@ pub async fn step_output(pool: &PgPool, run: &RunRecord, key: &str) -> anyhow::R
         status: step.status,
         sensitive: step.sensitive,
         output,
+        artifact,
         error: step.error,
+    })
+}
+
+/// The run's objects in the artifact store, in the order they were checkpointed.
+pub async fn artifacts(pool: &PgPool, run_id: Uuid) -> anyhow::Result<Vec<Artifact>> {
+    let rows = sqlx::query!(
+        r#"SELECT key, result, completed_at FROM cairn.steps
+           WHERE run_id = $1 AND cairn.artifact_digest(result) IS NOT NULL
+           ORDER BY completed_at, key"#,
+        run_id
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| artifact_of(&row.key, &row.result, row.completed_at))
+        .collect())
+}
+
+/// One artifact of the run, by its name or its step's key, with the reference to fetch it by.
+pub async fn artifact(
+    pool: &PgPool,
+    run: &RunRecord,
+    name: &str,
+) -> anyhow::Result<(Artifact, ArtifactRef)> {
+    let all = artifacts(pool, run.id).await?;
+    let found = all
+        .iter()
+        .find(|a| a.name == name)
+        .or_else(|| all.iter().find(|a| a.step == name))
+        .cloned()
+        .ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|a| a.name.as_str()).collect();
+            NotFound(format!(
+                "run \"{}\" has no artifact \"{name}\" (it has: {})",
+                run.name,
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            ))
+        })?;
+    let reference = ArtifactRef {
+        digest: found.digest.clone(),
+        size: found.size,
+        content_type: found.content_type.clone(),
+        name: None,
+    };
+    Ok((found, reference))
+}
+
+/// The artifact a checkpoint refers to, if it refers to one.
+fn artifact_of(key: &str, stored: &Value, created_at: DateTime<Utc>) -> Option<Artifact> {
+    let (reference, sensitive) = match ArtifactRef::from_checkpoint(stored) {
+        Some(reference) => (reference, false),
+        None if checkpoint::is_sealed(stored) => (
+            serde_json::from_value(stored.get("artifact")?.clone()).ok()?,
+            true,
+        ),
+        None => return None,
+    };
+    let name = match &reference.name {
+        Some(_) => key.strip_prefix("artifact:").unwrap_or(key).to_owned(),
+        None => key.to_owned(),
+    };
+    Some(Artifact {
+        name,
+        step: key.to_owned(),
+        digest: reference.digest,
+        size: reference.size,
+        content_type: reference.content_type,
+        sensitive,
+        created_at,
     })
 }
 

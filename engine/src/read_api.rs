@@ -148,9 +148,37 @@ pub struct StepOutput {
     pub kind: String,
     pub status: String,
     pub sensitive: bool,
-    /// What it returned; None when it is sensitive or not completed.
+    /// What it returned; None when it is sensitive, not completed, or kept in the artifact
+    /// store (then `artifact` names it).
     pub output: Option<Value>,
+    #[serde(default)]
+    pub artifact: Option<Artifact>,
     pub error: Option<String>,
+}
+
+/// `GET .../runs/{name}/artifacts`: the objects a run keeps in the artifact store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactList {
+    pub run: String,
+    pub items: Vec<Artifact>,
+}
+
+/// One object of a run in the artifact store: one it stored (`ctx.artifact`), or a step's
+/// result too large for its checkpoint row. `GET .../runs/{run}/artifacts/{name}` downloads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// The name it was stored under (`report.pdf`, `report.pdf#2` when stored again), or the
+    /// step's key for a result.
+    pub name: String,
+    /// The checkpoint that refers to it.
+    pub step: String,
+    /// `sha256:` and its SHA-256 in hex.
+    pub digest: String,
+    pub size: u64,
+    pub content_type: String,
+    /// A sensitive step's result: sealed, never served.
+    pub sensitive: bool,
+    pub created_at: DateTime<Utc>,
 }
 
 /// One launched process (a pod on Kubernetes).

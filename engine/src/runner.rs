@@ -155,6 +155,27 @@ pub async fn complete_step(
     Ok(cancelled)
 }
 
+/// Records that this run is about to write the object `artifact` to the artifact store (or to
+/// refer to it): retention leaves it alone meanwhile.
+pub async fn touch_artifact(
+    conn: &mut PgConnection,
+    attempt: &Attempt,
+    artifact: &crate::artifacts::ArtifactRef,
+) -> Result<()> {
+    sqlx::query!(
+        "SELECT cairn_runner_v1.touch_artifact($1, $2, $3, $4, $5)",
+        attempt.token,
+        attempt.run_id,
+        artifact.digest,
+        artifact.size as i64,
+        artifact.content_type
+    )
+    .execute(conn)
+    .await
+    .engine()?;
+    Ok(())
+}
+
 pub async fn complete_run(
     conn: &mut PgConnection,
     attempt: &Attempt,

@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
+use cairn_engine::artifacts::ArtifactSettings;
 use cairn_engine::checkpoint::StepKeys;
 use cairn_engine::{launcher as engine, read};
 use sqlx::postgres::PgListener;
@@ -36,6 +37,8 @@ pub struct Launcher {
     pub logs: PathBuf,
     /// The master step keys: each process gets its run's namespace's (`dev::keys`).
     pub step_keys: StepKeys,
+    /// Where processes keep artifacts (`dev::artifacts`); none: large results stay in rows.
+    pub artifacts: Option<ArtifactSettings>,
 }
 
 struct Exited {
@@ -499,7 +502,11 @@ impl Supervisor<'_> {
                 return;
             }
         };
-        let spawned = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(artifacts) = &self.launcher.artifacts {
+            command.env(cairn::env::ARTIFACTS, artifacts.encode());
+        }
+        let spawned = command
             .envs(self.launcher.env.iter().map(|(k, v)| (k, v)))
             .env(cairn::env::DATABASE_URL, &self.launcher.database_url)
             .env(cairn::env::RUN_ID, run.id.to_string())

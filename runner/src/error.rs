@@ -21,6 +21,10 @@ pub enum Interrupted {
     /// supervisor retries it. Steps completed so far are kept.
     #[error("lost the connection to the database")]
     Unavailable,
+    /// The artifact store could not be reached to write or read a step's object; the attempt
+    /// ends as crashed and the supervisor retries it. Nothing was checkpointed for that step.
+    #[error("the artifact store is unavailable")]
+    StoreUnavailable,
 }
 
 /// Wraps an error that retrying cannot fix (bad request, refused by policy): the step fails at

@@ -42,7 +42,10 @@ mod usage;
 
 pub use cairn_engine::protocol::{Exit, RUNNER_PROTOCOL, env};
 pub use conn::Pooler;
-pub use ctx::{ChildRun, Ctx, PendingStep, RetryPolicy, Step, StepStart, Wait, WaitWithTimeout};
+pub use ctx::{
+    Artifact, ArtifactContent, ChildRun, Ctx, PendingStep, RetryPolicy, Step, StepStart, Wait,
+    WaitWithTimeout,
+};
 pub use error::{Interrupted, Permanent, is_permanent, permanent};
 pub use runner::{Runner, RunnerEnv};
 pub use usage::{Usage, record_usage};

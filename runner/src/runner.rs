@@ -16,6 +16,7 @@ use crate::conn::{Pooler, RunnerConn, engine_call};
 use crate::ctx::{Ctx, decode};
 use crate::error::{Interrupted, StepFailed};
 use cairn_engine::EngineError;
+use cairn_engine::artifacts::ArtifactSettings;
 use cairn_engine::checkpoint::StepKeys;
 use cairn_engine::protocol::{self, Exit, env};
 use cairn_engine::runner::{self as engine, Handshake};
@@ -33,6 +34,9 @@ pub struct RunnerEnv {
     pub call_timeout: Duration,
     /// The namespace's step keys, which seal and open sensitive steps' values.
     pub step_keys: Option<StepKeys>,
+    /// Where large results and stored artifacts go (a bad setting: its message, reported by
+    /// the first step that needs the store, so that it fails that run rather than crashing).
+    pub artifacts: Option<Result<ArtifactSettings, String>>,
 }
 
 impl RunnerEnv {
@@ -68,6 +72,9 @@ impl RunnerEnv {
                 .map(|keys| StepKeys::parse(&keys))
                 .transpose()
                 .map_err(|e| anyhow!("{}: {e}", env::STEP_KEYS))?,
+            artifacts: std::env::var(env::ARTIFACTS).ok().map(|text| {
+                ArtifactSettings::parse(&text).map_err(|e| format!("{}: {e}", env::ARTIFACTS))
+            }),
         })
     }
 
@@ -218,6 +225,7 @@ impl Runner {
             conn,
             runner_env.inline_sleep_max,
             runner_env.step_keys.clone(),
+            runner_env.artifacts.clone(),
         );
         let outcome = tokio::select! {
             outcome = flow(ctx.clone(), input) => outcome,
@@ -242,7 +250,7 @@ impl Runner {
                 Interrupted::Suspended => Exit::Suspended,
                 Interrupted::Cancelled => Exit::Cancelled,
                 Interrupted::Superseded => Exit::Superseded,
-                Interrupted::Unavailable => Exit::Crashed,
+                Interrupted::Unavailable | Interrupted::StoreUnavailable => Exit::Crashed,
                 Interrupted::Stopping => release(&mut *ctx.connection().await, attempt).await,
             };
         }

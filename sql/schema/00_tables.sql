@@ -201,3 +201,28 @@ CREATE TABLE cairn.run_binaries (
     built_from text NOT NULL,
     pinned_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- Objects in the artifact store (engine/src/artifacts.rs), one row per namespace and digest:
+-- recorded by the run about to write one, before the write (cairn.touch_artifact), so that
+-- retention (cairn.artifacts_to_delete) never takes an object a step is being checkpointed with.
+CREATE TABLE cairn.artifacts (
+    namespace    text NOT NULL,
+    digest       text NOT NULL CHECK (digest ~ '^sha256:[0-9a-f]{64}$'),
+    size         bigint NOT NULL,
+    content_type text NOT NULL,
+    touched_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace, digest)
+);
+
+-- The object a checkpoint refers to: an artifact's digest, or a sealed value's kept in the
+-- store. NULL for a checkpoint held whole in its row.
+CREATE FUNCTION cairn.artifact_digest(p_result jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE p_result ->> '$cairn'
+           WHEN 'artifact' THEN p_result ->> 'digest'
+           WHEN 'sealed' THEN p_result -> 'artifact' ->> 'digest' END
+$$;
+
+-- Retention asks whether any checkpoint still refers to an object.
+CREATE INDEX steps_artifact_idx ON cairn.steps (cairn.artifact_digest(result))
+    WHERE cairn.artifact_digest(result) IS NOT NULL;

@@ -375,3 +375,27 @@ BEGIN
                            b.name, round(b.spent, 4), round(b.budget, 4))));
     RETURN true;
 END $$;
+
+-- Artifacts: the lock ordering a run recording the object it is about to write (shared)
+-- against retention deleting unreferenced objects of the namespace (exclusive).
+CREATE FUNCTION cairn.artifact_lock_key(p_namespace text) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$ SELECT hashtextextended('cairn.artifacts:' || p_namespace, 0) $$;
+
+-- Records that run p_run_id is about to write the object p_digest of its namespace (or to
+-- refer to it, when the store has it already): retention leaves it alone for a grace period.
+CREATE FUNCTION cairn.touch_artifact(p_run_id uuid, p_digest text, p_size bigint,
+                                     p_content_type text)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_namespace text;
+BEGIN
+    SELECT namespace INTO v_namespace FROM cairn.runs WHERE id = p_run_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'run % does not exist', p_run_id USING ERRCODE = 'CN004';
+    END IF;
+    PERFORM pg_advisory_xact_lock_shared(cairn.artifact_lock_key(v_namespace));
+    INSERT INTO cairn.artifacts (namespace, digest, size, content_type)
+    VALUES (v_namespace, p_digest, p_size, p_content_type)
+    ON CONFLICT (namespace, digest) DO UPDATE SET touched_at = now();
+END $$;

@@ -500,6 +500,30 @@ BEGIN
     RETURN QUERY SELECT v_runs, v_events;
 END $$;
 
+-- Retention of artifacts: deletes the records of up to p_limit objects of p_namespace that no
+-- checkpoint refers to and that no run recorded since p_before, and returns their digests.
+-- Call it in a transaction and delete the objects before committing: it holds the namespace's
+-- artifact lock, so a run about to write one of them waits, then records it anew.
+CREATE FUNCTION cairn.artifacts_to_delete(p_namespace text, p_before timestamptz,
+                                          p_limit integer)
+RETURNS SETOF text
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(cairn.artifact_lock_key(p_namespace));
+    RETURN QUERY
+    DELETE FROM cairn.artifacts a
+    WHERE a.namespace = p_namespace
+      AND a.digest IN (
+          SELECT o.digest FROM cairn.artifacts o
+          WHERE o.namespace = p_namespace AND o.touched_at < p_before
+            AND NOT EXISTS (SELECT 1 FROM cairn.steps s JOIN cairn.runs r ON r.id = s.run_id
+                            WHERE cairn.artifact_digest(s.result) = o.digest
+                              AND cairn.artifact_digest(s.result) IS NOT NULL
+                              AND r.namespace = p_namespace)
+          LIMIT p_limit)
+    RETURNING a.digest;
+END $$;
+
 -- Deletes an event sent to the namespace (its FlowEvent was deleted): a later wait for that
 -- name waits for a new emit. Returns whether there was one. (One sent to a run goes with it.)
 CREATE FUNCTION cairn.delete_event(p_namespace text, p_name text) RETURNS boolean

@@ -64,6 +64,7 @@ stop kube-scheduler
 stop kube-controller-manager
 stop kube-apiserver
 stop etcd
+stop s3
 
 # Postgres runs as the postgres user; pg_ctl stops it by its own pid file.
 if [[ -f "$STATE_DIR/postgres/data/postmaster.pid" ]]; then

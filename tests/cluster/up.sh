@@ -247,6 +247,24 @@ PG_PLAIN_URL="postgres://cairn:$(cat "$STATE_DIR/postgres/password")@$NODE_IP:$P
 echo "$PG_PLAIN_URL?sslmode=verify-full&sslrootcert=$PKI/ca.crt" >"$PG_URL_FILE"
 
 # ---------------------------------------------------------------------------------------------
+# 5b. An S3-compatible object store for artifacts: s3s-fs (a real S3 server from crates.io,
+# built once per machine by tests/install-deps.sh) on the bridge gateway, so that both the
+# operator on the host and flow pods reach it; each bucket is a directory under $S3_DATA.
+S3_PORT=9000
+S3_DATA="$STATE_DIR/s3/data"
+S3_BUCKET=cairn-artifacts
+S3_BIN="$("$REPO_ROOT/tests/install-deps.sh" s3)"
+mkdir -p "$S3_DATA/$S3_BUCKET"; chmod 700 "$STATE_DIR/s3"
+[[ -s "$STATE_DIR/s3/secret-key" ]] || {
+    openssl rand -hex 10 >"$STATE_DIR/s3/access-key"
+    openssl rand -hex 20 >"$STATE_DIR/s3/secret-key"
+}
+start s3 "$S3_BIN" --host "$NODE_IP" --port "$S3_PORT" \
+    --access-key "$(cat "$STATE_DIR/s3/access-key")" --secret-key "$(cat "$STATE_DIR/s3/secret-key")" \
+    "$S3_DATA"
+wait_for "the S3 server" 30 "$LOG_DIR/s3.log" bash -c "exec 3<>/dev/tcp/$NODE_IP/$S3_PORT"
+
+# ---------------------------------------------------------------------------------------------
 # 6. etcd (Debian's), on loopback only.
 mkdir -p "$STATE_DIR/etcd"; chmod 700 "$STATE_DIR/etcd"
 start etcd /usr/bin/etcd --name cairn --data-dir "$STATE_DIR/etcd" \
@@ -517,6 +535,11 @@ export CAIRN_CLUSTER_PG_CA="$PKI/ca.crt"
 export CAIRN_CLUSTER_TOOLS="$TOOLS_BIN"
 export CAIRN_CLUSTER_BIN="$BIN_DIR"
 export CONTAINERD_ADDRESS="$CONTAINERD_SOCK"
+export CAIRN_CLUSTER_S3_ENDPOINT="http://$NODE_IP:$S3_PORT"
+export CAIRN_CLUSTER_S3_BUCKET="$S3_BUCKET"
+export CAIRN_CLUSTER_S3_DATA="$S3_DATA"
+export CAIRN_CLUSTER_S3_ACCESS_KEY="$(cat "$STATE_DIR/s3/access-key")"
+export CAIRN_CLUSTER_S3_SECRET_KEY="$(cat "$STATE_DIR/s3/secret-key")"
 EOF
 log "cluster up in $((SECONDS - T0))s: kubectl/helm/ctr in $BIN_DIR, env file $STATE_DIR/env, Postgres URL in $PG_URL_FILE"
 echo "$ADMIN_KUBECONFIG"

@@ -2,6 +2,7 @@
 //! launching the real flow processes of `test-flows`, one module per behaviour. Side effects
 //! are counted from the flows' effect log, never from logs of the system under test.
 
+mod artifacts;
 mod bookkeeping;
 mod budgets;
 mod control;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use cairn::{Ctx, RetryPolicy, Runner, Usage};
+use cairn_tests::payloads::{big_text, fnv1a};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -535,6 +536,94 @@ async fn spender(ctx: Ctx, input: SpenderInput) -> anyhow::Result<f64> {
     Ok(total)
 }
 
+// ---- big_result: a step result far larger than a checkpoint row (kept in the artifact store) --
+
+#[derive(Deserialize)]
+struct BigResultInput {
+    /// The step returns a text of this many megabytes (`big_text`).
+    mb: f64,
+    /// `after:big`: hang the first time the run gets past the step (it is checkpointed).
+    hang: Option<String>,
+    /// The step's result is sensitive (sealed).
+    #[serde(default)]
+    sensitive: bool,
+    /// A path: each execution of the step records `waiting:big`, then blocks until the file
+    /// `<path>.<attempt>` exists, so a test can do something while the step is in flight.
+    release: Option<String>,
+}
+
+/// One step returning a big text (recording `step:big`), then an optional kill point; returns
+/// the text's length, hash and first line as the replay (or the first run) saw it.
+async fn big_result(ctx: Ctx, input: BigResultInput) -> anyhow::Result<Value> {
+    let len = (input.mb * (1 << 20) as f64) as usize;
+    let c = ctx.clone();
+    let release = input.release.clone();
+    let mut step = ctx
+        .step("big", move || {
+            let (ctx, release) = (c.clone(), release.clone());
+            async move {
+                effect(&ctx, "step:big");
+                if let Some(release) = release {
+                    effect(&ctx, "waiting:big");
+                    let file = format!("{release}.{}", ctx.attempt());
+                    let deadline = tokio::time::Instant::now() + HANG;
+                    while !std::path::Path::new(&file).exists() {
+                        if tokio::time::Instant::now() > deadline {
+                            return Err(anyhow!("{file} never appeared"));
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                Ok(big_text(len))
+            }
+        })
+        .retry(RetryPolicy::none());
+    if input.sensitive {
+        step = step.sensitive();
+    }
+    let text: String = step.await?;
+    hang_once(&ctx, input.hang.as_deref(), "after:big").await;
+    Ok(json!({
+        "len": text.len(),
+        "fnv": fnv1a(text.as_bytes()),
+        "head": text.lines().next().unwrap_or_default(),
+    }))
+}
+
+// ---- stores_artifact: objects stored on purpose, then read back ----------------------------
+
+#[derive(Deserialize)]
+struct StoredItem {
+    name: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct StoresArtifactInput {
+    items: Vec<StoredItem>,
+    /// `after:artifacts`: hang the first time the run has stored them all.
+    hang: Option<String>,
+}
+
+/// Stores each item's text (`text/plain; charset=utf-8`) with `ctx.artifact`, recording
+/// `stored:<name>` each time a process gets past it (a replay too), then reads them all back.
+/// Returns the artifacts and what was read.
+async fn stores_artifact(ctx: Ctx, input: StoresArtifactInput) -> anyhow::Result<Value> {
+    let mut artifacts = Vec::new();
+    for item in input.items {
+        let artifact = ctx.artifact(&item.name, item.text).await?;
+        effect(&ctx, &format!("stored:{}", item.name));
+        artifacts.push(artifact);
+    }
+    hang_once(&ctx, input.hang.as_deref(), "after:artifacts").await;
+    let mut read = Vec::new();
+    for artifact in &artifacts {
+        let bytes = ctx.read_artifact(artifact).await?;
+        read.push(String::from_utf8(bytes.to_vec())?);
+    }
+    Ok(json!({ "artifacts": artifacts, "read": read }))
+}
+
 #[tokio::main]
 async fn main() {
     Runner::new()
@@ -554,6 +643,8 @@ async fn main() {
         .flow("configured", configured)
         .flow("secretive", secretive)
         .flow("spender", spender)
+        .flow("big_result", big_result)
+        .flow("stores_artifact", stores_artifact)
         .run()
         .await
 }

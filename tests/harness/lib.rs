@@ -5,7 +5,9 @@
 
 pub mod cli;
 pub mod fake_api;
+pub mod payloads;
 pub mod relay;
+pub mod s3;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use cairn_engine::artifacts::ArtifactSettings;
 use cairn_engine::checkpoint::StepKeys;
 use cairn_engine::launcher::{self, NewRun};
 use cairn_engine::read::{self, RunRecord};
@@ -157,6 +160,9 @@ pub struct TestDb {
     pub dir: PathBuf,
     /// The master step keys its launchers give flow processes (their namespace's).
     pub step_keys: StepKeys,
+    /// The artifact store its launchers give flow processes: a directory of its own unless
+    /// a test points it elsewhere (an S3 server).
+    pub artifacts: ArtifactSettings,
 }
 
 impl TestDb {
@@ -196,6 +202,8 @@ impl TestDb {
             .expect("cannot connect to the test database");
         let dir = server.root.join("files").join(&name);
         std::fs::create_dir_all(&dir).expect("test directory");
+        let artifacts =
+            ArtifactSettings::new(format!("file://{}", dir.join("artifacts").display()));
         TestDb {
             pool,
             runner_url: url.clone(),
@@ -203,6 +211,7 @@ impl TestDb {
             name,
             dir,
             step_keys: StepKeys::generate(),
+            artifacts,
         }
     }
 
@@ -351,6 +360,7 @@ impl TestDb {
             max_parallel: 8,
             logs: self.dir.join("logs"),
             step_keys: self.step_keys.clone(),
+            artifacts: Some(self.artifacts.clone()),
         }
     }
 

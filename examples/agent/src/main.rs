@@ -134,7 +134,7 @@ async fn summarize(ctx: Ctx, input: SummarizeInput) -> anyhow::Result<Summary> {
 
 /// An LLM call as a durable step, written with the decomposed API so it can log replays.
 async fn llm_step(ctx: &Ctx, name: &str, prompt: String) -> anyhow::Result<String> {
-    match ctx.begin_step::<String>(name)? {
+    match ctx.begin_step::<String>(name).await? {
         StepStart::Replayed(text) => {
             ledger(ctx, "replayed", name, 0.0);
             Ok(text)

@@ -122,6 +122,16 @@ pub(super) enum DevCommand {
         #[command(flatten)]
         namespace: Namespace,
     },
+    /// A run's artifacts (objects in the artifact store: `<CAIRN_HOME>/artifacts`, or
+    /// CAIRN_ARTIFACTS_URL), or, with `get NAME`, one of them.
+    Artifacts {
+        #[command(flatten)]
+        artifacts: kubectl::artifacts::ArtifactsArgs,
+        #[command(flatten)]
+        namespace: Namespace,
+        #[command(flatten)]
+        output: OutputFlag,
+    },
     /// What a run's processes printed, execution by execution (kept under the dev root).
     Logs {
         run: String,
@@ -158,8 +168,8 @@ pub(super) enum DevCommand {
     },
     /// Delete runs that finished, and events emitted, longer ago than --older-than.
     ///
-    /// A run goes with everything it owns (children, steps, attempts). An event some run
-    /// still waits for is kept.
+    /// A run goes with everything it owns (children, steps, attempts), and its artifacts once
+    /// no other run (a fork) refers to them. An event some run still waits for is kept.
     Gc {
         /// Age beyond which finished runs and events are deleted (e.g. 7d, 12h).
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -245,6 +255,16 @@ pub(super) async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
             dev::steer::approve(&run, &payload, &namespace.name).await
         }
         DevCommand::Cancel { run, namespace } => dev::steer::cancel(&run, &namespace.name).await,
+        DevCommand::Artifacts {
+            artifacts,
+            namespace,
+            output,
+        } => match &artifacts.action {
+            None => dev::artifacts::list(&artifacts.run, &namespace.name, output.json()).await,
+            Some(kubectl::artifacts::ArtifactAction::Get { name, file }) => {
+                dev::artifacts::get(&artifacts.run, name, &namespace.name, file).await
+            }
+        },
         DevCommand::Logs {
             run,
             attempt,

@@ -150,6 +150,19 @@ enum Command {
         #[command(flatten)]
         output: OutputFlag,
     },
+    /// A run's artifacts (objects in the artifact store), or, with `get NAME`, one of them.
+    ///
+    /// Lists what the run stored (`ctx.artifact`) and its step results too large for a
+    /// checkpoint row; `get NAME [-f FILE]` downloads one through the operator's read API. A
+    /// sensitive step's result is listed, never served.
+    Artifacts {
+        #[command(flatten)]
+        artifacts: kubectl::artifacts::ArtifactsArgs,
+        #[command(flatten)]
+        target: KubeTarget,
+        #[command(flatten)]
+        output: OutputFlag,
+    },
     /// Logs of a run's pods, attempt by attempt.
     Logs {
         /// The FlowRun's name.
@@ -205,10 +218,10 @@ enum Command {
 #[derive(Args)]
 struct KubeTarget {
     /// The kubeconfig context to use (default: the current one).
-    #[arg(long)]
+    #[arg(long, global = true)]
     context: Option<String>,
     /// The namespace (default: the context's).
-    #[arg(long, short = 'n')]
+    #[arg(long, short = 'n', global = true)]
     namespace: Option<String>,
     /// Act as this user, as `kubectl --as` (needs `impersonate` rights).
     #[arg(long = "as")]
@@ -275,7 +288,8 @@ pub struct Namespace {
         long = "namespace",
         short = 'n',
         value_name = "NAMESPACE",
-        default_value = "default"
+        default_value = "default",
+        global = true
     )]
     pub name: String,
 }
@@ -444,6 +458,20 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let kube = connect(target, output.json()).await?;
             kube.fork(&fork, wait.timeout()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Artifacts {
+            artifacts,
+            target,
+            output,
+        } => {
+            let kube = connect(target, output.json()).await?;
+            match &artifacts.action {
+                None => kube.artifacts(&artifacts.run).await?,
+                Some(kubectl::artifacts::ArtifactAction::Get { name, file }) => {
+                    kube.artifact_get(&artifacts.run, name, file).await?
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs {

@@ -34,6 +34,26 @@ pub struct Config {
         default_value = "cairn-step-keys"
     )]
     pub step_keys_secret: String,
+    /// Where flows keep artifacts: step results larger than --artifact-offload-bytes and the
+    /// objects they store (`ctx.artifact`). `s3://bucket/prefix`, `gs://..` or `az://..`; the
+    /// store's credentials and options come from this process's environment (`AWS_*`,
+    /// `GOOGLE_*`, `AZURE_*`, as object_store reads them) and reach flow pods through their
+    /// namespace's runner Secret. Unset: results stay in Postgres (up to 64 MiB each).
+    #[arg(long, env = "CAIRN_ARTIFACTS_URL")]
+    pub artifacts_url: Option<String>,
+    /// Step results larger than this many bytes (as JSON) go to the artifact store.
+    #[arg(long, env = "CAIRN_ARTIFACT_OFFLOAD_BYTES",
+          default_value_t = cairn_engine::artifacts::DEFAULT_OFFLOAD_BYTES)]
+    pub artifact_offload_bytes: u64,
+    /// The largest artifact a flow may write, in bytes: a larger one fails its step.
+    #[arg(long, env = "CAIRN_ARTIFACT_MAX_BYTES",
+          default_value_t = cairn_engine::artifacts::DEFAULT_MAX_BYTES)]
+    pub artifact_max_bytes: u64,
+    /// An object no checkpoint refers to (its runs were deleted) is deleted from the store
+    /// once this long has passed since a run last wrote it.
+    #[arg(long, env = "CAIRN_ARTIFACT_GRACE", default_value = "1h",
+          value_parser = humantime::parse_duration)]
+    pub artifact_grace: Duration,
     /// Namespace of the Lease that elects the one active replica (in a pod: its own namespace).
     #[arg(long, env = "CAIRN_LEASE_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
@@ -99,6 +119,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The artifact store's settings, as flow pods get them (`None`: no store).
+    pub fn artifact_settings(&self) -> Option<cairn_engine::artifacts::ArtifactSettings> {
+        let url = self.artifacts_url.as_deref().filter(|u| !u.is_empty())?;
+        let mut settings =
+            cairn_engine::artifacts::ArtifactSettings::new(url).with_options_from_env();
+        settings.offload_bytes = self.artifact_offload_bytes;
+        settings.max_bytes = self.artifact_max_bytes;
+        Some(settings)
+    }
+
     /// The caps as the engine takes them (`None`: no cap).
     pub fn budget(&self) -> (Option<i32>, Option<i32>) {
         let cap = |n: i32| (n > 0).then_some(n);

@@ -95,6 +95,42 @@ pub async fn expire_events(ctx: std::sync::Arc<Context>) {
     }
 }
 
+/// Deletes, every few minutes, the artifacts no checkpoint refers to any more (their runs
+/// were deleted) from the artifact store, in the namespaces this operator manages.
+pub async fn expire_artifacts(ctx: std::sync::Arc<Context>) {
+    let Some(store) = ctx.artifacts.clone() else {
+        return;
+    };
+    let namespaces = ctx.config.namespaces();
+    loop {
+        match cairn_engine::launcher::collect_artifacts(
+            &ctx.pool,
+            &store,
+            namespaces.as_deref(),
+            ctx.config.artifact_grace,
+        )
+        .await
+        {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted artifacts no run refers to"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot delete unreferenced artifacts yet; trying again later")
+            }
+        }
+        tokio::time::sleep(
+            ARTIFACT_SWEEP_EVERY.min(
+                ctx.config
+                    .artifact_grace
+                    .max(std::time::Duration::from_secs(5)),
+            ),
+        )
+        .await;
+    }
+}
+
+/// How often [`expire_artifacts`] looks (or the grace period, when shorter).
+const ARTIFACT_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
 #[cfg(test)]
 mod tests {
     use super::*;

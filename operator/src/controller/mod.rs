@@ -31,6 +31,7 @@ use cairn_crds::{
     Flow, FlowEvent, FlowRun, LABEL_ATTEMPT, LABEL_MANAGED, LABEL_RUN, MANAGED_BY_OPERATOR,
     ResourceProfile,
 };
+use cairn_engine::artifacts::ArtifactStore;
 use cairn_engine::checkpoint::StepKeys;
 use cairn_engine::runner::Attempt;
 use futures::{FutureExt, StreamExt};
@@ -57,6 +58,9 @@ pub struct Context {
     runner_db: runner_db::RunnerDb,
     /// The master step keys; each namespace's runner Secret gets that namespace's.
     step_keys: StepKeys,
+    /// The artifact store (`--artifacts-url`): flow pods get its settings in their runner
+    /// Secret; the read API serves objects from it; retention deletes from it.
+    pub artifacts: Option<ArtifactStore>,
     /// Runs refused a launch by the running budget, oldest first; woken as slots free.
     pub waiting_for_slot: std::sync::Mutex<VecDeque<ObjectRef<FlowRun>>>,
     /// When each namespace last had its flow pods' Secret (and service account) applied.
@@ -89,11 +93,22 @@ impl Context {
                 instance: std::env::var("HOSTNAME").ok(),
             },
         );
+        let artifacts =
+            config
+                .artifact_settings()
+                .and_then(|settings| match ArtifactStore::open(&settings) {
+                    Ok(store) => Some(store),
+                    Err(e) => {
+                        tracing::error!(error = %e, "artifacts are off: fix --artifacts-url");
+                        None
+                    }
+                });
         Context {
             client,
             pool,
             runner_db,
             step_keys,
+            artifacts,
             config,
             metrics: telemetry::Metrics::default(),
             recorder,
@@ -236,6 +251,9 @@ impl Context {
         if let Some(ca) = &self.runner_db.ca {
             data[runner_db::CA_KEY] = json!(ca);
         }
+        if let Some(store) = &self.artifacts {
+            data[pod::ARTIFACTS_SECRET_KEY] = json!(store.settings().encode());
+        }
         let secret = json!({
             "apiVersion": "v1",
             "kind": "Secret",
@@ -315,6 +333,7 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
             ctx.client.clone(),
             ctx.pool.clone(),
             ctx.config.watch_namespaces.clone(),
+            ctx.artifacts.clone(),
             ctx.config.api_listen,
             cert.clone(),
             key.clone(),
@@ -409,6 +428,7 @@ async fn act(ctx: Arc<Context>) {
     ));
     tokio::spawn(wakeups::wake_timers(ctx.pool.clone(), timers));
     tokio::spawn(history::expire_events(ctx.clone()));
+    tokio::spawn(history::expire_artifacts(ctx.clone()));
     futures::future::join_all(controllers).await;
 }
 

@@ -40,8 +40,9 @@ pub async fn gc(older_than: Duration, namespace: Option<&str>) -> anyhow::Result
         namespace,
     )
     .await?;
+    let artifacts = super::artifacts::collect(&pool, namespace).await?;
     println!(
-        "deleted {} finished run(s) and {} event(s) older than {}",
+        "deleted {} finished run(s) and {} event(s) older than {}, and {artifacts} artifact(s) no run refers to",
         collected.runs,
         collected.events,
         humantime::format_duration(older_than)

@@ -3,6 +3,7 @@
 //! here, one file per group: `run` (start and supervise a run), `runs` (list and inspect),
 //! `steer` (emit, cancel, wait) and `db` (the private Postgres, garbage collection).
 
+pub mod artifacts;
 pub mod db;
 pub mod keys;
 pub mod logs;

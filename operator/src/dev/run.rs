@@ -250,6 +250,7 @@ async fn supervise_tree(
                 max_parallel: parallel.max(1),
                 logs: super::logs::logs_dir(),
                 step_keys: super::keys::master()?,
+                artifacts: Some(super::artifacts::settings()),
             };
             match supervisor::supervise(pool, &launcher, root).await {
                 Err(e) if e.is::<supervisor::SupervisedElsewhere>() => {

@@ -242,6 +242,7 @@ pub async fn serve(parallel: usize) -> anyhow::Result<ExitCode> {
         max_parallel: parallel.max(1),
         logs: super::logs::logs_dir(),
         step_keys: super::keys::master()?,
+        artifacts: Some(super::artifacts::settings()),
     };
     supervisor::supervise_scope(&pool, &launcher, Scope::Local).await?;
     eprintln!("cairn: dev server stopped");

@@ -10,6 +10,7 @@
 //! that does not allow it, a wait that ended elsewhere or timed out), 2 the input was wrong
 //! (unknown run, bad JSON, a payload failing the schema).
 
+pub mod artifacts;
 pub mod budget;
 mod client;
 mod events;

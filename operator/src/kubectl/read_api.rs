@@ -10,10 +10,12 @@ use kube::client::Body;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use cairn_engine::read_api::{RunDetail, StepOutput};
+use cairn_engine::read_api::{ArtifactList, RunDetail, StepOutput};
 
 /// How long one read may take before the operator counts as unreachable.
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long downloading one artifact may take.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 const PREFIX: &str = "/apis/api.cairn.dev/v1alpha1";
 
 pub struct ReadApi {
@@ -57,18 +59,57 @@ impl ReadApi {
         name: &str,
         key: &str,
     ) -> Result<StepOutput, ReadApiError> {
-        // Keys hold `#` and `:` (`plan#2`, `event:approve-x`): each segment is escaped.
-        let mut url = url::Url::parse("http://read-api").expect("a valid base URL");
-        url.path_segments_mut()
-            .expect("an http URL has path segments")
-            .extend(PREFIX.trim_start_matches('/').split('/'))
-            .extend(["namespaces", namespace, "runs", name, "steps", key]);
-        self.get(url.path()).await
+        self.get(&path(&[
+            "namespaces",
+            namespace,
+            "runs",
+            name,
+            "steps",
+            key,
+        ]))
+        .await
+    }
+
+    /// A run's artifacts.
+    pub async fn artifacts(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<ArtifactList, ReadApiError> {
+        self.get(&path(&["namespaces", namespace, "runs", name, "artifacts"]))
+            .await
+    }
+
+    /// The bytes of one of a run's artifacts (by name or step key).
+    pub async fn artifact(
+        &self,
+        namespace: &str,
+        name: &str,
+        artifact: &str,
+    ) -> Result<bytes::Bytes, ReadApiError> {
+        let path = path(&["namespaces", namespace, "runs", name, "artifacts", artifact]);
+        self.fetch(&path, "*/*", DOWNLOAD_TIMEOUT).await
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ReadApiError> {
+        let body = self.fetch(path, "application/json", READ_TIMEOUT).await?;
+        serde_json::from_slice(&body).map_err(|e| {
+            ReadApiError::Failed(format!(
+                "unexpected answer from {} ({e}): {}",
+                self.location,
+                excerpt(&body)
+            ))
+        })
+    }
+
+    async fn fetch(
+        &self,
+        path: &str,
+        accept: &str,
+        timeout: Duration,
+    ) -> Result<bytes::Bytes, ReadApiError> {
         let request = Request::get(path)
-            .header("accept", "application/json")
+            .header("accept", accept)
             .body(Body::from(Vec::new()))
             .map_err(|e| ReadApiError::Failed(format!("bad request {path}: {e}")))?;
         let unreachable = |why: String| {
@@ -84,21 +125,15 @@ impl ReadApi {
             let body = response.into_body().collect_bytes().await?;
             Ok::<_, kube::Error>((status, body))
         };
-        let (status, body) = match tokio::time::timeout(READ_TIMEOUT, exchange).await {
-            Err(_) => return Err(unreachable(format!("no answer within {READ_TIMEOUT:?}"))),
+        let (status, body) = match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => return Err(unreachable(format!("no answer within {timeout:?}"))),
             Ok(Err(e)) => return Err(unreachable(super::client::innermost(&e))),
             Ok(Ok(answer)) => answer,
         };
-        let json: Option<Value> = serde_json::from_slice(&body).ok();
         if status.is_success() {
-            return serde_json::from_slice(&body).map_err(|e| {
-                ReadApiError::Failed(format!(
-                    "unexpected answer from {} ({e}): {}",
-                    self.location,
-                    excerpt(&body)
-                ))
-            });
+            return Ok(body);
         }
+        let json: Option<Value> = serde_json::from_slice(&body).ok();
         // A Status: the operator's own (details.group is its group), or the API server's.
         let message = json
             .as_ref()
@@ -126,6 +161,16 @@ impl ReadApi {
             (code, false) => unreachable(format!("HTTP {code}: {message}")),
         })
     }
+}
+
+/// The read API's path of `segments`, each escaped (keys hold `#` and `:`: `plan#2`).
+fn path(segments: &[&str]) -> String {
+    let mut url = url::Url::parse("http://read-api").expect("a valid base URL");
+    url.path_segments_mut()
+        .expect("an http URL has path segments")
+        .extend(PREFIX.trim_start_matches('/').split('/'))
+        .extend(segments);
+    url.path().to_owned()
 }
 
 fn excerpt(body: &[u8]) -> String {

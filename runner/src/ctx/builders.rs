@@ -94,6 +94,7 @@ impl PendingStep<'_> {
         usage: Option<Usage>,
     ) -> anyhow::Result<()> {
         let result = self.ctx.to_checkpoint(&self.key, value, self.sensitive)?;
+        let result = self.ctx.offload(&self.key, result).await?;
         self.ctx
             .complete(&self.key, result, self.started, 1, usage)
             .await

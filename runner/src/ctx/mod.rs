@@ -20,8 +20,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+mod artifacts;
 mod builders;
 
+pub use artifacts::{Artifact, ArtifactContent};
 pub use builders::{PendingStep, RetryPolicy, Step, StepStart, Wait, WaitWithTimeout};
 
 use crate::conn::{RunnerConn, engine_call};
@@ -53,6 +55,7 @@ struct Inner {
     executed: AtomicU32,
     inline_sleep_max: Duration,
     step_keys: Option<StepKeys>,
+    artifacts: artifacts::Store,
 }
 
 /// A child run started with [`Ctx::spawn`]; join it for its result of type `O`.
@@ -81,6 +84,7 @@ impl Ctx {
         conn: RunnerConn,
         inline_sleep_max: Duration,
         step_keys: Option<StepKeys>,
+        artifacts: Option<Result<cairn_engine::artifacts::ArtifactSettings, String>>,
     ) -> Self {
         Ctx {
             inner: Arc::new(Inner {
@@ -96,6 +100,7 @@ impl Ctx {
                 executed: AtomicU32::new(0),
                 inline_sleep_max,
                 step_keys,
+                artifacts: artifacts::open_store(artifacts),
             }),
         }
     }
@@ -164,13 +169,16 @@ impl Ctx {
 
     /// The first half of a step, for code that cannot pass a closure (before/after hooks):
     /// either the checkpointed value, or a [`PendingStep`] to complete once the work is done.
-    pub fn begin_step<T: DeserializeOwned>(&self, name: &str) -> anyhow::Result<StepStart<'_, T>> {
-        self.begin(self.next_key(name).0)
+    pub async fn begin_step<T: DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<StepStart<'_, T>> {
+        self.begin(self.next_key(name).0).await
     }
 
-    fn begin<T: DeserializeOwned>(&self, key: String) -> anyhow::Result<StepStart<'_, T>> {
+    async fn begin<T: DeserializeOwned>(&self, key: String) -> anyhow::Result<StepStart<'_, T>> {
         self.check_stopped()?;
-        if let Some(value) = self.replay::<T>(&key)? {
+        if let Some(value) = self.replay::<T>(&key).await? {
             return Ok(StepStart::Replayed(value));
         }
         Ok(StepStart::Run(PendingStep {
@@ -193,7 +201,7 @@ impl Ctx {
         Fut: Future<Output = anyhow::Result<T>> + Send,
         T: Serialize + DeserializeOwned + Send,
     {
-        let pending = match self.begin(key)? {
+        let pending = match self.begin(key).await? {
             StepStart::Replayed(value) => return Ok(value),
             StepStart::Run(pending) => pending,
         };
@@ -221,6 +229,7 @@ impl Ctx {
         })?;
         let usage = lock(&usage).take();
         let result = self.to_checkpoint(&pending.key, &value, sensitive)?;
+        let result = self.offload(&pending.key, result).await?;
         self.complete(&pending.key, result, pending.started, tries, usage)
             .await?;
         Ok(value)
@@ -426,7 +435,7 @@ impl Ctx {
     ) -> anyhow::Result<ChildRun<O>> {
         let (key, occurrence) = self.next_key(&format!("spawn:{flow}"));
         self.check_stopped()?;
-        if let Some(child) = self.replay::<ChildRun<O>>(&key)? {
+        if let Some(child) = self.replay::<ChildRun<O>>(&key).await? {
             return Ok(child);
         }
         let name = cairn_engine::names::child_run_name(self.run_name(), flow, occurrence);
@@ -536,11 +545,12 @@ impl Ctx {
         (key, *n)
     }
 
-    fn replay<T: DeserializeOwned>(&self, key: &str) -> anyhow::Result<Option<T>> {
+    async fn replay<T: DeserializeOwned>(&self, key: &str) -> anyhow::Result<Option<T>> {
         let Some(stored) = self.inner.checkpoints.get(key) else {
             return Ok(None);
         };
         self.inner.replayed.fetch_add(1, Ordering::Relaxed);
+        let stored = &self.fetch_offloaded(key, stored).await?;
         let value = checkpoint::value_of(key, stored.clone(), self.inner.step_keys.as_ref())
             .map_err(|why| {
                 permanent(anyhow!(

@@ -43,6 +43,35 @@ pub struct Cluster {
     pub admin_url: String,
     /// PATH with the cluster's kubectl, helm and ctr (and Postgres's client) first.
     pub path: String,
+    /// The cluster's S3 server (s3s-fs, on the bridge gateway).
+    pub s3: S3,
+}
+
+/// The cluster's S3-compatible server, as up.sh started it.
+#[derive(Debug, Clone)]
+pub struct S3 {
+    pub endpoint: String,
+    pub bucket: String,
+    /// Where it keeps objects: `<data>/<bucket>/<key>`.
+    pub data: PathBuf,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl S3 {
+    /// The environment an operator reads the store's credentials from (object_store's).
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", self.access_key.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.as_str()),
+            ("AWS_ENDPOINT", self.endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
 }
 
 impl Cluster {
@@ -80,6 +109,13 @@ impl Cluster {
                 env("CAIRN_CLUSTER_BIN")?,
                 std::env::var("PATH").unwrap_or_default()
             ),
+            s3: S3 {
+                endpoint: env("CAIRN_CLUSTER_S3_ENDPOINT")?,
+                bucket: env("CAIRN_CLUSTER_S3_BUCKET")?,
+                data: env("CAIRN_CLUSTER_S3_DATA")?.into(),
+                access_key: env("CAIRN_CLUSTER_S3_ACCESS_KEY")?,
+                secret_key: env("CAIRN_CLUSTER_S3_SECRET_KEY")?,
+            },
         })
     }
 

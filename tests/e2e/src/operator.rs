@@ -22,6 +22,8 @@ pub struct OperatorConfig {
     pub listen: SocketAddr,
     /// More flags (`--max-running 2`, ...).
     pub flags: Vec<String>,
+    /// More environment (the artifact store's credentials).
+    pub env: Vec<(String, String)>,
     /// Where its stdout and stderr go (appended).
     pub log: PathBuf,
 }
@@ -53,6 +55,7 @@ impl Operator {
             .args(["--lease-namespace", &config.namespace])
             .args(["--lease-name", &config.lease_name])
             .args(&config.flags)
+            .envs(config.env.iter().map(|(k, v)| (k, v)))
             .env("CAIRN_DATABASE_URL", &config.database_url)
             .env("KUBECONFIG", &config.kubeconfig)
             .env_remove("CAIRN_OPERATOR_NAMESPACE")

@@ -98,6 +98,7 @@ impl Scenario {
             lease_name: "cairn-e2e".into(),
             listen,
             flags: flags.iter().map(|f| f.to_string()).collect(),
+            env: self.setup.cluster.s3.env(),
             log: self.dir.join(format!("operator-{index}.log")),
         })?;
         operator

@@ -19,5 +19,7 @@ mod kubectl_cairn;
 mod kubectl_cairn_writes;
 // Step outputs shown, a sensitive step's hidden.
 mod kubectl_cairn_outputs;
+// Artifacts in the cluster's S3 server, listed and downloaded with kubectl cairn.
+mod kubectl_cairn_artifacts;
 // Spend budgets: a child parks at its parent's budget until it is raised.
 mod budgets;

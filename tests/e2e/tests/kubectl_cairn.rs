@@ -131,6 +131,7 @@ async fn create_runs(sc: &Scenario) -> anyhow::Result<()> {
         cairn_e2e::flows::run_of(sc, name, flow, input).await?;
     }
     crate::kubectl_cairn_outputs::create(sc).await?;
+    crate::kubectl_cairn_artifacts::create(sc).await?;
     Ok(())
 }
 
@@ -222,7 +223,10 @@ async fn kubectl_cairn_on_runs_in_every_phase() -> anyhow::Result<()> {
         "--api-tls-key",
         &key.to_string_lossy(),
     ]
-    .map(str::to_owned);
+    .map(str::to_owned)
+    .into_iter()
+    .chain(crate::kubectl_cairn_artifacts::operator_flags(&sc))
+    .collect::<Vec<_>>();
     let api_flags: Vec<&str> = api_flags.iter().map(String::as_str).collect();
     let op = sc.start_operator(listen, &api_flags).await?;
     sc.operators[op].wait_ready(Duration::from_secs(60)).await?;
@@ -427,6 +431,7 @@ async fn kubectl_cairn_on_runs_in_every_phase() -> anyhow::Result<()> {
     read_api_under_rbac(&mut sc).await?;
     crate::kubectl_cairn_outputs::step_outputs(&mut sc).await?;
     let forked = crate::kubectl_cairn_outputs::fork(&mut sc).await?;
+    crate::kubectl_cairn_artifacts::check(&mut sc).await?;
     kubectl_cairn_writes::approve_and_emit(&mut sc).await?;
     kubectl_cairn_writes::cancel_and_retry(&mut sc).await?;
 

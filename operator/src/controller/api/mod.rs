@@ -9,6 +9,7 @@
 //! kubectl get --raw /apis/api.cairn.dev/v1alpha1/namespaces/{ns}/runs?phase=&flow=
 //! kubectl get --raw /apis/api.cairn.dev/v1alpha1/namespaces/{ns}/runs/{name}
 //! kubectl get --raw /apis/api.cairn.dev/v1alpha1/namespaces/{ns}/runs/{name}/steps/{key}
+//! kubectl get --raw /apis/api.cairn.dev/v1alpha1/namespaces/{ns}/runs/{name}/artifacts[/{name}]
 //! ```
 //!
 //! A step's value is shown (a preview in the run, the whole of it by key), except a sensitive
@@ -18,6 +19,7 @@
 //! an unknown run or a namespace this operator does not manage, 400 for a bad filter, 503 when
 //! the database is unreachable.
 
+pub mod artifacts;
 pub mod auth;
 pub mod tls;
 
@@ -51,6 +53,8 @@ pub struct ApiState {
     namespaces: Option<BTreeSet<String>>,
     authorizer: Authorizer,
     identity: IdentityHeaders,
+    /// Where artifacts are read from (none configured: they are listed, not served).
+    artifacts: Option<cairn_engine::artifacts::ArtifactStore>,
 }
 
 impl ApiState {
@@ -71,7 +75,14 @@ impl ApiState {
             namespaces: (!named.is_empty()).then_some(named),
             authorizer,
             identity,
+            artifacts: None,
         }
+    }
+
+    /// Serves artifacts' bytes from `store`.
+    pub fn with_artifacts(mut self, store: Option<cairn_engine::artifacts::ArtifactStore>) -> Self {
+        self.artifacts = store;
+        self
     }
 
     /// Refuses a caller without the right, before anything is read.
@@ -131,6 +142,14 @@ pub fn router(state: ApiState) -> Router {
             "/apis/api.cairn.dev/v1alpha1/namespaces/{namespace}/runs/{name}/steps/{key}",
             get(get_step),
         )
+        .route(
+            "/apis/api.cairn.dev/v1alpha1/namespaces/{namespace}/runs/{name}/artifacts",
+            get(artifacts::get_list),
+        )
+        .route(
+            "/apis/api.cairn.dev/v1alpha1/namespaces/{namespace}/runs/{name}/artifacts/{artifact}",
+            get(artifacts::get_one),
+        )
         .fallback(no_route)
         .with_state(state)
 }
@@ -142,6 +161,7 @@ pub async fn serve(
     client: kube::Client,
     pool: PgPool,
     watch_namespaces: Vec<String>,
+    artifacts: Option<cairn_engine::artifacts::ArtifactStore>,
     listen: std::net::SocketAddr,
     cert: std::path::PathBuf,
     key: std::path::PathBuf,
@@ -162,7 +182,8 @@ pub async fn serve(
         &watch_namespaces,
         Authorizer::new(client),
         proxy.headers.clone(),
-    );
+    )
+    .with_artifacts(artifacts);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the read API to {listen}"))?;
@@ -237,7 +258,11 @@ pub async fn detail(
 }
 
 /// A run of a namespace, by name or by id.
-async fn find(pool: &PgPool, namespace: &str, name_or_id: &str) -> Result<RunRecord, ApiError> {
+pub(super) async fn find(
+    pool: &PgPool,
+    namespace: &str,
+    name_or_id: &str,
+) -> Result<RunRecord, ApiError> {
     let unknown = || {
         ApiError::not_found(format!(
             "run \"{name_or_id}\" not found in namespace \"{namespace}\""
@@ -349,7 +374,7 @@ async fn get_step(
 async fn no_route(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!(
         "no such route: {} (routes: /apis/api.cairn.dev/v1alpha1/namespaces/{{namespace}}/runs[?phase=&flow=], \
-         /apis/api.cairn.dev/v1alpha1/namespaces/{{namespace}}/runs/{{name}}[/steps/{{key}}])",
+         /apis/api.cairn.dev/v1alpha1/namespaces/{{namespace}}/runs/{{name}}[/steps/{{key}}|/artifacts[/{{name}}]])",
         uri.path()
     ))
 }
@@ -362,11 +387,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: String) -> ApiError {
+    pub(super) fn new(status: StatusCode, message: String) -> ApiError {
         ApiError { status, message }
     }
 
-    fn not_found(message: String) -> ApiError {
+    pub(super) fn not_found(message: String) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, message)
     }
 

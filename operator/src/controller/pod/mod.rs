@@ -21,6 +21,8 @@ use cairn_engine::names;
 
 /// The key, in the per-namespace runner Secret, holding the database URL flow pods use.
 pub const DB_SECRET_KEY: &str = "database-url";
+/// The key, in the runner Secret, holding the artifact store's settings (credentials included).
+pub const ARTIFACTS_SECRET_KEY: &str = "artifacts";
 /// Key of the attempt's token in the run's token Secret.
 pub const TOKEN_SECRET_KEY: &str = "token";
 
@@ -78,6 +80,13 @@ pub fn build_pod(spec: &FlowPod<'_>) -> Pod {
             cairn::env::STEP_KEYS,
             spec.db_secret,
             super::step_keys::NAMESPACE_KEY,
+            true,
+        ),
+        // Optional: without an artifact store, results stay in Postgres.
+        secret_ref_env(
+            cairn::env::ARTIFACTS,
+            spec.db_secret,
+            ARTIFACTS_SECRET_KEY,
             true,
         ),
         plain_env(cairn::env::RUN_ID, spec.run_id),

@@ -185,6 +185,24 @@ fn the_pod_carries_the_runner_contract_and_no_api_rights() {
             TOKEN_SECRET_KEY.into()
         )
     );
+    // The artifact store's settings hold its credentials: a Secret reference too, optional
+    // (a cluster without a store has no such key).
+    assert_eq!(
+        from_secret("CAIRN_ARTIFACTS"),
+        ("cairn-runner-db".into(), ARTIFACTS_SECRET_KEY.into())
+    );
+    let optional = |name: &str| {
+        env[name]
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap()
+            .optional
+    };
+    assert_eq!(optional("CAIRN_ARTIFACTS"), Some(true));
+    assert_eq!(optional("CAIRN_DATABASE_URL"), Some(false));
 }
 
 #[test]

@@ -8,6 +8,30 @@ mod step;
 pub use inspect::{Answer, AnswerHint, Header, Inspect, KubeView, WaitLines, inspect_text};
 pub use step::step_text;
 
+/// A run's artifacts: name, size, type, digest (`artifacts RUN`).
+pub fn artifacts_table(items: &[cairn_engine::read_api::Artifact], ui: &Ui) -> String {
+    if items.is_empty() {
+        return ui.dim("(no artifacts)\n");
+    }
+    let mut table = ui.table(&["NAME", "STEP", "SIZE", "TYPE", "DIGEST"]);
+    for a in items {
+        let kind = if a.sensitive {
+            ui.dim("(sensitive)")
+        } else {
+            a.content_type.clone()
+        };
+        let digest = a.digest.trim_start_matches("sha256:");
+        table.add_row(vec![
+            Cell::new(&a.name),
+            Cell::new(&a.step),
+            Cell::new(a.size).set_alignment(CellAlignment::Right),
+            Cell::new(kind),
+            Cell::new(&digest[..digest.len().min(12)]),
+        ]);
+    }
+    format!("{table}\n")
+}
+
 use std::collections::BTreeMap;
 
 use anstyle::{AnsiColor, Style};

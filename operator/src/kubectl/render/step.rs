@@ -54,6 +54,18 @@ pub fn step_text(step: &StepOutput, ui: &Ui) -> String {
         (_, true) => out.push_str(&ui.dim(
             "(sensitive: its value is stored sealed with the namespace's step key and is never shown)\n",
         )),
+        (None, false) if step.artifact.is_some() => {
+            let artifact = step.artifact.as_ref().expect("checked");
+            out.push_str(&format!(
+                "{} {} bytes, {} ({}); download it with `artifacts get {} {}`\n",
+                ui.bold("In the artifact store:"),
+                artifact.size,
+                artifact.content_type,
+                artifact.digest,
+                step.run,
+                artifact.name
+            ));
+        }
         (Some(value), false) => {
             let pretty = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
             out.push_str(&pretty);
@@ -77,6 +89,7 @@ mod tests {
             status: "completed".into(),
             sensitive,
             output: value,
+            artifact: None,
             error: None,
         }
     }

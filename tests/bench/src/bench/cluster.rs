@@ -232,6 +232,7 @@ impl Cluster {
             lease_name: "bench".into(),
             listen,
             flags: vec!["--max-running".into(), max_running.to_string()],
+            env: vec![],
             log: log.clone(),
         };
         let mut operator = e2e::operator::Operator::spawn(&operator_config)?;

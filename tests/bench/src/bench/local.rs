@@ -188,6 +188,7 @@ async fn claimed_run(
         stop_grace: Duration::ZERO,
         call_timeout: Duration::from_millis(cairn_engine::protocol::DEFAULT_CALL_TIMEOUT_MS),
         step_keys: None,
+        artifacts: None,
     })
 }
 

@@ -25,6 +25,7 @@ mod cluster;
 #[path = "../drain_lines.rs"]
 mod drain_lines;
 mod forks;
+mod large_results;
 mod local;
 mod peers;
 mod pg;
@@ -63,7 +64,7 @@ pub struct Args {
     /// Skip figures 1–3 (local).
     #[arg(long)]
     cluster_only: bool,
-    /// Local figures to run (default: all of 1,2,3,10).
+    /// Local figures to run (default: all of 1,2,3,10,11).
     #[arg(long, value_delimiter = ',')]
     local_figures: Option<Vec<u8>>,
     /// Figure 6: FlowRuns to admit (default 1,000).
@@ -180,7 +181,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     OUT.set(out.clone()).expect("set once");
     if !args.cluster_only {
-        let figures = args.local_figures.clone().unwrap_or(vec![1, 2, 3, 10]);
+        let figures = args.local_figures.clone().unwrap_or(vec![1, 2, 3, 10, 11]);
         // On Ctrl-C the figures' future is dropped: the private Postgres stops with it.
         tokio::select! {
             done = local_figures(&mut results, &figures, sizes, &peers, &bin_dir, &out) => done?,
@@ -387,6 +388,11 @@ async fn local_figures(
         progress("figure 10: forks of a run of 1,000 steps");
         let (floor, fork) = forks::fork_creation(&pool, 1000, 20).await?;
         results.fig10 = vec![floor, fork];
+        write_outputs(results)?;
+    }
+    if figures.contains(&11) {
+        progress("figure 11: steps with a 1 MB result, inline and offloaded to S3");
+        results.fig11 = large_results::one_megabyte_results(&pool, &cairn_url, out, 30).await?;
         write_outputs(results)?;
     }
     drop(pool);

@@ -157,6 +157,8 @@ pub struct Results {
     pub fig9: Vec<Latency>,
     /// A raw copy of the rows (the floor), then Cairn's fork.
     pub fig10: Vec<Latency>,
+    /// A raw 1 MB row (the floor), then Cairn's step with a 1 MB result inline and offloaded.
+    pub fig11: Vec<Latency>,
     pub notes: Vec<String>,
     pub not_measured: Vec<String>,
     pub targets: Vec<Target>,
@@ -346,6 +348,20 @@ impl Results {
         if let Some(floor) = self.fig10.first() {
             let _ = writeln!(w, "\n## 10. A fork of a run of 1,000 steps\n");
             latency_table(w, &self.fig10, floor);
+        }
+        if let Some(floor) = self.fig11.first() {
+            let _ = writeln!(
+                w,
+                "\n## 11. A step with a 1 MB result: inline against offloaded\n"
+            );
+            latency_table(w, &self.fig11, floor);
+            if let [_, inline, offloaded] = &self.fig11[..] {
+                let _ = writeln!(
+                    w,
+                    "\nOffloaded against inline (p50): {}",
+                    ratio(offloaded.p50, inline.p50)
+                );
+            }
         }
         if !self.not_measured.is_empty() {
             let _ = writeln!(w, "\n## Not measured in this run\n");
