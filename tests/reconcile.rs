@@ -85,6 +85,7 @@ async fn case(run: &FlowRun, cached: Vec<Pod>) -> Case {
         config,
         runner,
         db.step_keys.clone(),
+        None,
     );
     let scope = scope(Arc::new(ctx), cached);
     Case { db, api, scope }

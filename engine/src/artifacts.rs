@@ -109,7 +109,30 @@ impl ArtifactSettings {
     pub fn encode(&self) -> String {
         serde_json::to_string(self).expect("settings serialize")
     }
+
+    /// Checks the sizes: results up to the offload size stay in their row (at most
+    /// [`INLINE_MAX_BYTES`]), and no object may pass [`MAX_OBJECT_BYTES`] (one PUT).
+    pub fn check(&self) -> Result<(), String> {
+        if !(1024..=INLINE_MAX_BYTES).contains(&self.offload_bytes) {
+            return Err(format!(
+                "the offload size is {} bytes; it must be between 1024 and {INLINE_MAX_BYTES}",
+                self.offload_bytes
+            ));
+        }
+        if !(self.offload_bytes..=MAX_OBJECT_BYTES).contains(&self.max_bytes) {
+            return Err(format!(
+                "the maximum artifact size is {} bytes; it must be between the offload size ({}) and {MAX_OBJECT_BYTES}",
+                self.max_bytes, self.offload_bytes
+            ));
+        }
+        Ok(())
+    }
 }
+
+/// The largest result a checkpoint row holds (beyond it, a store is needed).
+pub const INLINE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// The largest object: what one S3 PUT takes.
+pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 
 /// A checkpoint's reference to an object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +203,9 @@ pub enum ArtifactError {
     /// What the store returned is not what the checkpoint refers to.
     #[error("artifact is corrupt: {0}")]
     Corrupt(String),
+    /// The store refused the credentials or the access: fix them, then retry the run.
+    #[error("the artifact store refused access (check its credentials and permissions): {0}")]
+    Refused(String),
 }
 
 /// An object store, opened from [`ArtifactSettings`].
@@ -341,13 +367,23 @@ fn client_options() -> object_store::ClientOptions {
             .collect()
     });
     roots.iter().cloned().fold(
-        object_store::ClientOptions::new().with_no_system_certificates(true),
+        object_store::ClientOptions::new()
+            .with_no_system_certificates(true)
+            // A request may move an object of up to a few GiB: object_store's 30 s default
+            // would fail every large one, every time. A silent peer is still cut by the read
+            // timeout.
+            .with_timeout(Duration::from_secs(1800))
+            .with_read_timeout(Duration::from_secs(60)),
         object_store::ClientOptions::with_root_certificate,
     )
 }
 
 fn unavailable(e: object_store::Error) -> ArtifactError {
-    ArtifactError::Unavailable(e.to_string())
+    match e {
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => ArtifactError::Refused(e.to_string()),
+        other => ArtifactError::Unavailable(other.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -380,6 +416,24 @@ mod tests {
         assert!(!bad.contains("hunter2"), "{bad}");
         let http = ArtifactStore::open(&ArtifactSettings::new("ftp://x/y")).unwrap_err();
         assert!(http.contains("ftp://x/y"), "{http}");
+    }
+
+    #[test]
+    fn sizes_out_of_range_are_refused_saying_the_range() {
+        let mut settings = ArtifactSettings::new("s3://b/p");
+        assert_eq!(settings.check(), Ok(()));
+        settings.offload_bytes = 10;
+        assert!(settings.check().unwrap_err().contains("between 1024"));
+        settings.offload_bytes = 4096;
+        settings.max_bytes = 2048;
+        assert!(
+            settings
+                .check()
+                .unwrap_err()
+                .contains("offload size (4096)")
+        );
+        settings.max_bytes = MAX_OBJECT_BYTES + 1;
+        assert!(settings.check().unwrap_err().contains("5368709120"));
     }
 
     #[tokio::test]

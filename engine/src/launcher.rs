@@ -439,7 +439,8 @@ pub async fn collect_artifacts(
     only: Option<&[String]>,
     grace: std::time::Duration,
 ) -> anyhow::Result<usize> {
-    const BATCH: i32 = 500;
+    // Small batches: a batch holds the namespace's artifact lock, which writers wait for.
+    const BATCH: i32 = 100;
     let mut deleted = 0;
     for namespace in artifact_namespaces(pool).await? {
         if only.is_some_and(|only| !only.contains(&namespace)) {
@@ -486,9 +487,17 @@ pub async fn delete_unreferenced_artifacts(
     )
     .fetch_all(&mut *tx)
     .await?;
-    for digest in &digests {
-        store.delete(namespace, digest).await?;
-    }
+    // Bounded: runs writing objects in this namespace wait for the lock meanwhile, and their
+    // database calls time out (30 s by default). Past the bound the batch rolls back.
+    let deletes = async {
+        for digest in &digests {
+            store.delete(namespace, digest).await?;
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), deletes)
+        .await
+        .map_err(|_| anyhow::anyhow!("deleting {} objects took over 10 s", digests.len()))??;
     tx.commit().await?;
     Ok(digests.len())
 }

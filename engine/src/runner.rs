@@ -156,24 +156,24 @@ pub async fn complete_step(
 }
 
 /// Records that this run is about to write the object `artifact` to the artifact store (or to
-/// refer to it): retention leaves it alone meanwhile.
+/// refer to it): retention leaves it alone meanwhile. Returns whether it was recorded already;
+/// false after the write means retention took it meanwhile: write it again.
 pub async fn touch_artifact(
     conn: &mut PgConnection,
     attempt: &Attempt,
     artifact: &crate::artifacts::ArtifactRef,
-) -> Result<()> {
-    sqlx::query!(
-        "SELECT cairn_runner_v1.touch_artifact($1, $2, $3, $4, $5)",
+) -> Result<bool> {
+    sqlx::query_scalar!(
+        r#"SELECT cairn_runner_v1.touch_artifact($1, $2, $3, $4, $5) AS "recorded!""#,
         attempt.token,
         attempt.run_id,
         artifact.digest,
         artifact.size as i64,
         artifact.content_type
     )
-    .execute(conn)
+    .fetch_one(conn)
     .await
-    .engine()?;
-    Ok(())
+    .engine()
 }
 
 pub async fn complete_run(

@@ -213,6 +213,8 @@ CREATE TABLE cairn.artifacts (
     touched_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (namespace, digest)
 );
+-- Retention's candidates: a namespace's records not touched for the grace period.
+CREATE INDEX artifacts_touched_idx ON cairn.artifacts (namespace, touched_at);
 
 -- The object a checkpoint refers to: an artifact's digest, or a sealed value's kept in the
 -- store. NULL for a checkpoint held whole in its row.

@@ -383,9 +383,12 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT hashtextextended('cairn.artifacts:' || p_nam
 
 -- Records that run p_run_id is about to write the object p_digest of its namespace (or to
 -- refer to it, when the store has it already): retention leaves it alone for a grace period.
+-- Returns whether it was recorded already. A writer touches before writing and again after:
+-- false the second time means retention took the record (and maybe the object) meanwhile, so
+-- the object must be written again before a checkpoint may refer to it.
 CREATE FUNCTION cairn.touch_artifact(p_run_id uuid, p_digest text, p_size bigint,
                                      p_content_type text)
-RETURNS void
+RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     v_namespace text;
@@ -395,7 +398,13 @@ BEGIN
         RAISE EXCEPTION 'run % does not exist', p_run_id USING ERRCODE = 'CN004';
     END IF;
     PERFORM pg_advisory_xact_lock_shared(cairn.artifact_lock_key(v_namespace));
+    UPDATE cairn.artifacts SET touched_at = now()
+    WHERE namespace = v_namespace AND digest = p_digest;
+    IF FOUND THEN
+        RETURN true;
+    END IF;
     INSERT INTO cairn.artifacts (namespace, digest, size, content_type)
     VALUES (v_namespace, p_digest, p_size, p_content_type)
     ON CONFLICT (namespace, digest) DO UPDATE SET touched_at = now();
+    RETURN false;
 END $$;

@@ -185,10 +185,10 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 
--- Before a flow writes an object to the artifact store (cairn.touch_artifact).
+-- Before and after a flow writes an object to the artifact store (cairn.touch_artifact).
 CREATE FUNCTION cairn_runner_v1.touch_artifact(p_token text, p_run_id uuid, p_digest text,
                                                p_size bigint, p_content_type text)
-RETURNS void
+RETURNS boolean
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT cairn.authorize(p_token, p_run_id);
     SELECT cairn.touch_artifact(p_run_id, p_digest, p_size, p_content_type);

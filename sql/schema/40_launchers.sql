@@ -385,7 +385,7 @@ END $$;
 -- some of those steps another value; p_answers ({event: payload}) sends events to the new run
 -- alone, so the waits for them are answered when reached. Idempotent by name: a fork that
 -- exists is returned as it is. Returns the new run, whether it was made, and how many
--- checkpoints it reused. Sealed (sensitive) checkpoints are not copied: the fork runs those
+-- checkpoints it reused (artifacts shared by reference). Sealed (sensitive) checkpoints are not copied: the fork runs those
 -- steps again, so a value sealed for one run is opened by that run's code alone. A fork
 -- point after a spawn whose child has not finished is refused: the fork would join a child
 -- of its source that never wakes it.
@@ -426,6 +426,9 @@ BEGIN
         RETURN QUERY SELECT v_id, false, 0;
         RETURN;
     END IF;
+    -- The copies refer to the source's artifacts: retention (cairn.artifacts_to_delete) must
+    -- see them before it judges those objects unreferenced, even if the source goes meanwhile.
+    PERFORM pg_advisory_xact_lock_shared(cairn.artifact_lock_key(src.namespace));
     FOR v_key IN SELECT jsonb_object_keys(coalesce(p_outputs, '{}')) LOOP
         IF NOT EXISTS (SELECT 1 FROM cairn.steps s WHERE s.run_id = p_source AND s.key = v_key
                        AND s.completed_at <= v_at AND s.key <> p_step AND s.kind = 'step'

@@ -199,6 +199,10 @@ check "no database" "Cairn needs a database: set database.url"
 check "two databases" "${db[@]}" --set database.existingSecret=pg "Set only one of database.url and database.existingSecret"
 check "not a Postgres URL" --set database.url=mysql://x "does not match pattern"
 check "bad watched namespace" "${db[@]}" --set 'watchNamespaces={Team_A}' "at '/watchNamespaces/0'"
+check "not an object store URL" "${db[@]}" --set artifacts.url=ftp://x/y "at '/artifacts/url'"
+check "an artifact store behind a NetworkPolicy with no way to it" "${db[@]}" --set artifacts.url=s3://b/p \
+    --set networkPolicy.enabled=true --set-json 'networkPolicy.apiServer.cidrs=["10.96.0.1/32"]' \
+    --set-json 'networkPolicy.database.to=[{"ipBlock":{"cidr":"10.88.0.1/32"}}]' "needs networkPolicy.artifactStore.to"
 if [[ -z "$problems" ]] && ! helm status "$REL-bad" -n "$SYS_NS" >/dev/null 2>&1; then pass "$name"; else fail "$name" "$problems"; fi
 
 # --- 2. the rendered manifests pass the API server's validation --------------------------------
@@ -242,7 +246,12 @@ fi
 name="helm install: the operator Deployment becomes Available and takes its Lease"
 t0="$EPOCHREALTIME"
 chart_database_args "$SYS_NS"   # over verify-full, the CA from a Secret
+# The cluster's S3 server as the artifact store, its credentials in a Secret of the user's own.
+kubectl -n "$SYS_NS" create secret generic "$REL-s3" --from-literal=AWS_ACCESS_KEY_ID="$CAIRN_CLUSTER_S3_ACCESS_KEY" \
+    --from-literal=AWS_SECRET_ACCESS_KEY="$CAIRN_CLUSTER_S3_SECRET_KEY" --from-literal=AWS_ENDPOINT="$CAIRN_CLUSTER_S3_ENDPOINT" \
+    --from-literal=AWS_ALLOW_HTTP=true --from-literal=AWS_REGION=us-east-1 >/dev/null
 if out=$(helm install "$REL" "$package" -n "$SYS_NS" --take-ownership "${CHART_DATABASE_ARGS[@]}" \
+    --set artifacts.url="s3://$CAIRN_CLUSTER_S3_BUCKET/$NS" --set artifacts.credentialsSecret="$REL-s3" \
     --set "watchNamespaces={$NS,$NS_B}" \
     --set leaderElection.leaseName="$LEASE" \
     --set image.repository="${OPERATOR_IMAGE%:*}" --set image.tag="${OPERATOR_IMAGE##*:}" --set image.pullPolicy=Never \
@@ -559,6 +568,14 @@ if [[ "$runner_url" == *sslmode=verify-full* && "$runner_url" == *sslrootcert=%2
     pass "$name (${BASH_REMATCH[1]} connections, all TLS)"
 else
     fail "$name" "runner URL parameters: ${runner_url#*\?}; runner CA $( [[ -n "$runner_ca" ]] && echo present || echo missing); TLS / plaintext connections: $tls"
+fi
+
+name="the chart gives the operator and flow pods the artifact store (artifacts.url, credentialsSecret)"
+artifacts=$(secret_value artifacts)
+if [[ "$artifacts" == *"\"url\":\"s3://$CAIRN_CLUSTER_S3_BUCKET/$NS\""* && "$artifacts" == *aws_secret_access_key* ]]; then
+    pass "$name"
+else
+    fail "$name" "the runner Secret's artifacts: ${artifacts:+present, }$(grep -o '"url":"[^"]*"' <<<"$artifacts")"
 fi
 
 name="the operator was never refused by the API server, and its Events reached the FlowRuns"

@@ -143,6 +143,9 @@ app.kubernetes.io/component: operator
 {{- if and $np.enabled (or (not $np.database.to) (not $np.apiServer.cidrs)) }}
 {{- fail "\n\nnetworkPolicy.enabled needs networkPolicy.database.to (where Postgres is) and networkPolicy.apiServer.cidrs (the API server's addresses): without them the operator could reach neither." }}
 {{- end }}
+{{- if and (.Values.artifacts | default dict).url (or $np.enabled ($np.flowPods).enabled) (not ($np.artifactStore | default dict).to) }}
+{{- fail "\n\nartifacts.url with networkPolicy.enabled or networkPolicy.flowPods.enabled needs networkPolicy.artifactStore.to (the store's addresses, and .ports): without it neither the operator nor flow pods could reach the store." }}
+{{- end }}
 {{- end }}
 
 {{/* The read API's TLS Secret: the user's (readApi.tls.secretName) or the one the chart generates. */}}
@@ -176,5 +179,21 @@ app.kubernetes.io/component: operator
       protocol: UDP
     - port: 53
       protocol: TCP
+{{- end }}
+{{- end }}
+
+{{/* Egress to the artifact store (artifacts.url), for the operator's and flow pods' policies
+(cairn.validate requires its peers). `artifacts` and `artifactStore` are absent after
+`helm upgrade --reuse-values` from a chart without them. */}}
+{{- define "cairn.artifactStoreEgress" -}}
+{{- $store := .Values.networkPolicy.artifactStore | default dict }}
+{{- if and (.Values.artifacts | default dict).url $store.to }}
+- to:
+    {{- toYaml $store.to | nindent 4 }}
+  ports:
+    {{- range $store.ports | default (list 443) }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
 {{- end }}
 {{- end }}

@@ -3,6 +3,12 @@
 
 use std::time::Duration;
 
+use cairn_engine::artifacts::{ArtifactSettings, ArtifactStore};
+
+/// The shortest `--artifact-grace`: from a writer's last touch of an object to its checkpoint
+/// takes milliseconds; this leaves room for a slow database.
+pub const MIN_ARTIFACT_GRACE: Duration = Duration::from_secs(10);
+
 /// How the operator runs flows.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -50,7 +56,7 @@ pub struct Config {
           default_value_t = cairn_engine::artifacts::DEFAULT_MAX_BYTES)]
     pub artifact_max_bytes: u64,
     /// An object no checkpoint refers to (its runs were deleted) is deleted from the store
-    /// once this long has passed since a run last wrote it.
+    /// once this long has passed since a run last wrote it (at least 10s).
     #[arg(long, env = "CAIRN_ARTIFACT_GRACE", default_value = "1h",
           value_parser = humantime::parse_duration)]
     pub artifact_grace: Duration,
@@ -119,14 +125,30 @@ pub struct Config {
 }
 
 impl Config {
-    /// The artifact store's settings, as flow pods get them (`None`: no store).
-    pub fn artifact_settings(&self) -> Option<cairn_engine::artifacts::ArtifactSettings> {
-        let url = self.artifacts_url.as_deref().filter(|u| !u.is_empty())?;
-        let mut settings =
-            cairn_engine::artifacts::ArtifactSettings::new(url).with_options_from_env();
+    /// The artifact store (`None`: none configured), its settings as flow pods get them. A
+    /// setting that cannot work stops the operator at start, saying why: flow pods would
+    /// otherwise fail their runs one by one.
+    pub fn artifact_store(&self) -> anyhow::Result<Option<ArtifactStore>> {
+        let Some(url) = self.artifacts_url.as_deref().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let problem = |why: String| anyhow::anyhow!("--artifacts-url {url}: {why}");
+        if url.starts_with("file:") {
+            return Err(problem(
+                "a directory is local to each pod: use an object store (s3://, gs://, az://)"
+                    .into(),
+            ));
+        }
+        if self.artifact_grace < MIN_ARTIFACT_GRACE {
+            return Err(problem(format!(
+                "--artifact-grace must be at least {MIN_ARTIFACT_GRACE:?}: retention must never take an object a step is being checkpointed with"
+            )));
+        }
+        let mut settings = ArtifactSettings::new(url).with_options_from_env();
         settings.offload_bytes = self.artifact_offload_bytes;
         settings.max_bytes = self.artifact_max_bytes;
-        Some(settings)
+        settings.check().map_err(problem)?;
+        ArtifactStore::open(&settings).map(Some).map_err(problem)
     }
 
     /// The caps as the engine takes them (`None`: no cap).

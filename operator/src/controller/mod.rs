@@ -85,6 +85,7 @@ impl Context {
         config: Config,
         runner_db: runner_db::RunnerDb,
         step_keys: StepKeys,
+        artifacts: Option<ArtifactStore>,
     ) -> Self {
         let recorder = events::Events::new(
             client.clone(),
@@ -93,16 +94,6 @@ impl Context {
                 instance: std::env::var("HOSTNAME").ok(),
             },
         );
-        let artifacts =
-            config
-                .artifact_settings()
-                .and_then(|settings| match ArtifactStore::open(&settings) {
-                    Ok(store) => Some(store),
-                    Err(e) => {
-                        tracing::error!(error = %e, "artifacts are off: fix --artifacts-url");
-                        None
-                    }
-                });
         Context {
             client,
             pool,
@@ -319,12 +310,14 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
         &config.step_keys_secret,
     )
     .await?;
+    let artifacts = config.artifact_store()?;
     let ctx = Arc::new(Context::new(
         client.clone(),
         pool,
         config,
         runner_db,
         step_keys,
+        artifacts,
     ));
     let mut endpoints = tokio::spawn(telemetry::serve(ctx.config.listen, ctx.clone()));
     // Every replica serves the read API (standbys too): it only reads the database.

@@ -18,7 +18,7 @@ use cairn_engine::runner as engine;
 
 /// Without an artifact store, no step result may be larger than this (as JSON): Postgres
 /// keeps a checkpoint in one row, and rows this large hurt every reader.
-pub const INLINE_MAX_BYTES: usize = 64 * 1024 * 1024;
+const INLINE_MAX_BYTES: u64 = cairn_engine::artifacts::INLINE_MAX_BYTES;
 
 /// An object stored with [`Ctx::artifact`]. A step may return it (it is a reference); read
 /// the object with [`Ctx::read_artifact`].
@@ -141,7 +141,7 @@ impl Ctx {
     pub(super) async fn offload(&self, key: &str, stored: Value) -> anyhow::Result<Value> {
         let offload_bytes = match &self.inner.artifacts {
             Some(Ok(store)) => store.settings().offload_bytes,
-            _ => INLINE_MAX_BYTES as u64,
+            _ => INLINE_MAX_BYTES,
         };
         let bytes = serde_json::to_vec(&stored).expect("a JSON value serializes");
         if bytes.len() as u64 <= offload_bytes {
@@ -222,20 +222,33 @@ impl Ctx {
             )));
         }
         let reference = ArtifactRef::of(&bytes, content_type);
-        {
-            let mut conn = self.inner.conn.lock().await;
-            engine_call!(*conn, |conn| engine::touch_artifact(
-                conn,
-                &self.inner.attempt,
-                &reference
-            ))
+        // Recorded before the write and again after it: a second touch that finds no record
+        // means retention took it (and perhaps the object) in between, so write it again.
+        // Retention leaves a record alone for a grace period after its last touch, far longer
+        // than from the second touch to the checkpoint.
+        self.touch(&reference).await?;
+        for _ in 0..3 {
+            store
+                .put(self.namespace(), &reference, bytes.clone())
+                .await
+                .map_err(|e| self.store_error(&what, e))?;
+            if self.touch(&reference).await? {
+                return Ok(reference);
+            }
         }
-        .map_err(|e| self.engine_error(e))?;
-        store
-            .put(self.namespace(), &reference, bytes)
-            .await
-            .map_err(|e| self.store_error(&what, e))?;
-        Ok(reference)
+        Err(permanent(anyhow!(
+            "{what}: retention kept deleting its object while it was written; is the operator's --artifact-grace shorter than a write takes?"
+        )))
+    }
+
+    async fn touch(&self, reference: &ArtifactRef) -> anyhow::Result<bool> {
+        let mut conn = self.inner.conn.lock().await;
+        engine_call!(*conn, |conn| engine::touch_artifact(
+            conn,
+            &self.inner.attempt,
+            reference
+        ))
+        .map_err(|e| self.engine_error(e))
     }
 
     async fn read_object(&self, what: &str, reference: &ArtifactRef) -> anyhow::Result<Bytes> {
@@ -247,7 +260,7 @@ impl Ctx {
     }
 
     /// A store that is down ends the attempt as crashed (a later one tries again); a missing
-    /// or altered object fails the step for good.
+    /// or altered object, or a store that refuses the credentials, fails the step for good.
     fn store_error(&self, what: &str, err: ArtifactError) -> anyhow::Error {
         match err {
             ArtifactError::Unavailable(why) => {

@@ -21,7 +21,7 @@ pub(crate) fn operator_flags(sc: &Scenario) -> Vec<String> {
         "--artifact-offload-bytes",
         "65536",
         "--artifact-grace",
-        "1s",
+        "10s",
     ]
     .map(str::to_owned)
     .to_vec()

@@ -57,7 +57,7 @@ pub fn step_text(step: &StepOutput, ui: &Ui) -> String {
         (None, false) if step.artifact.is_some() => {
             let artifact = step.artifact.as_ref().expect("checked");
             out.push_str(&format!(
-                "{} {} bytes, {} ({}); download it with `artifacts get {} {}`\n",
+                "{} {} bytes, {} ({}); download it with `artifacts {} get {}`\n",
                 ui.bold("In the artifact store:"),
                 artifact.size,
                 artifact.content_type,
