@@ -175,14 +175,6 @@ impl ArtifactRef {
         }
         serde_json::from_value(stored.clone()).ok()
     }
-
-    /// The hex part of the digest (validated: it names an object path).
-    fn hex(&self) -> Result<&str, ArtifactError> {
-        self.digest
-            .strip_prefix("sha256:")
-            .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-            .ok_or_else(|| ArtifactError::Corrupt(format!("bad digest {:?}", self.digest)))
-    }
 }
 
 /// `sha256:` and the SHA-256 of `bytes` in hex.
@@ -284,8 +276,12 @@ impl ArtifactStore {
         &self.settings
     }
 
-    fn location(&self, namespace: &str, artifact: &ArtifactRef) -> Result<Path, ArtifactError> {
-        let hex = artifact.hex()?;
+    /// Where the object of `digest` lives; the digest is validated, since it names a path.
+    fn location(&self, namespace: &str, digest: &str) -> Result<Path, ArtifactError> {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| ArtifactError::Corrupt(format!("bad digest {digest:?}")))?;
         Ok(self.prefix.clone().join(namespace).join("sha256").join(hex))
     }
 
@@ -296,7 +292,7 @@ impl ArtifactStore {
         artifact: &ArtifactRef,
         bytes: Bytes,
     ) -> Result<(), ArtifactError> {
-        let location = self.location(namespace, artifact)?;
+        let location = self.location(namespace, &artifact.digest)?;
         match self.store.head(&location).await {
             Ok(meta) if meta.size == artifact.size => return Ok(()),
             Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
@@ -315,7 +311,7 @@ impl ArtifactStore {
         namespace: &str,
         artifact: &ArtifactRef,
     ) -> Result<Bytes, ArtifactError> {
-        let location = self.location(namespace, artifact)?;
+        let location = self.location(namespace, &artifact.digest)?;
         let bytes = match self.store.get(&location).await {
             Ok(got) => got.bytes().await.map_err(unavailable)?,
             Err(object_store::Error::NotFound { .. }) => {
@@ -335,17 +331,7 @@ impl ArtifactStore {
 
     /// Deletes the object of `digest` in `namespace` (done when it is already gone).
     pub async fn delete(&self, namespace: &str, digest: &str) -> Result<(), ArtifactError> {
-        let artifact = ArtifactRef {
-            digest: digest.to_owned(),
-            size: 0,
-            content_type: String::new(),
-            name: None,
-        };
-        match self
-            .store
-            .delete(&self.location(namespace, &artifact)?)
-            .await
-        {
+        match self.store.delete(&self.location(namespace, digest)?).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(unavailable(e)),
         }

@@ -481,6 +481,57 @@ async fn retention_deletes_the_objects_of_deleted_runs_and_keeps_those_still_ref
 }
 
 #[tokio::test]
+async fn a_fork_shares_its_sources_objects_by_reference_and_retention_keeps_them_for_it() {
+    let db = TestDb::new().await;
+    let log = db.log("effects");
+    let launcher_ = db.launcher(FLOWS, &log, &[]);
+    let items = json!({ "items": [{ "name": "a.txt", "text": "first\n" },
+                                  { "name": "b.txt", "text": "second\n" }] });
+    let source = db.create_run("source", "stores_artifact", items).await;
+    let done = db.supervise(&launcher_, source).await;
+    assert_eq!(done.phase, Phase::Succeeded, "{:?}", done.error);
+
+    // From b.txt: a.txt's checkpoint is copied, a reference to the same object.
+    let none = json!({});
+    let (forked, created, reused) = launcher::fork_run(
+        &mut *db.conn().await,
+        &crate::forks::fork(source, "forked", "artifact:b.txt", &none, &none),
+    )
+    .await
+    .unwrap();
+    assert!(created);
+    assert_eq!(reused, 1);
+    let run = db.supervise(&launcher_, forked).await;
+    assert_eq!(run.phase, Phase::Succeeded, "{:?}", run.error);
+    assert_eq!(run.result, done.result, "the fork reads the same objects");
+    let origin = db
+        .steps(forked)
+        .await
+        .into_iter()
+        .find(|s| s.key == "artifact:a.txt")
+        .map(|s| s.origin);
+    assert_eq!(origin, Some(Some("reused".to_owned())));
+    let digests = |listed: Vec<cairn_engine::read_api::Artifact>| -> Vec<String> {
+        listed.into_iter().map(|a| a.digest).collect()
+    };
+    assert_eq!(
+        digests(read::artifacts(&db.pool, forked).await.unwrap()),
+        digests(read::artifacts(&db.pool, source).await.unwrap())
+    );
+
+    // The source deleted, its objects stay: the fork refers to both.
+    read::delete_run(&db.pool, source).await.unwrap();
+    let store = ArtifactStore::open(&db.artifacts).unwrap();
+    let deleted =
+        launcher::delete_unreferenced_artifacts(&db.pool, &store, NS, Duration::ZERO, 100)
+            .await
+            .unwrap();
+    assert_eq!(deleted, 0);
+    let first = ArtifactRef::of(b"first\n", "text/plain; charset=utf-8");
+    assert_eq!(store.get(NS, &first).await.unwrap(), "first\n".as_bytes());
+}
+
+#[tokio::test]
 async fn a_large_sensitive_result_is_stored_sealed_and_opened_by_a_replay() {
     let (db, _s3) = db_on_s3().await;
     let log = db.log("effects");

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::*;
 
-fn fork<'a>(
+pub(crate) fn fork<'a>(
     source: Uuid,
     name: &'a str,
     step: &'a str,
