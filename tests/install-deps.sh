@@ -4,6 +4,9 @@
 #         PgBouncer (tests/pooler.rs) and s3s-fs, the S3 server of the artifact tests (built
 #         from crates.io into ~/.cache/cairn, once);
 #   s3: s3s-fs alone (the test cluster's object store); prints its path;
+#   otelcol: an OpenTelemetry Collector with an OTLP receiver and a file exporter, the trace
+#         tests' receiver (built through the Go module proxy into ~/.cache/cairn, once); prints
+#         its path;
 #   static: what the images need (make static-bins, tests/cluster/image.sh): Rust's musl target,
 #         musl-gcc (ring's C code) and buildah, the OCI image builder;
 #   lint: shellcheck, cargo-deny (built from crates.io into ~/.cargo/bin, once), checkov (from
@@ -43,6 +46,32 @@ install_s3s_fs() {
     fi
     echo "$root/bin/s3s-fs"
 }
+# The trace tests (tests/durable/traces.rs) need a real OTLP receiver. The OpenTelemetry
+# Collector is the reference one; its builder (ocb) makes a collector of just the two parts
+# needed, from the Go module proxy (about 3 minutes, once per machine). Prints the binary's path.
+install_otelcol() {
+    local version=0.161.0
+    local root="$cache/otelcol-$version"
+    if [[ ! -x "$root/otelcol-cairn" ]]; then
+        command -v go >/dev/null ||
+            { echo "the collector is built with Go: install Go 1.24 or later (https://go.dev/dl/)" >&2; exit 1; }
+        echo "building the OpenTelemetry Collector $version into $root (once per machine)" >&2
+        mkdir -p "$root"
+        GOBIN="$root" go install "go.opentelemetry.io/collector/cmd/builder@v$version" >&2
+        cat >"$root/manifest.yaml" <<MANIFEST
+dist:
+  name: otelcol-cairn
+  description: OTLP in, JSON lines out, for Cairn's trace tests
+  output_path: $root
+receivers:
+  - gomod: go.opentelemetry.io/collector/receiver/otlpreceiver v$version
+exporters:
+  - gomod: github.com/open-telemetry/opentelemetry-collector-contrib/exporter/fileexporter v$version
+MANIFEST
+        "$root/builder" --config "$root/manifest.yaml" >&2
+    fi
+    echo "$root/otelcol-cairn"
+}
 missing=()
 case "$target" in
 test)
@@ -50,6 +79,7 @@ test)
     command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || missing+=(pgbouncer)
     apt_install "${missing[@]}"
     install_s3s_fs >/dev/null
+    install_otelcol >/dev/null
     ;;
 static)
     command -v musl-gcc >/dev/null || missing+=(musl-tools)
@@ -89,8 +119,11 @@ lint)
 s3)
     install_s3s_fs
     ;;
+otelcol)
+    install_otelcol
+    ;;
 *)
-    echo "usage: $0 test|static|lint|s3" >&2
+    echo "usage: $0 test|static|lint|s3|otelcol" >&2
     exit 2
     ;;
 esac

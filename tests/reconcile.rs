@@ -86,6 +86,7 @@ async fn case(run: &FlowRun, cached: Vec<Pod>) -> Case {
         runner,
         db.step_keys.clone(),
         None,
+        None,
     );
     let scope = scope(Arc::new(ctx), cached);
     Case { db, api, scope }

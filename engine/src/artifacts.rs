@@ -338,30 +338,35 @@ impl ArtifactStore {
     }
 }
 
-/// HTTP client options of the cloud stores: certificates checked against the system's roots
-/// and Mozilla's (webpki-root-certs) together, instead of the system's alone, which an image
-/// without a CA bundle does not have (the client then cannot even be built). The store's
-/// options (`aws_allow_http`, ..) are applied on top.
+/// The roots HTTPS peers (object stores, OTLP endpoints) are checked against: the system's and
+/// Mozilla's (webpki-root-certs) together, instead of the system's alone, which an image without
+/// a CA bundle (ours are FROM scratch) does not have: a client could then not even be built.
+pub(crate) fn trusted_roots() -> &'static [rustls::pki_types::CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<rustls::pki_types::CertificateDer<'static>>> =
+        std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = rustls_native_certs::load_native_certs().certs;
+        roots.extend(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
+        roots
+    })
+}
+
+/// HTTP client options of the cloud stores: certificates checked against [`trusted_roots`].
+/// The store's options (`aws_allow_http`, ..) are applied on top.
 fn client_options() -> object_store::ClientOptions {
-    static ROOTS: std::sync::OnceLock<Vec<object_store::Certificate>> = std::sync::OnceLock::new();
-    let roots = ROOTS.get_or_init(|| {
-        let system = rustls_native_certs::load_native_certs().certs;
-        system
-            .iter()
-            .chain(webpki_root_certs::TLS_SERVER_ROOT_CERTS)
-            .filter_map(|der| object_store::Certificate::from_der(der).ok())
-            .collect()
-    });
-    roots.iter().cloned().fold(
-        object_store::ClientOptions::new()
-            .with_no_system_certificates(true)
-            // A request may move an object of up to a few GiB: object_store's 30 s default
-            // would fail every large one, every time. A silent peer is still cut by the read
-            // timeout.
-            .with_timeout(Duration::from_secs(1800))
-            .with_read_timeout(Duration::from_secs(60)),
-        object_store::ClientOptions::with_root_certificate,
-    )
+    trusted_roots()
+        .iter()
+        .filter_map(|der| object_store::Certificate::from_der(der).ok())
+        .fold(
+            object_store::ClientOptions::new()
+                .with_no_system_certificates(true)
+                // A request may move an object of up to a few GiB: object_store's 30 s default
+                // would fail every large one, every time. A silent peer is still cut by the read
+                // timeout.
+                .with_timeout(Duration::from_secs(1800))
+                .with_read_timeout(Duration::from_secs(60)),
+            object_store::ClientOptions::with_root_certificate,
+        )
 }
 
 fn unavailable(e: object_store::Error) -> ArtifactError {

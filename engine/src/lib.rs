@@ -29,6 +29,8 @@ pub mod checkpoint;
 pub mod error;
 #[cfg(feature = "runner")]
 pub mod runner;
+#[cfg(feature = "runner")]
+pub mod traces;
 
 #[cfg(feature = "launcher")]
 pub mod launcher;

@@ -53,6 +53,10 @@ pub mod env {
     /// (`artifacts::ArtifactSettings` as JSON). Unset: results stay in Postgres, and a flow
     /// that stores an artifact fails saying so.
     pub const ARTIFACTS: &str = "CAIRN_ARTIFACTS";
+    /// The span of this attempt in the run's trace (W3C Trace Context, the variable
+    /// OpenTelemetry SDKs read), given when the launcher traces runs: the process's spans are
+    /// its children. The `OTEL_EXPORTER_OTLP_*` variables say where spans go.
+    pub const TRACEPARENT: &str = "TRACEPARENT";
 }
 
 /// The default of [`env::INLINE_SLEEP_MAX_MS`].

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cairn_engine::artifacts::ArtifactSettings;
 use cairn_engine::checkpoint::StepKeys;
+use cairn_engine::traces::{self, Exporter};
 use cairn_engine::{launcher as engine, read};
 use sqlx::postgres::PgListener;
 use sqlx::{ConnectOptions, PgPool};
@@ -39,6 +40,8 @@ pub struct Launcher {
     pub step_keys: StepKeys,
     /// Where processes keep artifacts (`dev::artifacts`); none: large results stay in rows.
     pub artifacts: Option<ArtifactSettings>,
+    /// Where spans go (`OTEL_EXPORTER_OTLP_*`); none: runs are not traced.
+    pub traces: Option<std::sync::Arc<Exporter>>,
 }
 
 struct Exited {
@@ -165,6 +168,7 @@ pub async fn supervise_scope(
             }
             Err(e) => return Err(e),
         };
+        supervisor.export_traces().await;
         if let Some(root_record) = &root_record
             && root_record.phase.is_terminal()
             && supervisor.alive.is_empty()
@@ -426,7 +430,7 @@ impl Supervisor<'_> {
                         && let Some(again) = engine::reissue(&mut conn, run.id, attempt).await?
                     {
                         drop(conn);
-                        self.spawn(run, again, binary);
+                        self.spawn(run, again, binary).await;
                         continue;
                     }
                     let retry_ms = retry_in.map(|d| d.as_millis() as i64);
@@ -479,12 +483,41 @@ impl Supervisor<'_> {
         let Some(claim) = engine::start_attempt(&mut conn, run.id).await? else {
             return Ok(()); // no longer pending
         };
-        self.spawn(run, claim, binary);
+        drop(conn);
+        self.spawn(run, claim, binary).await;
         Ok(())
     }
 
+    /// The attempt's span in its run's trace, when runs are traced. A failure costs the spans
+    /// only.
+    async fn traceparent(&self, run_id: Uuid, attempt: i32) -> Option<String> {
+        self.launcher.traces.as_ref()?;
+        let traced = async {
+            let mut conn = self.pool.acquire().await?;
+            anyhow::Ok(traces::run_trace(&mut conn, run_id).await?)
+        };
+        match traced.await {
+            Ok(run) => run.map(|run| run.attempt(attempt).encode()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot give the run a trace; its attempt is not traced");
+                None
+            }
+        }
+    }
+
+    /// Exports the spans of finished runs, when runs are traced. A failure is tried again on
+    /// the next look.
+    async fn export_traces(&self) {
+        let Some(exporter) = &self.launcher.traces else {
+            return;
+        };
+        if let Err(e) = traces::export_finished(self.pool, exporter, None, 100).await {
+            tracing::warn!(error = %e, "cannot export the spans of finished runs; trying again later");
+        }
+    }
+
     /// Starts the flow process of a claimed attempt.
-    fn spawn(
+    async fn spawn(
         &mut self,
         run: &RunRecord,
         claim: cairn_engine::runner::Attempt,
@@ -503,6 +536,9 @@ impl Supervisor<'_> {
             }
         };
         let mut command = Command::new(binary);
+        if let Some(traceparent) = self.traceparent(run.id, attempt).await {
+            command.env(cairn::env::TRACEPARENT, traceparent);
+        }
         if let Some(artifacts) = &self.launcher.artifacts {
             command.env(cairn::env::ARTIFACTS, artifacts.encode());
         }

@@ -27,6 +27,17 @@ impl Usage {
         }
     }
 
+    /// As the engine stores it: zeros are "not recorded".
+    pub(crate) fn into_engine(self) -> cairn_engine::runner::StepUsage {
+        cairn_engine::runner::StepUsage {
+            usd: (self.usd != 0.0).then_some(self.usd),
+            tokens_in: (self.tokens_in != 0).then_some(self.tokens_in as i64),
+            tokens_out: (self.tokens_out != 0).then_some(self.tokens_out as i64),
+            model: self.model,
+            meta: self.meta,
+        }
+    }
+
     fn add(&mut self, other: Usage) {
         self.tokens_in += other.tokens_in;
         self.tokens_out += other.tokens_out;

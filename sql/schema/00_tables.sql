@@ -90,7 +90,12 @@ CREATE TABLE cairn.runs (
     budget_usd       numeric CHECK (budget_usd >= 0),
     -- For a fork: {"run": name, "run_id": id, "step": key, "reused": n, "set": n}
     -- (cairn.fork_run).
-    fork_of          jsonb
+    fork_of          jsonb,
+    -- The run's span in its OpenTelemetry trace (W3C traceparent); NULL until a launcher that
+    -- traces launches it (cairn.run_traceparent).
+    traceparent      text CHECK (traceparent ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-01$'),
+    -- When the run's own spans were exported (cairn.traces_exported).
+    trace_exported_at timestamptz
 );
 CREATE INDEX runs_root_idx ON cairn.runs (root_id);
 CREATE INDEX runs_parent_idx ON cairn.runs (parent_id);
@@ -101,6 +106,10 @@ CREATE INDEX runs_running_idx ON cairn.runs (namespace) WHERE state = 'running';
 CREATE INDEX runs_finished_idx ON cairn.runs (finished_at)
     WHERE parent_id IS NULL AND finished_at IS NOT NULL;
 CREATE UNIQUE INDEX runs_flowrun_uid_key ON cairn.runs (flowrun_uid) WHERE flowrun_uid IS NOT NULL;
+-- The finished runs whose spans are still to be exported (cairn.traces_to_export).
+CREATE INDEX runs_trace_export_idx ON cairn.runs (finished_at)
+    WHERE traceparent IS NOT NULL AND finished_at IS NOT NULL
+      AND (trace_exported_at IS NULL OR trace_exported_at < finished_at);
 
 -- One row per launched process.
 CREATE TABLE cairn.attempts (

@@ -203,6 +203,11 @@ check "not an object store URL" "${db[@]}" --set artifacts.url=ftp://x/y "at '/a
 check "an artifact store behind a NetworkPolicy with no way to it" "${db[@]}" --set artifacts.url=s3://b/p \
     --set networkPolicy.enabled=true --set-json 'networkPolicy.apiServer.cidrs=["10.96.0.1/32"]' \
     --set-json 'networkPolicy.database.to=[{"ipBlock":{"cidr":"10.88.0.1/32"}}]' "needs networkPolicy.artifactStore.to"
+check "not an OTLP endpoint" "${db[@]}" --set traces.endpoint=collector:4318 "at '/traces/endpoint'"
+check "a trace collector behind a NetworkPolicy with no way to it" "${db[@]}" \
+    --set traces.endpoint=http://collector:4318 --set networkPolicy.enabled=true \
+    --set-json 'networkPolicy.apiServer.cidrs=["10.96.0.1/32"]' \
+    --set-json 'networkPolicy.database.to=[{"ipBlock":{"cidr":"10.88.0.1/32"}}]' "needs networkPolicy.traces.to"
 if [[ -z "$problems" ]] && ! helm status "$REL-bad" -n "$SYS_NS" >/dev/null 2>&1; then pass "$name"; else fail "$name" "$problems"; fi
 
 # --- 2. the rendered manifests pass the API server's validation --------------------------------
@@ -230,6 +235,21 @@ if [[ "$absent" == 0 ]] && grep -q '^apiVersion: monitoring.coreos.com/v1$' <<<"
     grep -q 'path: /metrics$' <<<"$monitor" && grep -q 'app.kubernetes.io/component: operator$' <<<"$monitor"
 then pass "$name"; else fail "$name" "rendered $absent by default; enabled: $monitor"; fi
 
+name="with traces.endpoint the operator gets the OTLP settings (headers as a file from their Secret), and spans may leave"
+rendered=$(helm template "$REL" "$CHART" -n "$SYS_NS" -f "$CHART/ci/test-values.yaml" \
+    --set networkPolicy.flowPods.enabled=true \
+    --set-json 'networkPolicy.flowPods.database.to=[{"ipBlock":{"cidr":"10.0.0.11/32"}}]' 2>&1 || true)
+collector_rules=$(grep -c 'kubernetes.io/metadata.name: observability' <<<"$rendered" || true)
+if grep -q 'name: OTEL_EXPORTER_OTLP_ENDPOINT' <<<"$rendered" &&
+    grep -q 'value: "http://otel-collector.observability:4318"' <<<"$rendered" &&
+    grep -q 'name: CAIRN_OTLP_HEADERS_FILE' <<<"$rendered" && grep -q 'secretName: "otel-headers"' <<<"$rendered" &&
+    ! grep -q 'name: OTEL_EXPORTER_OTLP_HEADERS' <<<"$rendered" &&
+    grep -q -- '- port: 4318' <<<"$rendered" && [[ "$collector_rules" -ge 3 ]]; then
+    pass "$name"
+else
+    fail "$name" "collector egress rules: $collector_rules; $(grep -A3 OTEL_ <<<"$rendered" | tr '\n' ' ')"
+fi
+
 # --- 3. install ---------------------------------------------------------------------------------
 # As users install it: the packaged chart (what the release pushes), not the folder.
 name="helm package makes the chart archive users install"
@@ -252,6 +272,7 @@ kubectl -n "$SYS_NS" create secret generic "$REL-s3" --from-literal=AWS_ACCESS_K
     --from-literal=AWS_ALLOW_HTTP=true --from-literal=AWS_REGION=us-east-1 >/dev/null
 if out=$(helm install "$REL" "$package" -n "$SYS_NS" --take-ownership "${CHART_DATABASE_ARGS[@]}" \
     --set artifacts.url="s3://$CAIRN_CLUSTER_S3_BUCKET/$NS" --set artifacts.credentialsSecret="$REL-s3" \
+    --set traces.endpoint="$CAIRN_CLUSTER_OTLP_ENDPOINT" \
     --set "watchNamespaces={$NS,$NS_B}" \
     --set leaderElection.leaseName="$LEASE" \
     --set image.repository="${OPERATOR_IMAGE%:*}" --set image.tag="${OPERATOR_IMAGE##*:}" --set image.pullPolicy=Never \
@@ -576,6 +597,45 @@ if [[ "$artifacts" == *"\"url\":\"s3://$CAIRN_CLUSTER_S3_BUCKET/$NS\""* && "$art
     pass "$name"
 else
     fail "$name" "the runner Secret's artifacts: ${artifacts:+present, }$(grep -o '"url":"[^"]*"' <<<"$artifacts")"
+fi
+
+name="with traces.endpoint the run is one trace: its run span from the operator, its steps' from its pods"
+# The cluster's collector writes what it receives to $CAIRN_CLUSTER_SPANS; the operator exports
+# a run's own spans within seconds of its end.
+trace_summary() {
+    python3 - "$CAIRN_CLUSTER_SPANS" "$NS" research-demo <<'PY'
+import json, sys
+path, ns, run = sys.argv[1:]
+spans = []
+for line in open(path):
+    try:
+        batch = json.loads(line)
+    except ValueError:
+        continue
+    for r in batch.get("resourceSpans", []):
+        service = next((a["value"].get("stringValue") for a in r["resource"].get("attributes", [])
+                        if a["key"] == "service.name"), "")
+        for sc in r.get("scopeSpans", []):
+            for s in sc.get("spans", []):
+                attrs = {a["key"]: list(a["value"].values())[0] for a in s.get("attributes", [])}
+                spans.append((service, s["traceId"], s["spanId"], s.get("parentSpanId", ""), s["name"], attrs))
+root = [s for s in spans if s[4] == "run research" and s[5].get("cairn.run.name") == run
+        and s[5].get("k8s.namespace.name") == ns]
+if not root:
+    sys.exit(1)
+trace = [s for s in spans if s[1] == root[0][1]]
+attempts = {s[2] for s in trace if s[4].startswith("attempt ") and s[3] == root[0][2]}
+steps = sorted(s[4] for s in trace if s[3] in attempts and s[0] == "research")
+orphans = [s[4] for s in trace if s[3] and s[3] not in {t[2] for t in trace}]
+print(f"{len(attempts)} attempts; steps {','.join(steps)}; orphans {len(orphans)}")
+PY
+}
+summary=""
+for ((i = 0; i < 30; i++)); do summary=$(trace_summary 2>/dev/null) && break; sleep 1; done
+if [[ "$summary" =~ ^[2-9]\ attempts\;\ steps\ draft,final,plan\;\ orphans\ 0$ ]]; then
+    pass "$name ($summary)"
+else
+    fail "$name" "the collector's spans of research-demo: ${summary:-none}"
 fi
 
 name="the operator was never refused by the API server, and its Events reached the FlowRuns"

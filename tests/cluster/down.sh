@@ -65,6 +65,7 @@ stop kube-controller-manager
 stop kube-apiserver
 stop etcd
 stop s3
+stop otelcol
 
 # Postgres runs as the postgres user; pg_ctl stops it by its own pid file.
 if [[ -f "$STATE_DIR/postgres/data/postmaster.pid" ]]; then

@@ -265,6 +265,37 @@ start s3 "$S3_BIN" --host "$NODE_IP" --port "$S3_PORT" \
 wait_for "the S3 server" 30 "$LOG_DIR/s3.log" bash -c "exec 3<>/dev/tcp/$NODE_IP/$S3_PORT"
 
 # ---------------------------------------------------------------------------------------------
+# 5c. A trace collector: the OpenTelemetry Collector (built once per machine by
+# tests/install-deps.sh), receiving OTLP over HTTP on the bridge gateway from operators on the
+# host and from flow pods, and writing every span to $OTEL_SPANS as OTLP JSON lines.
+OTLP_PORT=4318
+OTEL_DIR="$STATE_DIR/otelcol"
+OTEL_SPANS="$OTEL_DIR/spans.jsonl"
+OTELCOL_BIN="$("$REPO_ROOT/tests/install-deps.sh" otelcol)"
+mkdir -p "$OTEL_DIR"
+cat >"$OTEL_DIR/config.yaml" <<EOF
+receivers:
+  otlp:
+    protocols:
+      http:
+        endpoint: $NODE_IP:$OTLP_PORT
+exporters:
+  file:
+    path: $OTEL_SPANS
+    flush_interval: 100ms
+service:
+  telemetry:
+    metrics:
+      level: none
+  pipelines:
+    traces:
+      receivers: [otlp]
+      exporters: [file]
+EOF
+start otelcol "$OTELCOL_BIN" --config="$OTEL_DIR/config.yaml"
+wait_for "the trace collector" 60 "$LOG_DIR/otelcol.log" bash -c "exec 3<>/dev/tcp/$NODE_IP/$OTLP_PORT"
+
+# ---------------------------------------------------------------------------------------------
 # 6. etcd (Debian's), on loopback only.
 mkdir -p "$STATE_DIR/etcd"; chmod 700 "$STATE_DIR/etcd"
 start etcd /usr/bin/etcd --name cairn --data-dir "$STATE_DIR/etcd" \
@@ -540,6 +571,8 @@ export CAIRN_CLUSTER_S3_BUCKET="$S3_BUCKET"
 export CAIRN_CLUSTER_S3_DATA="$S3_DATA"
 export CAIRN_CLUSTER_S3_ACCESS_KEY="$(cat "$STATE_DIR/s3/access-key")"
 export CAIRN_CLUSTER_S3_SECRET_KEY="$(cat "$STATE_DIR/s3/secret-key")"
+export CAIRN_CLUSTER_OTLP_ENDPOINT="http://$NODE_IP:$OTLP_PORT"
+export CAIRN_CLUSTER_SPANS="$OTEL_SPANS"
 EOF
 log "cluster up in $((SECONDS - T0))s: kubectl/helm/ctr in $BIN_DIR, env file $STATE_DIR/env, Postgres URL in $PG_URL_FILE"
 echo "$ADMIN_KUBECONFIG"

@@ -4,10 +4,13 @@
 //! in-process `cairn dev` supervisor.
 
 pub mod cli;
+pub mod example_trace;
 pub mod fake_api;
+pub mod otelcol;
 pub mod payloads;
 pub mod relay;
 pub mod s3;
+mod servers;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
@@ -361,6 +364,7 @@ impl TestDb {
             logs: self.dir.join("logs"),
             step_keys: self.step_keys.clone(),
             artifacts: Some(self.artifacts.clone()),
+            traces: None,
         }
     }
 
@@ -495,18 +499,23 @@ fn send_signal(pid: u32, signal: &str) {
 /// The `cairn` binary of this workspace: `target/<profile>/cairn`, next to the `deps` directory
 /// holding this test binary.
 pub fn cairn_cli() -> PathBuf {
+    built_binary("cairn")
+}
+
+/// A binary of the workspace (`cairn`, the example's `agent`), built beside the tests.
+pub fn built_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test binary outside target/<profile>/deps");
-    let cli = profile_dir.join("cairn");
+    let binary = profile_dir.join(name);
     assert!(
-        cli.is_file(),
+        binary.is_file(),
         "{} is missing: build the workspace first (`cargo build --workspace`, which `make test` does)",
-        cli.display()
+        binary.display()
     );
-    cli
+    binary
 }
 
 /// A PgBouncer in transaction mode in front of this test binary's Postgres, for one database,

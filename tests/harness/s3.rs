@@ -3,17 +3,12 @@
 //! be stopped and started again on the same port and data, so that a test can take the store
 //! away from a flow in the middle of a step.
 
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use cairn_engine::artifacts::ArtifactSettings;
 
-use crate::PATIENCE;
-
-/// The pinned s3s-fs (`tests/install-deps.sh`).
-const S3S_FS: &str = "s3s-fs-0.14.1";
+use crate::servers::{cached_binary, free_port, wait_until_listening};
 
 /// One s3s-fs process with one bucket; killed when dropped.
 pub struct S3Server {
@@ -32,7 +27,12 @@ pub struct S3Server {
 impl S3Server {
     /// Starts a server keeping its data (and its log) under `dir`, with a bucket `cairn`.
     pub fn start(dir: &Path) -> S3Server {
-        let binary = binary();
+        // The pinned s3s-fs (`tests/install-deps.sh`).
+        let binary = cached_binary(
+            "CAIRN_S3S_FS",
+            "s3s-fs-0.14.1/bin/s3s-fs",
+            "s3s-fs, an S3 server",
+        );
         let data_dir = dir.join("data");
         let bucket = "cairn".to_owned();
         std::fs::create_dir_all(data_dir.join(&bucket)).expect("the S3 server's data directory");
@@ -104,31 +104,8 @@ impl S3Server {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
         self.child = Some(child);
-        self.wait_until_listening();
-    }
-
-    fn wait_until_listening(&mut self) {
-        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port);
-        let started = Instant::now();
-        loop {
-            if TcpStream::connect_timeout(&addr.into(), Duration::from_secs(1)).is_ok() {
-                return;
-            }
-            let child = self.child.as_mut().expect("started");
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                panic!(
-                    "the S3 server exited ({status}) instead of listening on {addr}: {}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "the S3 server does not listen on {addr} after {PATIENCE:?}: {}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = self.child.as_mut().expect("started");
+        wait_until_listening(child, self.port, &self.log, "the S3 server");
     }
 }
 
@@ -136,33 +113,4 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// `$CAIRN_S3S_FS`, else the one `tests/install-deps.sh test` builds.
-fn binary() -> PathBuf {
-    let binary = match std::env::var_os("CAIRN_S3S_FS") {
-        Some(path) => PathBuf::from(path),
-        None => {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
-                .expect("neither XDG_CACHE_HOME nor HOME is set");
-            cache.join("cairn").join(S3S_FS).join("bin/s3s-fs")
-        }
-    };
-    assert!(
-        binary.is_file(),
-        "{} is missing: the artifact tests need s3s-fs, an S3 server; run `tests/install-deps.sh test` \
-         (builds it once, into ~/.cache/cairn), or point CAIRN_S3S_FS at one",
-        binary.display()
-    );
-    binary
-}
-
-/// A port nothing listens on now (the server binds it a moment later).
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("cannot find a free port")
-        .port()
 }

@@ -146,6 +146,9 @@ app.kubernetes.io/component: operator
 {{- if and (.Values.artifacts | default dict).url (or $np.enabled ($np.flowPods).enabled) (not ($np.artifactStore | default dict).to) }}
 {{- fail "\n\nartifacts.url with networkPolicy.enabled or networkPolicy.flowPods.enabled needs networkPolicy.artifactStore.to (the store's addresses, and .ports): without it neither the operator nor flow pods could reach the store." }}
 {{- end }}
+{{- if and (.Values.traces | default dict).endpoint (or $np.enabled ($np.flowPods).enabled) (not ($np.traces | default dict).to) }}
+{{- fail "\n\ntraces.endpoint with networkPolicy.enabled or networkPolicy.flowPods.enabled needs networkPolicy.traces.to (the collector's addresses, and .ports): without it neither the operator nor flow pods could send spans." }}
+{{- end }}
 {{- end }}
 
 {{/* The read API's TLS Secret: the user's (readApi.tls.secretName) or the one the chart generates. */}}
@@ -185,15 +188,24 @@ app.kubernetes.io/component: operator
 {{/* Egress to the artifact store (artifacts.url), for the operator's and flow pods' policies
 (cairn.validate requires its peers). `artifacts` and `artifactStore` are absent after
 `helm upgrade --reuse-values` from a chart without them. */}}
-{{- define "cairn.artifactStoreEgress" -}}
-{{- $store := .Values.networkPolicy.artifactStore | default dict }}
-{{- if and (.Values.artifacts | default dict).url $store.to }}
+{{/* An egress rule to a peer the chart is told of (`on`: it is configured; `peer`: its
+networkPolicy value, {to, ports}; `port`: the port when none is given). */}}
+{{- define "cairn.peerEgress" -}}
+{{- if and .on .peer.to }}
 - to:
-    {{- toYaml $store.to | nindent 4 }}
+    {{- toYaml .peer.to | nindent 4 }}
   ports:
-    {{- range $store.ports | default (list 443) }}
+    {{- range .peer.ports | default (list .port) }}
     - port: {{ . }}
       protocol: TCP
     {{- end }}
 {{- end }}
+{{- end }}
+
+{{- define "cairn.artifactStoreEgress" -}}
+{{- include "cairn.peerEgress" (dict "on" (.Values.artifacts | default dict).url "peer" (.Values.networkPolicy.artifactStore | default dict) "port" 443) }}
+{{- end }}
+
+{{- define "cairn.tracesEgress" -}}
+{{- include "cairn.peerEgress" (dict "on" (.Values.traces | default dict).endpoint "peer" (.Values.networkPolicy.traces | default dict) "port" 4318) }}
 {{- end }}

@@ -35,7 +35,7 @@ use cairn_engine::artifacts::ArtifactStore;
 use cairn_engine::checkpoint::StepKeys;
 use cairn_engine::runner::Attempt;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{EnvVar, Pod, Secret, ServiceAccount};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -61,6 +61,8 @@ pub struct Context {
     /// The artifact store (`--artifacts-url`): flow pods get its settings in their runner
     /// Secret; the read API serves objects from it; retention deletes from it.
     pub artifacts: Option<ArtifactStore>,
+    /// Where spans go (the operator's `OTEL_EXPORTER_OTLP_*`); none: runs are not traced.
+    pub traces: Option<Arc<cairn_engine::traces::Exporter>>,
     /// Runs refused a launch by the running budget, oldest first; woken as slots free.
     pub waiting_for_slot: std::sync::Mutex<VecDeque<ObjectRef<FlowRun>>>,
     /// When each namespace last had its flow pods' Secret (and service account) applied.
@@ -86,6 +88,7 @@ impl Context {
         runner_db: runner_db::RunnerDb,
         step_keys: StepKeys,
         artifacts: Option<ArtifactStore>,
+        traces: Option<Arc<cairn_engine::traces::Exporter>>,
     ) -> Self {
         let recorder = events::Events::new(
             client.clone(),
@@ -100,6 +103,7 @@ impl Context {
             runner_db,
             step_keys,
             artifacts,
+            traces,
             config,
             metrics: telemetry::Metrics::default(),
             recorder,
@@ -108,6 +112,27 @@ impl Context {
             forgotten_namespaces: Default::default(),
             written_status: Default::default(),
             failures: Default::default(),
+        }
+    }
+
+    /// The environment that puts an attempt's process into its run's trace (see
+    /// `cairn_engine::traces`): none when this operator does not trace. A failure costs the
+    /// attempt its spans only.
+    pub async fn trace_env(&self, run_id: uuid::Uuid, attempt: i32) -> Vec<EnvVar> {
+        if self.traces.is_none() {
+            return Vec::new();
+        }
+        let traced = async {
+            let mut conn = self.pool.acquire().await?;
+            anyhow::Ok(cairn_engine::traces::run_trace(&mut conn, run_id).await?)
+        };
+        match traced.await {
+            Ok(Some(run)) => pod::trace_env(&run.attempt(attempt), |name| std::env::var(name).ok()),
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(%run_id, error = %e, "cannot give the run a trace; its attempt is not traced");
+                Vec::new()
+            }
         }
     }
 
@@ -311,6 +336,9 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
     )
     .await?;
     let artifacts = config.artifact_store()?;
+    let traces = cairn_engine::traces::Exporter::from_env("cairn-operator")
+        .map_err(|e| anyhow::anyhow!(e))?
+        .map(Arc::new);
     let ctx = Arc::new(Context::new(
         client.clone(),
         pool,
@@ -318,6 +346,7 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
         runner_db,
         step_keys,
         artifacts,
+        traces,
     ));
     let mut endpoints = tokio::spawn(telemetry::serve(ctx.config.listen, ctx.clone()));
     // Every replica serves the read API (standbys too): it only reads the database.
@@ -422,6 +451,7 @@ async fn act(ctx: Arc<Context>) {
     tokio::spawn(wakeups::wake_timers(ctx.pool.clone(), timers));
     tokio::spawn(history::expire_events(ctx.clone()));
     tokio::spawn(history::expire_artifacts(ctx.clone()));
+    tokio::spawn(telemetry::export_traces(ctx.clone()));
     futures::future::join_all(controllers).await;
 }
 

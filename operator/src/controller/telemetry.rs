@@ -1,5 +1,6 @@
 //! The operator's HTTP endpoints: `/livez` (the process serves), `/readyz` (it can reach the
-//! database), `/metrics` (Prometheus text format), and the read API under `/api/v1` (see `api`).
+//! database), `/metrics` (Prometheus text format), and the read API under `/api/v1` (see `api`);
+//! and the spans of finished runs, exported over OTLP when the operator traces.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,6 +142,37 @@ impl Metrics {
 
     pub fn observe_resume(&self, waited: Duration) {
         self.resume_latency.observe(waited.as_secs_f64());
+    }
+}
+
+/// Exports the spans of runs as they finish (see `cairn_engine::traces`), when this operator
+/// traces: the engine keeps which runs are done, so a restart or a backend that was down
+/// loses none.
+pub async fn export_traces(ctx: Arc<Context>) {
+    let Some(exporter) = ctx.traces.clone() else {
+        return;
+    };
+    let namespaces = ctx.config.namespaces();
+    let mut failing = false;
+    loop {
+        let exported =
+            cairn_engine::traces::export_finished(&ctx.pool, &exporter, namespaces.as_deref(), 100)
+                .await;
+        let pause = match exported {
+            Ok(100) => Duration::ZERO,
+            Ok(_) => {
+                failing = false;
+                Duration::from_secs(2)
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot export the spans of finished runs; trying again");
+                }
+                failing = true;
+                Duration::from_secs(30)
+            }
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 

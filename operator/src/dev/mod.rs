@@ -29,6 +29,13 @@ async fn open_with_url() -> anyhow::Result<(String, PgPool)> {
     Ok((url, pool))
 }
 
+/// Where spans go, when the environment sets `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`: every
+/// run is then one trace (`cairn_engine::traces`).
+fn traces() -> anyhow::Result<Option<std::sync::Arc<cairn_engine::traces::Exporter>>> {
+    let exporter = cairn_engine::traces::Exporter::from_env("cairn").map_err(|e| anyhow!(e))?;
+    Ok(exporter.map(std::sync::Arc::new))
+}
+
 /// Turns engine errors into user-facing ones (they already say what to fix).
 fn explain(err: EngineError) -> anyhow::Error {
     anyhow!(err)

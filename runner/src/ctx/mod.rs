@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 mod artifacts;
 mod builders;
+mod trace;
 
 pub use artifacts::{Artifact, ArtifactContent};
 pub use builders::{PendingStep, RetryPolicy, Step, StepStart, Wait, WaitWithTimeout};
@@ -56,6 +57,7 @@ struct Inner {
     inline_sleep_max: Duration,
     step_keys: Option<StepKeys>,
     artifacts: artifacts::Store,
+    traces: Option<trace::StepTraces>,
 }
 
 /// A child run started with [`Ctx::spawn`]; join it for its result of type `O`.
@@ -86,6 +88,7 @@ impl Ctx {
         step_keys: Option<StepKeys>,
         artifacts: Option<Result<cairn_engine::artifacts::ArtifactSettings, String>>,
     ) -> Self {
+        let attempt_run_id = attempt.run_id;
         Ctx {
             inner: Arc::new(Inner {
                 attempt,
@@ -101,6 +104,7 @@ impl Ctx {
                 inline_sleep_max,
                 step_keys,
                 artifacts: artifacts::open_store(artifacts),
+                traces: trace::StepTraces::from_env(attempt_run_id, &run.flow),
             }),
         }
     }
@@ -223,6 +227,18 @@ impl Ctx {
             )
             .await;
         let tries = tries.load(Ordering::Relaxed);
+        if let (Err(err), Some(traces)) = (&outcome, &self.inner.traces) {
+            let usage = lock(&usage).take().map(Usage::into_engine);
+            traces
+                .step(trace::StepSpan {
+                    key: &pending.key,
+                    took: pending.started.elapsed(),
+                    tries,
+                    usage: usage.as_ref(),
+                    error: Some(format!("{err:#}")),
+                })
+                .await;
+        }
         let value = outcome.context(StepFailed {
             key: pending.key.clone(),
             tries,
@@ -247,19 +263,12 @@ impl Ctx {
         if let Some(why) = self.interruption() {
             return Err(why.into());
         }
-        let usage = usage.unwrap_or_default();
         let step = engine::CompletedStep {
             key,
             result: &result,
             duration_ms: started.elapsed().as_millis() as i64,
             tries: tries as i32,
-            usage: engine::StepUsage {
-                usd: (usage.usd != 0.0).then_some(usage.usd),
-                tokens_in: (usage.tokens_in != 0).then_some(usage.tokens_in as i64),
-                tokens_out: (usage.tokens_out != 0).then_some(usage.tokens_out as i64),
-                model: usage.model,
-                meta: usage.meta,
-            },
+            usage: usage.unwrap_or_default().into_engine(),
         };
         let cancelled = {
             let mut conn = self.inner.conn.lock().await;
@@ -271,6 +280,17 @@ impl Ctx {
         }
         .map_err(|e| self.engine_error(e))?;
         self.inner.executed.fetch_add(1, Ordering::Relaxed);
+        if let Some(traces) = &self.inner.traces {
+            traces
+                .step(trace::StepSpan {
+                    key,
+                    took: started.elapsed(),
+                    tries,
+                    usage: Some(&step.usage),
+                    error: None,
+                })
+                .await;
+        }
         if cancelled {
             return Err(self.stop(Interrupted::Cancelled));
         }

@@ -45,6 +45,17 @@ pub struct Cluster {
     pub path: String,
     /// The cluster's S3 server (s3s-fs, on the bridge gateway).
     pub s3: S3,
+    /// The cluster's trace collector (OTLP over HTTP, on the bridge gateway).
+    pub otlp: Otlp,
+}
+
+/// The cluster's OpenTelemetry Collector, as up.sh started it.
+#[derive(Debug, Clone)]
+pub struct Otlp {
+    /// What OTEL_EXPORTER_OTLP_ENDPOINT is set to, for operators on the host and flow pods.
+    pub endpoint: String,
+    /// Where it writes the spans it receives (`cairn_tests::otelcol::read_spans`).
+    pub spans: PathBuf,
 }
 
 /// The cluster's S3-compatible server, as up.sh started it.
@@ -115,6 +126,10 @@ impl Cluster {
                 data: env("CAIRN_CLUSTER_S3_DATA")?.into(),
                 access_key: env("CAIRN_CLUSTER_S3_ACCESS_KEY")?,
                 secret_key: env("CAIRN_CLUSTER_S3_SECRET_KEY")?,
+            },
+            otlp: Otlp {
+                endpoint: env("CAIRN_CLUSTER_OTLP_ENDPOINT")?,
+                spans: env("CAIRN_CLUSTER_SPANS")?.into(),
             },
         })
     }

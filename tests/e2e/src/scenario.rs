@@ -98,7 +98,18 @@ impl Scenario {
             lease_name: "cairn-e2e".into(),
             listen,
             flags: flags.iter().map(|f| f.to_string()).collect(),
-            env: self.setup.cluster.s3.env(),
+            // Every scenario's runs are traced: tracing must never get in their way.
+            env: self
+                .setup
+                .cluster
+                .s3
+                .env()
+                .into_iter()
+                .chain([(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+                    self.setup.cluster.otlp.endpoint.clone(),
+                )])
+                .collect(),
             log: self.dir.join(format!("operator-{index}.log")),
         })?;
         operator

@@ -23,3 +23,5 @@ mod kubectl_cairn_outputs;
 mod kubectl_cairn_artifacts;
 // Spend budgets: a child parks at its parent's budget until it is raised.
 mod budgets;
+// Traces: the example, crashed and approved, as one trace in the cluster's collector.
+mod traces;

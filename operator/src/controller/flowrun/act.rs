@@ -187,6 +187,9 @@ impl Launch<'_> {
         let namespace = run.namespace().unwrap_or_default();
         let attempt = claim.number;
         let run_id = record.id.to_string();
+        // The trace's settings first: a Flow's own env may override them.
+        let mut env = ctx.trace_env(record.id, attempt).await;
+        env.extend(self.resolved.env.iter().cloned());
         let pod = pod::build_pod(&FlowPod {
             run,
             run_id: &run_id,
@@ -194,7 +197,7 @@ impl Launch<'_> {
             image: self.image,
             flow: &self.resolved.flow,
             profile: self.resolved.profile.as_ref(),
-            extra_env: &self.resolved.env,
+            extra_env: &env,
             service_account: self
                 .resolved
                 .service_account

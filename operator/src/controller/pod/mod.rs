@@ -31,6 +31,35 @@ pub fn token_secret_name(run_id: &str, attempt: i32) -> String {
     format!("cairn-token-{run_id}-a{attempt}")
 }
 
+/// The OpenTelemetry settings flow pods take from the operator's own environment: where spans
+/// go, and the resource's attributes. Not `OTEL_EXPORTER_OTLP_HEADERS`: they may hold a
+/// backend's credentials, which a pod spec would show to anyone who may read pods (give flow
+/// pods a collector that needs none); nor the service name: each flow names its own.
+pub const FORWARDED_OTEL_ENV: [&str; 7] = [
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_RESOURCE_ATTRIBUTES",
+];
+
+/// The environment of an attempt traced as `attempt`'s span: `TRACEPARENT`, and the settings
+/// of [`FORWARDED_OTEL_ENV`] that `operator_env` has.
+pub fn trace_env(
+    attempt: &cairn_engine::traces::TraceParent,
+    operator_env: impl Fn(&str) -> Option<String>,
+) -> Vec<EnvVar> {
+    let mut env = vec![plain_env(cairn::env::TRACEPARENT, &attempt.encode())];
+    for name in FORWARDED_OTEL_ENV {
+        if let Some(value) = operator_env(name) {
+            env.push(plain_env(name, &value));
+        }
+    }
+    env
+}
+
 /// Everything a flow pod is made of.
 pub struct FlowPod<'a> {
     pub run: &'a FlowRun,

@@ -519,3 +519,40 @@ fn the_grace_period_fits_the_flows_stop_grace() {
         "a Flow's own stop grace, rounded up, and 10 s"
     );
 }
+
+#[test]
+fn a_traced_attempt_gets_its_span_and_where_spans_go_but_never_the_exporters_headers() {
+    let run = cairn_engine::traces::TraceParent::random();
+    let operator_env = |name: &str| match name {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4318".to_owned()),
+        "OTEL_EXPORTER_OTLP_HEADERS" => Some("authorization=Bearer secret".to_owned()),
+        "OTEL_SERVICE_NAME" => Some("cairn-operator".to_owned()),
+        _ => None,
+    };
+    let env = trace_env(&run.attempt(2), operator_env);
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(
+        value("TRACEPARENT"),
+        Some(run.attempt(2).encode()),
+        "the attempt's span, derived as the exporter derives it"
+    );
+    assert_eq!(
+        value("OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+        Some("http://collector:4318")
+    );
+    assert_eq!(
+        value("OTEL_EXPORTER_OTLP_HEADERS"),
+        None,
+        "credentials stay out of pod specs"
+    );
+    assert_eq!(
+        value("OTEL_SERVICE_NAME"),
+        None,
+        "each flow names its own service"
+    );
+    assert_eq!(env.len(), 2, "{env:?}");
+}
