@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use cairn_operator::lifecycle::Phase;
-use cairn_tests::cli::{cairn, finish, last_line, run, run_id, stderr};
+use cairn_tests::cli::{cairn, finish, last_line, run, run_id, stderr, wait_waiting};
 use cairn_tests::{EffectLog, TestDb};
 use serde_json::json;
 
@@ -24,28 +24,6 @@ fn start_approval(db: &TestDb, log: &EffectLog, name: &str, event: &str) -> toki
     )
     .spawn()
     .expect("cannot start cairn")
-}
-
-/// `cairn dev wait RUN --for waiting --event EVENT`, which must succeed.
-async fn wait_waiting(db: &TestDb, log: &EffectLog, name: &str, event: &str) {
-    run_id(db, name).await;
-    let waited = run(cairn(
-        db,
-        log,
-        &[
-            "dev",
-            "wait",
-            name,
-            "--for",
-            "waiting",
-            "--event",
-            event,
-            "--timeout",
-            "60s",
-        ],
-    ))
-    .await;
-    assert_eq!(waited.status.code(), Some(0), "{}", stderr(&waited));
 }
 
 #[tokio::test]

@@ -3,17 +3,56 @@
 //! and a wait for a person, gives one trace: its run span at the root, an attempt span per
 //! process under it, each executed step under the attempt that completed it (with the GenAI
 //! attributes and its cost), its waits under the run, its child runs under it too. A collector
-//! that is down costs the spans, never the run; a setting that cannot work is refused.
+//! that is down costs the spans, never the run; nor does a setting that cannot work, which
+//! turns traces off saying why.
 
 use std::time::Duration;
 
 use cairn_engine::traces::{self, Exporter};
 use cairn_engine::{launcher, runner};
-use cairn_tests::cli::{cairn, finish, run, run_id, stderr};
+use cairn_tests::cli::{cairn, finish, run, stderr, wait_waiting};
 use cairn_tests::example_trace::{example_trace_problems, trace_of_run};
 use cairn_tests::otelcol::{Collector, ReceivedSpan, render_tree};
-use cairn_tests::{PATIENCE, TestDb, built_binary};
+use cairn_tests::{EffectLog, PATIENCE, TestDb, built_binary};
 use serde_json::json;
+
+const FLOWS: &str = env!("CARGO_BIN_EXE_test-flows");
+
+/// `cairn dev run` of the example as run `name` with `env`, approved once it waits for its
+/// person; the output of `cairn dev run` once it finished.
+async fn approved_example(
+    db: &TestDb,
+    log: &EffectLog,
+    name: &str,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let agent = built_binary("agent");
+    let input = json!({ "topic": "tracing agents", "breadth": 2 }).to_string();
+    let args = [
+        "dev",
+        "run",
+        agent.to_str().unwrap(),
+        "--flow",
+        "research",
+        "--name",
+        name,
+        "--input",
+        &input,
+        "--retry-backoff",
+        "100ms",
+    ];
+    let mut command = cairn(db, log, &args);
+    command
+        .envs(env.iter().copied())
+        .env("CAIRN_EXAMPLE_LLM_MS", "5");
+    let follower = command.spawn().expect("cannot start cairn");
+    wait_waiting(db, log, name, &format!("approve-{name}")).await;
+    let approved = run(cairn(db, log, &["dev", "approve", name])).await;
+    assert_eq!(approved.status.code(), Some(0), "{}", stderr(&approved));
+    let output = finish(follower).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    output
+}
 
 /// The trace of run `name` (namespace `default`), once the run's span arrived.
 async fn trace_of(collector: &Collector, name: &str) -> Vec<ReceivedSpan> {
@@ -37,55 +76,15 @@ async fn the_example_is_one_trace_across_its_crash_and_its_wait() {
     let db = TestDb::unmigrated().await;
     let log = db.log("effects");
     let collector = Collector::start(&db.dir.join("otelcol"));
-    let agent = built_binary("agent");
     let name = "traced";
-    let input = json!({ "topic": "tracing agents", "breadth": 2 }).to_string();
-    let mut command = cairn(
-        &db,
-        &log,
-        &[
-            "dev",
-            "run",
-            agent.to_str().unwrap(),
-            "--flow",
-            "research",
-            "--name",
-            name,
-            "--input",
-            &input,
-            "--retry-backoff",
-            "100ms",
-        ],
-    );
-    command
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint())
-        .env("CAIRN_EXAMPLE_CRASH_AT", "draft")
-        .env("CAIRN_EXAMPLE_LEDGER", db.dir.join("ledger.tsv"))
-        .env("CAIRN_EXAMPLE_LLM_MS", "5");
-    let follower = command.spawn().expect("cannot start cairn");
-    run_id(&db, name).await;
-    let event = format!("approve-{name}");
-    let waited = run(cairn(
-        &db,
-        &log,
-        &[
-            "dev",
-            "wait",
-            name,
-            "--for",
-            "waiting",
-            "--event",
-            &event,
-            "--timeout",
-            "120s",
-        ],
-    ))
-    .await;
-    assert_eq!(waited.status.code(), Some(0), "{}", stderr(&waited));
-    let approved = run(cairn(&db, &log, &["dev", "approve", name])).await;
-    assert_eq!(approved.status.code(), Some(0), "{}", stderr(&approved));
-    let output = finish(follower).await;
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let ledger = db.dir.join("ledger.tsv");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint()),
+        ("CAIRN_EXAMPLE_CRASH_AT", "draft".into()),
+        ("CAIRN_EXAMPLE_LEDGER", ledger.display().to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    approved_example(&db, &log, name, &env).await;
 
     let trace = trace_of(&collector, name).await;
     let shown = render_tree(&trace);
@@ -180,75 +179,38 @@ async fn a_collector_that_is_down_costs_the_spans_not_the_run() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let input = json!({ "topic": "no collector", "breadth": 1 }).to_string();
-    let mut command = cairn(
-        &db,
-        &log,
-        &[
-            "dev",
-            "run",
-            built_binary("agent").to_str().unwrap(),
-            "--flow",
-            "research",
-            "--name",
-            "untraced",
-            "--input",
-            &input,
-        ],
-    );
-    command
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-        .env("CAIRN_EXAMPLE_LLM_MS", "5");
-    let follower = command.spawn().expect("cannot start cairn");
-    run_id(&db, "untraced").await;
-    let waited = run(cairn(
-        &db,
-        &log,
-        &[
-            "dev",
-            "wait",
-            "untraced",
-            "--for",
-            "waiting",
-            "--event",
-            "approve-untraced",
-            "--timeout",
-            "120s",
-        ],
-    ))
-    .await;
-    assert_eq!(waited.status.code(), Some(0), "{}", stderr(&waited));
-    let approved = run(cairn(&db, &log, &["dev", "approve", "untraced"])).await;
-    assert_eq!(approved.status.code(), Some(0), "{}", stderr(&approved));
-    let output = finish(follower).await;
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+    let output = approved_example(&db, &log, "untraced", &env).await;
+    // Each process says so once, then sends nothing more; the launcher says so once too.
+    let said = stderr(&output);
+    let count = |text: &str| said.matches(text).count();
+    assert!(count("no more spans from this process") >= 1, "{said}");
+    assert_eq!(count("cannot send the spans of finished runs"), 1, "{said}");
 }
 
 #[tokio::test]
-async fn a_trace_setting_that_cannot_work_is_refused_saying_so() {
+async fn a_trace_setting_that_cannot_work_turns_traces_off_saying_why_and_nothing_else() {
     let db = TestDb::unmigrated().await;
     let log = db.log("effects");
-    let mut command = cairn(
-        &db,
-        &log,
-        &[
-            "dev",
-            "run",
-            built_binary("agent").to_str().unwrap(),
-            "--flow",
-            "research",
-            "--input",
-            r#"{"topic": "grpc"}"#,
-        ],
-    );
+    let args = [
+        "dev",
+        "run",
+        FLOWS,
+        "--flow",
+        "echo",
+        "--input",
+        r#"{"ok": true}"#,
+    ];
+    let mut command = cairn(&db, &log, &args);
     command
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
-    let refused = run(command).await;
-    assert_ne!(refused.status.code(), Some(0));
+    let output = run(command).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let said = stderr(&output);
+    assert!(said.contains("runs are not traced"), "{said}");
     assert!(
-        stderr(&refused).contains("OTEL_EXPORTER_OTLP_PROTOCOL must be http/protobuf or unset"),
-        "{}",
-        stderr(&refused)
+        said.contains("OTEL_EXPORTER_OTLP_PROTOCOL must be http/protobuf or unset"),
+        "{said}"
     );
 }

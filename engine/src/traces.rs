@@ -70,9 +70,19 @@ impl TraceParent {
     /// A span of the same trace, here the span of a run's attempt `number`, derived from the
     /// run's span so that every launcher makes the same one.
     pub fn attempt(&self, number: i32) -> TraceParent {
+        self.derived(&number.to_be_bytes())
+    }
+
+    /// The span of the run's step `key` that only the engine saw whole (a wait), derived so
+    /// that exporting it again gives the same span.
+    pub fn step(&self, key: &str) -> TraceParent {
+        self.derived(format!("step:{key}").as_bytes())
+    }
+
+    fn derived(&self, what: &[u8]) -> TraceParent {
         let digest = sha2::Sha256::new()
             .chain_update(self.span_id.to_bytes())
-            .chain_update(number.to_be_bytes())
+            .chain_update(what)
             .finalize();
         let mut id: [u8; 8] = digest[..8].try_into().expect("8 bytes");
         if id == [0; 8] {
@@ -132,7 +142,7 @@ pub fn usage_attributes(
 
 /// Where spans go: OTLP over HTTP, configured by the standard `OTEL_*` variables.
 pub struct Exporter {
-    otlp: tokio::sync::Mutex<opentelemetry_otlp::SpanExporter>,
+    otlp: opentelemetry_otlp::SpanExporter,
     scope: InstrumentationScope,
 }
 
@@ -166,10 +176,16 @@ fn parse_headers(text: &str) -> Result<std::collections::HashMap<String, String>
                 let key = pair.chars().take(20).collect::<String>();
                 format!("{key:?}... is not a key=value pair")
             })?;
+            let key = key.trim();
             let value = percent_encoding::percent_decode_str(value.trim())
                 .decode_utf8()
-                .map_err(|e| format!("the value of {:?} is not UTF-8: {e}", key.trim()))?;
-            Ok((key.trim().to_owned(), value.into_owned()))
+                .map_err(|e| format!("the value of {key:?} is not UTF-8: {e}"))?;
+            // The exporter drops what HTTP cannot carry without a word: refuse it here.
+            reqwest::header::HeaderName::from_bytes(key.as_bytes())
+                .map_err(|_| format!("{key:?} is not an HTTP header name"))?;
+            reqwest::header::HeaderValue::from_str(&value)
+                .map_err(|_| format!("the value of {key:?} is not an HTTP header value"))?;
+            Ok((key.to_owned(), value.into_owned()))
         })
         .collect()
 }
@@ -240,7 +256,7 @@ impl Exporter {
         }
         otlp.set_resource(&resource.build());
         Ok(Exporter {
-            otlp: tokio::sync::Mutex::new(otlp),
+            otlp,
             scope: InstrumentationScope::builder("cairn")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
@@ -253,8 +269,7 @@ impl Exporter {
             return Ok(());
         }
         let batch = spans.into_iter().map(|s| self.span_data(s)).collect();
-        let otlp = self.otlp.lock().await;
-        match tokio::time::timeout(EXPORT_TIMEOUT, otlp.export(batch)).await {
+        match tokio::time::timeout(EXPORT_TIMEOUT, self.otlp.export(batch)).await {
             Ok(result) => result.map_err(|e| format!("the OTLP endpoint refused spans: {e}")),
             Err(_) => Err(format!(
                 "the OTLP endpoint did not answer within {EXPORT_TIMEOUT:?}"
@@ -321,6 +336,8 @@ mod tests {
     #[test]
     fn attempt_spans_are_derived_the_same_way_every_time_and_differ_per_attempt() {
         let run = TraceParent::random();
+        assert_eq!(run.step("event:ok"), run.step("event:ok"));
+        assert_ne!(run.step("event:ok").span_id, run.step("sleep:x").span_id);
         assert_eq!(run.attempt(1), run.attempt(1));
         assert_ne!(run.attempt(1).span_id, run.attempt(2).span_id);
         assert_ne!(run.attempt(1).span_id, run.span_id);
@@ -332,6 +349,9 @@ mod tests {
         let headers = parse_headers("api-key = s%20cret, x-team=a=b ,\n").unwrap();
         assert_eq!(headers["api-key"], "s cret");
         assert_eq!(headers["x-team"], "a=b");
+        let newline = parse_headers("api-key=a%0Ab").unwrap_err();
+        assert!(newline.contains("not an HTTP header value"), "{newline}");
+        assert!(!newline.contains("a\nb"), "{newline}");
         let bad = parse_headers("authorization Bearer-secret-token").unwrap_err();
         assert!(bad.contains("is not a key=value pair"), "{bad}");
         assert!(!bad.contains("token"), "no secret in the message: {bad}");

@@ -75,6 +75,10 @@ struct Supervisor<'a> {
     /// The connection holding this supervisor's tree locks, and the trees it holds.
     locks: sqlx::PgConnection,
     owned: std::collections::HashSet<Uuid>,
+    /// The export of finished runs' spans under way, if any (see `export_traces`).
+    exporting: Option<tokio::task::JoinHandle<()>>,
+    /// An export failed and said so: the next failures are quiet until one succeeds.
+    export_failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The key space of the tree locks: one supervisor per run tree, whether a `cairn dev run`
@@ -138,6 +142,8 @@ pub async fn supervise_scope(
         active: Vec::new(),
         locks,
         owned: Default::default(),
+        exporting: None,
+        export_failing: Default::default(),
     };
     if let Scope::Tree(root) = scope
         && !supervisor.own(root).await?
@@ -168,11 +174,12 @@ pub async fn supervise_scope(
             }
             Err(e) => return Err(e),
         };
-        supervisor.export_traces().await;
+        supervisor.export_traces();
         if let Some(root_record) = &root_record
             && root_record.phase.is_terminal()
             && supervisor.alive.is_empty()
         {
+            supervisor.flush_traces().await;
             return Ok(Some(root_record.clone()));
         }
         if let (Scope::Tree(_), None) = (scope, &root_record) {
@@ -218,6 +225,7 @@ pub async fn supervise_scope(
                 }
             };
             let stopped = supervisor.stop(&mut exit_rx, again).await;
+            supervisor.flush_traces().await;
             return match (scope, root_record) {
                 (Scope::Local, _) => Ok(None),
                 (Scope::Tree(_), root) => Err(anyhow::anyhow!(
@@ -505,14 +513,46 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Exports the spans of finished runs, when runs are traced. A failure is tried again on
-    /// the next look.
-    async fn export_traces(&self) {
-        let Some(exporter) = &self.launcher.traces else {
+    /// Exports the spans of finished runs in the background, when runs are traced, so that a
+    /// collector slow or down never holds up the loop. A pass under way is left to finish; a
+    /// failed one is tried again at the next look.
+    fn export_traces(&mut self) {
+        let Some(exporter) = self.launcher.traces.clone() else {
             return;
         };
-        if let Err(e) = traces::export_finished(self.pool, exporter, None, 100).await {
-            tracing::warn!(error = %e, "cannot export the spans of finished runs; trying again later");
+        if self.exporting.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let pool = self.pool.clone();
+        let failing = self.export_failing.clone();
+        self.exporting = Some(tokio::spawn(async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            match traces::export_finished(&pool, &exporter, None, 100).await {
+                // Nothing to send proves nothing about the endpoint.
+                Ok(0) => {}
+                Ok(_) => failing.store(false, Relaxed),
+                Err(e) if !failing.swap(true, Relaxed) => {
+                    eprintln!(
+                        "cairn: cannot send the spans of finished runs ({e:#}); trying again later"
+                    );
+                }
+                Err(_) => {}
+            }
+        }));
+    }
+
+    /// Before exiting: the spans of the runs just finished go out, within a bound.
+    async fn flush_traces(&mut self) {
+        const BOUND: Duration = Duration::from_secs(10);
+        if self.launcher.traces.is_none() {
+            return;
+        }
+        if let Some(pass) = self.exporting.take() {
+            let _ = tokio::time::timeout(BOUND, pass).await;
+        }
+        self.export_traces();
+        if let Some(pass) = self.exporting.take() {
+            let _ = tokio::time::timeout(BOUND, pass).await;
         }
     }
 

@@ -94,8 +94,9 @@ CREATE TABLE cairn.runs (
     -- The run's span in its OpenTelemetry trace (W3C traceparent); NULL until a launcher that
     -- traces launches it (cairn.run_traceparent).
     traceparent      text CHECK (traceparent ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-01$'),
-    -- When the run's own spans were exported (cairn.traces_exported).
-    trace_exported_at timestamptz
+    -- The finish (finished_at) whose spans were exported (cairn.traces_exported); a retried
+    -- run finishes again.
+    trace_exported_finish timestamptz
 );
 CREATE INDEX runs_root_idx ON cairn.runs (root_id);
 CREATE INDEX runs_parent_idx ON cairn.runs (parent_id);
@@ -109,7 +110,7 @@ CREATE UNIQUE INDEX runs_flowrun_uid_key ON cairn.runs (flowrun_uid) WHERE flowr
 -- The finished runs whose spans are still to be exported (cairn.traces_to_export).
 CREATE INDEX runs_trace_export_idx ON cairn.runs (finished_at)
     WHERE traceparent IS NOT NULL AND finished_at IS NOT NULL
-      AND (trace_exported_at IS NULL OR trace_exported_at < finished_at);
+      AND (trace_exported_finish IS NULL OR trace_exported_finish < finished_at);
 
 -- One row per launched process.
 CREATE TABLE cairn.attempts (

@@ -610,7 +610,8 @@ $$;
 -- oldest first, with what those spans say: the run's parent span, its own cost and tokens (a
 -- fork's reused steps were paid by its source), its attempts, and its waits (wait, sleep and
 -- join steps, which span attempts). A run retried since its spans were exported has finished
--- again: its span goes again (now with its new end), its attempts and waits since then only.
+-- again: its span goes again (now with its new end), and the attempts and waits after its
+-- previous finish.
 CREATE FUNCTION cairn.traces_to_export(p_namespaces text[], p_limit integer)
 RETURNS TABLE (run_id uuid, namespace text, name text, flow text, state text,
                created_at timestamptz, finished_at timestamptz, traceparent text,
@@ -629,7 +630,7 @@ LANGUAGE sql STABLE AS $$
                         'outcome', a.outcome, 'detail', a.detail) ORDER BY a.attempt)
                      FROM cairn.attempts a
                      WHERE a.run_id = r.id
-                       AND (r.trace_exported_at IS NULL OR a.started_at > r.trace_exported_at)),
+                       AND (r.trace_exported_finish IS NULL OR a.started_at > r.trace_exported_finish)),
                     '[]'),
            coalesce((SELECT jsonb_agg(jsonb_build_object(
                         'key', s.key, 'kind', s.kind, 'started_at', s.started_at,
@@ -637,18 +638,22 @@ LANGUAGE sql STABLE AS $$
                      FROM cairn.steps s
                      WHERE s.run_id = r.id AND s.kind IN ('wait', 'sleep', 'join')
                        AND s.origin IS NULL
-                       AND (r.trace_exported_at IS NULL OR s.completed_at > r.trace_exported_at)),
+                       AND (r.trace_exported_finish IS NULL OR s.completed_at > r.trace_exported_finish)),
                     '[]')
     FROM cairn.runs r LEFT JOIN cairn.runs p ON p.id = r.parent_id
     WHERE r.traceparent IS NOT NULL AND r.finished_at IS NOT NULL
-      AND (r.trace_exported_at IS NULL OR r.trace_exported_at < r.finished_at)
+      AND (r.trace_exported_finish IS NULL OR r.trace_exported_finish < r.finished_at)
       AND (p_namespaces IS NULL OR r.namespace = ANY (p_namespaces))
     ORDER BY r.finished_at
     LIMIT p_limit
 $$;
 
--- Records that the spans of these runs were exported.
-CREATE FUNCTION cairn.traces_exported(p_run_ids uuid[]) RETURNS void
+-- Records that the spans of these runs were exported, as of the finish they were read at: a
+-- run retried meanwhile finishes again later, and goes again then.
+CREATE FUNCTION cairn.traces_exported(p_run_ids uuid[], p_finished_at timestamptz[])
+RETURNS void
 LANGUAGE sql AS $$
-    UPDATE cairn.runs SET trace_exported_at = now() WHERE id = ANY (p_run_ids)
+    UPDATE cairn.runs r SET trace_exported_finish = e.finished_at
+    FROM unnest(p_run_ids, p_finished_at) AS e (run_id, finished_at)
+    WHERE r.id = e.run_id
 $$;

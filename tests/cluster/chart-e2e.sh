@@ -242,6 +242,7 @@ rendered=$(helm template "$REL" "$CHART" -n "$SYS_NS" -f "$CHART/ci/test-values.
 collector_rules=$(grep -c 'kubernetes.io/metadata.name: observability' <<<"$rendered" || true)
 if grep -q 'name: OTEL_EXPORTER_OTLP_ENDPOINT' <<<"$rendered" &&
     grep -q 'value: "http://otel-collector.observability:4318"' <<<"$rendered" &&
+    grep -A1 'name: CAIRN_FLOW_PODS_OTLP_ENDPOINT' <<<"$rendered" | grep -q 'otel-agent.observability' &&
     grep -q 'name: CAIRN_OTLP_HEADERS_FILE' <<<"$rendered" && grep -q 'secretName: "otel-headers"' <<<"$rendered" &&
     ! grep -q 'name: OTEL_EXPORTER_OTLP_HEADERS' <<<"$rendered" &&
     grep -q -- '- port: 4318' <<<"$rendered" && [[ "$collector_rules" -ge 3 ]]; then

@@ -67,3 +67,25 @@ pub async fn run_id(db: &TestDb, name: &str) -> uuid::Uuid {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `cairn dev wait RUN --for waiting --event EVENT`, which must succeed.
+pub async fn wait_waiting(db: &TestDb, log: &EffectLog, name: &str, event: &str) {
+    run_id(db, name).await;
+    let waited = run(cairn(
+        db,
+        log,
+        &[
+            "dev",
+            "wait",
+            name,
+            "--for",
+            "waiting",
+            "--event",
+            event,
+            "--timeout",
+            "60s",
+        ],
+    ))
+    .await;
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr(&waited));
+}

@@ -41,9 +41,11 @@ struct WaitRecord {
     completed_at: DateTime<Utc>,
 }
 
-/// Exports the spans of up to `limit` finished runs of the namespaces `only` names (none: all)
-/// and records them exported. Returns how many runs. Spans that the endpoint refuses are
-/// tried again on the next call.
+/// Exports the spans of up to `limit` finished runs of the namespaces `only` names (none: all),
+/// one request a run, and records each exported. Returns how many runs went. When none could
+/// go, the endpoint is down: the error says why, and they are tried again on the next call.
+/// A run whose spans the endpoint refuses while it takes others' is given up, with a warning,
+/// so that it cannot hold back the runs after it.
 pub async fn export_finished(
     pool: &PgPool,
     exporter: &Exporter,
@@ -62,51 +64,114 @@ pub async fn export_finished(
     )
     .fetch_all(pool)
     .await?;
-    let mut spans = Vec::new();
-    let mut runs = Vec::new();
+    let (mut exported, mut refused) = (Vec::new(), Vec::new());
+    let mut last_error = None;
     for row in rows {
-        runs.push(row.run_id);
-        let Some(run) = TraceParent::parse(&row.traceparent) else {
-            continue;
+        let run = FinishedRun {
+            id: row.run_id,
+            namespace: row.namespace,
+            name: row.name,
+            flow: row.flow,
+            state: row.state,
+            created_at: row.created_at,
+            finished_at: row.finished_at,
+            traceparent: row.traceparent,
+            parent_traceparent: row.parent_traceparent,
+            error: row.error,
+            usd: row.usd,
+            tokens_in: row.tokens_in,
+            tokens_out: row.tokens_out,
+            attempts: serde_json::from_value(row.attempts).unwrap_or_default(),
+            waits: serde_json::from_value(row.waits).unwrap_or_default(),
         };
-        let parent = row
+        match exporter.export(run.spans()).await {
+            Ok(()) => exported.push((run.id, run.finished_at)),
+            Err(why) => {
+                refused.push((run.id, run.finished_at, run.name));
+                last_error = Some(why);
+            }
+        }
+    }
+    let gone = exported.len();
+    if gone > 0 {
+        // The endpoint works: what it refused, it will refuse again.
+        for (_, _, name) in &refused {
+            let why = last_error.as_deref().unwrap_or_default();
+            tracing::warn!(run = %name, "the OTLP endpoint refused the spans of this run; they are dropped: {why}");
+        }
+        exported.extend(refused.into_iter().map(|(id, finished, _)| (id, finished)));
+    } else if let Some(why) = last_error {
+        anyhow::bail!(why);
+    }
+    let (ids, finished): (Vec<Uuid>, Vec<DateTime<Utc>>) = exported.into_iter().unzip();
+    sqlx::query!("SELECT cairn.traces_exported($1, $2)", &ids, &finished)
+        .execute(pool)
+        .await?;
+    Ok(gone)
+}
+
+/// A finished run, as `cairn.traces_to_export` describes it.
+struct FinishedRun {
+    id: Uuid,
+    namespace: String,
+    name: String,
+    flow: String,
+    state: String,
+    created_at: DateTime<Utc>,
+    finished_at: DateTime<Utc>,
+    traceparent: String,
+    parent_traceparent: Option<String>,
+    error: Option<serde_json::Value>,
+    usd: Option<f64>,
+    tokens_in: Option<i64>,
+    tokens_out: Option<i64>,
+    attempts: Vec<AttemptRecord>,
+    waits: Vec<WaitRecord>,
+}
+
+impl FinishedRun {
+    /// The run's span, its attempts' and its waits'. None when its traceparent is unreadable.
+    fn spans(&self) -> Vec<Span> {
+        let Some(run) = TraceParent::parse(&self.traceparent) else {
+            return Vec::new();
+        };
+        let parent = self
             .parent_traceparent
             .as_deref()
             .and_then(TraceParent::parse)
             .filter(|p| p.trace_id == run.trace_id)
             .map(|p| p.span_id);
         let mut attributes = vec![
-            KeyValue::new("cairn.run.id", row.run_id.to_string()),
-            KeyValue::new("cairn.run.name", row.name.clone()),
-            KeyValue::new("cairn.run.phase", row.state.clone()),
-            KeyValue::new("cairn.flow", row.flow.clone()),
-            KeyValue::new("k8s.namespace.name", row.namespace),
+            KeyValue::new("cairn.run.id", self.id.to_string()),
+            KeyValue::new("cairn.run.name", self.name.clone()),
+            KeyValue::new("cairn.run.phase", self.state.clone()),
+            KeyValue::new("cairn.flow", self.flow.clone()),
+            KeyValue::new("k8s.namespace.name", self.namespace.clone()),
         ];
         attributes.extend(usage_attributes(
             None,
-            row.tokens_in,
-            row.tokens_out,
-            row.usd,
+            self.tokens_in,
+            self.tokens_out,
+            self.usd,
         ));
-        let error = (row.state == "failed").then(|| {
-            row.error
+        let error = (self.state == "failed").then(|| {
+            self.error
                 .as_ref()
                 .and_then(|e| e.get("message").and_then(|m| m.as_str()))
                 .unwrap_or("failed")
                 .to_owned()
         });
-        spans.push(Span {
-            name: format!("run {}", row.flow),
+        let mut spans = vec![Span {
+            name: format!("run {}", self.flow),
             context: run,
             parent,
-            start: row.created_at.into(),
-            end: row.finished_at.into(),
+            start: self.created_at.into(),
+            end: self.finished_at.into(),
             attributes,
             error,
-        });
-        let attempts: Vec<AttemptRecord> = serde_json::from_value(row.attempts)?;
-        for a in attempts {
-            let outcome = a.outcome.unwrap_or_else(|| "unknown".into());
+        }];
+        for a in &self.attempts {
+            let outcome = a.outcome.clone().unwrap_or_else(|| "unknown".into());
             let error = matches!(outcome.as_str(), "crashed" | "failed")
                 .then(|| a.detail.clone().unwrap_or_else(|| outcome.clone()));
             spans.push(Span {
@@ -114,7 +179,7 @@ pub async fn export_finished(
                 context: run.attempt(a.attempt),
                 parent: Some(run.span_id),
                 start: a.started_at.into(),
-                end: a.ended_at.unwrap_or(row.finished_at).into(),
+                end: a.ended_at.unwrap_or(self.finished_at).into(),
                 attributes: vec![
                     KeyValue::new("cairn.attempt", i64::from(a.attempt)),
                     KeyValue::new("cairn.attempt.outcome", outcome),
@@ -122,8 +187,7 @@ pub async fn export_finished(
                 error,
             });
         }
-        let waits: Vec<WaitRecord> = serde_json::from_value(row.waits)?;
-        for w in waits {
+        for w in &self.waits {
             // `wait event:approve`, `sleep cool-down`; a join's key names it already.
             let name = match w.key.starts_with(&w.kind) {
                 true => w.key.clone(),
@@ -131,24 +195,17 @@ pub async fn export_finished(
             };
             spans.push(Span {
                 name,
-                context: run.child(),
+                context: run.step(&w.key),
                 parent: Some(run.span_id),
                 start: w.started_at.into(),
                 end: w.completed_at.into(),
                 attributes: vec![
-                    KeyValue::new("cairn.step.key", w.key),
-                    KeyValue::new("cairn.step.kind", w.kind),
+                    KeyValue::new("cairn.step.key", w.key.clone()),
+                    KeyValue::new("cairn.step.kind", w.kind.clone()),
                 ],
                 error: None,
             });
         }
+        spans
     }
-    if runs.is_empty() {
-        return Ok(0);
-    }
-    exporter.export(spans).await.map_err(anyhow::Error::msg)?;
-    sqlx::query!("SELECT cairn.traces_exported($1)", &runs)
-        .execute(pool)
-        .await?;
-    Ok(runs.len())
 }

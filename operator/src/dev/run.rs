@@ -23,8 +23,6 @@ use tokio::signal::unix::{SignalKind, signal};
 /// prints the result JSON (or the error) last. Exits 0 only when the run succeeded.
 pub async fn run(args: DevRun, input: Value) -> anyhow::Result<ExitCode> {
     let binary = resolve_binary(&args.binary)?;
-    // A trace setting that cannot work is refused before the run exists.
-    super::traces()?;
     let budget = args
         .budget
         .as_deref()
@@ -253,7 +251,7 @@ async fn supervise_tree(
                 logs: super::logs::logs_dir(),
                 step_keys: super::keys::master()?,
                 artifacts: Some(super::artifacts::settings()),
-                traces: super::traces()?,
+                traces: super::traces(),
             };
             match supervisor::supervise(pool, &launcher, root).await {
                 Err(e) if e.is::<supervisor::SupervisedElsewhere>() => {

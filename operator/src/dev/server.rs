@@ -243,7 +243,7 @@ pub async fn serve(parallel: usize) -> anyhow::Result<ExitCode> {
         logs: super::logs::logs_dir(),
         step_keys: super::keys::master()?,
         artifacts: Some(super::artifacts::settings()),
-        traces: super::traces()?,
+        traces: super::traces(),
     };
     supervisor::supervise_scope(&pool, &launcher, Scope::Local).await?;
     eprintln!("cairn: dev server stopped");

@@ -34,25 +34,37 @@ pub fn token_secret_name(run_id: &str, attempt: i32) -> String {
 /// The OpenTelemetry settings flow pods take from the operator's own environment: where spans
 /// go, and the resource's attributes. Not `OTEL_EXPORTER_OTLP_HEADERS`: they may hold a
 /// backend's credentials, which a pod spec would show to anyone who may read pods (give flow
-/// pods a collector that needs none); nor the service name: each flow names its own.
-pub const FORWARDED_OTEL_ENV: [&str; 7] = [
+/// pods a collector that needs none, [`FLOW_PODS_OTLP_ENDPOINT`]); nor the service name: each
+/// flow names its own.
+pub const FORWARDED_OTEL_ENV: [&str; 5] = [
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_TIMEOUT",
-    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
     "OTEL_RESOURCE_ATTRIBUTES",
 ];
 
+/// Where flow pods send spans instead of the operator's endpoint, when set (chart
+/// `traces.flowPodsEndpoint`): a collector that needs no credentials, say.
+pub const FLOW_PODS_OTLP_ENDPOINT: &str = "CAIRN_FLOW_PODS_OTLP_ENDPOINT";
+
 /// The environment of an attempt traced as `attempt`'s span: `TRACEPARENT`, and the settings
-/// of [`FORWARDED_OTEL_ENV`] that `operator_env` has.
+/// of [`FORWARDED_OTEL_ENV`] that `operator_env` has (the endpoint being
+/// [`FLOW_PODS_OTLP_ENDPOINT`] when that is set).
 pub fn trace_env(
     attempt: &cairn_engine::traces::TraceParent,
     operator_env: impl Fn(&str) -> Option<String>,
 ) -> Vec<EnvVar> {
     let mut env = vec![plain_env(cairn::env::TRACEPARENT, &attempt.encode())];
+    let pods_endpoint = operator_env(FLOW_PODS_OTLP_ENDPOINT).filter(|e| !e.trim().is_empty());
+    if let Some(endpoint) = &pods_endpoint {
+        env.push(plain_env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint));
+    }
     for name in FORWARDED_OTEL_ENV {
+        let endpoint = name.contains("ENDPOINT");
+        if endpoint && pods_endpoint.is_some() {
+            continue;
+        }
         if let Some(value) = operator_env(name) {
             env.push(plain_env(name, &value));
         }
