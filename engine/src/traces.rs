@@ -103,6 +103,33 @@ impl TraceParent {
     }
 }
 
+/// What a flow process needs to send its steps' spans: its attempt's span (the parent of
+/// theirs) and where spans go.
+#[derive(Debug, Clone)]
+pub struct AttemptTracing {
+    pub attempt: TraceParent,
+    pub exporter: std::sync::Arc<Exporter>,
+}
+
+impl AttemptTracing {
+    /// From `TRACEPARENT` and the `OTEL_*` variables, spans being of service `flow` (unless
+    /// `OTEL_SERVICE_NAME`); `None` without both. A setting that cannot work is an error
+    /// saying so; the process then sends no spans.
+    pub fn from_env(flow: &str) -> Result<Option<AttemptTracing>, String> {
+        let name = crate::protocol::env::TRACEPARENT;
+        let Ok(given) = std::env::var(name) else {
+            return Ok(None);
+        };
+        let attempt = TraceParent::parse(&given).ok_or_else(|| {
+            format!("{name}={given:?} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")
+        })?;
+        Ok(Exporter::from_env(flow)?.map(|exporter| AttemptTracing {
+            attempt,
+            exporter: std::sync::Arc::new(exporter),
+        }))
+    }
+}
+
 /// One finished span, as Cairn describes it.
 #[derive(Debug, Clone)]
 pub struct Span {

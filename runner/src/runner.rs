@@ -20,6 +20,7 @@ use cairn_engine::artifacts::ArtifactSettings;
 use cairn_engine::checkpoint::StepKeys;
 use cairn_engine::protocol::{self, Exit, env};
 use cairn_engine::runner::{self as engine, Handshake};
+use cairn_engine::traces::AttemptTracing;
 
 /// The runner contract read from the environment.
 #[derive(Debug, Clone)]
@@ -37,6 +38,9 @@ pub struct RunnerEnv {
     /// Where large results and stored artifacts go (a bad setting: its message, reported by
     /// the first step that needs the store, so that it fails that run rather than crashing).
     pub artifacts: Option<Result<ArtifactSettings, String>>,
+    /// Where the spans of the steps this process executes go, and their parent (a bad
+    /// setting: its message, logged; the run goes on untraced).
+    pub traces: Option<Result<AttemptTracing, String>>,
 }
 
 impl RunnerEnv {
@@ -75,6 +79,8 @@ impl RunnerEnv {
             artifacts: std::env::var(env::ARTIFACTS).ok().map(|text| {
                 ArtifactSettings::parse(&text).map_err(|e| format!("{}: {e}", env::ARTIFACTS))
             }),
+            traces: AttemptTracing::from_env(&std::env::var(env::FLOW).unwrap_or_default())
+                .transpose(),
         })
     }
 
@@ -226,6 +232,7 @@ impl Runner {
             runner_env.inline_sleep_max,
             runner_env.step_keys.clone(),
             runner_env.artifacts.clone(),
+            runner_env.traces.clone(),
         );
         let outcome = tokio::select! {
             outcome = flow(ctx.clone(), input) => outcome,

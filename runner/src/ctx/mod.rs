@@ -87,8 +87,9 @@ impl Ctx {
         inline_sleep_max: Duration,
         step_keys: Option<StepKeys>,
         artifacts: Option<Result<cairn_engine::artifacts::ArtifactSettings, String>>,
+        traces: Option<Result<cairn_engine::traces::AttemptTracing, String>>,
     ) -> Self {
-        let attempt_run_id = attempt.run_id;
+        let traces = trace::StepTraces::new(attempt.run_id, traces);
         Ctx {
             inner: Arc::new(Inner {
                 attempt,
@@ -104,7 +105,7 @@ impl Ctx {
                 inline_sleep_max,
                 step_keys,
                 artifacts: artifacts::open_store(artifacts),
-                traces: trace::StepTraces::from_env(attempt_run_id, &run.flow),
+                traces,
             }),
         }
     }

@@ -6,13 +6,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use cairn_engine::protocol::env;
 use cairn_engine::runner::StepUsage;
-use cairn_engine::traces::{Exporter, KeyValue, Span, TraceParent, usage_attributes};
+use cairn_engine::traces::{AttemptTracing, KeyValue, Span, usage_attributes};
 
 pub(crate) struct StepTraces {
-    exporter: Exporter,
-    attempt: TraceParent,
+    tracing: AttemptTracing,
     run_id: String,
     off: AtomicBool,
 }
@@ -27,21 +25,15 @@ pub(crate) struct StepSpan<'a> {
 }
 
 impl StepTraces {
-    /// Traces when the launcher gave this attempt a span and the environment an endpoint.
-    pub(crate) fn from_env(run_id: uuid::Uuid, flow: &str) -> Option<StepTraces> {
-        let given = std::env::var(env::TRACEPARENT).ok()?;
-        let Some(attempt) = TraceParent::parse(&given) else {
-            tracing::warn!(
-                traceparent = %given,
-                "{} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>): no spans",
-                env::TRACEPARENT
-            );
-            return None;
-        };
-        match Exporter::from_env(flow) {
-            Ok(exporter) => Some(StepTraces {
-                exporter: exporter?,
-                attempt,
+    /// Traces when the launcher gave this attempt a span and the environment an endpoint
+    /// (`RunnerEnv::traces`); a setting that cannot work is said once, and the run goes on.
+    pub(crate) fn new(
+        run_id: uuid::Uuid,
+        tracing: Option<Result<AttemptTracing, String>>,
+    ) -> Option<StepTraces> {
+        match tracing? {
+            Ok(tracing) => Some(StepTraces {
+                tracing,
                 run_id: run_id.to_string(),
                 off: AtomicBool::new(false),
             }),
@@ -71,14 +63,14 @@ impl StepTraces {
         ));
         let span = Span {
             name: step.key.to_owned(),
-            context: self.attempt.child(),
-            parent: Some(self.attempt.span_id),
+            context: self.tracing.attempt.child(),
+            parent: Some(self.tracing.attempt.span_id),
             start: end.checked_sub(step.took).unwrap_or(end),
             end,
             attributes,
             error: step.error,
         };
-        if let Err(why) = self.exporter.export(vec![span]).await {
+        if let Err(why) = self.tracing.exporter.export(vec![span]).await {
             self.off.store(true, Ordering::Relaxed);
             tracing::warn!("no more spans from this process: {why}");
         }

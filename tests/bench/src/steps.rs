@@ -214,6 +214,7 @@ async fn run_flow(pool: &sqlx::PgPool, runner: &Runner, url: &str, n: usize) -> 
         call_timeout: Duration::from_millis(cairn_engine::protocol::DEFAULT_CALL_TIMEOUT_MS),
         step_keys: None,
         artifacts: None,
+        traces: None,
     };
     let exit = runner.execute(&env).await;
     anyhow::ensure!(exit == Exit::Completed, "benchmark run ended {exit:?}");

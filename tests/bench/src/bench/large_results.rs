@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use cairn::{Ctx, Exit, Runner, RunnerEnv};
 use cairn_engine::artifacts::ArtifactSettings;
+use cairn_engine::traces::AttemptTracing;
 use cairn_tests::s3::S3Server;
 use serde::Deserialize;
 use serde_json::json;
@@ -49,10 +50,13 @@ async fn large(ctx: Ctx, input: Large) -> anyhow::Result<usize> {
     Ok(input.steps)
 }
 
-async fn run_once(
+/// `steps` steps of `bytes` each through the SDK's run loop, with `artifacts` and `traces`;
+/// their times in milliseconds (also figure 12's).
+pub(crate) async fn run_once(
     pool: &PgPool,
     url: &str,
     artifacts: Option<ArtifactSettings>,
+    traces: Option<AttemptTracing>,
     steps: usize,
     bytes: usize,
 ) -> anyhow::Result<Vec<f64>> {
@@ -66,6 +70,7 @@ async fn run_once(
         call_timeout: Duration::from_millis(cairn_engine::protocol::DEFAULT_CALL_TIMEOUT_MS),
         step_keys: None,
         artifacts: artifacts.map(Ok),
+        traces: traces.map(Ok),
     };
     // The run is of flow `steps` (`local::started_run`): this runner serves it with `large`.
     let exit = Runner::new().flow("steps", large).execute(&env).await;
@@ -99,9 +104,9 @@ pub async fn one_megabyte_results(
         floor.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     conn.close().await?;
-    let inline = run_once(pool, url, None, steps, BYTES).await?;
+    let inline = run_once(pool, url, None, None, steps, BYTES).await?;
     let s3 = S3Server::start(&dir.join("s3"));
-    let offloaded = run_once(pool, url, Some(s3.settings("bench")), steps, BYTES).await?;
+    let offloaded = run_once(pool, url, Some(s3.settings("bench")), None, steps, BYTES).await?;
     Ok(vec![
         Latency::of(
             "raw INSERT+COMMIT of a 1 MB row (floor)",

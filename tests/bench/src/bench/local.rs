@@ -189,6 +189,7 @@ async fn claimed_run(
         call_timeout: Duration::from_millis(cairn_engine::protocol::DEFAULT_CALL_TIMEOUT_MS),
         step_keys: None,
         artifacts: None,
+        traces: None,
     })
 }
 

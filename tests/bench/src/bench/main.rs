@@ -31,6 +31,7 @@ mod peers;
 mod pg;
 mod recovery;
 mod report;
+mod traced_steps;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -64,7 +65,7 @@ pub struct Args {
     /// Skip figures 1–3 (local).
     #[arg(long)]
     cluster_only: bool,
-    /// Local figures to run (default: all of 1,2,3,10,11).
+    /// Local figures to run (default: all of 1,2,3,10,11,12).
     #[arg(long, value_delimiter = ',')]
     local_figures: Option<Vec<u8>>,
     /// Figure 6: FlowRuns to admit (default 1,000).
@@ -181,7 +182,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     OUT.set(out.clone()).expect("set once");
     if !args.cluster_only {
-        let figures = args.local_figures.clone().unwrap_or(vec![1, 2, 3, 10, 11]);
+        let figures = args
+            .local_figures
+            .clone()
+            .unwrap_or(vec![1, 2, 3, 10, 11, 12]);
         // On Ctrl-C the figures' future is dropped: the private Postgres stops with it.
         tokio::select! {
             done = local_figures(&mut results, &figures, sizes, &peers, &bin_dir, &out) => done?,
@@ -393,6 +397,11 @@ async fn local_figures(
     if figures.contains(&11) {
         progress("figure 11: steps with a 1 MB result, inline and offloaded to S3");
         results.fig11 = large_results::one_megabyte_results(&pool, &cairn_url, out, 30).await?;
+        write_outputs(results)?;
+    }
+    if figures.contains(&12) {
+        progress("figure 12: steps untraced and traced (spans to an OpenTelemetry Collector)");
+        results.fig12 = traced_steps::traced_steps(&pool, &cairn_url, out, 500).await?;
         write_outputs(results)?;
     }
     drop(pool);

@@ -159,6 +159,8 @@ pub struct Results {
     pub fig10: Vec<Latency>,
     /// A raw 1 MB row (the floor), then Cairn's step with a 1 MB result inline and offloaded.
     pub fig11: Vec<Latency>,
+    /// Cairn's step untraced (the baseline), then traced.
+    pub fig12: Vec<Latency>,
     pub notes: Vec<String>,
     pub not_measured: Vec<String>,
     pub targets: Vec<Target>,
@@ -362,6 +364,10 @@ impl Results {
                     ratio(offloaded.p50, inline.p50)
                 );
             }
+        }
+        if let Some(untraced) = self.fig12.first() {
+            let _ = writeln!(w, "\n## 12. A step, untraced against traced\n");
+            latency_table(w, &self.fig12, untraced);
         }
         if !self.not_measured.is_empty() {
             let _ = writeln!(w, "\n## Not measured in this run\n");
