@@ -3,6 +3,8 @@
 #   test: the Postgres server binaries (the tests start their own servers from them),
 #         PgBouncer (tests/pooler.rs) and s3s-fs, the S3 server of the artifact tests (built
 #         from crates.io into ~/.cache/cairn, once);
+#         and the official MCP Python SDK (from PyPI, in a virtual environment under
+#         ~/.cache/cairn), the client of the `cairn mcp` tests;
 #   s3: s3s-fs alone (the test cluster's object store); prints its path;
 #   otelcol: an OpenTelemetry Collector with an OTLP receiver and a file exporter, the trace
 #         tests' receiver (built through the Go module proxy into ~/.cache/cairn, once); prints
@@ -72,14 +74,29 @@ MANIFEST
     fi
     echo "$root/otelcol-cairn"
 }
+# The `cairn mcp` tests (tests/mcp.rs) drive it with a real MCP client nobody here wrote: the
+# official Python SDK, pinned in tests/mcp/requirements.txt. Prints the interpreter's path.
+install_mcp_client() {
+    local venv="$cache/mcp-client-2.3.0"
+    local requirements
+    requirements="$(dirname "$0")/mcp/requirements.txt"
+    if ! "$venv/bin/python" -c 'import mcp' 2>/dev/null; then
+        echo "installing the MCP Python SDK into $venv (once per machine)" >&2
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements" >&2
+    fi
+    echo "$venv/bin/python"
+}
 missing=()
 case "$target" in
 test)
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
     command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || missing+=(pgbouncer)
+    python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
     apt_install "${missing[@]}"
     install_s3s_fs >/dev/null
     install_otelcol >/dev/null
+    install_mcp_client >/dev/null
     ;;
 static)
     command -v musl-gcc >/dev/null || missing+=(musl-tools)
@@ -122,8 +139,11 @@ s3)
 otelcol)
     install_otelcol
     ;;
+mcp-client)
+    install_mcp_client
+    ;;
 *)
-    echo "usage: $0 test|static|lint|s3|otelcol" >&2
+    echo "usage: $0 test|static|lint|s3|otelcol|mcp-client" >&2
     exit 2
     ;;
 esac

@@ -9,3 +9,4 @@ pub mod lifecycle;
 pub mod localdb;
 pub mod settings;
 pub mod supervisor;
+pub mod surface;

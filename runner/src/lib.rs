@@ -59,3 +59,8 @@ pub use schemars::{self, JsonSchema};
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeExamples;
+
+/// So do those of the skill file for coding agents.
+#[cfg(doctest)]
+#[doc = include_str!("../../skills/cairn/SKILL.md")]
+struct SkillExamples;

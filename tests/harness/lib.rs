@@ -502,6 +502,18 @@ pub fn cairn_cli() -> PathBuf {
     built_binary("cairn")
 }
 
+/// The interpreter of the official MCP Python SDK, the client of the `cairn mcp` tests
+/// (`tests/install-deps.sh test` installs it; `CAIRN_MCP_PYTHON` may name another).
+pub fn mcp_python() -> PathBuf {
+    servers::cached_binary(
+        "CAIRN_MCP_PYTHON",
+        "mcp-client-2.3.0/bin/python",
+        "the official MCP Python SDK",
+    )
+}
+
+pub use servers::free_port;
+
 /// A binary of the workspace (`cairn`, the example's `agent`), built beside the tests.
 pub fn built_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");

@@ -32,7 +32,7 @@ pub(crate) fn cached_binary(env: &str, path: &str, what: &str) -> PathBuf {
 }
 
 /// A port nothing listens on now (the server binds it a moment later).
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|listener| listener.local_addr())
         .expect("cannot find a free port")

@@ -157,7 +157,8 @@ pub(super) enum DevCommand {
         #[command(flatten)]
         namespace: Namespace,
         /// A phase (pending, running, waiting, sleeping, retrying, succeeded, failed, cancelled), `finished`,
-        /// or `created` (until the run exists; otherwise an unknown run fails at once).
+        /// `input` (finished, or waiting for an event or a budget), or `created` (until the run
+        /// exists; otherwise an unknown run fails at once).
         #[arg(long = "for", default_value = "finished")]
         until: String,
         /// With `--for waiting`: wait until the run waits for this event (not for children).

@@ -19,6 +19,7 @@ use dev::{DevCommand, run_dev};
 
 use crate::kubectl;
 use crate::lifecycle::Phase;
+use crate::surface::{Backend, mcp};
 use kubectl::parse_json;
 
 #[derive(Parser)]
@@ -184,7 +185,8 @@ enum Command {
     Wait {
         /// The FlowRun's name.
         run: String,
-        /// A phase (pending, running, waiting, sleeping, retrying, succeeded, failed, cancelled) or `finished`.
+        /// A phase (pending, running, waiting, sleeping, retrying, succeeded, failed, cancelled),
+        /// `finished`, or `input` (finished, or waiting for an event or a budget).
         #[arg(long = "for", default_value = "finished", value_parser = parse_until)]
         until: kubectl::Until,
         /// With `--for waiting`: wait until the run waits for this event.
@@ -197,6 +199,15 @@ enum Command {
         #[command(flatten)]
         output: OutputFlag,
     },
+    /// Serve the Model Context Protocol to agents: list, inspect, start, wait for, answer,
+    /// cancel, retry and fork runs, and read their logs.
+    ///
+    /// On stdio (what MCP clients launch), or with --http on streamable HTTP at a loopback
+    /// address, every request then carrying `Authorization: Bearer <token>`. It acts through
+    /// the kube context, as `kubectl cairn` does (RBAC decides what it sees and may do), or
+    /// with --dev on the local database, carried on by `cairn dev up`'s server (started if
+    /// none is up).
+    Mcp(McpArgs),
     /// The local loop on a Postgres, no cluster: run, list, inspect, answer, cancel, wait.
     ///
     /// Runs flows as local processes against CAIRN_DATABASE_URL (or a private Postgres).
@@ -212,6 +223,22 @@ enum Command {
     /// does with `migrations.mode=job` (the operator then runs with `--migrations verify`).
     /// Prints the schema version and what it serves.
     Migrate,
+}
+
+#[derive(Args)]
+struct McpArgs {
+    /// Operate local runs (`cairn dev`'s database) instead of a cluster's.
+    #[arg(long)]
+    dev: bool,
+    /// With --dev: the flow binary runs start on when start_run names none.
+    #[arg(long, requires = "dev")]
+    binary: Option<PathBuf>,
+    /// Serve streamable HTTP at this loopback address (e.g. 127.0.0.1:8931) instead of stdio.
+    /// The bearer token is CAIRN_MCP_TOKEN, or one written to a file this command names.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    target: KubeTarget,
 }
 
 /// Where the cluster is, and as whom to talk to it.
@@ -350,6 +377,21 @@ pub async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Dev(dev) => run_dev(dev).await,
+        Command::Mcp(args) => {
+            let backend = match args.dev {
+                true => {
+                    let namespace = args.target.namespace.clone();
+                    crate::dev::mcp_backend(args.binary, namespace).await?
+                }
+                false => Backend::Kube(connect(args.target, false).await?),
+            };
+            let server = mcp::CairnMcp::new(backend);
+            match args.http {
+                None => mcp::serve_stdio(server).await?,
+                Some(addr) => mcp::serve_http(server, addr, mcp::token()?).await?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Operator(mut config) => {
             let url = crate::settings::secret("CAIRN_DATABASE_URL")?.ok_or_else(|| {
                 anyhow!(

@@ -62,7 +62,19 @@ pub async fn echo(path: PathBuf, label: String, mut ended: oneshot::Receiver<()>
 /// under a header.
 pub async fn print(run: &str, namespace: &str, attempt: Option<i32>) -> anyhow::Result<ExitCode> {
     let pool = super::open().await?;
-    let record = read::find(&pool, namespace, run).await?;
+    print!("{}", read_logs(&pool, run, namespace, attempt).await?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The logs of run `run`, execution by execution (or only `attempt`), each under a header.
+pub async fn read_logs(
+    pool: &sqlx::PgPool,
+    run: &str,
+    namespace: &str,
+    attempt: Option<i32>,
+) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let record = read::find(pool, namespace, run).await?;
     let root = logs_dir();
     let dir = root.join(record.id.to_string());
     let mut kept: Vec<i32> = std::fs::read_dir(&dir)
@@ -82,20 +94,20 @@ pub async fn print(run: &str, namespace: &str, attempt: Option<i32>) -> anyhow::
     kept.sort_unstable();
     if kept.is_empty() {
         let which = attempt.map_or(String::new(), |n| format!(" of execution {n}"));
-        println!(
-            "{run}: no logs{which} in {} (none ran yet, or they ran under another CAIRN_HOME)",
+        return Ok(format!(
+            "{run}: no logs{which} in {} (none ran yet, or they ran under another CAIRN_HOME)\n",
             dir.display()
-        );
-        return Ok(ExitCode::SUCCESS);
+        ));
     }
+    let mut out = String::new();
     for n in kept {
-        println!("── execution {n}");
+        writeln!(out, "── execution {n}")?;
         let bytes = std::fs::read(attempt_log(&root, record.id, n))?;
         let text = String::from_utf8_lossy(&bytes);
-        print!("{text}");
+        out.push_str(&text);
         if !text.is_empty() && !text.ends_with('\n') {
-            println!();
+            out.push('\n');
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(out)
 }

@@ -18,7 +18,7 @@ use cairn_engine::{EngineError, schema};
 use sqlx::PgPool;
 
 /// The database, migrated.
-async fn open() -> anyhow::Result<PgPool> {
+pub(crate) async fn open() -> anyhow::Result<PgPool> {
     Ok(open_with_url().await?.1)
 }
 
@@ -27,6 +27,33 @@ async fn open_with_url() -> anyhow::Result<(String, PgPool)> {
     let url = tokio::task::spawn_blocking(crate::localdb::database_url).await??;
     let pool = schema::connect(&url).await?;
     Ok((url, pool))
+}
+
+/// `cairn mcp --dev`: the local database, with a server up to carry runs on (one is started
+/// in the background if none is: `cairn dev down` stops it).
+pub async fn mcp_backend(
+    binary: Option<std::path::PathBuf>,
+    namespace: Option<String>,
+) -> anyhow::Result<crate::surface::Backend> {
+    let pool = open().await?;
+    if server::find(&pool).await?.is_none() {
+        // `cairn dev up` says what it did on stdout, which is the MCP channel here.
+        let status = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["dev", "up"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::io::stderr())
+            .status()
+            .await?;
+        anyhow::ensure!(
+            status.success(),
+            "cannot start the cairn dev server ({status})"
+        );
+    }
+    Ok(crate::surface::Backend::Dev {
+        pool,
+        binary,
+        namespace: namespace.unwrap_or_else(|| "default".into()),
+    })
 }
 
 /// Where spans go, when the environment sets `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`: every

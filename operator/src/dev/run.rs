@@ -22,14 +22,50 @@ use tokio::signal::unix::{SignalKind, signal};
 /// `run`: starts the run (or resumes the one of that name) and supervises it until it ends;
 /// prints the result JSON (or the error) last. Exits 0 only when the run succeeded.
 pub async fn run(args: DevRun, input: Value) -> anyhow::Result<ExitCode> {
+    let (url, pool) = super::open_with_url().await?;
+    let submitted = submit(&pool, &args, &input).await?;
+    supervise_tree(&pool, &url, submitted.root, submitted.binary, args.parallel).await
+}
+
+/// A `cairn dev run` of `flow` on `binary` with the defaults of its flags, for a run started
+/// elsewhere (`cairn mcp`).
+pub fn local_run(binary: PathBuf, flow: &str, name: Option<String>, namespace: &str) -> DevRun {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        run: DevRun,
+    }
+    let mut run = Defaults::parse_from(["cairn", "--flow", flow, "placeholder"]).run;
+    run.binary = binary;
+    run.name = name;
+    run.namespace.name = namespace.to_owned();
+    run
+}
+
+/// A run submitted: created (or found, by name) and pinned to its binary, not yet carried on.
+pub struct Submitted {
+    pub name: String,
+    pub root: uuid::Uuid,
+    /// Whether it is new (not a run of that name resumed).
+    pub created: bool,
+    /// The copy of its binary it runs on.
+    pub binary: PathBuf,
+}
+
+/// Creates the run `args` asks for (or finds the one of that name) and pins it to its binary.
+pub async fn submit(
+    pool: &sqlx::PgPool,
+    args: &DevRun,
+    input: &Value,
+) -> anyhow::Result<Submitted> {
     let binary = resolve_binary(&args.binary)?;
     let budget = args
         .budget
         .as_deref()
         .map(crate::kubectl::budget::parse_budget)
         .transpose()?;
-    let (url, pool) = super::open_with_url().await?;
-    let name = args.name.unwrap_or_else(|| {
+    let name = args.name.clone().unwrap_or_else(|| {
         format!(
             "{}-{}",
             args.flow,
@@ -40,7 +76,7 @@ pub async fn run(args: DevRun, input: Value) -> anyhow::Result<ExitCode> {
         namespace: &args.namespace.name,
         name: &name,
         flow: &args.flow,
-        input: &input,
+        input,
         max_attempts: args.max_attempts.max(1),
         retry_backoff_ms: args.retry_backoff.as_millis() as i64,
         created_at: None,
@@ -84,10 +120,15 @@ pub async fn run(args: DevRun, input: Value) -> anyhow::Result<ExitCode> {
             .map_err(super::explain)?;
     }
     tx.commit().await?;
-    let copy = Store::open()
+    let binary = Store::open()
         .copy_of(&pinned)
         .with_context(|| format!("run {name}"))?;
-    supervise_tree(&pool, &url, root, copy, args.parallel).await
+    Ok(Submitted {
+        name,
+        root,
+        created,
+        binary,
+    })
 }
 
 /// `resume`: carries on run `run` without its input, on the binary it started with, and
@@ -109,11 +150,7 @@ pub async fn resume(run: &str, namespace: &str, parallel: usize) -> anyhow::Resu
 /// until it ends on the binary it started with, as `run` does.
 pub async fn retry(run: &str, namespace: &str, parallel: usize) -> anyhow::Result<ExitCode> {
     let (url, pool) = super::open_with_url().await?;
-    let record = read::find(&pool, namespace, run).await?;
-    let (pinned, copy) = started_with(&pool, &record).await?;
-    engine::retry_run(&mut *pool.acquire().await?, record.id)
-        .await
-        .map_err(super::explain)?;
+    let (record, pinned, copy) = make_runnable(&pool, run, namespace).await?;
     if let Some(server) = super::server::find(&pool).await? {
         eprintln!(
             "cairn: the dev server ({server}) carries it on with its own environment, that of \
@@ -130,6 +167,21 @@ pub async fn retry(run: &str, namespace: &str, parallel: usize) -> anyhow::Resul
     supervise_tree(&pool, &url, record.id, copy, parallel).await
 }
 
+/// Makes failed run `run` runnable again from its last checkpoint (whoever supervises its tree
+/// carries it on); returns it with the binary it started with and that binary's copy.
+pub async fn make_runnable(
+    pool: &sqlx::PgPool,
+    run: &str,
+    namespace: &str,
+) -> anyhow::Result<(read::RunRecord, engine::PinnedBinary, PathBuf)> {
+    let record = read::find(pool, namespace, run).await?;
+    let (pinned, copy) = started_with(pool, &record).await?;
+    engine::retry_run(&mut *pool.acquire().await?, record.id)
+        .await
+        .map_err(super::explain)?;
+    Ok((record, pinned, copy))
+}
+
 /// `fork`: a new run from run `args.run`'s checkpoints (see `kubectl::fork`), on its source's
 /// binary or on `binary`, supervised until it ends as `run` does.
 pub async fn fork(
@@ -138,9 +190,28 @@ pub async fn fork(
     namespace: &str,
     parallel: usize,
 ) -> anyhow::Result<ExitCode> {
-    let plan = args.plan()?;
     let (url, pool) = super::open_with_url().await?;
-    let source = read::find(&pool, namespace, &args.run).await?;
+    let fork = submit_fork(&pool, args, binary, namespace).await?;
+    eprintln!("cairn: {}", fork.message);
+    supervise_tree(&pool, &url, fork.root, fork.binary, parallel).await
+}
+
+/// A fork submitted (see [`fork`]), not yet carried on; `message` says what it reused.
+pub struct SubmittedFork {
+    pub root: uuid::Uuid,
+    pub binary: PathBuf,
+    pub message: String,
+}
+
+/// Creates the fork `args` asks for, pinned to its source's binary or to `binary`.
+pub async fn submit_fork(
+    pool: &sqlx::PgPool,
+    args: &ForkArgs,
+    binary: Option<&Path>,
+    namespace: &str,
+) -> anyhow::Result<SubmittedFork> {
+    let plan = args.plan()?;
+    let source = read::find(pool, namespace, &args.run).await?;
     let store = Store::open();
     let (sha256, built_from) = match binary {
         Some(binary) => {
@@ -150,11 +221,11 @@ pub async fn fork(
         }
         None => {
             // A child's flow is in its root's binary.
-            let root = match read::ancestors(&pool, source.id).await?.pop() {
-                Some((_, root)) => read::find(&pool, namespace, &root).await?,
+            let root = match read::ancestors(pool, source.id).await?.pop() {
+                Some((_, root)) => read::find(pool, namespace, &root).await?,
                 None => source.clone(),
             };
-            let (pinned, _) = started_with(&pool, &root).await?;
+            let (pinned, _) = started_with(pool, &root).await?;
             (pinned.sha256, pinned.built_from)
         }
     };
@@ -183,14 +254,17 @@ pub async fn fork(
     }
     let pinned = engine::pin_binary(&mut tx, id, &sha256, &built_from).await?;
     tx.commit().await?;
-    eprintln!(
-        "cairn: forked run {} from {} at step {}: {reused} step(s) reused, not paid again",
-        plan.name, source.name, args.from_step
-    );
-    let copy = store
+    let binary = store
         .copy_of(&pinned)
         .with_context(|| format!("run {}", plan.name))?;
-    supervise_tree(&pool, &url, id, copy, parallel).await
+    Ok(SubmittedFork {
+        root: id,
+        binary,
+        message: format!(
+            "forked run {} from {} at step {}: {reused} step(s) reused, not paid again",
+            plan.name, source.name, args.from_step
+        ),
+    })
 }
 
 /// The binary run `record`'s tree started with, and its copy in the store.

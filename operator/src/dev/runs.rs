@@ -78,7 +78,7 @@ pub async fn inspect_step(
 }
 
 /// An unknown run or step is a mistake in what was asked (exit 2).
-pub(super) fn not_found_is_a_mistake(e: api::ApiError) -> anyhow::Error {
+pub(crate) fn not_found_is_a_mistake(e: api::ApiError) -> anyhow::Error {
     match e.status {
         axum::http::StatusCode::NOT_FOUND => crate::kubectl::input(format!(
             "{e} (see `cairn dev runs` and `cairn dev inspect`)"

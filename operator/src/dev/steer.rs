@@ -33,7 +33,19 @@ pub async fn emit(event: &str, payload: &Value, namespace: &str) -> anyhow::Resu
 /// `approve`: answers the event the run waits for (the payload checked against its schema).
 pub async fn approve(run: &str, payload: &Value, namespace: &str) -> anyhow::Result<ExitCode> {
     let pool = super::open().await?;
-    let record = read::find(&pool, namespace, run).await?;
+    println!("{}", answer(&pool, run, payload, namespace).await?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Answers the event run `run` waits for (the payload checked against its schema); says what
+/// was done.
+pub async fn answer(
+    pool: &PgPool,
+    run: &str,
+    payload: &Value,
+    namespace: &str,
+) -> anyhow::Result<String> {
+    let record = read::find(pool, namespace, run).await?;
     if let Some(Wait::Budget {
         run: owner,
         spent,
@@ -61,14 +73,13 @@ pub async fn approve(run: &str, payload: &Value, namespace: &str) -> anyhow::Res
     let emitted = engine::emit_to(&mut *pool.acquire().await?, namespace, &event, payload, to)
         .await
         .map_err(super::explain)?;
-    match emitted.duplicate {
-        true => println!("{run}: event {event} was already emitted with this payload"),
-        false => println!(
+    Ok(match emitted.duplicate {
+        true => format!("{run}: event {event} was already emitted with this payload"),
+        false => format!(
             "{run}: approved (event {event}, payload {payload}); {}",
-            who_carries_on(&pool).await
+            who_carries_on(pool).await
         ),
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// `approve RUN --budget USD`: sets the budget of the run whose budget RUN is parked at (its
@@ -100,7 +111,7 @@ pub async fn raise_budget(run: &str, budget: &str, namespace: &str) -> anyhow::R
 }
 
 /// Who carries a woken run on: the local server if one is up, else a `cairn dev run`.
-async fn who_carries_on(pool: &sqlx::PgPool) -> String {
+pub(crate) async fn who_carries_on(pool: &sqlx::PgPool) -> String {
     match super::server::find(pool).await {
         Ok(Some(server)) => format!("the dev server (pid {}) carries it on", server.pid),
         _ => "it resumes under the `cairn dev run` that supervises it (or `cairn dev up`, or \
@@ -134,18 +145,23 @@ pub async fn delete(run: &str, namespace: &str, force: bool) -> anyhow::Result<E
 /// `cancel`: a parked run ends now, a running one at its next step boundary.
 pub async fn cancel(run: &str, namespace: &str) -> anyhow::Result<ExitCode> {
     let pool = super::open().await?;
-    let record = read::find(&pool, namespace, run).await?;
+    println!("{}", cancel_run(&pool, run, namespace).await?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels run `run`; says what was done.
+pub async fn cancel_run(pool: &PgPool, run: &str, namespace: &str) -> anyhow::Result<String> {
+    let record = read::find(pool, namespace, run).await?;
     let state = engine::cancel_run(&mut *pool.acquire().await?, record.id)
         .await
         .map_err(super::explain)?;
-    match state {
-        Phase::Running => println!(
+    Ok(match state {
+        Phase::Running => format!(
             "{}: cancellation requested; it stops at its next step boundary",
             record.name
         ),
-        other => println!("{}: {}", record.name, other.as_db()),
-    }
-    Ok(ExitCode::SUCCESS)
+        other => format!("{}: {}", record.name, other.as_db()),
+    })
 }
 
 /// `wait`: until the run is where `until` says (a phase, `finished` as with `kubectl cairn
@@ -180,7 +196,7 @@ pub async fn wait(
 
 /// Waits on the engine's notifications for the run to get where `goal` says (`None`: to
 /// exist). Otherwise an unknown run is an error at once (exit code 2), as with `kubectl wait`.
-async fn wait_for(
+pub async fn wait_for(
     pool: &PgPool,
     namespace: &str,
     run: &str,
@@ -203,6 +219,13 @@ async fn wait_for(
             None => true,
             Some(Until::Phase(phase)) => record.phase == phase && event.is_none_or(waits_for_event),
             Some(Until::Finished) => record.phase.is_terminal(),
+            Some(Until::Input) => {
+                record.phase.is_terminal()
+                    || matches!(
+                        record.wait(),
+                        Some(Wait::Event { .. } | Wait::Budget { .. })
+                    )
+            }
         };
         if reached {
             return Ok(record);

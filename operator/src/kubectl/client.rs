@@ -30,6 +30,8 @@ pub struct Kube {
     pub(super) ui: Ui,
     /// `-o json`: output for programs, nothing else on stdout.
     pub(super) json: bool,
+    /// Where output goes instead of stdout, for a caller that returns it (`cairn mcp`).
+    captured: Option<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Kube {
@@ -80,7 +82,29 @@ impl Kube {
             namespace,
             ui: Ui::detect(),
             json,
+            captured: None,
         })
+    }
+
+    /// The same cluster in `namespace`, its output (for people, plain) kept for
+    /// [`Kube::output`] instead of printed.
+    pub fn capturing(&self, namespace: &str) -> Kube {
+        Kube {
+            client: self.client.clone(),
+            namespace: namespace.to_owned(),
+            ui: Ui::plain(),
+            json: false,
+            captured: Some(Default::default()),
+        }
+    }
+
+    /// What was output so far, when capturing.
+    pub fn output(&self) -> String {
+        let lines = self
+            .captured
+            .as_ref()
+            .map(|c| c.lock().expect("not poisoned").clone());
+        lines.unwrap_or_default().join("\n")
     }
 
     pub(super) fn runs(&self) -> Api<FlowRun> {
@@ -100,7 +124,7 @@ impl Kube {
     }
 
     /// The FlowRun, or an input error naming where it was looked for.
-    pub(super) async fn get_run(&self, name: &str) -> anyhow::Result<FlowRun> {
+    pub(crate) async fn get_run(&self, name: &str) -> anyhow::Result<FlowRun> {
         let found = self
             .runs()
             .get_opt(name)
@@ -184,7 +208,7 @@ impl Kube {
     }
 
     /// Waits until the FlowRun is where `until` says (with `event`: waiting for that event).
-    pub(super) async fn wait_run(
+    pub(crate) async fn wait_run(
         &self,
         name: &str,
         until: Until,
@@ -209,14 +233,25 @@ impl Kube {
     }
 
     pub(super) fn print_json(&self, value: &impl Serialize) -> anyhow::Result<()> {
-        println!("{}", serde_json::to_string_pretty(value)?);
+        self.out(serde_json::to_string_pretty(value)?);
         Ok(())
     }
 
     /// A line for people (not printed with `-o json`).
     pub(super) fn say(&self, text: impl AsRef<str>) {
         if !self.json {
-            println!("{}", text.as_ref());
+            self.out(text);
+        }
+    }
+
+    /// A line of output: on stdout, or kept when capturing.
+    pub(super) fn out(&self, text: impl AsRef<str>) {
+        match &self.captured {
+            Some(lines) => lines
+                .lock()
+                .expect("not poisoned")
+                .push(text.as_ref().to_owned()),
+            None => println!("{}", text.as_ref()),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! read API it shows the status alone and says why the rest is missing.
 
 use cairn_crds::{FlowRun, LABEL_ATTEMPT, LABEL_RUN};
+use cairn_engine::read_api::RunDetail;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::ListParams;
@@ -27,16 +28,7 @@ impl Kube {
         let (pods, detail) = tokio::join!(self.pods_of(&run), detail);
         let pods = pods.unwrap_or_default();
         if self.json {
-            let (detail, error) = match &detail {
-                Ok(d) => (Some(d), None),
-                Err(e) => (None, Some(e.clone())),
-            };
-            return self.print_json(&json!({
-                "flowRun": run,
-                "pods": pods.iter().map(|(a, p)| json!({ "attempt": a, "pod": p.name_any() })).collect::<Vec<_>>(),
-                "detail": detail,
-                "detailError": error,
-            }));
+            return self.print_json(&inspect_json(&run, &pods, &detail));
         }
         let status = run.status.clone().unwrap_or_default();
         let view = KubeView {
@@ -64,6 +56,18 @@ impl Kube {
             eprintln!("\nwarning: steps, attempts and costs are not shown: {why}");
         }
         Ok(())
+    }
+
+    /// `inspect -o json`: the FlowRun, its pods, and the read API's detail (or why it is missing).
+    pub async fn inspect_value(&self, name: &str) -> anyhow::Result<serde_json::Value> {
+        let run = self.get_run(name).await?;
+        let api = self.read_api();
+        let detail = api
+            .run(&self.namespace, name)
+            .await
+            .map_err(|e| explain_missing_detail(e, &api));
+        let pods = self.pods_of(&run).await.unwrap_or_default();
+        Ok(inspect_json(&run, &pods, &detail))
     }
 
     /// `inspect --step KEY`: one step with its whole value (never a sensitive one's).
@@ -104,6 +108,23 @@ impl Kube {
         pods.sort_by_key(|(attempt, _)| *attempt);
         Ok(pods)
     }
+}
+
+fn inspect_json(
+    run: &FlowRun,
+    pods: &[(i32, Pod)],
+    detail: &Result<RunDetail, String>,
+) -> serde_json::Value {
+    let (detail, error) = match detail {
+        Ok(d) => (Some(d), None),
+        Err(e) => (None, Some(e)),
+    };
+    json!({
+        "flowRun": run,
+        "pods": pods.iter().map(|(a, p)| json!({ "attempt": a, "pod": p.name_any() })).collect::<Vec<_>>(),
+        "detail": detail,
+        "detailError": error,
+    })
 }
 
 /// What a FlowRun's status says of its run, for `inspect` without the engine's detail.

@@ -186,6 +186,9 @@ pub enum Until {
     Phase(Phase),
     /// Any final phase.
     Finished,
+    /// Finished, or waiting for an answer from outside (an event or a raised budget): where an
+    /// agent that started the run has something to do.
+    Input,
 }
 
 impl FromStr for Until {
@@ -194,8 +197,11 @@ impl FromStr for Until {
         if s.eq_ignore_ascii_case("finished") {
             return Ok(Until::Finished);
         }
+        if s.eq_ignore_ascii_case("input") {
+            return Ok(Until::Input);
+        }
         s.parse::<Phase>().map(Until::Phase).map_err(|_| {
-            format!("unknown phase {s:?} (expected finished, or one of: pending, running, waiting, sleeping, retrying, succeeded, failed, cancelled)")
+            format!("unknown phase {s:?} (expected finished, input, or one of: pending, running, waiting, sleeping, retrying, succeeded, failed, cancelled)")
         })
     }
 }
@@ -205,6 +211,7 @@ impl std::fmt::Display for Until {
         match self {
             Until::Phase(p) => write!(f, "{p}"),
             Until::Finished => f.write_str("finished"),
+            Until::Input => f.write_str("finished or waiting for input"),
         }
     }
 }
@@ -231,8 +238,14 @@ pub fn verdict(run: &FlowRun, until: Until, event: Option<&str>) -> Verdict {
             .and_then(|w| w.event.as_deref())
             == Some(name)
     };
+    let waits_for_input = run
+        .status
+        .as_ref()
+        .and_then(|s| s.waiting_for.as_ref())
+        .is_some_and(|w| w.event.is_some() || w.budget.is_some());
     let reached = match until {
         Until::Finished => terminal,
+        Until::Input => terminal || (phase == Phase::Waiting && waits_for_input),
         Until::Phase(target) => {
             phase == target && event.is_none_or(waits_for_event) && !retry_pending(run)
         }

@@ -47,15 +47,10 @@ impl Kube {
         let last = pods.len() - 1;
         for (i, (attempt, pod)) in pods.iter().enumerate() {
             let pod_name = pod.name_any();
-            if !self.json {
-                println!(
-                    "{}",
-                    self.ui.bold(&format!(
-                        "── attempt {attempt} · pod {pod_name} · {} ──",
-                        pod_state(pod)
-                    ))
-                );
-            }
+            self.say(self.ui.bold(&format!(
+                "── attempt {attempt} · pod {pod_name} · {} ──",
+                pod_state(pod)
+            )));
             if follow && i == last {
                 self.follow_pod(*attempt, &pod_name).await?;
                 continue;
@@ -78,12 +73,9 @@ impl Kube {
 
     fn log_line(&self, attempt: i32, pod: &str, line: &str) {
         if self.json {
-            println!(
-                "{}",
-                json!({ "attempt": attempt, "pod": pod, "line": line })
-            );
+            self.out(json!({ "attempt": attempt, "pod": pod, "line": line }).to_string());
         } else {
-            println!("{line}");
+            self.out(line);
         }
     }
 
@@ -93,12 +85,9 @@ impl Kube {
             other => other.to_string(),
         };
         if self.json {
-            println!(
-                "{}",
-                json!({ "attempt": attempt, "pod": pod, "error": why })
-            );
+            self.out(json!({ "attempt": attempt, "pod": pod, "error": why }).to_string());
         } else {
-            println!("{}", self.ui.dim(&format!("(no logs: {why})")));
+            self.out(self.ui.dim(&format!("(no logs: {why})")));
         }
     }
 

@@ -27,6 +27,7 @@ use std::sync::OnceLock;
 
 pub use client::Kube;
 pub use logic::Until;
+pub use runs::runs_json;
 
 /// A mistake in what was asked (exit code 2), as opposed to an operation that failed (1).
 #[derive(Debug, thiserror::Error)]

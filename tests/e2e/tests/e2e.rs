@@ -17,6 +17,8 @@ mod network;
 mod kubectl_cairn;
 // Its commands that change runs: approve, emit, cancel, retry.
 mod kubectl_cairn_writes;
+// `kubectl cairn mcp` driven by the official MCP Python SDK.
+mod kubectl_cairn_mcp;
 // Step outputs shown, a sensitive step's hidden.
 mod kubectl_cairn_outputs;
 // Artifacts in the cluster's S3 server, listed and downloaded with kubectl cairn.

@@ -434,6 +434,7 @@ async fn kubectl_cairn_on_runs_in_every_phase() -> anyhow::Result<()> {
     crate::kubectl_cairn_artifacts::check(&mut sc).await?;
     kubectl_cairn_writes::approve_and_emit(&mut sc).await?;
     kubectl_cairn_writes::cancel_and_retry(&mut sc).await?;
+    crate::kubectl_cairn_mcp::drive(&mut sc).await?;
 
     let (rc, out, err) = sc.kubectl_env(
         &["delete", "apiservice", "v1alpha1.api.cairn.dev"],

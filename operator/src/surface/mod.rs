@@ -1,0 +1,250 @@
+//! What the surfaces for people and agents (`cairn mcp`) see and do: the reads and the steering
+//! of `kubectl cairn` over the user's own kube context (so Kubernetes RBAC decides what each
+//! caller sees and may do), or of `cairn dev` over the local database. Each operation returns
+//! what the command would print, never printing it: the same JSON as `-o json`, the same
+//! sentences, the same errors.
+
+pub mod mcp;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::controller::api;
+use crate::dev;
+use crate::kubectl::fork::ForkArgs;
+use crate::kubectl::{self, Kube, Until};
+use crate::lifecycle::Phase;
+
+/// Where runs are: a cluster, or the local database.
+pub enum Backend {
+    /// Through the user's kube context.
+    Kube(Kube),
+    /// The local database; `cairn dev up`'s server carries runs on.
+    Dev {
+        pool: PgPool,
+        /// The flow binary runs start on when the caller names none.
+        binary: Option<PathBuf>,
+        /// The namespace of calls that name none.
+        namespace: String,
+    },
+}
+
+/// Which runs to list.
+#[derive(Debug, Default)]
+pub struct Filter {
+    /// `None`: every namespace.
+    pub namespace: Option<String>,
+    pub phase: Option<Phase>,
+    pub flow: Option<String>,
+}
+
+/// A run to start.
+pub struct Start {
+    pub namespace: String,
+    pub flow: String,
+    pub input: Value,
+    /// The idempotency key: the same name is the same run.
+    pub name: Option<String>,
+    /// The flow binary (local runs only).
+    pub binary: Option<PathBuf>,
+}
+
+impl Backend {
+    /// The namespace of a call that names none: the kube context's, or `default`.
+    pub fn default_namespace(&self) -> String {
+        match self {
+            Backend::Kube(kube) => kube.namespace.clone(),
+            Backend::Dev { namespace, .. } => namespace.clone(),
+        }
+    }
+
+    /// Runs, as `runs -o json` lists them.
+    pub async fn list(&self, filter: &Filter) -> anyhow::Result<Value> {
+        let phases: Vec<Phase> = filter.phase.into_iter().collect();
+        match self {
+            Backend::Kube(kube) => {
+                let all = filter.namespace.is_none();
+                let kube = kube.capturing(filter.namespace.as_deref().unwrap_or(&kube.namespace));
+                let runs = kube
+                    .matching_runs(all, &phases, filter.flow.as_deref())
+                    .await?;
+                Ok(kubectl::runs_json(&runs))
+            }
+            Backend::Dev { pool, .. } => {
+                let records = cairn_engine::read::list(pool, filter.namespace.as_deref()).await?;
+                let runs: Vec<_> = api::summaries(&records)
+                    .into_iter()
+                    .filter(|r| phases.is_empty() || phases.contains(&r.phase))
+                    .filter(|r| filter.flow.as_deref().is_none_or(|f| r.flow == f))
+                    .collect();
+                Ok(json!({ "runs": runs }))
+            }
+        }
+    }
+
+    /// A run with its steps, attempts, costs, children and open wait, as `inspect -o json`.
+    pub async fn inspect(&self, namespace: &str, run: &str) -> anyhow::Result<Value> {
+        match self {
+            Backend::Kube(kube) => kube.capturing(namespace).inspect_value(run).await,
+            Backend::Dev { pool, .. } => {
+                let detail = api::detail(pool, namespace, run)
+                    .await
+                    .map_err(dev::runs::not_found_is_a_mistake)?;
+                Ok(serde_json::to_value(detail)?)
+            }
+        }
+    }
+
+    /// Answers the event run `run` waits for, the payload checked against the wait's schema.
+    pub async fn answer(
+        &self,
+        namespace: &str,
+        run: &str,
+        payload: Value,
+    ) -> anyhow::Result<String> {
+        match self {
+            Backend::Kube(kube) => {
+                let kube = kube.capturing(namespace);
+                kube.approve(run, payload, None).await?;
+                Ok(kube.output())
+            }
+            Backend::Dev { pool, .. } => dev::steer::answer(pool, run, &payload, namespace).await,
+        }
+    }
+
+    /// Starts a run (or finds the one of that name); says what was done.
+    pub async fn start(&self, start: Start) -> anyhow::Result<(String, String)> {
+        match self {
+            Backend::Kube(kube) => {
+                let kube = kube.capturing(&start.namespace);
+                let (run, _) = kube
+                    .start(&start.flow, start.input, start.name.as_deref())
+                    .await?;
+                Ok((kube::ResourceExt::name_any(&run), kube.output()))
+            }
+            Backend::Dev { pool, binary, .. } => {
+                let binary = start.binary.or_else(|| binary.clone()).ok_or_else(|| {
+                    kubectl::input(
+                        "no flow binary to start the run on: give `binary` (the path of a flow \
+                         binary built with the cairn SDK), or start `cairn mcp --dev --binary PATH`",
+                    )
+                })?;
+                let args = dev::run::local_run(binary, &start.flow, start.name, &start.namespace);
+                let submitted = dev::run::submit(pool, &args, &start.input).await?;
+                let message = format!(
+                    "{}: {} (flow {}); {}",
+                    submitted.name,
+                    if submitted.created {
+                        "started"
+                    } else {
+                        "already started"
+                    },
+                    start.flow,
+                    dev::steer::who_carries_on(pool).await
+                );
+                Ok((submitted.name, message))
+            }
+        }
+    }
+
+    /// Cancels a run: a parked one ends now, a running one at its next step boundary.
+    pub async fn cancel(&self, namespace: &str, run: &str) -> anyhow::Result<String> {
+        match self {
+            Backend::Kube(kube) => {
+                let kube = kube.capturing(namespace);
+                kube.cancel(run, None).await?;
+                Ok(kube.output())
+            }
+            Backend::Dev { pool, .. } => dev::steer::cancel_run(pool, run, namespace).await,
+        }
+    }
+
+    /// Runs a failed run again from its last checkpoint.
+    pub async fn retry(&self, namespace: &str, run: &str) -> anyhow::Result<String> {
+        match self {
+            Backend::Kube(kube) => {
+                let kube = kube.capturing(namespace);
+                kube.retry(run, None).await?;
+                Ok(kube.output())
+            }
+            Backend::Dev { pool, .. } => {
+                let (record, _, _) = dev::run::make_runnable(pool, run, namespace).await?;
+                Ok(format!(
+                    "{}: retrying from its last checkpoint on the binary it started with; {}",
+                    record.name,
+                    dev::steer::who_carries_on(pool).await
+                ))
+            }
+        }
+    }
+
+    /// A new run from another's checkpoints (see `kubectl::fork`).
+    pub async fn fork(&self, namespace: &str, args: &ForkArgs) -> anyhow::Result<String> {
+        match self {
+            Backend::Kube(kube) => {
+                let kube = kube.capturing(namespace);
+                kube.fork(args, None).await?;
+                Ok(kube.output())
+            }
+            Backend::Dev { pool, .. } => {
+                let fork = dev::run::submit_fork(pool, args, None, namespace).await?;
+                Ok(format!(
+                    "{}; {}",
+                    fork.message,
+                    dev::steer::who_carries_on(pool).await
+                ))
+            }
+        }
+    }
+
+    /// What a run's processes printed, execution by execution (or only `attempt`).
+    pub async fn logs(
+        &self,
+        namespace: &str,
+        run: &str,
+        attempt: Option<i32>,
+    ) -> anyhow::Result<String> {
+        match self {
+            Backend::Kube(kube) => {
+                let kube = kube.capturing(namespace);
+                kube.logs(run, attempt, false).await?;
+                Ok(kube.output())
+            }
+            Backend::Dev { pool, .. } => dev::logs::read_logs(pool, run, namespace, attempt).await,
+        }
+    }
+
+    /// Waits up to `timeout` for the run to be where `until` says; whether it got there. A run
+    /// that can never get there (it finished otherwise) is an error saying so.
+    pub async fn wait(
+        &self,
+        namespace: &str,
+        run: &str,
+        until: Until,
+        timeout: Duration,
+    ) -> anyhow::Result<bool> {
+        let waited = async {
+            match self {
+                Backend::Kube(kube) => {
+                    let kube = kube.capturing(namespace);
+                    kube.get_run(run).await?;
+                    // Our own timeout decides; the watch's is only a backstop.
+                    let backstop = timeout * 2 + Duration::from_secs(60);
+                    kube.wait_run(run, until, None, backstop).await.map(drop)
+                }
+                Backend::Dev { pool, .. } => {
+                    dev::steer::wait_for(pool, namespace, run, Some(until), None)
+                        .await
+                        .map(drop)
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, waited).await {
+            Ok(reached) => reached.map(|()| true),
+            Err(_) => Ok(false),
+        }
+    }
+}
