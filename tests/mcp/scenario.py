@@ -22,7 +22,7 @@ from mcp.shared.exceptions import MCPError
 
 TOOLS = {
     "list_runs", "inspect_run", "start_run", "wait_run", "answer_wait",
-    "cancel_run", "retry_run", "fork_run", "run_logs",
+    "cancel_run", "retry_run", "fork_run", "run_logs", "raise_budget",
 }
 
 
@@ -57,15 +57,37 @@ def detail_of(run):
     return detail
 
 
-async def poll(client, args, until):
+async def poll(client, args, until, run=None):
     """wait_run until the run is where `until` says, as an agent polls a handle."""
+    run = run or args.name
     for _ in range(20):
         waited = await call(client, "wait_run", {
-            "run": args.name, "namespace": args.namespace, "until": until, "timeout_seconds": 30,
+            "run": run, "namespace": args.namespace, "until": until, "timeout_seconds": 30,
         })
         if waited["reached"]:
             return detail_of(waited["run"])
-    raise Failed(f"{args.name} was not {until} after 20 polls: {json.dumps(waited)[:2000]}")
+    raise Failed(f"{run} was not {until} after 20 polls: {json.dumps(waited)[:2000]}")
+
+
+async def over_budget(client, args):
+    """A run started with a budget below its first model call parks at it; raised, it goes on."""
+    run = f"{args.name}-thrifty"
+    await call(client, "start_run", {
+        "flow": args.flow, "name": run, "namespace": args.namespace, "budget_usd": "0.001",
+        "input": {"topic": "budgets", "breadth": 1},
+    })
+    parked = await poll(client, args, "input", run)
+    check(parked["wait"]["kind"] == "budget", f"{run} is not parked at its budget: {parked['wait']}")
+    low = await call(client, "raise_budget", {"run": run, "namespace": args.namespace, "usd": "0.0001"},
+                     refused=True)
+    check("spent" in low, f"a budget below what was spent: {low}")
+    raised = await call(client, "raise_budget", {"run": run, "namespace": args.namespace, "usd": "5"})
+    check("5" in raised, f"raise_budget said: {raised}")
+    asks = await poll(client, args, "input", run)
+    check(asks["wait"]["kind"] == "event", f"{run} does not ask its person next: {asks['wait']}")
+    await call(client, "cancel_run", {"run": run, "namespace": args.namespace})
+    cancelled = await poll(client, args, "finished", run)
+    check(cancelled["run"]["phase"] == "Cancelled", f"{run} was not cancelled: {cancelled['run']}")
 
 
 async def scenario(client, args):
@@ -133,6 +155,8 @@ async def scenario(client, args):
     cancelled = await call(client, "cancel_run", {"run": args.name, "namespace": args.namespace})
     check("nothing to cancel" in cancelled or "succeeded" in cancelled.lower(),
           f"cancelling a finished run: {cancelled}")
+
+    await over_budget(client, args)
     print(json.dumps({"run": args.name, "steps": keys, "tools": sorted(tools)}))
 
 

@@ -85,12 +85,24 @@ pub async fn answer(
 /// `approve RUN --budget USD`: sets the budget of the run whose budget RUN is parked at (its
 /// own, or a parent's), waking what it lets go on.
 pub async fn raise_budget(run: &str, budget: &str, namespace: &str) -> anyhow::Result<ExitCode> {
-    let (usd, _) = budget::parse_budget(budget)?;
     let pool = super::open().await?;
-    let record = read::find(&pool, namespace, run).await?;
+    println!("{}", set_budget(&pool, run, budget, namespace).await?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sets the budget run `run` is parked at (its own, or a parent's) to `budget` (US dollars);
+/// says what it let go on.
+pub async fn set_budget(
+    pool: &PgPool,
+    run: &str,
+    budget: &str,
+    namespace: &str,
+) -> anyhow::Result<String> {
+    let (usd, _) = budget::parse_budget(budget)?;
+    let record = read::find(pool, namespace, run).await?;
     let owner = match record.wait() {
         Some(Wait::Budget { run: owner, .. }) if owner != record.name => {
-            read::find(&pool, namespace, &owner).await?
+            read::find(pool, namespace, &owner).await?
         }
         _ => record,
     };
@@ -98,16 +110,15 @@ pub async fn raise_budget(run: &str, budget: &str, namespace: &str) -> anyhow::R
     let woken = engine::set_budget(&mut *pool.acquire().await?, owner.id, Some(usd))
         .await
         .map_err(super::explain)?;
-    println!(
+    Ok(format!(
         "{}: budget set to ${usd:.2} (its tree spent ${:.4}); {}",
         owner.name,
         owner.tree_usd,
         match woken {
             0 => "nothing was parked at it".to_owned(),
-            n => format!("{n} run(s) go on; {}", who_carries_on(&pool).await),
+            n => format!("{n} run(s) go on; {}", who_carries_on(pool).await),
         }
-    );
-    Ok(ExitCode::SUCCESS)
+    ))
 }
 
 /// Who carries a woken run on: the local server if one is up, else a `cairn dev run`.

@@ -1,7 +1,7 @@
 //! `kubectl cairn runs`: the namespace's FlowRuns (or every namespace's), children under their
 //! parents. It needs only the FlowRuns, not the operator. And starting a run (`cairn mcp`).
 
-use cairn_crds::{Flow, FlowRun, FlowRunSpec};
+use cairn_crds::{Budget, Flow, FlowRun, FlowRunSpec};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::{Value, json};
@@ -107,7 +107,11 @@ impl Kube {
         flow: &str,
         input: Value,
         name: Option<&str>,
+        budget: Option<&str>,
     ) -> anyhow::Result<(FlowRun, bool)> {
+        let budget = budget
+            .map(|usd| super::budget::parse_budget(usd).map(|(_, text)| Budget { usd: text }))
+            .transpose()?;
         let flows: Api<Flow> = Api::namespaced(self.client.clone(), &self.namespace);
         if let Ok(None) = flows.get_opt(flow).await {
             return Err(super::input(format!(
@@ -121,6 +125,7 @@ impl Kube {
         let spec = FlowRunSpec {
             flow_ref: Some(flow.to_owned()),
             input: Some(input.clone()),
+            budget,
             ..Default::default()
         };
         let run = FlowRun::new(&name, spec);

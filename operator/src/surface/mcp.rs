@@ -92,6 +92,10 @@ pub struct StartArgs {
     /// Locally (`--dev`): the flow binary's path, if not the server's `--binary`.
     #[serde(default)]
     pub binary: Option<PathBuf>,
+    /// What the run may spend, its children included, in US dollars (e.g. "5"): past it, the
+    /// run parks until raise_budget raises it.
+    #[serde(default)]
+    pub budget_usd: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -114,6 +118,16 @@ pub struct AnswerArgs {
     pub run: String,
     /// The answer: it must satisfy the JSON schema of the run's open wait (inspect_run shows it).
     pub payload: Value,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct BudgetArgs {
+    /// A run parked at a spend budget (its own, or a parent's: that one is raised).
+    pub run: String,
+    /// The new budget in US dollars, above what the run's tree spent (e.g. "5" or "12.50").
+    pub usd: String,
     #[serde(default)]
     pub namespace: Option<String>,
 }
@@ -226,6 +240,7 @@ impl CairnMcp {
             input: args.input,
             name: args.name,
             binary: args.binary,
+            budget: args.budget_usd,
         };
         let (run, message) = self.backend.start(start).await.map_err(failed)?;
         structured(json!({ "run": run, "namespace": namespace, "message": message }))
@@ -264,6 +279,15 @@ impl CairnMcp {
     async fn answer_wait(&self, Parameters(args): Parameters<AnswerArgs>) -> Answer {
         let namespace = self.namespace(args.namespace);
         let said = self.backend.answer(&namespace, &args.run, args.payload);
+        text(said.await.map_err(failed)?)
+    }
+
+    #[tool(
+        description = "Raise the spend budget a run is parked at (inspect_run shows what was spent and the limit), letting it and the runs parked at that budget go on."
+    )]
+    async fn raise_budget(&self, Parameters(args): Parameters<BudgetArgs>) -> Answer {
+        let namespace = self.namespace(args.namespace);
+        let said = self.backend.raise_budget(&namespace, &args.run, &args.usd);
         text(said.await.map_err(failed)?)
     }
 

@@ -50,6 +50,8 @@ pub struct Start {
     pub name: Option<String>,
     /// The flow binary (local runs only).
     pub binary: Option<PathBuf>,
+    /// What the run's tree may spend (US dollars): past it, it parks until raised.
+    pub budget: Option<String>,
 }
 
 impl Backend {
@@ -115,13 +117,35 @@ impl Backend {
         }
     }
 
+    /// Raises the spend budget run `run` is parked at (its own, or a parent's) to `usd`.
+    pub async fn raise_budget(
+        &self,
+        namespace: &str,
+        run: &str,
+        usd: &str,
+    ) -> anyhow::Result<String> {
+        match self {
+            Backend::Kube(kube) => {
+                let kube = kube.capturing(namespace);
+                kube.raise_budget(run, usd, None).await?;
+                Ok(kube.output())
+            }
+            Backend::Dev { pool, .. } => dev::steer::set_budget(pool, run, usd, namespace).await,
+        }
+    }
+
     /// Starts a run (or finds the one of that name); says what was done.
     pub async fn start(&self, start: Start) -> anyhow::Result<(String, String)> {
         match self {
             Backend::Kube(kube) => {
                 let kube = kube.capturing(&start.namespace);
                 let (run, _) = kube
-                    .start(&start.flow, start.input, start.name.as_deref())
+                    .start(
+                        &start.flow,
+                        start.input,
+                        start.name.as_deref(),
+                        start.budget.as_deref(),
+                    )
                     .await?;
                 Ok((kube::ResourceExt::name_any(&run), kube.output()))
             }
@@ -132,7 +156,9 @@ impl Backend {
                          binary built with the cairn SDK), or start `cairn mcp --dev --binary PATH`",
                     )
                 })?;
-                let args = dev::run::local_run(binary, &start.flow, start.name, &start.namespace);
+                let mut args =
+                    dev::run::local_run(binary, &start.flow, start.name, &start.namespace);
+                args.budget = start.budget;
                 let submitted = dev::run::submit(pool, &args, &start.input).await?;
                 let message = format!(
                     "{}: {} (flow {}); {}",
