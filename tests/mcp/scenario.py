@@ -69,6 +69,21 @@ async def poll(client, args, until, run=None):
     raise Failed(f"{run} was not {until} after 20 polls: {json.dumps(waited)[:2000]}")
 
 
+async def fork(client, args):
+    """The finished run forked at `draft`, its approval answered ahead: the steps before `draft`
+    are reused, not paid again."""
+    run = f"{args.name}-fork"
+    forked = await call(client, "fork_run", {
+        "run": args.name, "namespace": args.namespace, "from_step": "draft", "name": run,
+        "answers": {f"approve-{run}": True},
+    })
+    check("forked" in forked, f"fork_run said: {forked}")
+    done = await poll(client, args, "finished", run)
+    check(done["run"]["phase"] == "Succeeded", f"the fork did not succeed: {done['run']}")
+    reused = done["totals"].get("reused_steps", 0)
+    check(reused > 0, f"the fork reused nothing: {done['totals']}")
+
+
 async def over_budget(client, args):
     """A run started with a budget below its first model call parks at it; raised, it goes on."""
     run = f"{args.name}-thrifty"
@@ -156,6 +171,7 @@ async def scenario(client, args):
     check("nothing to cancel" in cancelled or "succeeded" in cancelled.lower(),
           f"cancelling a finished run: {cancelled}")
 
+    await fork(client, args)
     await over_budget(client, args)
     print(json.dumps({"run": args.name, "steps": keys, "tools": sorted(tools)}))
 

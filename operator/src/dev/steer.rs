@@ -232,10 +232,11 @@ pub async fn wait_for(
             Some(Until::Finished) => record.phase.is_terminal(),
             Some(Until::Input) => {
                 record.phase.is_terminal()
-                    || matches!(
-                        record.wait(),
-                        Some(Wait::Event { .. } | Wait::Budget { .. })
-                    )
+                    || (record.phase == Phase::Waiting
+                        && matches!(
+                            record.wait(),
+                            Some(Wait::Event { .. } | Wait::Budget { .. })
+                        ))
             }
         };
         if reached {

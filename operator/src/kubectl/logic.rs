@@ -439,11 +439,22 @@ mod tests {
         );
         retrying.status.as_mut().unwrap().retried = Some("2030-01-01T00:00:00Z".into());
         assert!(!retry_pending(&retrying));
+
+        // Input: finished, or waiting for an answer (not for children, not a wait just left).
+        assert_eq!(verdict(&waiting, Until::Input, None), Reached);
+        assert_eq!(verdict(&failed, Until::Input, None), Reached);
+        assert_eq!(
+            verdict(&flowrun(Some(Phase::Waiting), None), Until::Input, None),
+            NotYet
+        );
+        let left = flowrun(Some(Phase::Pending), Some("approve-r"));
+        assert_eq!(verdict(&left, Until::Input, None), NotYet);
     }
 
     #[test]
     fn until_parses_phases_and_finished() {
         assert_eq!("finished".parse::<Until>(), Ok(Until::Finished));
+        assert_eq!("input".parse::<Until>(), Ok(Until::Input));
         assert_eq!("Waiting".parse::<Until>(), Ok(Until::Phase(Phase::Waiting)));
         assert!(
             "done"

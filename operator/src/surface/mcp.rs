@@ -34,6 +34,8 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 /// The most of a run's logs one call returns (the end of them).
 const MAX_LOGS: usize = 64 * 1024;
+/// The most runs listed as resources.
+const MAX_LISTED_RESOURCES: usize = 200;
 /// Resources: `cairn://runs/{namespace}/{name}`.
 const RUN_URI: &str = "cairn://runs/";
 
@@ -390,7 +392,9 @@ impl ServerHandler for CairnMcp {
         };
         let listed = self.backend.list(&filter).await.map_err(internal)?;
         let runs = listed["runs"].as_array().cloned().unwrap_or_default();
-        let resources = runs
+        // The newest (lists are oldest first); the template reaches any other.
+        let newest = runs.len().saturating_sub(MAX_LISTED_RESOURCES);
+        let resources = runs[newest..]
             .iter()
             .filter_map(|run| {
                 let namespace = run["namespace"].as_str()?;
@@ -562,5 +566,20 @@ async fn stop_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail;
+
+    #[test]
+    fn logs_keep_their_end_and_say_what_was_left_out() {
+        assert_eq!(tail("short".into(), 10), "short");
+        let cut = tail("abcdefghij".into(), 4);
+        assert_eq!(cut, "(the first 6 bytes left out)\nghij");
+        // Never inside a character.
+        let cut = tail("ééé".into(), 3);
+        assert!(cut.ends_with("é") && !cut.contains('\u{FFFD}'), "{cut}");
     }
 }

@@ -18,6 +18,9 @@ use crate::kubectl::fork::ForkArgs;
 use crate::kubectl::{self, Kube, Until};
 use crate::lifecycle::Phase;
 
+/// How long answering a run waits to see it resume.
+const RESUME_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Where runs are: a cluster, or the local database.
 pub enum Backend {
     /// Through the user's kube context.
@@ -100,8 +103,23 @@ impl Backend {
         }
     }
 
-    /// Answers the event run `run` waits for, the payload checked against the wait's schema.
+    /// Answers the event run `run` waits for, the payload checked against the wait's schema,
+    /// and says whether the run resumed (so that a `wait` after it sees the next state).
     pub async fn answer(
+        &self,
+        namespace: &str,
+        run: &str,
+        payload: Value,
+    ) -> anyhow::Result<String> {
+        let before = self.where_is(namespace, run).await?;
+        let said = self.answer_only(namespace, run, payload).await?;
+        Ok(format!(
+            "{said}\n{}",
+            self.resumed(namespace, run, before).await?
+        ))
+    }
+
+    async fn answer_only(
         &self,
         namespace: &str,
         run: &str,
@@ -117,8 +135,23 @@ impl Backend {
         }
     }
 
-    /// Raises the spend budget run `run` is parked at (its own, or a parent's) to `usd`.
+    /// Raises the spend budget run `run` is parked at (its own, or a parent's) to `usd`, and
+    /// says whether the run resumed.
     pub async fn raise_budget(
+        &self,
+        namespace: &str,
+        run: &str,
+        usd: &str,
+    ) -> anyhow::Result<String> {
+        let before = self.where_is(namespace, run).await?;
+        let said = self.raise_budget_only(namespace, run, usd).await?;
+        Ok(format!(
+            "{said}\n{}",
+            self.resumed(namespace, run, before).await?
+        ))
+    }
+
+    async fn raise_budget_only(
         &self,
         namespace: &str,
         run: &str,
@@ -271,6 +304,47 @@ impl Backend {
         match tokio::time::timeout(timeout, waited).await {
             Ok(reached) => reached.map(|()| true),
             Err(_) => Ok(false),
+        }
+    }
+
+    /// A run's phase and what it waits for, as its launcher last said.
+    async fn where_is(&self, namespace: &str, run: &str) -> anyhow::Result<(Option<Phase>, Value)> {
+        match self {
+            Backend::Kube(kube) => {
+                let run = kube.capturing(namespace).get_run(run).await?;
+                let status = run.status.unwrap_or_default();
+                Ok((status.phase, serde_json::to_value(status.waiting_for)?))
+            }
+            Backend::Dev { pool, .. } => {
+                let record = cairn_engine::read::find(pool, namespace, run).await?;
+                let wait = record.wait().map(cairn_engine::read_api::Wait::from);
+                Ok((Some(record.phase), serde_json::to_value(wait)?))
+            }
+        }
+    }
+
+    /// Whether the run left where it was (`before`) within a while: a wait just answered lingers
+    /// until the launcher takes the run up again.
+    async fn resumed(
+        &self,
+        namespace: &str,
+        run: &str,
+        before: (Option<Phase>, Value),
+    ) -> anyhow::Result<String> {
+        let deadline = tokio::time::Instant::now() + RESUME_PATIENCE;
+        loop {
+            let now = self.where_is(namespace, run).await?;
+            if now != before {
+                let phase = now.0.map_or("unknown".into(), |p| p.to_string());
+                return Ok(format!("{run} resumed: now {phase}"));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Ok(format!(
+                    "{run} has not resumed yet (after {}s); wait_run follows it",
+                    RESUME_PATIENCE.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }
