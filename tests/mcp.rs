@@ -4,7 +4,7 @@
 //! refused, answer it, poll until it succeeds, read it as a resource, read its logs. Locally
 //! (`--dev`), over stdio at the 2025-11-25 protocol and over streamable HTTP at the current
 //! one, where a request without the bearer token is refused. The cluster's twin is in
-//! `tests/e2e/tests/mcp.rs`.
+//! `tests/e2e/tests/kubectl_cairn_mcp.rs`.
 
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
@@ -117,16 +117,14 @@ async fn an_mcp_client_runs_the_example_over_http_with_a_token() {
     ])
     .env("CAIRN_MCP_TOKEN", &token)
     .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    // A file, not a pipe nobody reads while it runs.
+    .stderr(std::fs::File::create(db.dir.join("mcp.log")).unwrap());
     let mut mcp = mcp.spawn().expect("cannot start cairn mcp --http");
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while tokio::net::TcpStream::connect(&addr).await.is_err() {
         if let Some(status) = mcp.try_wait().unwrap() {
-            let output = mcp.wait_with_output().await.unwrap();
-            panic!(
-                "cairn mcp exited ({status}): {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            let log = std::fs::read_to_string(db.dir.join("mcp.log")).unwrap_or_default();
+            panic!("cairn mcp exited ({status}): {log}");
         }
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -143,6 +143,8 @@ impl LocalPostgres {
                 .arg("-l")
                 .arg(&log)
                 .args(["-o", &options])
+                // stdout may be a protocol's channel (`cairn mcp --dev` on stdio).
+                .stdout(std::process::Stdio::null())
                 .status()?;
             if !status.success() {
                 bail!(

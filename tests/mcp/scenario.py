@@ -97,7 +97,7 @@ async def over_budget(client, args):
                      refused=True)
     check("spent" in low, f"a budget below what was spent: {low}")
     raised = await call(client, "raise_budget", {"run": run, "namespace": args.namespace, "usd": "5"})
-    check("5" in raised, f"raise_budget said: {raised}")
+    check("$5.00" in raised, f"raise_budget said: {raised}")
     asks = await poll(client, args, "input", run)
     check(asks["wait"]["kind"] == "event", f"{run} does not ask its person next: {asks['wait']}")
     await call(client, "cancel_run", {"run": run, "namespace": args.namespace})
@@ -112,6 +112,11 @@ async def scenario(client, args):
     unknown = await call(client, "inspect_run", {"run": "no-such-run", "namespace": args.namespace},
                          refused=True)
     check("not found" in unknown, f"an unknown run's error does not say so: {unknown}")
+
+    odd = await call(client, "start_run", {
+        "flow": "--help", "name": f"{args.name}-odd", "namespace": args.namespace,
+    }, refused=True)
+    check("--help" in odd, f"a flow named like a flag: {odd}")
 
     started = await call(client, "start_run", {
         "flow": args.flow, "name": args.name, "namespace": args.namespace,

@@ -378,6 +378,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Dev(dev) => run_dev(dev).await,
         Command::Mcp(args) => {
+            // Before anything starts (a dev server, a token file).
+            if let Some(addr) = args.http {
+                mcp::check_loopback(addr)?;
+            }
             let backend = match args.dev {
                 true => {
                     let namespace = args.target.namespace.clone();

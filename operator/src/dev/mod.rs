@@ -40,6 +40,8 @@ pub async fn mcp_backend(
         // `cairn dev up` says what it did on stdout, which is the MCP channel here.
         let status = tokio::process::Command::new(std::env::current_exe()?)
             .args(["dev", "up"])
+            // Its flow processes get its environment: not the MCP server's token.
+            .env_remove(crate::surface::mcp::TOKEN_ENV)
             .stdin(std::process::Stdio::null())
             .stdout(std::io::stderr())
             .status()

@@ -36,7 +36,12 @@ pub fn local_run(binary: PathBuf, flow: &str, name: Option<String>, namespace: &
         #[command(flatten)]
         run: DevRun,
     }
-    let mut run = Defaults::parse_from(["cairn", "--flow", flow, "placeholder"]).run;
+    // Fixed arguments, so parsing cannot fail; the caller's values are set after, never
+    // parsed (a flow named `--help` is a name, not a flag).
+    let mut run = Defaults::try_parse_from(["cairn", "--flow", "placeholder", "placeholder"])
+        .expect("the defaults of `cairn dev run` parse")
+        .run;
+    run.flow = flow.to_owned();
     run.binary = binary;
     run.name = name;
     run.namespace.name = namespace.to_owned();

@@ -7,7 +7,6 @@
 //! extension is not used: the official clients do not speak it yet.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,8 +28,9 @@ use crate::kubectl::Until;
 use crate::kubectl::fork::ForkArgs;
 use crate::lifecycle::Phase;
 
-/// The longest `wait_run` holds a call, and its default.
-const MAX_WAIT: Duration = Duration::from_secs(300);
+/// The longest `wait_run` holds a call (clients commonly give up on a call after 60 s), and
+/// its default.
+const MAX_WAIT: Duration = Duration::from_secs(50);
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 /// The most of a run's logs one call returns (the end of them).
 const MAX_LOGS: usize = 64 * 1024;
@@ -43,7 +43,8 @@ const INSTRUCTIONS: &str = "Cairn runs durable flows: each run is a sequence of 
 steps that may wait for an event (often a person's approval, with a JSON schema for the answer). \
 start_run returns a run's name at once; then call wait_run until it is finished or waits for \
 input; inspect_run shows its steps, costs and the open question with its schema; answer_wait \
-answers it. Namespaces default to the server's.";
+answers it, or raise_budget when it is parked at its spend budget. Namespaces default to the \
+server's.";
 
 #[derive(Clone)]
 pub struct CairnMcp {
@@ -80,7 +81,8 @@ pub struct ListArgs {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct StartArgs {
-    /// The flow: on a cluster, a Flow of the namespace; locally, a flow registered in the binary.
+    /// The flow: on a cluster, a Flow of the namespace; locally (`--dev`), a flow registered
+    /// in the server's `--binary`.
     pub flow: String,
     /// The run's input (JSON).
     #[serde(default)]
@@ -91,9 +93,6 @@ pub struct StartArgs {
     pub name: Option<String>,
     #[serde(default)]
     pub namespace: Option<String>,
-    /// Locally (`--dev`): the flow binary's path, if not the server's `--binary`.
-    #[serde(default)]
-    pub binary: Option<PathBuf>,
     /// What the run may spend, its children included, in US dollars (e.g. "5"): past it, the
     /// run parks until raise_budget raises it.
     #[serde(default)]
@@ -109,7 +108,7 @@ pub struct WaitArgs {
     /// `finished`, or a phase.
     #[serde(default)]
     pub until: Option<String>,
-    /// How long to wait at most, in seconds (default 30, at most 300). Call again if it is
+    /// How long to wait at most, in seconds (default 30, at most 50). Call again if it is
     /// not there yet.
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
@@ -241,7 +240,6 @@ impl CairnMcp {
             flow: args.flow,
             input: args.input,
             name: args.name,
-            binary: args.binary,
             budget: args.budget_usd,
         };
         let (run, message) = self.backend.start(start).await.map_err(failed)?;
@@ -505,12 +503,7 @@ pub async fn serve_http(
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService,
     };
-    if !addr.ip().is_loopback() {
-        return Err(crate::kubectl::input(format!(
-            "cairn mcp serves HTTP on loopback only (127.0.0.1 or ::1), not {addr}: it acts with \
-             your credentials"
-        )));
-    }
+    check_loopback(addr)?;
     let stop = tokio_util::sync::CancellationToken::new();
     let service: StreamableHttpService<CairnMcp, LocalSessionManager> = StreamableHttpService::new(
         move || Ok(server.clone()),
@@ -532,6 +525,17 @@ pub async fn serve_http(
         })
         .await?;
     Ok(())
+}
+
+/// Refuses an address other than a loopback one: the server acts with the user's credentials.
+pub fn check_loopback(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(crate::kubectl::input(format!(
+        "cairn mcp serves HTTP on loopback only (127.0.0.1 or ::1), not {addr}: it acts with \
+         your credentials"
+    )))
 }
 
 /// Refuses a request without the token (compared in constant time).

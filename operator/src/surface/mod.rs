@@ -51,8 +51,6 @@ pub struct Start {
     pub input: Value,
     /// The idempotency key: the same name is the same run.
     pub name: Option<String>,
-    /// The flow binary (local runs only).
-    pub binary: Option<PathBuf>,
     /// What the run's tree may spend (US dollars): past it, it parks until raised.
     pub budget: Option<String>,
 }
@@ -113,10 +111,7 @@ impl Backend {
     ) -> anyhow::Result<String> {
         let before = self.where_is(namespace, run).await?;
         let said = self.answer_only(namespace, run, payload).await?;
-        Ok(format!(
-            "{said}\n{}",
-            self.resumed(namespace, run, before).await?
-        ))
+        Ok(self.and_resumed(said, namespace, run, before).await)
     }
 
     async fn answer_only(
@@ -145,10 +140,7 @@ impl Backend {
     ) -> anyhow::Result<String> {
         let before = self.where_is(namespace, run).await?;
         let said = self.raise_budget_only(namespace, run, usd).await?;
-        Ok(format!(
-            "{said}\n{}",
-            self.resumed(namespace, run, before).await?
-        ))
+        Ok(self.and_resumed(said, namespace, run, before).await)
     }
 
     async fn raise_budget_only(
@@ -183,10 +175,11 @@ impl Backend {
                 Ok((kube::ResourceExt::name_any(&run), kube.output()))
             }
             Backend::Dev { pool, binary, .. } => {
-                let binary = start.binary.or_else(|| binary.clone()).ok_or_else(|| {
+                // Only the binary the server was started with: a caller may not name one to run.
+                let binary = binary.clone().ok_or_else(|| {
                     kubectl::input(
-                        "no flow binary to start the run on: give `binary` (the path of a flow \
-                         binary built with the cairn SDK), or start `cairn mcp --dev --binary PATH`",
+                        "this server has no flow binary to start runs on: start it as \
+                         `cairn mcp --dev --binary PATH` (a flow binary built with the cairn SDK)",
                     )
                 })?;
                 let mut args =
@@ -323,28 +316,37 @@ impl Backend {
         }
     }
 
-    /// Whether the run left where it was (`before`) within a while: a wait just answered lingers
-    /// until the launcher takes the run up again.
-    async fn resumed(
+    /// What was `said`, and whether the run, parked where it was (`before`), left there within
+    /// a while: an answered wait lingers until the launcher takes the run up again. Never an
+    /// error: what was asked is done by then.
+    async fn and_resumed(
         &self,
+        said: String,
         namespace: &str,
         run: &str,
         before: (Option<Phase>, Value),
-    ) -> anyhow::Result<String> {
+    ) -> String {
+        if before.0 != Some(Phase::Waiting) {
+            return said;
+        }
         let deadline = tokio::time::Instant::now() + RESUME_PATIENCE;
         loop {
-            let now = self.where_is(namespace, run).await?;
+            let now = match self.where_is(namespace, run).await {
+                Ok(now) => now,
+                Err(e) => return format!("{said}\n(cannot tell whether {run} resumed: {e:#})"),
+            };
             if now != before {
                 let phase = now.0.map_or("unknown".into(), |p| p.to_string());
-                return Ok(format!("{run} resumed: now {phase}"));
+                return format!("{said}\n{run} resumed: now {phase}");
             }
             if tokio::time::Instant::now() > deadline {
-                return Ok(format!(
-                    "{run} has not resumed yet (after {}s); wait_run follows it",
+                return format!(
+                    "{said}\n{run} has not resumed yet (after {}s): the answer is recorded, do not \
+                     send it again; wait_run follows it",
                     RESUME_PATIENCE.as_secs()
-                ));
+                );
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 }
