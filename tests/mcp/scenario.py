@@ -160,6 +160,10 @@ async def scenario(client, args):
     check("unknown phase" in bad_phase, f"a bad phase: {bad_phase}")
 
     uri = f"cairn://runs/{args.namespace}/{args.name}"
+    listed_uris = [str(r.uri) for r in (await client.list_resources()).resources]
+    check(uri in listed_uris, f"list_resources does not list {uri}: {listed_uris}")
+    templates = [t.uri_template for t in (await client.list_resource_templates()).resource_templates]
+    check("cairn://runs/{namespace}/{name}" in templates, f"resource templates: {templates}")
     resource = await client.read_resource(uri)
     read = detail_of(json.loads(resource.contents[0].text))
     check(read["run"]["phase"] == "Succeeded", f"the resource says {read['run']}")
