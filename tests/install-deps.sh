@@ -23,6 +23,7 @@ checkov_version=3.3.30
 actionlint_version=v1.7.12
 helm_version=v3.22.0   # the test cluster's (tests/cluster/build-binaries.sh)
 # apt_install PACKAGE...: installs the Debian packages (as root), or says what is missing.
+# With APT_LEAN=1, without the packages they only recommend.
 apt_install() {
     [[ $# -eq 0 ]] && return 0
     if [[ $EUID -ne 0 ]]; then
@@ -31,8 +32,10 @@ apt_install() {
     fi
     echo "installing $*" >&2
     export DEBIAN_FRONTEND=noninteractive
+    local lean=()
+    [[ -n "${APT_LEAN:-}" ]] && lean=(--no-install-recommends)
     apt-get update -q >/dev/null
-    apt-get install -y -q "$@" >/dev/null
+    apt-get install -y -q "${lean[@]}" "$@" >/dev/null
 }
 # The artifact tests (tests/durable/artifacts.rs, tests/harness/s3.rs) and the test cluster
 # (tests/cluster/up.sh) need a real S3-compatible server: s3s-fs is one, pure Rust and on
@@ -94,6 +97,13 @@ test)
     command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || missing+=(pgbouncer)
     python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
     apt_install "${missing[@]}"
+    # The web console's browser test (tests/console.rs): Debian's Chromium, its WebDriver, and
+    # fonts that make screenshots the same everywhere; 26 packages lean, 131 with recommends.
+    browser=()
+    [[ -x /usr/lib/chromium/chromium ]] || browser+=(chromium)
+    command -v chromedriver >/dev/null || browser+=(chromium-driver)
+    [[ -d /usr/share/fonts/truetype/liberation ]] || browser+=(fonts-liberation)
+    APT_LEAN=1 apt_install "${browser[@]}"
     install_s3s_fs >/dev/null
     install_otelcol >/dev/null
     install_mcp_client >/dev/null

@@ -6,10 +6,10 @@
 //! one, where a request without the bearer token is refused. The cluster's twin is in
 //! `tests/e2e/tests/kubectl_cairn_mcp.rs`.
 
-use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use cairn_tests::cli::dev_server;
 use cairn_tests::{EffectLog, PATIENCE, TestDb, built_binary, cairn_cli, free_port, mcp_python};
 use serde_json::json;
 use tokio::process::Command;
@@ -26,31 +26,6 @@ fn with_test_env(mut command: Command, db: &TestDb, log: &EffectLog) -> Command 
         .stdin(Stdio::null())
         .kill_on_drop(true);
     command
-}
-
-/// The local server `cairn mcp --dev` starts: stopped when the test ends, whatever happened.
-struct DevServer {
-    url: String,
-    home: PathBuf,
-}
-
-impl Drop for DevServer {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(cairn_cli())
-            .args(["dev", "down", "--timeout", "5s"])
-            .env("CAIRN_DATABASE_URL", &self.url)
-            .env("CAIRN_HOME", &self.home)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn dev_server(db: &TestDb) -> DevServer {
-    DevServer {
-        url: db.url.clone(),
-        home: db.dir.join("cairn-home"),
-    }
 }
 
 /// Runs the scenario with `args`; fails showing what it and the dev server said.

@@ -169,6 +169,59 @@ async fn approval(ctx: Ctx, input: ApprovalInput) -> anyhow::Result<Value> {
     Ok(json!({ "got": got }))
 }
 
+// ---- review: a question whose schema the web console's form must honour -------------------
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum Channel {
+    Email,
+    Slack,
+    None,
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+struct Review {
+    /// Publish the draft?
+    approve: bool,
+    /// Your login, lowercase.
+    #[schemars(regex(pattern = r"^[a-z]+$"), length(min = 2, max = 40))]
+    reviewer: String,
+    channel: Channel,
+    /// US dollars, under 100 (a bound only the server checks: HTML's max is inclusive).
+    #[schemars(range(min = 0), extend("exclusiveMaximum" = 100))]
+    budget: f64,
+    #[serde(default)]
+    notes: String,
+}
+
+async fn review(ctx: Ctx, _input: Value) -> anyhow::Result<Value> {
+    let c = ctx.clone();
+    let _: String = ctx
+        .step("draft", move || {
+            let ctx = c.clone();
+            async move {
+                effect(&ctx, "step:draft");
+                Ok("a draft <b>in bold</b>".to_owned())
+            }
+        })
+        .await?;
+    let review = ctx
+        .wait_for_event::<Review>(&format!("review-{}", ctx.run_name()))
+        .question("Publish the draft?")
+        .await?;
+    let c = ctx.clone();
+    let published = ctx
+        .step("publish", move || {
+            let (ctx, by) = (c.clone(), review.reviewer.clone());
+            async move {
+                effect(&ctx, "step:publish");
+                Ok(json!({ "published": review.approve, "by": by }))
+            }
+        })
+        .await?;
+    Ok(published)
+}
+
 // ---- sleeper -------------------------------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -630,6 +683,7 @@ async fn main() {
         .flow("steps", steps)
         .flow("echo", echo)
         .flow("approval", approval)
+        .flow("review", review)
         .flow("sleeper", sleeper)
         .flow("fanout", fanout)
         .flow("square", square)

@@ -1,6 +1,7 @@
 //! The `cairn` command line as the CLI tests drive it: against a test's database, its flows
 //! logging their effects, stdout and stderr captured.
 
+use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
@@ -53,39 +54,62 @@ pub fn last_line(output: &Output) -> Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("last stdout line {line:?}: {e}"))
 }
 
-/// The id of the run named `name`, once it exists.
-pub async fn run_id(db: &TestDb, name: &str) -> uuid::Uuid {
+/// The id of the run named `name` in namespace `ns`, once it exists.
+pub async fn run_id_in(db: &TestDb, ns: &str, name: &str) -> uuid::Uuid {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        if let Ok(run) = cairn_engine::read::find(&db.pool, NS, name).await {
+        if let Ok(run) = cairn_engine::read::find(&db.pool, ns, name).await {
             return run.id;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "run {name} was not created within {PATIENCE:?}"
+            "run {ns}/{name} was not created within {PATIENCE:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
+/// The id of the run named `name`, once it exists.
+pub async fn run_id(db: &TestDb, name: &str) -> uuid::Uuid {
+    run_id_in(db, NS, name).await
+}
+
+/// `cairn dev wait RUN -n NS <until...>` once the run exists, which must succeed.
+pub async fn dev_wait(db: &TestDb, log: &EffectLog, ns: &str, name: &str, until: &[&str]) {
+    run_id_in(db, ns, name).await;
+    let mut args = vec!["dev", "wait", name, "-n", ns, "--timeout", "60s"];
+    args.extend(until);
+    let waited = run(cairn(db, log, &args)).await;
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr(&waited));
+}
+
 /// `cairn dev wait RUN --for waiting --event EVENT`, which must succeed.
 pub async fn wait_waiting(db: &TestDb, log: &EffectLog, name: &str, event: &str) {
-    run_id(db, name).await;
-    let waited = run(cairn(
-        db,
-        log,
-        &[
-            "dev",
-            "wait",
-            name,
-            "--for",
-            "waiting",
-            "--event",
-            event,
-            "--timeout",
-            "60s",
-        ],
-    ))
-    .await;
-    assert_eq!(waited.status.code(), Some(0), "{}", stderr(&waited));
+    dev_wait(db, log, NS, name, &["--for", "waiting", "--event", event]).await;
+}
+
+/// The local server `cairn mcp --dev` or `cairn dev dashboard` starts: stopped when the test
+/// ends, whatever happened.
+pub struct DevServer {
+    url: String,
+    home: PathBuf,
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(cairn_cli())
+            .args(["dev", "down", "--timeout", "5s"])
+            .env("CAIRN_DATABASE_URL", &self.url)
+            .env("CAIRN_HOME", &self.home)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+pub fn dev_server(db: &TestDb) -> DevServer {
+    DevServer {
+        url: db.url.clone(),
+        home: db.dir.join("cairn-home"),
+    }
 }

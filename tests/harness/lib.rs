@@ -3,6 +3,7 @@
 //! per test, a side-effect log the test flows append to, and helpers to drive runs through the
 //! in-process `cairn dev` supervisor.
 
+pub mod browser;
 pub mod cli;
 pub mod example_trace;
 pub mod fake_api;

@@ -178,6 +178,18 @@ pub(super) enum DevCommand {
         #[command(flatten)]
         namespace: NamespaceFilter,
     },
+    /// Serve the web console over the local database: runs listed and inspected in a browser,
+    /// their questions answered, steered, their logs read, live. A `cairn dev up` server
+    /// carries runs on (one is started if none is up).
+    ///
+    /// Prints the console's URL, with this session's token, on the first line.
+    Dashboard {
+        /// The loopback address to serve on (port 0: any free one).
+        #[arg(long, default_value = super::CONSOLE_ADDR)]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        namespace: Namespace,
+    },
     /// Print the private Postgres URL (starting and migrating it if needed).
     DbUrl,
     /// Stop the private Postgres.
@@ -307,6 +319,12 @@ pub(super) async fn run_dev(command: DevCommand) -> anyhow::Result<ExitCode> {
             older_than,
             namespace,
         } => dev::db::gc(older_than, namespace.name.as_deref()).await,
+        DevCommand::Dashboard { listen, namespace } => {
+            crate::surface::mcp::check_loopback(listen)?;
+            let backend = dev::surface_backend(None, Some(namespace.name)).await?;
+            crate::surface::console::serve(backend, listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         DevCommand::DbUrl => dev::db::url().await,
         DevCommand::DbStop => dev::db::stop(),
     }

@@ -208,6 +208,20 @@ enum Command {
     /// with --dev on the local database, carried on by `cairn dev up`'s server (started if
     /// none is up).
     Mcp(McpArgs),
+    /// Serve the web console on a loopback address: runs listed and inspected in a browser,
+    /// their questions answered through a form, steered (cancel, retry, fork, budget), their
+    /// logs read, live.
+    ///
+    /// It acts through the kube context, as `kubectl cairn` does, so RBAC decides what each
+    /// person sees and may do. Prints the console's URL, with this session's token, on the
+    /// first line. `cairn dev dashboard` serves the same console over the local database.
+    Dashboard {
+        /// The loopback address to serve on (port 0: any free one).
+        #[arg(long, default_value = CONSOLE_ADDR)]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        target: KubeTarget,
+    },
     /// The local loop on a Postgres, no cluster: run, list, inspect, answer, cancel, wait.
     ///
     /// Runs flows as local processes against CAIRN_DATABASE_URL (or a private Postgres).
@@ -224,6 +238,9 @@ enum Command {
     /// Prints the schema version and what it serves.
     Migrate,
 }
+
+/// Where the console listens by default.
+const CONSOLE_ADDR: &str = "127.0.0.1:8788";
 
 #[derive(Args)]
 struct McpArgs {
@@ -385,7 +402,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let backend = match args.dev {
                 true => {
                     let namespace = args.target.namespace.clone();
-                    crate::dev::mcp_backend(args.binary, namespace).await?
+                    crate::dev::surface_backend(args.binary, namespace).await?
                 }
                 false => Backend::Kube(connect(args.target, false).await?),
             };
@@ -394,6 +411,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 None => mcp::serve_stdio(server).await?,
                 Some(addr) => mcp::serve_http(server, addr, mcp::token()?).await?,
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dashboard { listen, target } => {
+            mcp::check_loopback(listen)?;
+            let backend = Backend::Kube(connect(target, false).await?);
+            crate::surface::console::serve(backend, listen).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Operator(mut config) => {

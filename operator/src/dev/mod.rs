@@ -29,15 +29,15 @@ async fn open_with_url() -> anyhow::Result<(String, PgPool)> {
     Ok((url, pool))
 }
 
-/// `cairn mcp --dev`: the local database, with a server up to carry runs on (one is started
-/// in the background if none is: `cairn dev down` stops it).
-pub async fn mcp_backend(
+/// `cairn mcp --dev` and `cairn dev dashboard`: the local database, with a server up to carry
+/// runs on (one is started in the background if none is: `cairn dev down` stops it).
+pub async fn surface_backend(
     binary: Option<std::path::PathBuf>,
     namespace: Option<String>,
 ) -> anyhow::Result<crate::surface::Backend> {
     let pool = open().await?;
     if server::find(&pool).await?.is_none() {
-        // `cairn dev up` says what it did on stdout, which is the MCP channel here.
+        // `cairn dev up` says what it did on stdout: the MCP channel, or the console's URL line.
         let status = tokio::process::Command::new(std::env::current_exe()?)
             .args(["dev", "up"])
             // Its flow processes get its environment: not the MCP server's token.

@@ -70,6 +70,16 @@ impl Kube {
         Ok(inspect_json(&run, &pods, &detail))
     }
 
+    /// The engine's detail of a run this caller may read (the FlowRun is read first, so that
+    /// RBAC and a missing run say so in kubectl's words).
+    pub async fn run_detail(&self, name: &str) -> anyhow::Result<RunDetail> {
+        self.get_run(name).await?;
+        let api = self.read_api();
+        api.run(&self.namespace, name)
+            .await
+            .map_err(|e| anyhow::anyhow!(explain_missing_detail(e, &api)))
+    }
+
     /// `inspect --step KEY`: one step with its whole value (never a sensitive one's).
     pub async fn inspect_step(&self, name: &str, key: &str) -> anyhow::Result<()> {
         let api = self.read_api();

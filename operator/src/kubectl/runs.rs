@@ -66,6 +66,17 @@ impl Kube {
         });
         Ok(runs)
     }
+
+    /// `matching_runs` as the runs table's rows.
+    pub async fn matching_rows(
+        &self,
+        all_namespaces: bool,
+        phases: &[Phase],
+        flow: Option<&str>,
+    ) -> anyhow::Result<Vec<render::RunRow>> {
+        let runs = self.matching_runs(all_namespaces, phases, flow).await?;
+        Ok(runs.iter().map(logic::row_of).collect())
+    }
 }
 
 /// `runs -o json`: the runs as agents read them.

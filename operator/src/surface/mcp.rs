@@ -520,7 +520,7 @@ pub async fn serve_http(
     eprintln!("cairn mcp: serving http://{}/mcp", listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            stop_signal().await;
+            super::stop_signal().await;
             stop.cancel();
         })
         .await?;
@@ -557,20 +557,6 @@ async fn bearer(
         "error": format!("unauthorized: send `Authorization: Bearer <token>` (the token `cairn mcp --http` wrote, or {TOKEN_ENV})")
     });
     (http::StatusCode::UNAUTHORIZED, axum::Json(reason)).into_response()
-}
-
-/// SIGINT or SIGTERM.
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        },
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -4,17 +4,20 @@
 //! what the command would print, never printing it: the same JSON as `-o json`, the same
 //! sentences, the same errors.
 
+pub mod console;
 pub mod mcp;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cairn_engine::read_api::RunDetail;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::controller::api;
 use crate::dev;
 use crate::kubectl::fork::ForkArgs;
+use crate::kubectl::render::RunRow;
 use crate::kubectl::{self, Kube, Until};
 use crate::lifecycle::Phase;
 
@@ -85,6 +88,39 @@ impl Backend {
                     .collect();
                 Ok(json!({ "runs": runs }))
             }
+        }
+    }
+
+    /// Runs as the runs table shows them, the same for both backends (the console's list).
+    pub async fn rows(&self, filter: &Filter) -> anyhow::Result<Vec<RunRow>> {
+        let phases: Vec<Phase> = filter.phase.into_iter().collect();
+        match self {
+            Backend::Kube(kube) => {
+                let all = filter.namespace.is_none();
+                let kube = kube.capturing(filter.namespace.as_deref().unwrap_or(&kube.namespace));
+                kube.matching_rows(all, &phases, filter.flow.as_deref())
+                    .await
+            }
+            Backend::Dev { pool, .. } => {
+                let records = cairn_engine::read::list(pool, filter.namespace.as_deref()).await?;
+                Ok(api::summaries(&records)
+                    .iter()
+                    .filter(|r| phases.is_empty() || phases.contains(&r.phase))
+                    .filter(|r| filter.flow.as_deref().is_none_or(|f| r.flow == f))
+                    .map(RunRow::from)
+                    .collect())
+            }
+        }
+    }
+
+    /// The engine's view of a run (steps, attempts, costs, children, open wait), the same for
+    /// both backends (the console's run page).
+    pub async fn detail(&self, namespace: &str, run: &str) -> anyhow::Result<RunDetail> {
+        match self {
+            Backend::Kube(kube) => kube.capturing(namespace).run_detail(run).await,
+            Backend::Dev { pool, .. } => api::detail(pool, namespace, run)
+                .await
+                .map_err(dev::runs::not_found_is_a_mistake),
         }
     }
 
@@ -347,6 +383,20 @@ impl Backend {
                 );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+pub(crate) async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }
