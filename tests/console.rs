@@ -14,7 +14,7 @@ use cairn_tests::browser::{
 };
 use cairn_tests::cli::{cairn, dev_server, dev_wait, finish, last_line, stderr};
 use cairn_tests::{EffectLog, PATIENCE, TestDb, built_binary};
-use fantoccini::Client;
+use fantoccini::{Client, Locator};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
@@ -100,12 +100,10 @@ async fn a_person_answers_and_steers_runs_in_a_real_browser() {
         dev_wait(&db, &log, ns, run, &["--for", "input"]).await;
     }
 
-    let pid = console.id().expect("the console's pid");
     let started = std::time::Instant::now();
-    with_browser(
-        &db.dir,
-        move |c| async move { scenario(&c, &url, pid).await },
-    )
+    with_browser(&db.dir, move |c| async move {
+        scenario(&c, &url, console).await
+    })
     .await;
 
     eprintln!("the browser's scenario took {:?}", started.elapsed());
@@ -122,14 +120,9 @@ async fn a_person_answers_and_steers_runs_in_a_real_browser() {
     );
     let other = finish(other).await;
     assert_ne!(other.status.code(), Some(0), "elsewhere was cancelled");
-    let console = finish(console).await;
-    assert!(
-        console.status.success(),
-        "the console stopped on SIGTERM: {console:?}"
-    );
 }
 
-async fn scenario(c: &Client, url: &str, console_pid: u32) {
+async fn scenario(c: &Client, url: &str, console: Child) {
     let base = url.split_once("/?").expect("URL with a token").0.to_owned();
 
     // Without the token: no session. With it: a cookie, the token gone from the address bar.
@@ -145,15 +138,12 @@ async fn scenario(c: &Client, url: &str, console_pid: u32) {
     // Filtered by phase (a plain GET form): only the runs waiting.
     select(c, "select[name=phase]", "Waiting").await;
     click(c, ".filters button").await;
-    wait_text(c, "#runs", |t| t.contains("console-review")).await;
-    assert_eq!(count(c, "tr[data-run^=console-demo-summarize]").await, 0);
-    assert!(
-        c.current_url()
-            .await
-            .unwrap()
-            .as_str()
-            .contains("phase=Waiting")
-    );
+    wait_text(c, "#runs", |t| {
+        t.contains("console-review") && !t.contains("console-demo-summarize")
+    })
+    .await;
+    let filtered = c.current_url().await.unwrap();
+    assert!(filtered.as_str().contains("phase=Waiting"), "{filtered}");
     screenshot(c, "console-list").await;
 
     // The example run: its steps, its cost chart, its question.
@@ -176,6 +166,33 @@ async fn scenario(c: &Client, url: &str, console_pid: u32) {
     wait_text(c, "#wait .question", |t| t.contains("Publish the draft")).await;
     // A step's output preview is text, never markup.
     assert!(text(c, "#steps").await.contains("<b>in bold</b>"));
+    // Its artifact: listed, and served only as a download (never as the HTML it claims to be,
+    // which would run in the console's origin).
+    wait_text(c, "#artifacts", |t| {
+        t.contains("draft.html") && t.contains("text/html")
+    })
+    .await;
+    let download = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch(document.querySelector('#artifacts a').href).then(async r => done([r.status,
+                 r.headers.get('content-type'), r.headers.get('content-disposition'), await r.text()]))",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(download[0], json!(200), "{download}");
+    assert_eq!(download[1], json!("application/octet-stream"), "{download}");
+    assert_eq!(
+        download[2],
+        json!("attachment; filename=\"draft.html\""),
+        "{download}"
+    );
+    assert!(
+        download[3].as_str().unwrap().contains("<b>draft</b>"),
+        "{download}"
+    );
+
     // 1. Refused in the browser: the schema's pattern; nothing is sent.
     click(c, "input[data-path='/approve'][value=true]").await;
     fill(c, "#f-reviewer", "Bob").await;
@@ -184,7 +201,13 @@ async fn scenario(c: &Client, url: &str, console_pid: u32) {
     click(c, "#send").await;
     let refused = validation_message(c, "#f-reviewer").await;
     assert!(refused.contains("pattern ^[a-z]+$"), "{refused}");
-    assert_eq!(text(c, "#result").await, "", "nothing was sent");
+    let sent = c
+        .find(Locator::Css("#result"))
+        .await
+        .unwrap()
+        .attr("data-sent")
+        .await;
+    assert_eq!(sent.unwrap(), None, "nothing was sent");
     // 2. Refused by the server: exclusiveMaximum, which HTML cannot express. The message says
     //    what and where.
     fill(c, "#f-reviewer", "bob").await;
@@ -216,6 +239,19 @@ async fn scenario(c: &Client, url: &str, console_pid: u32) {
     );
     c.accept_alert().await.unwrap();
     wait_text(c, "#result", |t| t.contains("console-review-fork-")).await;
+
+    // An answer to another question than the one asked now (a page left open) is refused.
+    let stale = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/api/runs/team-a/console-demo/answer?event=approve-yesterday', {
+                 method: 'POST', headers: { 'Content-Type': 'application/json' }, body: 'true' })
+               .then(r => done(r.status))",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stale, json!(409));
 
     // The example run, answered `no` with the radios.
     c.goto(&format!("{base}/runs/{TEAM}/console-demo"))
@@ -249,6 +285,8 @@ async fn scenario(c: &Client, url: &str, console_pid: u32) {
     wait_text(c, "tr[data-run=elsewhere] .phase", |t| t == "Cancelled").await;
     assert!(not_reloaded(c).await, "the list updated itself");
 
-    // SIGTERM while a page holds a live stream open: the console still stops.
-    cairn_tests::sigterm(console_pid);
+    // SIGTERM while this page holds a live stream open: the console ends it, and stops.
+    cairn_tests::sigterm(console.id().expect("the console's pid"));
+    let stopped = finish(console).await;
+    assert!(stopped.status.success(), "the console stopped: {stopped:?}");
 }

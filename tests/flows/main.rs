@@ -205,6 +205,10 @@ async fn review(ctx: Ctx, _input: Value) -> anyhow::Result<Value> {
             }
         })
         .await?;
+    // Markup that must reach a browser only as a download, never as a page.
+    let page = "<script>document.title='pwned'</script><b>draft</b>";
+    ctx.artifact("draft.html", cairn::ArtifactContent::new(page, "text/html"))
+        .await?;
     let review = ctx
         .wait_for_event::<Review>(&format!("review-{}", ctx.run_name()))
         .question("Publish the draft?")

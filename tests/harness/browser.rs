@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+pub use fantoccini::Client;
+use fantoccini::{ClientBuilder, Locator};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;

@@ -30,7 +30,7 @@ pub fn settings() -> ArtifactSettings {
     }
 }
 
-fn store() -> anyhow::Result<ArtifactStore> {
+pub(crate) fn store() -> anyhow::Result<ArtifactStore> {
     ArtifactStore::open(&settings()).map_err(anyhow::Error::msg)
 }
 

@@ -5,6 +5,7 @@
 use std::io::Write as _;
 use std::path::Path;
 
+use cairn_engine::read_api::ArtifactList;
 use clap::{Args, Subcommand};
 
 use super::client::Kube;
@@ -34,11 +35,7 @@ pub enum ArtifactAction {
 impl Kube {
     /// `artifacts RUN`: the list.
     pub async fn artifacts(&self, run: &str) -> anyhow::Result<()> {
-        let list = self
-            .read_api()
-            .artifacts(&self.namespace, run)
-            .await
-            .map_err(mistake_or_failure)?;
+        let list = self.artifact_list(run).await?;
         if self.json {
             return self.print_json(&list);
         }
@@ -48,12 +45,26 @@ impl Kube {
 
     /// `artifacts RUN get NAME`: one object's bytes, to `file`.
     pub async fn artifact_get(&self, run: &str, name: &str, file: &Path) -> anyhow::Result<()> {
+        let bytes = self.artifact_bytes(run, name).await?;
+        write_out(name, &bytes, file)
+    }
+
+    /// A run's artifacts, through the read API.
+    pub(crate) async fn artifact_list(&self, run: &str) -> anyhow::Result<ArtifactList> {
+        self.read_api()
+            .artifacts(&self.namespace, run)
+            .await
+            .map_err(mistake_or_failure)
+    }
+
+    /// One artifact's bytes, through the read API.
+    pub(crate) async fn artifact_bytes(&self, run: &str, name: &str) -> anyhow::Result<Vec<u8>> {
         let bytes = self
             .read_api()
             .artifact(&self.namespace, run, name)
             .await
             .map_err(mistake_or_failure)?;
-        write_out(name, &bytes, file)
+        Ok(bytes.to_vec())
     }
 }
 

@@ -10,7 +10,7 @@ pub mod mcp;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cairn_engine::read_api::RunDetail;
+use cairn_engine::read_api::{ArtifactList, RunDetail};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -121,6 +121,35 @@ impl Backend {
             Backend::Dev { pool, .. } => api::detail(pool, namespace, run)
                 .await
                 .map_err(dev::runs::not_found_is_a_mistake),
+        }
+    }
+
+    /// A run's artifacts (objects its steps stored), as `artifacts -o json`.
+    pub async fn artifacts(&self, namespace: &str, run: &str) -> anyhow::Result<ArtifactList> {
+        match self {
+            Backend::Kube(kube) => kube.capturing(namespace).artifact_list(run).await,
+            Backend::Dev { pool, .. } => api::artifacts::list(pool, namespace, run)
+                .await
+                .map_err(dev::runs::not_found_is_a_mistake),
+        }
+    }
+
+    /// One artifact's bytes, as `artifacts RUN get NAME`.
+    pub async fn artifact(
+        &self,
+        namespace: &str,
+        run: &str,
+        name: &str,
+    ) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Backend::Kube(kube) => kube.capturing(namespace).artifact_bytes(run, name).await,
+            Backend::Dev { pool, .. } => {
+                let store = dev::artifacts::store()?;
+                let (_, bytes) = api::artifacts::fetch(pool, Some(&store), namespace, run, name)
+                    .await
+                    .map_err(dev::runs::not_found_is_a_mistake)?;
+                Ok(bytes.to_vec())
+            }
         }
     }
 

@@ -19,6 +19,8 @@ mod kubectl_cairn;
 mod kubectl_cairn_writes;
 // `kubectl cairn mcp` driven by the official MCP Python SDK.
 mod kubectl_cairn_mcp;
+// `kubectl cairn dashboard` in headless Chromium: what RBAC lets each user see.
+mod kubectl_cairn_console;
 // Step outputs shown, a sensitive step's hidden.
 mod kubectl_cairn_outputs;
 // Artifacts in the cluster's S3 server, listed and downloaded with kubectl cairn.

@@ -429,6 +429,7 @@ async fn kubectl_cairn_on_runs_in_every_phase() -> anyhow::Result<()> {
     );
 
     read_api_under_rbac(&mut sc).await?;
+    crate::kubectl_cairn_console::tenants(&mut sc).await?;
     crate::kubectl_cairn_outputs::step_outputs(&mut sc).await?;
     let forked = crate::kubectl_cairn_outputs::fork(&mut sc).await?;
     crate::kubectl_cairn_artifacts::check(&mut sc).await?;

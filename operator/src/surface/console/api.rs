@@ -12,10 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Console;
+use super::{Console, RunPath};
 use crate::kubectl::{self, fork::ForkArgs};
-
-type RunPath = Path<(String, String)>;
 
 fn said(message: String) -> Response {
     Json(json!({ "message": message })).into_response()
@@ -36,20 +34,30 @@ fn answered(result: anyhow::Result<String>) -> Response {
     }
 }
 
-/// The payload the open question asks for. It is checked against the wait's schema here first
-/// (422 with every problem and where it is), then again where it is delivered.
+#[derive(Deserialize)]
+pub struct Question {
+    /// The event the page showed the question of.
+    event: String,
+}
+
+/// The payload the open question asks for, answering the question the page showed and no
+/// other (a page left open must not answer the next question with this one's answer). It is
+/// checked against the wait's schema here first (422 with every problem and where it is),
+/// then again where it is delivered.
 pub async fn answer(
     State(console): State<Arc<Console>>,
-    Path((namespace, run)): RunPath,
+    RunPath(namespace, run): RunPath,
+    Query(shown): Query<Question>,
     Json(payload): Json<Value>,
 ) -> Response {
     let detail = match console.backend.detail(&namespace, &run).await {
         Ok(detail) => detail,
         Err(e) => return failed(&e),
     };
-    let Some(wait) = detail.wait.filter(|w| w.kind == "event") else {
+    let asked = detail.wait.filter(|w| w.kind == "event");
+    let Some(wait) = asked.filter(|w| w.event.as_deref() == Some(shown.event.as_str())) else {
         let error = format!(
-            "{run} waits for no question now (it is {})",
+            "{run} no longer asks this question (it is {}): nothing was sent; see what it asks now",
             detail.run.phase
         );
         return (StatusCode::CONFLICT, Json(json!({ "error": error }))).into_response();
@@ -67,11 +75,11 @@ pub async fn answer(
     answered(console.backend.answer(&namespace, &run, payload).await)
 }
 
-pub async fn cancel(State(console): State<Arc<Console>>, Path((ns, run)): RunPath) -> Response {
+pub async fn cancel(State(console): State<Arc<Console>>, RunPath(ns, run): RunPath) -> Response {
     answered(console.backend.cancel(&ns, &run).await)
 }
 
-pub async fn retry(State(console): State<Arc<Console>>, Path((ns, run)): RunPath) -> Response {
+pub async fn retry(State(console): State<Arc<Console>>, RunPath(ns, run): RunPath) -> Response {
     answered(console.backend.retry(&ns, &run).await)
 }
 
@@ -82,7 +90,7 @@ pub struct Fork {
 
 pub async fn fork(
     State(console): State<Arc<Console>>,
-    Path((ns, run)): RunPath,
+    RunPath(ns, run): RunPath,
     Json(fork): Json<Fork>,
 ) -> Response {
     let args = ForkArgs {
@@ -103,7 +111,7 @@ pub struct Budget {
 
 pub async fn budget(
     State(console): State<Arc<Console>>,
-    Path((ns, run)): RunPath,
+    RunPath(ns, run): RunPath,
     Json(budget): Json<Budget>,
 ) -> Response {
     answered(console.backend.raise_budget(&ns, &run, &budget.usd).await)
@@ -114,10 +122,48 @@ pub struct Attempt {
     attempt: Option<i32>,
 }
 
+#[derive(Deserialize)]
+pub struct ArtifactName {
+    artifact: String,
+}
+
+/// An artifact's bytes, as a download: never shown in the console's origin as what it claims
+/// to be (a stored HTML page would run there with the user's session).
+pub async fn artifact(
+    State(console): State<Arc<Console>>,
+    RunPath(ns, run): RunPath,
+    Path(ArtifactName { artifact: name }): Path<ArtifactName>,
+) -> Response {
+    match console.backend.artifact(&ns, &run, &name).await {
+        Ok(bytes) => {
+            let file: String = name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let headers = [
+                (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{file}\""),
+                ),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+            ];
+            (headers, bytes).into_response()
+        }
+        Err(e) => failed(&e),
+    }
+}
+
 /// What one execution (or every one) printed, as text.
 pub async fn logs(
     State(console): State<Arc<Console>>,
-    Path((ns, run)): RunPath,
+    RunPath(ns, run): RunPath,
     Query(which): Query<Attempt>,
 ) -> Response {
     match console.backend.logs(&ns, &run, which.attempt).await {

@@ -20,7 +20,13 @@ use serde_json::Value;
 
 /// The form for `schema` (`None`: any JSON).
 pub fn question_form(action: &str, schema: Option<&Value>) -> Markup {
-    let schema = schema.map_or(Value::Bool(true), |s| inline_refs(s, s, 0));
+    let mut schema = schema.map_or(Value::Bool(true), |s| inline_refs(s, s, &mut vec![]));
+    if let Value::Object(root) = &mut schema {
+        // Inlined where used; the schema shown in a JSON part need not repeat them.
+        for definitions in ["$defs", "definitions", "$schema"] {
+            root.remove(definitions);
+        }
+    }
     html! {
         form #question data-action=(action) {
             (field(&schema, "", "answer", Need::Required))
@@ -29,36 +35,61 @@ pub fn question_form(action: &str, schema: Option<&Value>) -> Markup {
     }
 }
 
-/// How deep definitions are inlined: a recursive type stays a `$ref` below (then JSON).
+/// How deep definitions are inlined, at most.
 const MAX_INLINE: usize = 8;
 
 /// `schema` with its local references (`#/$defs/X`, `#/definitions/X`, as schemars writes
-/// enums and nested types) replaced by what they name, so that they get native controls.
-fn inline_refs(schema: &Value, root: &Value, depth: usize) -> Value {
-    match schema {
-        Value::Object(map) => {
-            let target = map
-                .get("$ref")
-                .and_then(Value::as_str)
-                .filter(|_| depth < MAX_INLINE)
-                .and_then(|r| r.strip_prefix('#'))
-                .and_then(|pointer| root.pointer(pointer));
-            if let Some(target) = target {
-                let mut merged = inline_refs(target, root, depth + 1);
-                if let Value::Object(merged) = &mut merged {
-                    for (k, v) in map.iter().filter(|(k, _)| *k != "$ref") {
-                        merged.insert(k.clone(), inline_refs(v, root, depth + 1));
-                    }
-                }
-                return merged;
+/// enums and nested types) replaced by what they name, so that they get native controls. A
+/// reference met again inside its own expansion (a recursive type) stays a reference (then
+/// JSON), and so does any below `MAX_INLINE`; values (`enum`, `const`, `default`) are kept as
+/// they are.
+fn inline_refs(schema: &Value, root: &Value, expanding: &mut Vec<String>) -> Value {
+    let Value::Object(map) = schema else {
+        return schema.clone();
+    };
+    let reference = map.get("$ref").and_then(Value::as_str);
+    let target = reference
+        .filter(|r| expanding.len() < MAX_INLINE && !expanding.iter().any(|e| e == r))
+        .and_then(|r| root.pointer(r.strip_prefix('#')?));
+    if let (Some(reference), Some(target)) = (reference, target) {
+        expanding.push(reference.to_owned());
+        let mut merged = inline_refs(target, root, expanding);
+        if let Value::Object(merged) = &mut merged {
+            for (k, v) in map.iter().filter(|(k, _)| *k != "$ref") {
+                merged.insert(k.clone(), inline_refs(v, root, expanding));
             }
-            map.iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "$defs" | "definitions" | "$schema"))
-                .map(|(k, v)| (k.clone(), inline_refs(v, root, depth)))
-                .collect::<serde_json::Map<_, _>>()
-                .into()
         }
-        Value::Array(items) => items.iter().map(|v| inline_refs(v, root, depth)).collect(),
+        expanding.pop();
+        return merged;
+    }
+    map.iter()
+        .map(|(k, v)| match k.as_str() {
+            "enum" | "const" | "default" | "examples" => (k.clone(), v.clone()),
+            // The keys of `properties` are names, not keywords: each value is a schema.
+            "properties" | "$defs" | "definitions" => (k.clone(), inline_map(v, root, expanding)),
+            _ => match v {
+                Value::Array(items) => (
+                    k.clone(),
+                    items
+                        .iter()
+                        .map(|i| inline_refs(i, root, expanding))
+                        .collect(),
+                ),
+                _ => (k.clone(), inline_refs(v, root, expanding)),
+            },
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// A map of names to schemas (`properties`), each inlined.
+fn inline_map(map: &Value, root: &Value, expanding: &mut Vec<String>) -> Value {
+    match map {
+        Value::Object(entries) => entries
+            .iter()
+            .map(|(name, schema)| (name.clone(), inline_refs(schema, root, expanding)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
         other => other.clone(),
     }
 }
@@ -122,7 +153,7 @@ fn field(schema: &Value, path: &str, name: &str, need: Need) -> Markup {
     let (required, needed) = need.attributes();
     let label = schema.get("title").and_then(Value::as_str).unwrap_or(name);
     let hint = schema.get("description").and_then(Value::as_str);
-    let id = format!("f{}", path.replace('/', "-"));
+    let id = control_id(path);
     let this = Field {
         path,
         id: id.clone(),
@@ -209,6 +240,24 @@ fn field_order<'a>(
             .filter(|k| !required.contains(k)),
     );
     keys
+}
+
+/// A control's id from its JSON pointer, one `-` per level, other characters than letters,
+/// digits and `_` spelled as `_XX`: distinct for distinct paths, and plain in CSS
+/// (`/notes/summary` is `f-notes-summary`).
+fn control_id(pointer: &str) -> String {
+    let mut id = String::from("f");
+    for segment in pointer.split('/').skip(1) {
+        id.push('-');
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        for byte in segment.bytes() {
+            match byte {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => id.push(byte as char),
+                _ => id.push_str(&format!("_{byte:02x}")),
+            }
+        }
+    }
+    id
 }
 
 fn escape_pointer(key: &str) -> String {
@@ -362,13 +411,26 @@ mod tests {
                        "Tree": { "type": "object", "properties": { "kid": { "$ref": "#/$defs/Tree" } } } } }));
         assert!(f.contains(r#"<select id="f-channel""#), "{f}");
         assert!(f.contains(r#"value="&quot;slack&quot;""#), "{f}");
-        // Eight levels of the recursive type, then its reference is left to JSON.
-        assert_eq!(
-            f.matches(r#"data-kind="object""#).count(),
-            1 + MAX_INLINE,
+        // The recursive type once, then its reference inside itself is left to JSON.
+        assert_eq!(f.matches(r#"data-kind="object""#).count(), 2, "{f}");
+        assert!(
+            f.contains(r#"data-path="/tree/kid" data-kind="json""#),
             "{f}"
         );
-        assert!(f.contains(r#"data-kind="json""#), "{f}");
+    }
+
+    #[test]
+    fn names_are_not_keywords_and_ids_do_not_collide() {
+        let f = form(
+            json!({ "type": "object", "required": ["definitions", "a-b"], "properties": {
+            "definitions": { "type": "string" }, "a-b": { "type": "boolean" },
+            "a": { "type": "object", "properties": { "b": { "type": "boolean" } } } } }),
+        );
+        assert!(f.contains(r#"id="f-definitions""#), "{f}");
+        assert!(
+            f.contains(r#"name="f-a_2db""#) && f.contains(r#"name="f-a-b""#),
+            "{f}"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! their browser must not be able to read or steer through it:
 //! - the session token, from the URL printed at start (`?token=`), is traded for an
 //!   `HttpOnly; SameSite=Strict` cookie and a redirect that drops it from the address bar;
-//! - the Host must be a loopback name (a DNS-rebound name is not);
+//! - the Host must be the address served, or `localhost` at its port (a DNS-rebound name is
+//!   not);
 //! - a POST must come from the console's own pages (`Origin`), and carry JSON, which a
 //!   cross-site form cannot send.
 
@@ -16,19 +17,18 @@ use subtle::ConstantTimeEq;
 
 use super::Console;
 
-const COOKIE: &str = "cairn_console";
-
 pub async fn guard(State(console): State<Arc<Console>>, request: Request, next: Next) -> Response {
     let headers = request.headers();
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    if !loopback_host(host) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "this console answers on 127.0.0.1 only",
+    if !console.hosts.iter().any(|h| h == host) {
+        let error = format!(
+            "this console answers as {} only (not {host:?})",
+            console.hosts.join(" or ")
         );
+        return refuse(StatusCode::FORBIDDEN, &error);
     }
     let token = console.token.as_bytes();
     let given = request
@@ -46,8 +46,8 @@ pub async fn guard(State(console): State<Arc<Console>>, request: Request, next: 
             );
         }
         let cookie = format!(
-            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-            console.token
+            "{}={}; HttpOnly; SameSite=Strict; Path=/",
+            console.cookie, console.token
         );
         let mut response = Redirect::to(request.uri().path()).into_response();
         if let Ok(cookie) = HeaderValue::from_str(&cookie) {
@@ -55,7 +55,7 @@ pub async fn guard(State(console): State<Arc<Console>>, request: Request, next: 
         }
         return response;
     }
-    if !cookie(headers, COOKIE).is_some_and(|c| bool::from(c.as_bytes().ct_eq(token))) {
+    if !cookie(headers, &console.cookie).is_some_and(|c| bool::from(c.as_bytes().ct_eq(token))) {
         return refuse(
             StatusCode::UNAUTHORIZED,
             "no console session: open the URL the dashboard command printed (it carries a token)",
@@ -73,14 +73,6 @@ pub async fn guard(State(console): State<Arc<Console>>, request: Request, next: 
     next.run(request).await
 }
 
-fn loopback_host(host: &str) -> bool {
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    };
-    matches!(name, "127.0.0.1" | "localhost" | "[::1]")
-}
-
 fn refuse(status: StatusCode, why: &str) -> Response {
     (status, axum::Json(serde_json::json!({ "error": why }))).into_response()
 }
@@ -94,19 +86,4 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_loopback_names_are_hosts() {
-        for host in ["127.0.0.1:8080", "localhost:1", "[::1]:9", "127.0.0.1"] {
-            assert!(loopback_host(host), "{host}");
-        }
-        for host in ["evil.example:8080", "127.0.0.1.evil.example", "", "[::1]x"] {
-            assert!(!loopback_host(host), "{host}");
-        }
-    }
 }

@@ -4,14 +4,15 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 
-use super::{Console, ListQuery, pages};
+use super::{Console, ListQuery, RunPath, pages};
 
 /// The version of what the browser already shows: the last event's id on a reconnect, else
 /// the page's own (`?since=`). Replacing equal markup would lose focus and stale elements.
@@ -45,16 +46,16 @@ where
         let mut stopping = stopping.clone();
         async move {
             loop {
-                if !first {
-                    tokio::select! {
-                        _ = tokio::time::sleep(interval) => {}
-                        _ = stopping.wait_for(|s| *s) => return None,
-                    }
-                }
+                let pause = if first { Duration::ZERO } else { interval };
                 first = false;
                 // A failed poll (the API server or database away for a moment) sends nothing:
-                // the page keeps what it shows and the next poll tries again.
-                if let Some(now) = poll().await {
+                // the page keeps what it shows and the next poll tries again. A poll under
+                // way does not hold up a shutdown either.
+                let polled = tokio::select! {
+                    polled = async { tokio::time::sleep(pause).await; poll().await } => polled,
+                    _ = stopping.wait_for(|s| *s) => return None,
+                };
+                if let Some(now) = polled {
                     let version = pages::version(&now);
                     if version != last {
                         let event = Event::default().event(name).id(version.clone()).data(now);
@@ -92,7 +93,7 @@ pub struct Since {
 
 pub async fn run_events(
     State(console): State<Arc<Console>>,
-    Path((namespace, name)): Path<(String, String)>,
+    RunPath(namespace, name): RunPath,
     headers: HeaderMap,
     Query(page): Query<Since>,
 ) -> impl IntoResponse {
@@ -101,8 +102,8 @@ pub async fn run_events(
     poll_sse(&console, "run", since, move || {
         let (console, namespace, name) = (poller.clone(), namespace.clone(), name.clone());
         async move {
-            let detail = console.backend.detail(&namespace, &name).await.ok()?;
-            Some(pages::run_parts(&detail).to_string())
+            let view = console.run_view(&namespace, &name).await.ok()?;
+            Some(pages::run_parts(&view).to_string())
         }
     })
 }

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};
@@ -37,7 +38,14 @@ pub struct Console {
     backend: Backend,
     /// The session's secret: in the printed URL once, then in an HttpOnly cookie.
     token: String,
+    /// That cookie's name, which names the port: browsers share cookies across the ports of a
+    /// host, and two consoles (two contexts, or a user and `--as` someone) must not log each
+    /// other out.
+    cookie: String,
     poll: Duration,
+    /// The Host values requests may name: the address served, and `localhost` at its port
+    /// (any other name may be a DNS rebinding).
+    hosts: Vec<String>,
     /// Set on shutdown: the live streams end then.
     stopping: tokio::sync::watch::Sender<bool>,
 }
@@ -55,6 +63,44 @@ pub struct ListQuery {
     pub since: Option<String>,
 }
 
+/// A run's namespace and name from the path: refused unless they could be a namespace's and a
+/// run's, so that a decoded `%2F` never reaches the paths built from them.
+pub struct RunPath(pub String, pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RunPath {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            ns: String,
+            name: String,
+        }
+        let Path(raw) = Path::<Raw>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        for part in [&raw.ns, &raw.name] {
+            let plausible = !part.is_empty()
+                && part.len() <= 253
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            if !plausible {
+                let error = format!("{part:?} is no namespace or run name");
+                let body = axum::Json(serde_json::json!({ "error": error }));
+                return Err((StatusCode::BAD_REQUEST, body).into_response());
+            }
+        }
+        Ok(RunPath(raw.ns, raw.name))
+    }
+}
+
+/// What a run page shows.
+pub struct RunView {
+    pub detail: cairn_engine::read_api::RunDetail,
+    pub artifacts: Vec<cairn_engine::read_api::Artifact>,
+}
+
 impl ListQuery {
     fn namespace(&self) -> &str {
         self.namespace.as_deref().unwrap_or("")
@@ -62,6 +108,18 @@ impl ListQuery {
 }
 
 impl Console {
+    /// A run and its artifacts (none when they cannot be listed: no store, an older operator).
+    async fn run_view(&self, namespace: &str, run: &str) -> anyhow::Result<RunView> {
+        let (detail, artifacts) = tokio::join!(
+            self.backend.detail(namespace, run),
+            self.backend.artifacts(namespace, run)
+        );
+        Ok(RunView {
+            detail: detail?,
+            artifacts: artifacts.map(|list| list.items).unwrap_or_default(),
+        })
+    }
+
     async fn rows(&self, query: &ListQuery) -> anyhow::Result<Vec<RunRow>> {
         let phase = match query.phase.as_str() {
             "" => None,
@@ -84,16 +142,18 @@ pub async fn serve(backend: Backend, addr: SocketAddr) -> anyhow::Result<()> {
         .ok()
         .and_then(|ms| ms.parse().ok())
         .map_or(POLL, Duration::from_millis);
-    let console = Arc::new(Console {
-        backend,
-        token: uuid::Uuid::new_v4().simple().to_string(),
-        poll,
-        stopping: tokio::sync::watch::Sender::new(false),
-    });
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
+    let console = Arc::new(Console {
+        backend,
+        token: uuid::Uuid::new_v4().simple().to_string(),
+        cookie: format!("cairn_console_{}", local.port()),
+        hosts: vec![local.to_string(), format!("localhost:{}", local.port())],
+        poll,
+        stopping: tokio::sync::watch::Sender::new(false),
+    });
     println!("http://{local}/?token={}", console.token);
     eprintln!(
         "The console is up: open the URL above (it carries this session's token). Ctrl-C stops it."
@@ -122,6 +182,7 @@ fn router(console: Arc<Console>) -> Router {
         .route(&format!("{run}/fork"), post(api::fork))
         .route(&format!("{run}/budget"), post(api::budget))
         .route(&format!("{run}/logs"), get(api::logs))
+        .route(&format!("{run}/artifacts/{{artifact}}"), get(api::artifact))
         .layer(middleware::from_fn_with_state(
             console.clone(),
             guard::guard,
@@ -129,7 +190,31 @@ fn router(console: Arc<Console>) -> Router {
         // The assets need no session: nothing in them is secret.
         .route("/assets/console.js", get(|| asset(JS, "text/javascript")))
         .route("/assets/console.css", get(|| asset(CSS, "text/css")))
+        .layer(middleware::map_response(harden))
         .with_state(console)
+}
+
+/// What every answer says to the browser: never framed (no clickjacking of the answer
+/// form), scripts and styles from here only, nothing sniffed or cached.
+async fn harden(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    let set = [
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; \
+             img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+    ];
+    for (name, value) in set {
+        headers.insert(name, header::HeaderValue::from_static(value));
+    }
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(header::HeaderValue::from_static("no-store"));
+    response
 }
 
 const JS: &str = include_str!("assets/console.js");
@@ -155,9 +240,10 @@ fn error_page(status: StatusCode, error: &anyhow::Error) -> Response {
     (status, Html(page.into_string())).into_response()
 }
 
-fn status_of(error: &anyhow::Error) -> StatusCode {
+/// A mistake in what was asked (`mistake`: an unknown run, a bad filter), or a failure.
+fn status_of(error: &anyhow::Error, mistake: StatusCode) -> StatusCode {
     match crate::kubectl::exit_code(error) {
-        2 => StatusCode::NOT_FOUND,
+        2 => mistake,
         _ => StatusCode::BAD_GATEWAY,
     }
 }
@@ -171,17 +257,17 @@ async fn list_page(
     }
     match console.rows(&query).await {
         Ok(rows) => Html(pages::list_page(&rows, &query).into_string()).into_response(),
-        Err(e) => error_page(status_of(&e), &e),
+        Err(e) => error_page(status_of(&e, StatusCode::BAD_REQUEST), &e),
     }
 }
 
 async fn run_page(
     State(console): State<Arc<Console>>,
-    Path((namespace, name)): Path<(String, String)>,
+    RunPath(namespace, name): RunPath,
 ) -> Response {
-    match console.backend.detail(&namespace, &name).await {
-        Ok(detail) => Html(pages::run_page(&detail).into_string()).into_response(),
-        Err(e) => error_page(status_of(&e), &e),
+    match console.run_view(&namespace, &name).await {
+        Ok(view) => Html(pages::run_page(&view).into_string()).into_response(),
+        Err(e) => error_page(status_of(&e, StatusCode::NOT_FOUND), &e),
     }
 }
 
@@ -206,6 +292,8 @@ mod tests {
                 namespace: "default".into(),
             },
             token: "t0ken".into(),
+            cookie: "cairn_console_8788".into(),
+            hosts: vec!["127.0.0.1:8788".into()],
             poll: POLL,
             stopping: tokio::sync::watch::Sender::new(false),
         }))
@@ -227,7 +315,7 @@ mod tests {
         let cookie = answer.headers()[header::SET_COOKIE].to_str().unwrap();
         assert_eq!(
             cookie,
-            "cairn_console=t0ken; HttpOnly; SameSite=Strict; Path=/"
+            "cairn_console_8788=t0ken; HttpOnly; SameSite=Strict; Path=/"
         );
         let wrong = send(get("/?token=guess").body(Body::empty()).unwrap()).await;
         assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
@@ -245,14 +333,14 @@ mod tests {
     async fn another_host_or_origin_is_refused_and_ours_passes() {
         let rebound = Request::get("/")
             .header(header::HOST, "attacker.example:8788")
-            .header(header::COOKIE, "cairn_console=t0ken")
+            .header(header::COOKIE, "cairn_console_8788=t0ken")
             .body(Body::empty())
             .unwrap();
         assert_eq!(send(rebound).await.status(), StatusCode::FORBIDDEN);
         let post = |origin: Option<&str>| {
             let mut request = Request::post("/api/runs/default/r/cancel")
                 .header(header::HOST, "127.0.0.1:8788")
-                .header(header::COOKIE, "cairn_console=t0ken")
+                .header(header::COOKIE, "cairn_console_8788=t0ken")
                 .header(header::CONTENT_TYPE, "application/json");
             if let Some(origin) = origin {
                 request = request.header(header::ORIGIN, origin);
@@ -265,5 +353,20 @@ mod tests {
         // Our own page's request reaches the database, which is away here.
         let ours = send(post(Some("http://127.0.0.1:8788"))).await;
         assert_eq!(ours.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[tokio::test]
+    async fn names_that_could_be_paths_are_refused_and_nothing_may_frame_a_page() {
+        let sneaky = get("/runs/a%2Fb/c")
+            .header(header::COOKIE, "cairn_console_8788=t0ken")
+            .body(Body::empty())
+            .unwrap();
+        let answer = send(sneaky).await;
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(answer.headers()[header::X_FRAME_OPTIONS], "DENY");
+        let policy = answer.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap();
+        assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
     }
 }

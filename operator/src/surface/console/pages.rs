@@ -4,14 +4,14 @@
 
 use std::collections::HashMap;
 
-use cairn_engine::read_api::{RunDetail, RunSummary, Step};
+use cairn_engine::read_api::{Artifact, RunDetail, RunSummary, Step};
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{ListQuery, chart, form};
+use super::{ListQuery, RunView, chart, form};
 use crate::kubectl::render::{RunRow, tree_order};
 use crate::lifecycle::Phase;
 
@@ -118,13 +118,19 @@ pub fn run_rows(rows: &[RunRow], all_namespaces: bool) -> Markup {
     }
 }
 
-pub fn run_page(detail: &RunDetail) -> Markup {
-    let run = &detail.run;
+pub fn run_page(view: &RunView) -> Markup {
+    let run = &view.detail.run;
     let href = run_href(&run.namespace, &run.name);
     let api = format!("/api{href}");
-    let parts = run_parts(detail);
-    let part = |k: &str| PreEscaped(parts[k].as_str().unwrap_or("").to_owned());
+    let parts = run_parts(view);
     let live = format!("/events{href}?since={}", version(&parts.to_string()));
+    // A live part, as run_parts rendered it (the update sends the very same markup), with
+    // the version the page compares updates with.
+    let part = |tag: &str, key: &str| {
+        let html = parts["parts"][key].as_str().unwrap_or("").to_owned();
+        let version = parts["versions"][key].as_str().unwrap_or("").to_owned();
+        html! { div #(key) .(tag) data-version=(version) { (PreEscaped(html)) } }
+    };
     html! {
         (layout(&run.name, html! {
             section .run-head #live data-live=(live) {
@@ -139,12 +145,12 @@ pub fn run_page(detail: &RunDetail) -> Markup {
                 }
                 output #result role="status" {}
             }
-            // Rendered by run_parts, so that the live update sends the very same markup.
-            section #wait data-key=(parts["wait_key"].as_str().unwrap_or("")) { (part("wait")) }
-            section { h2 { "steps" } div #steps { (part("steps")) } }
-            section { h2 { "over time" } div #chart { (part("chart")) } }
-            section { h2 { "children" } div #children { (part("children")) } }
-            section { h2 { "executions" } div #attempts { (part("attempts")) } }
+            (part("wait", "wait"))
+            section { h2 { "steps" } (part("part", "steps")) }
+            section { h2 { "over time" } (part("part", "chart")) }
+            section { h2 { "artifacts" } (part("part", "artifacts")) }
+            section { h2 { "children" } (part("part", "children")) }
+            section { h2 { "executions" } (part("part", "attempts")) }
         }))
     }
 }
@@ -153,32 +159,48 @@ fn stamp(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
-/// The live parts of a run page as HTML strings; `wait_key` names the open wait, so that the
-/// page replaces the question form only when the question changed (not what is typed in it).
-pub fn run_parts(detail: &RunDetail) -> Value {
-    let wait_key = detail.wait.as_ref().map_or_else(String::new, |w| {
-        format!("{}:{}", w.kind, w.event.as_deref().unwrap_or(""))
-    });
-    json!({
-        "phase": detail.run.phase.to_string(),
-        "steps": steps_table(detail).into_string(),
-        "chart": chart::over_time(detail).into_string(),
-        "children": children_tree(detail).into_string(),
-        "attempts": attempts_table(detail).into_string(),
-        "wait_key": wait_key,
-        "wait": wait_section(detail).into_string(),
-    })
+/// The live parts of a run page as HTML, each with its version: the page replaces a part
+/// only when its version changed, so the question form (which holds no typed input in its
+/// markup) is replaced only when the question itself changed, and an open log stays open.
+pub fn run_parts(view: &RunView) -> Value {
+    let detail = &view.detail;
+    let parts = [
+        ("wait", wait_section(detail)),
+        ("steps", steps_table(detail)),
+        ("chart", chart::over_time(detail)),
+        ("artifacts", artifacts_table(detail, &view.artifacts)),
+        ("children", children_tree(detail)),
+        ("attempts", attempts_table(detail)),
+    ]
+    .map(|(key, markup)| (key, markup.into_string()));
+    let versions: serde_json::Map<String, Value> = parts
+        .iter()
+        .map(|(key, html)| (key.to_string(), version(html).into()))
+        .collect();
+    let parts: serde_json::Map<String, Value> = parts
+        .into_iter()
+        .map(|(key, html)| (key.to_owned(), html.into()))
+        .collect();
+    json!({ "phase": detail.run.phase.to_string(), "parts": parts, "versions": versions })
 }
 
 fn steps_table(detail: &RunDetail) -> Markup {
     let start = detail.run.created_at;
     let offset = |step: &Step| (step.started_at - start).num_milliseconds().max(0) as f64;
-    // The span the timeline bars share: the run's start to its last step's end.
+    // An open wait is drawn from its start to the end of the timeline, and its duration is
+    // not shown ticking: a parked run's page stays the same until something happens.
+    let open = |step: &Step| step.status == "waiting";
+    // The span the timeline bars share: the run's start to its last step's end (or its last
+    // wait's start).
     let span = detail
         .steps
         .iter()
-        .map(|step| offset(step) + step.duration_ms)
+        .map(|step| offset(step) + if open(step) { 0.0 } else { step.duration_ms })
         .fold(1.0, f64::max);
+    let width = |step: &Step| match open(step) {
+        true => 100.0 - 100.0 * offset(step) / span,
+        false => (100.0 * step.duration_ms / span).max(0.5),
+    };
     let fork = format!(
         "/api{}/fork",
         run_href(&detail.run.namespace, &detail.run.name)
@@ -192,8 +214,8 @@ fn steps_table(detail: &RunDetail) -> Markup {
                     tr .step data-step=(step.key) data-status=(step.status) {
                         td { (step.key) small { " " (step.kind) } }
                         td { (step.status) @if let Some(origin) = &step.origin { small { " (" (origin) ")" } } }
-                        td .timeline { span .bar style=(format!("margin-left:{:.1}%;width:{:.1}%", 100.0 * offset(step) / span, (100.0 * step.duration_ms / span).max(0.5))) {} }
-                        td .num { (format!("{:.1} s", step.duration_ms / 1000.0)) }
+                        td .timeline { span .bar style=(format!("margin-left:{:.1}%;width:{:.1}%", 100.0 * offset(step) / span, width(step).max(0.5))) {} }
+                        td .num { @if open(step) { "since " (step.started_at.format("%H:%M:%S")) } @else { (format!("{:.1} s", step.duration_ms / 1000.0)) } }
                         td .num { @if let (Some(i), Some(o)) = (step.tokens_in, step.tokens_out) { (i) " / " (o) } }
                         td .num { (usd(step.usd)) }
                         td { (step.model.as_deref().unwrap_or("")) }
@@ -210,6 +232,36 @@ fn steps_table(detail: &RunDetail) -> Markup {
                 }
             }
             tfoot { tr { td colspan="4" { "total: " (totals.steps) " steps" } td .num { (totals.tokens_in) " / " (totals.tokens_out) } td .num { (usd(Some(totals.usd))) } td colspan="3" {} } }
+        }
+    }
+}
+
+/// The objects the run's steps stored, each a download.
+fn artifacts_table(detail: &RunDetail, artifacts: &[Artifact]) -> Markup {
+    let base = format!(
+        "/api{}/artifacts",
+        run_href(&detail.run.namespace, &detail.run.name)
+    );
+    html! {
+        @if artifacts.is_empty() { p .empty { "none" } }
+        @else {
+            table .artifacts {
+                thead { tr { th { "name" } th { "step" } th { "type" } th { "size" } th { "stored" } } }
+                tbody {
+                    @for artifact in artifacts {
+                        tr data-artifact=(artifact.name) {
+                            td {
+                                @if artifact.sensitive { (artifact.name) " " i { "sensitive" } }
+                                @else { a href=(format!("{base}/{}", encode(&artifact.name))) download { (artifact.name) } }
+                            }
+                            td { (artifact.step) }
+                            td { (artifact.content_type) }
+                            td .num { (artifact.size) " B" }
+                            td { (stamp(artifact.created_at)) }
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -278,7 +330,9 @@ fn wait_section(detail: &RunDetail) -> Markup {
         @if let Some(deadline) = wait.deadline { p .deadline { "times out at " (stamp(deadline)) } }
         @if let Some(until) = wait.until { p .deadline { "until " (stamp(until)) } }
         @if let Some(reason) = &wait.reason { p { (reason) } }
-        @if wait.kind == "event" { (form::question_form(&format!("{api}/answer"), wait.schema.as_ref())) }
+        @if wait.kind == "event" {
+            (form::question_form(&format!("{api}/answer?event={}", encode(wait.event.as_deref().unwrap_or(""))), wait.schema.as_ref()))
+        }
         @if wait.kind == "budget" {
             p { (wait.budget_run.as_deref().unwrap_or(&detail.run.name)) " spent " (usd(wait.spent_usd)) " of its " (usd(wait.limit_usd)) " budget." }
             form #budget data-action=(format!("{api}/budget")) {

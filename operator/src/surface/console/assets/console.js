@@ -42,12 +42,22 @@ function setAt(root, ptr, value) {
 // ---- the question form -----------------------------------------------------------------------
 const filled = (el) => el.type === 'radio' || el.type === 'checkbox' ? el.checked : el.value.trim() !== '';
 
+// A JSON Schema pattern as a RegExp: with Unicode if the browser takes it so, else without;
+// one it cannot read at all is left to the server's check.
+function regexp(pattern) {
+  for (const flags of ['u', '']) {
+    try { return new RegExp(pattern, flags); } catch { /* the next */ }
+  }
+  return null;
+}
+
 // What HTML5 constraints cannot say: JSON Schema patterns (unanchored), JSON parts, the
 // required fields of an optional object once any of it is filled.
 function check(form) {
   for (const el of $$('input, select, textarea', form)) {
     el.setCustomValidity('');
-    if (el.dataset.pattern && el.value !== '' && !new RegExp(el.dataset.pattern, 'u').test(el.value)) {
+    const pattern = el.dataset.pattern && el.value !== '' && regexp(el.dataset.pattern);
+    if (pattern && !pattern.test(el.value)) {
       el.setCustomValidity(`must match the pattern ${el.dataset.pattern}`);
     }
     if (el.dataset.kind === 'json' && el.value.trim() !== '') {
@@ -120,27 +130,34 @@ document.addEventListener('toggle', async (e) => {
 }, true);
 
 // ---- live updates ----------------------------------------------------------------------------
+// A part is replaced only when its version changed: the question form only when the question
+// did (what is typed in it stays), and an open log is opened (and fetched) again.
+function replace(part, html, version) {
+  if (part.dataset.version === version) return;
+  const open = $$('details[open]', part).map((d) => d.dataset.src);
+  part.innerHTML = html;
+  part.dataset.version = version;
+  for (const d of $$('details.logs', part)) if (open.includes(d.dataset.src)) d.open = true;
+}
+
 // One EventSource per page, closed while the tab is hidden: browsers allow 6 HTTP/1.1
-// connections per origin, and every open console tab would hold one.
+// connections per origin, and every open console tab would hold one. A reopened stream says
+// what the page shows now (`since`), so that it is sent what changed meanwhile.
 function live(el) {
   let es;
-  const shown = new Map();
+  const url = new URL(el.dataset.live, location.href);
   const open = () => {
-    es = new EventSource(el.dataset.live);
+    es = new EventSource(url);
     es.onopen = () => document.body.classList.remove('offline');
     es.onerror = () => document.body.classList.add('offline');
-    es.addEventListener('runs', (m) => { el.innerHTML = m.data; });
+    const seen = (m) => url.searchParams.set('since', m.lastEventId);
+    es.addEventListener('runs', (m) => { el.innerHTML = m.data; seen(m); });
     es.addEventListener('run', (m) => {
       const p = JSON.parse(m.data);
       const phase = $('#phase');
       phase.textContent = phase.dataset.phase = p.phase;
-      // Only what changed, so that an open log or a hovered dot stays as it is.
-      for (const k of ['steps', 'chart', 'children', 'attempts']) {
-        const part = $(`#${k}`);
-        if (shown.get(k) !== p[k]) { part.innerHTML = p[k]; shown.set(k, p[k]); }
-      }
-      const wait = $('#wait');
-      if (wait.dataset.key !== p.wait_key) { wait.innerHTML = p.wait; wait.dataset.key = p.wait_key; }
+      for (const [k, html] of Object.entries(p.parts)) replace($(`#${k}`), html, p.versions[k]);
+      seen(m);
     });
   };
   open();
