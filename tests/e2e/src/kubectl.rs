@@ -25,14 +25,7 @@ impl Scenario {
         command
             .args(["300", "kubectl"])
             .args(args)
-            .env(
-                "PATH",
-                format!(
-                    "{}:{}",
-                    self.setup.plugin_dir.display(),
-                    self.setup.cluster.path
-                ),
-            )
+            .env("PATH", self.setup.plugin_path())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         for (k, v) in env {

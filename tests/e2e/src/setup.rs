@@ -102,6 +102,11 @@ fn forget_old_binaries(runs: &std::path::Path) {
 }
 
 impl Setup {
+    /// PATH with `kubectl-cairn` (this build's) and the cluster's tools first.
+    pub fn plugin_path(&self) -> String {
+        format!("{}:{}", self.plugin_dir.display(), self.cluster.path)
+    }
+
     /// A file of the repository.
     pub fn repo_file(&self, path: &str) -> PathBuf {
         self.cluster.repo.join(path)

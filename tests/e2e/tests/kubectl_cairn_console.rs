@@ -36,14 +36,7 @@ async fn dashboard(sc: &Scenario, user: Option<&str>) -> anyhow::Result<(Child, 
             "-n",
             &sc.ns,
         ])
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                sc.setup.plugin_dir.display(),
-                sc.setup.cluster.path
-            ),
-        )
+        .env("PATH", sc.setup.plugin_path())
         .env("CAIRN_CONSOLE_POLL_MS", "500")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log)?)

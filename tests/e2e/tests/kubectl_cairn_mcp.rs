@@ -28,14 +28,7 @@ pub(crate) async fn drive(sc: &mut Scenario) -> anyhow::Result<()> {
             "--namespace",
             &sc.ns,
         ])
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                sc.setup.plugin_dir.display(),
-                sc.setup.cluster.path
-            ),
-        )
+        .env("PATH", sc.setup.plugin_path())
         .kill_on_drop(true);
     let output = tokio::time::timeout(Duration::from_secs(600), command.output()).await;
     let (passed, said) = match output {
