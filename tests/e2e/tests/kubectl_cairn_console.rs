@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cairn_crds::FlowRun;
 use cairn_e2e::Scenario;
-use cairn_tests::browser::{Client, screenshot, text, wait_text, with_browser};
+use cairn_tests::browser::{Client, click, screenshot, text, wait_text, with_browser};
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
@@ -135,6 +135,16 @@ async fn browse(
         format!("{question}\n{steps}"),
     ));
     screenshot(c, "console-cluster-run").await;
+    // She may read, not steer: the API server's refusal is shown, and the run still waits.
+    click(c, "button.steer[data-action$='/cancel']").await;
+    let asked = c.get_alert_text().await.unwrap_or_default();
+    let _ = c.accept_alert().await;
+    let refused = wait_text(c, "#result", |t| !t.is_empty()).await;
+    checks.lock().unwrap().push((
+        "her console cannot cancel the run: it shows the API server's refusal".into(),
+        asked.starts_with("Cancel asks") && refused.contains("forbidden"),
+        format!("{asked}\n{refused}"),
+    ));
 
     for (what, path) in [
         ("another tenant's namespace", format!("/?namespace={other}")),

@@ -151,7 +151,12 @@ struct Field<'a> {
 
 fn field(schema: &Value, path: &str, name: &str, need: Need) -> Markup {
     let (required, needed) = need.attributes();
-    let label = schema.get("title").and_then(Value::as_str).unwrap_or(name);
+    // schemars titles a bare primitive by its type ("boolean"): that says nothing to a person.
+    let label = schema
+        .get("title")
+        .and_then(Value::as_str)
+        .filter(|title| Some(*title) != kind_of(schema))
+        .unwrap_or(name);
     let hint = schema.get("description").and_then(Value::as_str);
     let id = control_id(path);
     let this = Field {
