@@ -50,36 +50,15 @@ async fn start_console(db: &TestDb, log: &EffectLog) -> (Child, String) {
     (console, url)
 }
 
-/// `cairn dev run` of `flow`: it hands the run to the dev server and follows it to its end.
-fn start_run(
-    db: &TestDb,
-    log: &EffectLog,
-    binary: &str,
-    flow: &str,
-    name: &str,
-    ns: &str,
-) -> Child {
+/// `cairn dev run BINARY ARGS...`: it hands the run to the dev server and follows it to its
+/// end.
+fn start_run(db: &TestDb, log: &EffectLog, binary: &str, args: &[&str]) -> Child {
     let binary = built_binary(binary);
-    let input = json!({ "topic": "consoles", "breadth": 2 }).to_string();
-    cairn(
-        db,
-        log,
-        &[
-            "dev",
-            "run",
-            binary.to_str().unwrap(),
-            "--flow",
-            flow,
-            "--name",
-            name,
-            "-n",
-            ns,
-            "--input",
-            &input,
-        ],
-    )
-    .spawn()
-    .expect("cannot start cairn dev run")
+    let mut all = vec!["dev", "run", binary.to_str().unwrap()];
+    all.extend(args);
+    cairn(db, log, &all)
+        .spawn()
+        .expect("cannot start cairn dev run")
 }
 
 #[tokio::test]
@@ -89,13 +68,50 @@ async fn a_person_answers_and_steers_runs_in_a_real_browser() {
     let _server = dev_server(&db);
     // The console first: it starts the dev server that carries the runs on.
     let (console, url) = start_console(&db, &log).await;
-    let demo = start_run(&db, &log, "agent", "research", "console-demo", TEAM);
-    let review = start_run(&db, &log, "test-flows", "review", "console-review", TEAM);
-    let other = start_run(&db, &log, "test-flows", "review", "elsewhere", OTHER);
+    let topic = json!({ "topic": "consoles", "breadth": 2 }).to_string();
+    let demo = start_run(
+        &db,
+        &log,
+        "agent",
+        &[
+            "--flow",
+            "research",
+            "--name",
+            "console-demo",
+            "-n",
+            TEAM,
+            "--input",
+            &topic,
+        ],
+    );
+    let review = start_run(
+        &db,
+        &log,
+        "test-flows",
+        &["--flow", "review", "--name", "console-review", "-n", TEAM],
+    );
+    let other = start_run(
+        &db,
+        &log,
+        "test-flows",
+        &["--flow", "review", "--name", "elsewhere", "-n", OTHER],
+    );
+    // $0.50 spent of $0.30: it parks until its budget is raised.
+    let steps = json!({ "before": [0.25, 0.25, 0.25] }).to_string();
+    let thrifty = start_run(
+        &db,
+        &log,
+        "test-flows",
+        &[
+            "--flow", "spender", "--name", "thrifty", "-n", TEAM, "--input", &steps, "--budget",
+            "0.3",
+        ],
+    );
     for (ns, run) in [
         (TEAM, "console-demo"),
         (TEAM, "console-review"),
         (OTHER, "elsewhere"),
+        (TEAM, "thrifty"),
     ] {
         dev_wait(&db, &log, ns, run, &["--for", "input"]).await;
     }
@@ -118,6 +134,8 @@ async fn a_person_answers_and_steers_runs_in_a_real_browser() {
         "{}",
         stderr(&review)
     );
+    let thrifty = finish(thrifty).await;
+    assert_eq!(last_line(&thrifty), json!(0.75), "{}", stderr(&thrifty));
     let other = finish(other).await;
     assert_ne!(other.status.code(), Some(0), "elsewhere was cancelled");
 }
@@ -266,6 +284,25 @@ async fn scenario(c: &Client, url: &str, console: Child) {
         t.contains("entering flow")
     })
     .await;
+
+    // A run parked at its budget: raised through its form, it goes on and succeeds.
+    c.goto(&format!("{base}/runs/{TEAM}/thrifty"))
+        .await
+        .unwrap();
+    wait_text(c, "#wait", |t| {
+        t.contains("spent $0.5000 of its $0.3000 budget")
+    })
+    .await;
+    fill(c, "#budget-usd", "0.4").await;
+    click(c, "#budget button").await;
+    let refused = wait_text(c, "#result", |t| !t.is_empty()).await;
+    assert!(
+        refused.contains("0.5"),
+        "a budget below what was spent: {refused}"
+    );
+    fill(c, "#budget-usd", "2").await;
+    click(c, "#budget button").await;
+    wait_text(c, "#phase", |t| t == "Succeeded").await;
 
     // Another namespace, asked for by name; cancelled, live on its list.
     c.goto(&format!("{base}/?namespace={OTHER}")).await.unwrap();
