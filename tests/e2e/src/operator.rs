@@ -152,10 +152,24 @@ impl Operator {
         }
     }
 
-    /// SIGTERM, then waits for it to exit (it releases its Lease on the way out).
+    /// SIGTERM, then waits for it to exit (it releases its Lease on the way out), as long as a
+    /// kubelet would (a pod's default grace period), then SIGKILL as the kubelet does: an
+    /// operator that hangs in its shutdown is reported, and does not hang the test run.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + SHUTDOWN_GRACE;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!(
+                "warning: the operator (pid {}) did not exit within {SHUTDOWN_GRACE:?} of SIGTERM; killed",
+                child.id()
+            );
+            let _ = child.kill();
             let _ = child.wait();
         }
     }
@@ -166,6 +180,9 @@ impl Drop for Operator {
         self.stop();
     }
 }
+
+/// A pod's default termination grace period.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
