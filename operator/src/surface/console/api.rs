@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Console, RunPath};
+use super::{Console, RunPath, refuse};
 use crate::kubectl::{self, fork::ForkArgs};
 
 fn said(message: String) -> Response {
@@ -24,7 +24,7 @@ fn failed(error: &anyhow::Error) -> Response {
         2 => StatusCode::BAD_REQUEST,
         _ => StatusCode::BAD_GATEWAY,
     };
-    (status, Json(json!({ "error": format!("{error:#}") }))).into_response()
+    refuse(status, &format!("{error:#}"))
 }
 
 fn answered(result: anyhow::Result<String>) -> Response {
@@ -60,17 +60,13 @@ pub async fn answer(
             "{run} no longer asks this question (it is {}): nothing was sent; see what it asks now",
             detail.run.phase
         );
-        return (StatusCode::CONFLICT, Json(json!({ "error": error }))).into_response();
+        return refuse(StatusCode::CONFLICT, &error);
     };
     if let Some(schema) = &wait.schema
         && let Err(problems) = cairn_engine::runner::check_payload(schema, &payload)
     {
         let error = format!("this answer does not match the question's schema: {problems}");
-        return (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({ "error": error })),
-        )
-            .into_response();
+        return refuse(StatusCode::UNPROCESSABLE_ENTITY, &error);
     }
     answered(console.backend.answer(&namespace, &run, payload).await)
 }

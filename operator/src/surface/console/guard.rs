@@ -15,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use subtle::ConstantTimeEq;
 
-use super::Console;
+use super::{Console, refuse};
 
 pub async fn guard(State(console): State<Arc<Console>>, request: Request, next: Next) -> Response {
     let headers = request.headers();
@@ -71,10 +71,6 @@ pub async fn guard(State(console): State<Arc<Console>>, request: Request, next: 
         }
     }
     next.run(request).await
-}
-
-fn refuse(status: StatusCode, why: &str) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": why }))).into_response()
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {

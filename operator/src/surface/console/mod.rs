@@ -87,12 +87,16 @@ impl<S: Send + Sync> FromRequestParts<S> for RunPath {
                     .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
             if !plausible {
                 let error = format!("{part:?} is no namespace or run name");
-                let body = axum::Json(serde_json::json!({ "error": error }));
-                return Err((StatusCode::BAD_REQUEST, body).into_response());
+                return Err(refuse(StatusCode::BAD_REQUEST, &error));
             }
         }
         Ok(RunPath(raw.ns, raw.name))
     }
+}
+
+/// A refusal, as every JSON endpoint of the console says one: `{"error": why}`.
+fn refuse(status: StatusCode, why: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": why }))).into_response()
 }
 
 /// What a run page shows.
