@@ -411,8 +411,12 @@ pub async fn run(database_url: &str, config: Config) -> anyhow::Result<()> {
     };
     // Closing the channel releases the Lease, so a standby takes over at once.
     drop(leading);
-    if let Err(e) = lease_task.await {
-        tracing::warn!(error = %e, "could not release the Lease");
+    match tokio::time::timeout(SHUTDOWN_GRACE, lease_task).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not release the Lease"),
+        Err(_) => {
+            tracing::warn!("the Lease was not released in time; a standby takes it when it expires")
+        }
     }
     outcome
 }
@@ -457,8 +461,25 @@ async fn act(ctx: Arc<Context>) {
     tokio::spawn(history::expire_events(ctx.clone()));
     tokio::spawn(history::expire_artifacts(ctx.clone()));
     tokio::spawn(telemetry::export_traces(ctx.clone()));
-    futures::future::join_all(controllers).await;
+    // The controllers stop taking work on the signal and finish the reconciles under way; a
+    // reconcile stuck on an unreachable API server or database must not keep the process up
+    // until the kubelet's SIGKILL. What it did so far is in the engine; the next leader
+    // redoes the rest (every stage is idempotent).
+    let overdue = async {
+        shutdown_signal().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = futures::future::join_all(controllers) => {}
+        _ = overdue => tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "reconciles still running after the shutdown grace: exiting without them"
+        ),
+    }
 }
+
+/// How long reconciles under way may take to finish after SIGTERM (a pod's grace is 30 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 fn scoped<K>(client: &Client, scope: &Option<String>) -> Api<K>
 where
