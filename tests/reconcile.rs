@@ -126,12 +126,15 @@ impl Case {
                 retry_backoff_ms: 0,
                 created_at: None,
                 flowrun_uid: None,
+                concurrency: None,
             },
         )
         .await
         .unwrap();
         assert!(matches!(
-            launcher::claim(&mut conn, id, None, None).await.unwrap(),
+            launcher::claim(&mut conn, id, &Default::default())
+                .await
+                .unwrap(),
             Claim::Started(_)
         ));
         id
@@ -496,11 +499,15 @@ async fn children_of_a_long_named_parent_are_made_with_its_resolved_settings() {
             retry_backoff_ms: 10_000,
             created_at: None,
             flowrun_uid: None,
+            concurrency: None,
         },
     )
     .await
     .unwrap();
-    let Claim::Started(attempt) = launcher::claim(&mut conn, id, None, None).await.unwrap() else {
+    let Claim::Started(attempt) = launcher::claim(&mut conn, id, &Default::default())
+        .await
+        .unwrap()
+    else {
         panic!("the parent starts");
     };
     let children = [

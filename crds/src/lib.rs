@@ -1,7 +1,8 @@
 //! Cairn's custom resources (API group `cairn.dev`, version `v1alpha1`):
 //!
 //! - [`FlowRun`] — one execution of a flow; the operator runs it in pods, one per attempt.
-//! - [`Flow`] — a reusable template (image, flow name, defaults) that FlowRuns refer to.
+//! - [`Flow`] — a reusable template (image, flow name, defaults, concurrency limits) that
+//!   FlowRuns refer to.
 //! - [`FlowEvent`] — delivers a named event; creating one is governed by Kubernetes RBAC, so
 //!   who may approve a run is decided by who may create FlowEvents.
 //! - [`ResourceProfile`] — cluster-wide pod resources and placement for flows.
@@ -22,8 +23,10 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod concurrency;
 pub mod labels;
 
+pub use concurrency::Concurrency;
 pub use labels::*;
 
 /// The phase of a run is the engine's (one type for the engine's record, the CLI and the status).
@@ -349,6 +352,9 @@ pub struct FlowSpec {
     /// Annotations of the flow's pods, over the profile's (keys under `cairn.dev/` are Cairn's).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_annotations: BTreeMap<String, String>,
+    /// How many of its runs may be under way at once, in all and per key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
 }
 
 /// Delivers a named event to the runs waiting for it.

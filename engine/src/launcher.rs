@@ -26,6 +26,16 @@ pub struct NewRun<'a> {
     /// The FlowRun the run belongs to (operator runs): a row of the same name bound to another
     /// FlowRun is dropped first, so a reused name starts clean.
     pub flowrun_uid: Option<Uuid>,
+    /// The concurrency group and key whose limits its claims are held to (see `Limits`).
+    pub concurrency: Option<Concurrency<'a>>,
+}
+
+/// Where a run stands in its Flow's concurrency limits: the group (the Flow's name) and the
+/// key computed from its input, if the Flow has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Concurrency<'a> {
+    pub group: &'a str,
+    pub key: Option<&'a str>,
 }
 
 /// Creates a run, or returns the existing one created by the same request. Returns
@@ -33,7 +43,8 @@ pub struct NewRun<'a> {
 pub async fn create_run(conn: &mut PgConnection, run: &NewRun<'_>) -> Result<(Uuid, bool)> {
     let row = sqlx::query!(
         r#"SELECT run_id AS "run_id!", created AS "created!"
-           FROM cairn.create_run($1, $2, $3, $4, $5, $6, p_created_at => $7, p_flowrun_uid => $8)"#,
+           FROM cairn.create_run($1, $2, $3, $4, $5, $6, p_created_at => $7, p_flowrun_uid => $8,
+                                 p_concurrency_group => $9, p_concurrency_key => $10)"#,
         run.namespace,
         run.name,
         run.flow,
@@ -42,6 +53,8 @@ pub async fn create_run(conn: &mut PgConnection, run: &NewRun<'_>) -> Result<(Uu
         run.retry_backoff_ms,
         run.created_at,
         run.flowrun_uid,
+        run.concurrency.map(|c| c.group),
+        run.concurrency.and_then(|c| c.key),
     )
     .fetch_one(conn)
     .await
@@ -148,24 +161,48 @@ pub enum Claim {
     Started(Attempt),
     /// The run is not pending any more (someone else claimed it, or it ended).
     NotPending,
-    /// The running budget is used up; the run stays pending. Says why, for the run's status.
-    Refused(String),
+    /// A limit holds the run back; it stays pending.
+    Refused(Held),
 }
 
-/// Claims a pending run for a new process if fewer than `max_running` runs are running in all
-/// and fewer than `max_in_namespace` in its namespace (`None`: no cap), and issues the new
-/// attempt's token.
-pub async fn claim(
-    conn: &mut PgConnection,
-    run_id: Uuid,
-    max_running: Option<i32>,
-    max_in_namespace: Option<i32>,
-) -> Result<Claim> {
+/// Why a claim was refused: which limit, and what to show on the run's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub by: HeldBy,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldBy {
+    /// The running budget (flow pods running at once): any run finishing frees a slot.
+    Budget,
+    /// Its Flow's concurrency limits: the run is queued in the engine, and told (NOTIFY
+    /// `cairn_admit`) when its turn may have come.
+    Concurrency,
+}
+
+/// The limits a claim is held to; `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Runs running (with a process) in all, and in the run's namespace.
+    pub max_running: Option<i32>,
+    pub max_in_namespace: Option<i32>,
+    /// Runs of the run's concurrency group admitted and unfinished, in all and per key. A run
+    /// is admitted on its first claim and holds its place until it finishes.
+    pub max_per_flow: Option<i32>,
+    pub max_per_key: Option<i32>,
+}
+
+/// Claims a pending run for a new process within `limits` (`cairn.start_attempt_within`), and
+/// issues the new attempt's token.
+pub async fn claim(conn: &mut PgConnection, run_id: Uuid, limits: &Limits) -> Result<Claim> {
     let row = sqlx::query!(
-        "SELECT attempt, token, refused FROM cairn.claim($1, $2, $3)",
+        "SELECT attempt, token, refused, held_by FROM cairn.claim($1, $2, $3, $4, $5)",
         run_id,
-        max_running,
-        max_in_namespace
+        limits.max_running,
+        limits.max_in_namespace,
+        limits.max_per_flow,
+        limits.max_per_key,
     )
     .fetch_one(conn)
     .await
@@ -176,7 +213,13 @@ pub async fn claim(
             number,
             token,
         }),
-        (_, _, Some(why)) => Claim::Refused(why),
+        (_, _, Some(why)) => Claim::Refused(Held {
+            by: match row.held_by.as_deref() {
+                Some("concurrency") => HeldBy::Concurrency,
+                _ => HeldBy::Budget,
+            },
+            why,
+        }),
         _ => Claim::NotPending,
     })
 }
@@ -202,7 +245,7 @@ pub async fn reissue(
 
 /// Claims a pending run with no running budget; `None` when it is not pending any more.
 pub async fn start_attempt(conn: &mut PgConnection, run_id: Uuid) -> Result<Option<Attempt>> {
-    Ok(match claim(conn, run_id, None, None).await? {
+    Ok(match claim(conn, run_id, &Limits::default()).await? {
         Claim::Started(attempt) => Some(attempt),
         _ => None,
     })

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod controller;
 pub mod dev;
+pub mod expr;
 pub mod kubectl;
 pub mod lifecycle;
 pub mod localdb;

@@ -96,7 +96,14 @@ CREATE TABLE cairn.runs (
     traceparent      text CHECK (traceparent ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-01$'),
     -- The finish (finished_at) whose spans were exported (cairn.traces_exported); a retried
     -- run finishes again.
-    trace_exported_finish timestamptz
+    trace_exported_finish timestamptz,
+    -- The concurrency group (its Flow) and key whose limits the run is held to (NULL: none).
+    concurrency_group text,
+    concurrency_key  text,
+    -- When a claim was first refused for its group's limits, and when one was granted: from
+    -- then until it finishes, the run holds a place in its group (cairn.start_attempt_within).
+    queued_at        timestamptz,
+    admitted_at      timestamptz
 );
 CREATE INDEX runs_root_idx ON cairn.runs (root_id);
 CREATE INDEX runs_parent_idx ON cairn.runs (parent_id);
@@ -107,6 +114,9 @@ CREATE INDEX runs_running_idx ON cairn.runs (namespace) WHERE state = 'running';
 CREATE INDEX runs_finished_idx ON cairn.runs (finished_at)
     WHERE parent_id IS NULL AND finished_at IS NOT NULL;
 CREATE UNIQUE INDEX runs_flowrun_uid_key ON cairn.runs (flowrun_uid) WHERE flowrun_uid IS NOT NULL;
+-- Concurrency limits count a group's unfinished runs (cairn.concurrency_refusal).
+CREATE INDEX runs_concurrency_idx ON cairn.runs (namespace, concurrency_group, concurrency_key)
+    WHERE concurrency_group IS NOT NULL AND state NOT IN ('succeeded', 'failed', 'cancelled');
 -- The finished runs whose spans are still to be exported (cairn.traces_to_export).
 CREATE INDEX runs_trace_export_idx ON cairn.runs (finished_at)
     WHERE traceparent IS NOT NULL AND finished_at IS NOT NULL

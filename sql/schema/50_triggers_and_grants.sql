@@ -23,6 +23,20 @@ FOR EACH ROW
 WHEN (NEW.parent_id IS NOT NULL AND cairn.is_terminal(NEW.state) AND NOT cairn.is_terminal(OLD.state))
 EXECUTE FUNCTION cairn.on_run_finished();
 
+-- A run that held a place in its concurrency group finished: the queued runs may go.
+CREATE FUNCTION cairn.on_run_released() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM cairn.wake_queued(NEW.namespace, NEW.concurrency_group, NEW.concurrency_key);
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER runs_released AFTER UPDATE OF state ON cairn.runs
+FOR EACH ROW
+WHEN (OLD.admitted_at IS NOT NULL AND NEW.concurrency_group IS NOT NULL
+      AND cairn.is_terminal(NEW.state) AND NOT cairn.is_terminal(OLD.state))
+EXECUTE FUNCTION cairn.on_run_released();
+
 -- Every change of a run's state, with the state it left (so a launcher knows when a slot of
 -- the running budget frees).
 CREATE FUNCTION cairn.notify_run() RETURNS trigger

@@ -56,6 +56,7 @@ async fn creating_a_run_twice_by_name_is_idempotent_and_a_different_request_conf
         retry_backoff_ms: 100,
         created_at: None,
         flowrun_uid: None,
+        concurrency: None,
     };
     let (id, created) = launcher::create_run(&mut conn, &request).await.unwrap();
     assert!(created);
@@ -113,6 +114,7 @@ async fn a_run_belongs_to_its_flowrun_and_a_reused_name_starts_clean() {
         retry_backoff_ms: 100,
         created_at: None,
         flowrun_uid: None,
+        concurrency: None,
     };
     // A run from before the binding (or a child the engine made) is bound by its FlowRun.
     let (id, _) = launcher::create_run(&mut conn, &unbound).await.unwrap();

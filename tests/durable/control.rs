@@ -194,6 +194,7 @@ async fn the_running_budget_holds_runs_pending_until_a_slot_frees_globally_and_p
             retry_backoff_ms: 100,
             created_at: None,
             flowrun_uid: None,
+            concurrency: None,
         };
         launcher::create_run(&mut *db.conn().await, &run)
             .await
@@ -209,7 +210,9 @@ async fn the_running_budget_holds_runs_pending_until_a_slot_frees_globally_and_p
 
     // Two slots in all, one per namespace. A started claim carries the attempt's token.
     let claim = async |conn: &mut sqlx::PgConnection, id| {
-        launcher::claim(conn, id, Some(2), Some(1)).await.unwrap()
+        launcher::claim(conn, id, &budget(Some(2), Some(1)))
+            .await
+            .unwrap()
     };
     let Claim::Started(first) = claim(&mut conn, a1).await else {
         panic!("a1 did not start")
@@ -217,7 +220,7 @@ async fn the_running_budget_holds_runs_pending_until_a_slot_frees_globally_and_p
     assert_eq!((first.run_id, first.number), (a1, 1));
     assert!(first.token.len() >= 32, "a token of 32+ hex digits");
     match claim(&mut conn, a2).await {
-        Claim::Refused(why) => assert!(
+        Claim::Refused(launcher::Held { why, .. }) => assert!(
             why.contains("1 of 1 flow pods are running in namespace \"a\""),
             "{why}"
         ),
@@ -232,7 +235,9 @@ async fn the_running_budget_holds_runs_pending_until_a_slot_frees_globally_and_p
     // The global cap now binds too.
     let c1 = create("c", "c1").await;
     match claim(&mut conn, c1).await {
-        Claim::Refused(why) => assert!(why.contains("2 of 2 flow pods are running"), "{why}"),
+        Claim::Refused(launcher::Held { why, .. }) => {
+            assert!(why.contains("2 of 2 flow pods are running"), "{why}")
+        }
         other => panic!("c1 got {other:?}"),
     }
     // a1 parks: its slot frees, and a2 takes it.
@@ -247,7 +252,17 @@ async fn the_running_budget_holds_runs_pending_until_a_slot_frees_globally_and_p
     assert_eq!(claim(&mut conn, a2).await, Claim::NotPending);
     // No cap at all: everything starts.
     assert!(matches!(
-        launcher::claim(&mut conn, c1, None, None).await.unwrap(),
+        launcher::claim(&mut conn, c1, &Default::default())
+            .await
+            .unwrap(),
         Claim::Started(_)
     ));
+}
+
+fn budget(max_running: Option<i32>, max_in_namespace: Option<i32>) -> launcher::Limits {
+    launcher::Limits {
+        max_running,
+        max_in_namespace,
+        ..Default::default()
+    }
 }

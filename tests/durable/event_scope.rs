@@ -89,6 +89,7 @@ async fn a_run_counts_from_when_it_was_asked_for_not_from_when_the_engine_heard_
             retry_backoff_ms: 100,
             created_at: Some(asked_for),
             flowrun_uid: None,
+            concurrency: None,
         },
     )
     .await

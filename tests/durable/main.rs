@@ -5,6 +5,7 @@
 mod artifacts;
 mod bookkeeping;
 mod budgets;
+mod concurrency;
 mod control;
 mod crashes;
 mod event_scope;

@@ -274,6 +274,7 @@ impl TestDb {
                 retry_backoff_ms,
                 created_at: None,
                 flowrun_uid: None,
+                concurrency: None,
             },
         )
         .await

@@ -197,6 +197,7 @@ mod tests {
             pod: Default::default(),
             pod_settings_flow: Some("research".into()),
             budget_usd: Some(5.0),
+            concurrency: None,
         }
     }
 

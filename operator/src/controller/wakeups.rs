@@ -1,5 +1,6 @@
 //! What wakes reconciles besides the watches: the engine's `cairn_runs` notifications (routed
-//! to the controller of the run's namespace, and to runs queued for a freed slot) and the
+//! to the controller of the run's namespace, and to runs queued for a freed slot), its
+//! `cairn_admit` ones (a run whose turn in its Flow's concurrency limits may have come) and the
 //! engine's timers, by the database clock. Nothing here polls.
 
 use std::collections::{HashMap, VecDeque};
@@ -35,15 +36,26 @@ pub async fn forward_notifications(
         attempt: i32,
         from: Option<String>,
     }
+    #[derive(Deserialize)]
+    struct Named {
+        namespace: String,
+        name: String,
+    }
     let wake = |run: ObjectRef<FlowRun>| send(&wakers, run);
     loop {
         let listening = async {
             let mut listener = PgListener::connect_with(&ctx.pool).await?;
-            listener.listen("cairn_runs").await?;
+            listener.listen_all(["cairn_runs", "cairn_admit"]).await?;
             // Anything may have changed while not listening.
             timers.notify_one();
             loop {
                 let notification = listener.recv().await?;
+                if notification.channel() == "cairn_admit" {
+                    if let Ok(turn) = serde_json::from_str::<Named>(notification.payload()) {
+                        wake(ObjectRef::new(&turn.name).within(&turn.namespace));
+                    }
+                    continue;
+                }
                 let Ok(changed) = serde_json::from_str::<Changed>(notification.payload()) else {
                     continue;
                 };

@@ -86,6 +86,7 @@ pub async fn submit(
         retry_backoff_ms: args.retry_backoff.as_millis() as i64,
         created_at: None,
         flowrun_uid: None,
+        concurrency: None,
     };
     let store = Store::open();
     // The run and its binary together: a run is never seen without the binary it runs.

@@ -195,6 +195,7 @@ async fn started_run(
         retry_backoff_ms: 0,
         created_at: None,
         flowrun_uid: None,
+        concurrency: None,
     };
     let (run_id, _) = launcher::create_run(&mut conn, &request).await?;
     launcher::start_attempt(&mut conn, run_id)

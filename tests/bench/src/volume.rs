@@ -233,6 +233,7 @@ async fn worker(pool: PgPool, url: String, load: Arc<Load>) -> anyhow::Result<()
             retry_backoff_ms: 0,
             created_at: None,
             flowrun_uid: None,
+            concurrency: None,
         };
         let (run_id, _) = launcher::create_run(&mut owner, &request).await?;
         let attempt = launcher::start_attempt(&mut owner, run_id)

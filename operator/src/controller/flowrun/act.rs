@@ -3,7 +3,7 @@
 //! the run spawned.
 
 use cairn_crds::{Flow, FlowRun};
-use cairn_engine::launcher::{self as engine, Claim};
+use cairn_engine::launcher::{self as engine, Claim, Held, Limits};
 use cairn_engine::read::RunRecord;
 use cairn_engine::runner::Attempt;
 use chrono::{DateTime, Utc};
@@ -20,8 +20,9 @@ use crate::lifecycle::{Next, ProcessExit, RunView};
 /// What acting did that later stages need.
 #[derive(Default)]
 pub struct Acted {
-    /// Why the run waits for a slot, when the running budget held its launch back.
-    pub waiting_for_slot: Option<String>,
+    /// Why the run waits, when a limit (the running budget, its Flow's concurrency) held its
+    /// launch back.
+    pub held: Option<Held>,
     /// Whether the engine's run changed (the status must then read it again).
     pub changed: bool,
     /// The pod created for the new attempt.
@@ -52,13 +53,13 @@ pub async fn act(
     match next {
         Next::Idle | Next::Finished(_) => Ok(Acted::default()),
         Next::Launch => {
-            let (launched, waiting_for_slot) = match launch.run(ctx).await? {
+            let (launched, held) = match launch.run(ctx).await? {
                 Launched::Pod(pod) => (Some(*pod), None),
-                Launched::NoSlot(why) => (None, Some(why)),
+                Launched::Held(held) => (None, Some(held)),
                 Launched::Nothing => (None, None),
             };
             Ok(Acted {
-                waiting_for_slot,
+                held,
                 changed: true,
                 launched,
             })
@@ -130,8 +131,8 @@ pub struct Launch<'a> {
 /// What a launch came to.
 enum Launched {
     Pod(Box<Pod>),
-    /// The running budget is used up (why): the run queues for a slot.
-    NoSlot(String),
+    /// A limit holds the run back (the running budget, its Flow's concurrency).
+    Held(Held),
     /// Not launched: the run was not pending after all, or the pod could not be created (the
     /// attempt is settled as crashed).
     Nothing,
@@ -158,19 +159,26 @@ impl Launched {
 }
 
 impl Launch<'_> {
-    /// Claims the next attempt within the running budget and creates its pod.
+    /// Claims the next attempt within the running budget and the Flow's concurrency limits,
+    /// and creates its pod.
     async fn run(&self, ctx: &Context) -> Result<Launched, Error> {
         let (run, record) = (self.run, self.record);
         // Only launching needs the Secret pods read the database URL from.
         ctx.prepare_namespace(&run.namespace().unwrap_or_default())
             .await?;
         let (max_running, max_in_namespace) = ctx.config.budget();
+        let concurrency = self.resolved.concurrency.as_ref();
+        let limits = Limits {
+            max_running,
+            max_in_namespace,
+            max_per_flow: concurrency.and_then(|c| c.max),
+            max_per_key: concurrency.and_then(|c| c.max_per_key),
+        };
         let mut conn = ctx.pool.acquire().await?;
-        let claim = match engine::claim(&mut conn, record.id, max_running, max_in_namespace).await?
-        {
+        let claim = match engine::claim(&mut conn, record.id, &limits).await? {
             Claim::Started(claim) => claim,
             Claim::NotPending => return Ok(Launched::Nothing),
-            Claim::Refused(why) => return Ok(Launched::NoSlot(why)),
+            Claim::Refused(held) => return Ok(Launched::Held(held)),
         };
         drop(conn);
         let start = match claim.number {

@@ -5,7 +5,7 @@
 //! now has it.
 
 use cairn_crds::{FlowRun, ForkOf, RETRY_ANNOTATION};
-use cairn_engine::launcher::{self as engine, NewRun};
+use cairn_engine::launcher::{self as engine, Concurrency, NewRun};
 use cairn_engine::read::{self, RunRecord};
 use cairn_engine::{EngineError, Phase};
 use chrono::{DateTime, Utc};
@@ -42,6 +42,10 @@ pub async fn sync(
         // Events sent to the namespace before the FlowRun was created are not for this run.
         created_at: run.metadata.creation_timestamp.as_ref().map(to_utc),
         flowrun_uid: run.metadata.uid.as_deref().and_then(|u| u.parse().ok()),
+        concurrency: resolved.concurrency.as_ref().map(|c| Concurrency {
+            group: &c.group,
+            key: c.key.as_deref(),
+        }),
     };
     // Connections are taken per call and never held across another acquire: reconciles run
     // concurrently and must not starve the pool.

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_crds::{FINALIZER, Flow, FlowRun, ResourceProfile};
+use cairn_engine::launcher::HeldBy;
 use cairn_engine::read;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
@@ -172,8 +173,10 @@ async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
     let acted = act::act(ctx, launch, next, &pods, seen_at)
         .await
         .at(Stage::Act)?;
-    // A run the budget held back queues for a slot; any other leaves the queue.
-    ctx.queue_for_slot(run, acted.waiting_for_slot.is_some());
+    // A run the budget held back queues for a slot; any other leaves the queue. (One held by
+    // its Flow's concurrency is queued in the engine, which says when its turn may have come.)
+    let for_slot = acted.held.as_ref().is_some_and(|h| h.by == HeldBy::Budget);
+    ctx.queue_for_slot(run, for_slot);
     pods.extend(acted.launched);
 
     // The status from what the engine now says.
@@ -189,7 +192,7 @@ async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
         &pods,
         pinned,
         synced.retried,
-        acted.waiting_for_slot.as_deref(),
+        acted.held.as_ref(),
     );
     patch::patch_status(ctx, run, &status)
         .await
@@ -204,7 +207,7 @@ async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
             .or(ctx.config.default_ttl_after_finished()),
         deadline: synced.deadline,
         children_deferred: !children_ready,
-        waiting_for_slot: acted.waiting_for_slot.is_some(),
+        held: acted.held.is_some(),
     };
     let now = chrono::Utc::now();
     match requeue::after(&due, now) {

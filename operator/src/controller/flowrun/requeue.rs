@@ -28,7 +28,8 @@ pub struct Due<'a> {
     pub ttl: Option<Duration>,
     pub deadline: Option<DateTime<Utc>>,
     pub children_deferred: bool,
-    pub waiting_for_slot: bool,
+    /// A limit (the running budget, its Flow's concurrency) held its launch back.
+    pub held: bool,
 }
 
 pub fn after(due: &Due, now: DateTime<Utc>) -> After {
@@ -60,9 +61,7 @@ pub fn after(due: &Due, now: DateTime<Utc>) -> After {
         .filter(|until| *until > now)
         .min();
     // A freed slot wakes queued runs; this look is only the safety net.
-    let slot_check = due
-        .waiting_for_slot
-        .then(|| now + chrono::Duration::seconds(30));
+    let slot_check = due.held.then(|| now + chrono::Duration::seconds(30));
     After::LookAt(
         [expiry_or_deadline, children, start_check, slot_check]
             .into_iter()
@@ -85,7 +84,7 @@ mod tests {
             ttl: None,
             deadline: None,
             children_deferred: false,
-            waiting_for_slot: false,
+            held: false,
         }
     }
 
@@ -118,7 +117,7 @@ mod tests {
         };
         assert_eq!(after(&with_deadline, now), After::LookAt(Some(deadline)));
         let queued = Due {
-            waiting_for_slot: true,
+            held: true,
             ..with_deadline
         };
         assert_eq!(

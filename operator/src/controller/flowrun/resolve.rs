@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
-use cairn_crds::{Flow, FlowRunSpec, ResourceProfile, ResourceProfileSpec};
+use cairn_crds::{Flow, FlowRunSpec, FlowSpec, ResourceProfile, ResourceProfileSpec};
 use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference};
 
 use super::pod_settings::{PodSettings, pod_settings};
+use crate::expr::Expression;
 
 /// A FlowRun with its Flow and profile looked up and defaults applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +34,17 @@ pub struct Resolved {
     pub pod_settings_flow: Option<String>,
     /// What the run's tree may spend (US dollars): the FlowRun's budget, else its Flow's.
     pub budget_usd: Option<f64>,
+    /// The run's place in its Flow's concurrency limits, if the Flow has some.
+    pub concurrency: Option<RunConcurrency>,
+}
+
+/// A run's Flow (its concurrency group), the key its input gives, and the Flow's limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunConcurrency {
+    pub group: String,
+    pub key: Option<String>,
+    pub max: Option<i32>,
+    pub max_per_key: Option<i32>,
 }
 
 /// Why a FlowRun cannot run as written; the message says what to fix.
@@ -171,7 +183,43 @@ pub fn resolve(
             .as_ref()
             .or(template.and_then(|t| t.budget.as_ref()))
             .and_then(|b| b.usd()),
+        concurrency: match (&spec.flow_ref, template) {
+            (Some(name), Some(flow)) => run_concurrency(name, flow, spec)?,
+            _ => None,
+        },
     })
+}
+
+/// The limits of Flow `name` that the run is held to, with its key from its input.
+fn run_concurrency(
+    name: &str,
+    flow: &FlowSpec,
+    spec: &FlowRunSpec,
+) -> Result<Option<RunConcurrency>, Invalid> {
+    let Some(limits) = &flow.concurrency else {
+        return Ok(None);
+    };
+    let key = match &limits.key {
+        None => None,
+        Some(source) => {
+            let input = spec.input.clone().unwrap_or(serde_json::Value::Null);
+            let key = Expression::compile(source)
+                .and_then(|expression| expression.eval_key(&[("input", &input)]))
+                .map_err(|why| Invalid {
+                    reason: "InvalidConcurrencyKey",
+                    message: format!(
+                        "Flow \"{name}\": the run's concurrency key (spec.concurrency.key) cannot be computed from its input: {why}; fix the input, or the Flow's key"
+                    ),
+                })?;
+            Some(key)
+        }
+    };
+    Ok(Some(RunConcurrency {
+        group: name.to_owned(),
+        key,
+        max: limits.max,
+        max_per_key: limits.max_per_key,
+    }))
 }
 
 /// A profile restricted to some namespaces (`spec.namespaces`) serves only their runs.

@@ -3,6 +3,7 @@
 //! status stays small: history lives in the engine.
 
 use cairn_crds::{BudgetWait, FlowRun, FlowRunStatus, WaitingFor};
+use cairn_engine::launcher::{Held, HeldBy};
 use cairn_engine::read::RunRecord;
 use cairn_engine::{Phase, Wait};
 use k8s_openapi::api::core::v1::Pod;
@@ -51,7 +52,7 @@ pub fn build_status(
     pods: &[Pod],
     pinned: Option<String>,
     retried: Option<String>,
-    waiting_for_slot: Option<&str>,
+    held: Option<&Held>,
 ) -> FlowRunStatus {
     let waiting_for = record.wait().map(|wait| match wait {
         Wait::Event {
@@ -128,8 +129,15 @@ pub fn build_status(
             "Running",
             format!("attempt {} is running", record.attempt),
         ),
-        Phase::Pending => match waiting_for_slot {
-            Some(why) => (false, "WaitingForSlot", why.to_owned()),
+        Phase::Pending => match held {
+            Some(Held {
+                by: HeldBy::Budget,
+                why,
+            }) => (false, "WaitingForSlot", why.clone()),
+            Some(Held {
+                by: HeldBy::Concurrency,
+                why,
+            }) => (false, "ConcurrencyLimit", why.clone()),
             None => (false, "Pending", "about to launch".to_owned()),
         },
     };
@@ -213,11 +221,27 @@ mod tests {
     }
 
     #[test]
-    fn a_run_held_back_by_the_budget_says_why() {
+    fn a_run_held_back_by_a_limit_says_which_and_why() {
         let pending = record(Phase::Pending, 0);
+        let held = |by, why: &str| Held {
+            by,
+            why: why.into(),
+        };
         let why = "50 flow pods run already (--max-running)";
-        let status = build_status(&flowrun(json!({})), &pending, &[], None, None, Some(why));
+        let budget = held(HeldBy::Budget, why);
+        let status = build_status(
+            &flowrun(json!({})),
+            &pending,
+            &[],
+            None,
+            None,
+            Some(&budget),
+        );
         assert_eq!(reason(&status), ("WaitingForSlot", why));
+        let why = "Flow \"billing\" allows 2 run(s) at a time per key \"a\"";
+        let key = held(HeldBy::Concurrency, why);
+        let status = build_status(&flowrun(json!({})), &pending, &[], None, None, Some(&key));
+        assert_eq!(reason(&status), ("ConcurrencyLimit", why));
         let status = build_status(&flowrun(json!({})), &pending, &[], None, None, None);
         assert_eq!(reason(&status).0, "Pending");
     }
