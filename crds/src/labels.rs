@@ -30,6 +30,15 @@ pub const MANAGED_BY_KUBECTL: &str = "kubectl-cairn";
 /// Set this annotation on a failed FlowRun to a new value to retry it from its last checkpoint.
 pub const RETRY_ANNOTATION: &str = "cairn.dev/retry";
 
+/// On a FlowSchedule: set it to a new value to start a run now, once per value
+/// (`kubectl cairn schedule trigger`).
+pub const TRIGGER_ANNOTATION: &str = "cairn.dev/trigger";
+/// On a FlowSchedule's FlowRuns: the schedule's name as a label value (shortened with a hash
+/// past 63 characters, like [`LABEL_PARENT`]).
+pub const LABEL_SCHEDULE: &str = "cairn.dev/schedule";
+/// On a FlowSchedule's FlowRuns: the slot they were started for (RFC 3339), or `manual`.
+pub const ANNOTATION_SCHEDULED_TIME: &str = "cairn.dev/scheduled-time";
+
 /// The finalizer older operators put on FlowRuns (to delete the run's rows first). The
 /// operator removes it: a finalizer can outlive its rights to remove it when a namespace is
 /// deleted, and the namespace then never goes.

@@ -6,6 +6,7 @@
 //! - [`FlowEvent`] — delivers a named event; creating one is governed by Kubernetes RBAC, so
 //!   who may approve a run is decided by who may create FlowEvents.
 //! - [`ResourceProfile`] — cluster-wide pod resources and placement for flows.
+//! - [`FlowSchedule`] — FlowRuns of a Flow on a cron schedule.
 //!
 //! Status stays small: history (steps, attempts, costs) lives in Postgres.
 
@@ -25,9 +26,11 @@ use serde_json::Value;
 
 pub mod concurrency;
 pub mod labels;
+pub mod schedule;
 
 pub use concurrency::Concurrency;
 pub use labels::*;
+pub use schedule::{ConcurrencyPolicy, FlowSchedule, FlowScheduleSpec, FlowScheduleStatus};
 
 /// The phase of a run is the engine's (one type for the engine's record, the CLI and the status).
 pub use cairn_engine::Phase;
@@ -38,7 +41,7 @@ pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "cairn.dev/v1alpha1";
 
 /// Any JSON value, kept as is by the API server.
-fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub(crate) fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
 }
 
@@ -536,6 +539,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         Flow::crd(),
         FlowEvent::crd(),
         ResourceProfile::crd(),
+        FlowSchedule::crd(),
     ]
 }
 

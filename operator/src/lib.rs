@@ -8,6 +8,7 @@ pub mod expr;
 pub mod kubectl;
 pub mod lifecycle;
 pub mod localdb;
+pub mod schedule;
 pub mod settings;
 pub mod supervisor;
 pub mod surface;

@@ -136,6 +136,11 @@ enum Command {
         #[command(flatten)]
         output: OutputFlag,
     },
+    /// FlowSchedules: `schedule trigger NAME` starts one of its runs now.
+    Schedule {
+        #[command(subcommand)]
+        action: ScheduleAction,
+    },
     /// A new run from another's checkpoints: those completed before --from-step are reused
     /// (not paid again), some may be given other values, and its waits may be answered ahead.
     ///
@@ -519,6 +524,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             kube.retry(&run, wait.timeout()).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Schedule {
+            action:
+                ScheduleAction::Trigger {
+                    schedule,
+                    target,
+                    output,
+                },
+        } => {
+            let kube = connect(target, output.json()).await?;
+            kube.trigger_schedule(&schedule).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Fork {
             fork,
             wait,
@@ -591,4 +608,20 @@ fn init_tracing(operator: bool) {
     } else {
         builder.try_init()
     };
+}
+
+#[derive(Subcommand)]
+enum ScheduleAction {
+    /// Start a run of the schedule now, whatever its time and concurrency policy.
+    ///
+    /// Sets the cairn.dev/trigger annotation, which the operator acts on once per value; the
+    /// run is named <schedule>-manual-<hash>.
+    Trigger {
+        /// The FlowSchedule's name.
+        schedule: String,
+        #[command(flatten)]
+        target: KubeTarget,
+        #[command(flatten)]
+        output: OutputFlag,
+    },
 }

@@ -10,6 +10,7 @@ pub mod error;
 mod events;
 mod flowevent;
 pub mod flowrun;
+mod flowschedule;
 mod history;
 mod janitor;
 pub mod pod;
@@ -28,8 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_crds::{
-    Flow, FlowEvent, FlowRun, LABEL_ATTEMPT, LABEL_MANAGED, LABEL_RUN, MANAGED_BY_OPERATOR,
-    ResourceProfile,
+    Flow, FlowEvent, FlowRun, FlowSchedule, LABEL_ATTEMPT, LABEL_MANAGED, LABEL_RUN,
+    LABEL_SCHEDULE, MANAGED_BY_OPERATOR, ResourceProfile,
 };
 use cairn_engine::artifacts::ArtifactStore;
 use cairn_engine::checkpoint::StepKeys;
@@ -579,6 +580,10 @@ async fn run_controllers(
         flows: flows_cache,
         profiles: profiles_cache,
     });
+    let schedule_scope = Arc::new(flowschedule::Scope {
+        ctx: ctx.clone(),
+        flowruns: flowruns_cache.clone(),
+    });
     let sweeper = tokio::spawn(janitor::sweep(
         ctx.clone(),
         scope.clone(),
@@ -615,6 +620,7 @@ async fn run_controllers(
     .reflect(flowevents_writer)
     .inspect(deleted_events)
     .applied_objects();
+    let config_for_schedules = config.clone();
     let flowevents = Controller::for_stream(flowevents_watch, flowevents_cache)
         .with_config(config)
         .shutdown_on_signal()
@@ -624,11 +630,36 @@ async fn run_controllers(
                 tracing::debug!(error = %e, "flowevent reconcile");
             }
         });
+    // A scheduled run changing (its phase) brings its schedule's look: Forbid and the history
+    // limits depend on it. Metadata only: the phases are read from the FlowRuns' cache.
+    let scheduled_runs = watcher(
+        scoped::<kube::core::PartialObjectMeta<FlowRun>>(client, &scope),
+        watcher::Config::default().labels(LABEL_SCHEDULE),
+    )
+    .default_backoff()
+    .touched_objects();
+    let flowschedules = Controller::new(
+        scoped::<FlowSchedule>(client, &scope),
+        watcher::Config::default(),
+    )
+    .owns_stream(scheduled_runs)
+    .with_config(config_for_schedules)
+    .shutdown_on_signal()
+    .run(
+        flowschedule::reconcile,
+        flowschedule::on_error,
+        schedule_scope,
+    )
+    .for_each(|outcome| async move {
+        if let Err(e) = outcome {
+            tracing::debug!(error = %e, "flowschedule reconcile");
+        }
+    });
     tracing::info!(
         namespace = scope.as_deref().unwrap_or("(all)"),
         "controllers started"
     );
-    futures::future::join(flowruns, flowevents).await;
+    futures::future::join3(flowruns, flowevents, flowschedules).await;
     sweeper.abort();
 }
 

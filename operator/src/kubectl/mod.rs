@@ -21,6 +21,7 @@ mod logs;
 mod read_api;
 pub mod render;
 mod runs;
+mod schedule;
 mod steer;
 
 use std::sync::OnceLock;

@@ -27,5 +27,9 @@ mod kubectl_cairn_outputs;
 mod kubectl_cairn_artifacts;
 // Spend budgets: a child parks at its parent's budget until it is raised.
 mod budgets;
+// Concurrency limits per Flow and per key (issue 19).
+mod concurrency;
+// FlowSchedules: Forbid, Replace, trigger, suspend, bad schedules, a leader change.
+mod schedules;
 // Traces: the example, crashed and approved, as one trace in the cluster's collector.
 mod traces;

@@ -22,7 +22,7 @@ mod engine_sync;
 #[cfg(test)]
 pub(crate) mod fixtures;
 mod observe;
-mod patch;
+pub(crate) mod patch;
 mod pod_settings;
 mod requeue;
 mod resolve;

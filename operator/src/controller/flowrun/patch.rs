@@ -36,7 +36,7 @@ pub async fn patch_status(
 
 /// The JSON merge patch (RFC 7386) that turns `from` into `to`: changed values, `null` for
 /// removed keys, objects compared key by key (arrays are replaced whole).
-fn merge_patch(from: &serde_json::Value, to: &serde_json::Value) -> serde_json::Value {
+pub(crate) fn merge_patch(from: &serde_json::Value, to: &serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
     match (from, to) {
         (Value::Object(from), Value::Object(to)) => {
