@@ -42,17 +42,17 @@ pub struct FlowScheduleSpec {
     /// What each slot starts.
     pub template: FlowRunTemplate,
     /// What a slot does while runs of earlier slots are under way: `Allow` (start anyway, the
-    /// default), `Forbid` (skip it; it starts when they end if still within
-    /// startingDeadlineSeconds) or `Replace` (cancel them, then start).
+    /// default), `Forbid` (skip it: it does not start later) or `Replace` (cancel them, then
+    /// start).
     #[serde(default)]
     pub concurrency_policy: ConcurrencyPolicy,
     /// A slot not started within this many seconds of its time is missed (say, the operator was
     /// down); none: no limit.
     #[schemars(range(min = 0))]
     pub starting_deadline_seconds: Option<i64>,
-    /// After a gap (operator down, suspended), how many of the latest passed slots start
-    /// (default 1; at most 100).
-    #[schemars(range(min = 0, max = 100))]
+    /// After a gap (the operator down), how many of the latest passed slots start (default 1;
+    /// at most 100).
+    #[schemars(range(min = 1, max = 100))]
     pub catch_up: Option<i32>,
     /// Each slot starts up to this many seconds late (a fixed delay per slot, from a hash),
     /// spreading schedules that share a time.

@@ -36,6 +36,8 @@ pub struct Due {
     pub missed: usize,
     /// The first slot after now.
     pub next: Option<Timestamp>,
+    /// The latest slot passed (started or not).
+    pub latest: Option<Timestamp>,
 }
 
 impl Schedule {
@@ -75,7 +77,7 @@ impl Schedule {
     }
 
     /// The slot at or before `t`.
-    fn at_or_before(&self, t: Timestamp) -> Option<Timestamp> {
+    pub fn at_or_before(&self, t: Timestamp) -> Option<Timestamp> {
         let zoned = t.to_zoned(self.zone.clone());
         let previous = self.cron.find_previous_occurrence(&zoned, true).ok()?;
         Some(previous.timestamp())
@@ -95,6 +97,7 @@ impl Schedule {
             .and_then(|d| now.checked_sub(d).ok())
             .map_or(since, |cutoff| cutoff.max(since));
         let mut slots = Vec::new();
+        let mut latest = None;
         let mut passed = 0;
         let mut cursor = now;
         while passed < catch_up + COUNT_MISSED_UP_TO {
@@ -105,6 +108,7 @@ impl Schedule {
                 break;
             }
             passed += 1;
+            latest = latest.or(Some(slot));
             if slot >= earliest && slots.len() < catch_up {
                 slots.push(slot);
             }
@@ -118,6 +122,7 @@ impl Schedule {
             missed: passed - slots.len(),
             slots,
             next: self.next_after(now),
+            latest,
         }
     }
 }

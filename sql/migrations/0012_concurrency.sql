@@ -13,6 +13,9 @@ ALTER TABLE cairn.runs
     ADD COLUMN admitted_at timestamptz;
 CREATE INDEX runs_concurrency_idx ON cairn.runs (namespace, concurrency_group, concurrency_key)
     WHERE concurrency_group IS NOT NULL AND state NOT IN ('succeeded', 'failed', 'cancelled');
+-- The runs queued for a place, in the order they are admitted.
+CREATE INDEX runs_queued_idx ON cairn.runs (namespace, concurrency_group, created_at, id)
+    WHERE queued_at IS NOT NULL AND admitted_at IS NULL AND state = 'pending';
 
 -- Runs started before this migration are in no group: they hold no place.
 DROP FUNCTION cairn.create_run(text, text, text, jsonb, integer, bigint, uuid, timestamptz, uuid);
@@ -72,6 +75,16 @@ BEGIN
     RETURN QUERY SELECT r.id, false;
 END $$;
 
+-- Names for a message: the first ten, then how many more.
+CREATE FUNCTION cairn.some_names(p_names text[]) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_names IS NULL OR cardinality(p_names) = 0 THEN NULL
+                ELSE array_to_string(p_names[1:10], ', ')
+                     || CASE WHEN cardinality(p_names) > 10
+                             THEN format(' and %s more', cardinality(p_names) - 10) ELSE '' END
+           END
+$$;
+
 -- Why a pending run may not yet be admitted to its concurrency group (its Flow), or NULL when
 -- it may: at most `p_max_per_flow` of the group's runs, and `p_max_per_key` of those with its
 -- key, are admitted and unfinished at once (NULL: no limit). Runs refused before it that could
@@ -86,7 +99,7 @@ DECLARE
     v_holders text;
 BEGIN
     IF p_max_per_key IS NOT NULL THEN
-        SELECT count(*), string_agg(name, ', ' ORDER BY admitted_at, name)
+        SELECT count(*), cairn.some_names(array_agg(name ORDER BY admitted_at, name))
         INTO v_holding, v_holders
         FROM cairn.runs h
         WHERE h.namespace = r.namespace AND h.concurrency_group = r.concurrency_group
@@ -105,7 +118,7 @@ BEGIN
         END IF;
     END IF;
     IF p_max_per_flow IS NOT NULL THEN
-        SELECT count(*), string_agg(name, ', ' ORDER BY admitted_at, name)
+        SELECT count(*), cairn.some_names(array_agg(name ORDER BY admitted_at, name))
         INTO v_holding, v_holders
         FROM cairn.runs h
         WHERE h.namespace = r.namespace AND h.concurrency_group = r.concurrency_group
@@ -130,8 +143,9 @@ BEGIN
 END $$;
 
 -- Tells the launchers (NOTIFY cairn_admit) which queued runs of a concurrency group to try
--- again: the earliest of the key, and the earliest of the group. Each one admitted tells the
--- next, so freed places fill one by one, in creation order, and none is missed.
+-- again: the earliest of the key, and the earliest of each of the group's first five keys
+-- waiting (the earliest of the group may have a full key). Each one admitted tells the next,
+-- so freed places fill one by one, in creation order.
 CREATE FUNCTION cairn.wake_queued(p_namespace text, p_group text, p_key text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -144,10 +158,12 @@ BEGIN
            AND queued_at IS NOT NULL AND admitted_at IS NULL AND state = 'pending'
          ORDER BY created_at, id LIMIT 1)
         UNION
-        (SELECT namespace, name FROM cairn.runs
-         WHERE namespace = p_namespace AND concurrency_group = p_group
-           AND queued_at IS NOT NULL AND admitted_at IS NULL AND state = 'pending'
-         ORDER BY created_at, id LIMIT 1)
+        (SELECT namespace, name FROM (
+             SELECT DISTINCT ON (concurrency_key) namespace, name, created_at, id FROM cairn.runs
+             WHERE namespace = p_namespace AND concurrency_group = p_group
+               AND queued_at IS NOT NULL AND admitted_at IS NULL AND state = 'pending'
+             ORDER BY concurrency_key, created_at, id) first_of_each_key
+         ORDER BY created_at, id LIMIT 5)
     LOOP
         PERFORM pg_notify('cairn_admit',
                           json_build_object('namespace', w.namespace, 'name', w.name)::text);

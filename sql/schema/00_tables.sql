@@ -117,6 +117,9 @@ CREATE UNIQUE INDEX runs_flowrun_uid_key ON cairn.runs (flowrun_uid) WHERE flowr
 -- Concurrency limits count a group's unfinished runs (cairn.concurrency_refusal).
 CREATE INDEX runs_concurrency_idx ON cairn.runs (namespace, concurrency_group, concurrency_key)
     WHERE concurrency_group IS NOT NULL AND state NOT IN ('succeeded', 'failed', 'cancelled');
+-- The runs queued for a place, in the order they are admitted.
+CREATE INDEX runs_queued_idx ON cairn.runs (namespace, concurrency_group, created_at, id)
+    WHERE queued_at IS NOT NULL AND admitted_at IS NULL AND state = 'pending';
 -- The finished runs whose spans are still to be exported (cairn.traces_to_export).
 CREATE INDEX runs_trace_export_idx ON cairn.runs (finished_at)
     WHERE traceparent IS NOT NULL AND finished_at IS NOT NULL

@@ -94,7 +94,10 @@ async fn turns(db: &TestDb, listener: &mut PgListener) -> Vec<String> {
         let turn: serde_json::Value = serde_json::from_str(next.payload()).unwrap();
         assert_eq!(turn["namespace"], "shop");
         match turn["name"].as_str().unwrap() {
-            MARK => return named,
+            MARK => {
+                named.sort();
+                return named;
+            }
             name => named.push(name.to_owned()),
         }
     }
@@ -164,15 +167,16 @@ async fn runs_over_a_flow_or_key_limit_wait_their_turn_in_creation_order() {
         "nothing announced"
     );
 
-    // a2 finishes: its key's first queued run, a3, is told; it takes the place.
+    // a2 finishes: its key's first queued run, a3, is told, and the first of each other key
+    // waiting (b2: a place in the flow may be all it waits for); a3 takes the place.
     runner::complete_run(&mut conn, &a2, &json!("paid"))
         .await
         .unwrap();
-    assert_eq!(turns(&db, &mut listener).await, ["a3"]);
+    assert_eq!(turns(&db, &mut listener).await, ["a3", "b2"]);
     let a3 = started(&db, id("a3")).await;
-    // Admitting a queued run tells the next in line (a4, first of its key and of the flow),
-    // which finds no room: key "a" is full again.
-    assert_eq!(turns(&db, &mut listener).await, ["a4"]);
+    // Admitting a queued run tells the next in line (a4, first of its key; b2 of the other),
+    // which find no room: key "a" is full again, and so is the flow.
+    assert_eq!(turns(&db, &mut listener).await, ["a4", "b2"]);
     held(&db, id("a4"), &["running: a1, a3"]).await;
 
     // b1 fails: a place in the flow frees. a4 (created before b2) is first in line but its key
@@ -198,7 +202,7 @@ async fn runs_over_a_flow_or_key_limit_wait_their_turn_in_creation_order() {
 
     // a1 is cancelled while waiting: a4, first for key "a", goes before b1 (created earlier).
     launcher::cancel_run(&mut conn, id("a1")).await.unwrap();
-    assert_eq!(turns(&db, &mut listener).await, ["a4"]);
+    assert_eq!(turns(&db, &mut listener).await, ["a4", "b1"]);
     started(&db, id("a4")).await;
     held(&db, id("b1"), &["running: a3, b2, a4"]).await;
     runner::complete_run(&mut conn, &a3, &json!("paid"))
@@ -225,4 +229,42 @@ async fn without_limits_or_a_group_nothing_is_held() {
     // A run in no group (a child, a fork) ignores the limits it is given.
     let loose = db.create_run("loose", "billing", json!({})).await;
     assert!(matches!(claim(&db, loose).await, Claim::Started(_)));
+}
+
+#[tokio::test]
+async fn a_freed_place_goes_past_runs_whose_key_is_full() {
+    let db = TestDb::new().await;
+    let mut listener = PgListener::connect_with(&db.pool).await.unwrap();
+    listener.listen("cairn_admit").await.unwrap();
+    // Two runs of the flow at once, one per customer.
+    let limits = Limits {
+        max_per_flow: Some(2),
+        max_per_key: Some(1),
+        ..Limits::default()
+    };
+    let claim = async |id| {
+        let mut conn = db.conn().await;
+        launcher::claim(&mut conn, id, &limits).await.unwrap()
+    };
+    let (k1, k2) = (
+        create(&db, "k1-a", "k1").await,
+        create(&db, "k2-a", "k2").await,
+    );
+    let (k1_later, k3) = (
+        create(&db, "k1-b", "k1").await,
+        create(&db, "k3-a", "k3").await,
+    );
+    assert!(matches!(claim(k1).await, Claim::Started(_)));
+    let Claim::Started(second) = claim(k2).await else {
+        panic!("k2-a did not start")
+    };
+    assert!(matches!(claim(k1_later).await, Claim::Refused(_)));
+    assert!(matches!(claim(k3).await, Claim::Refused(_)));
+    // k2-a ends: k1-b is first in line but its key is full; k3-a is told too, and starts.
+    runner::complete_run(&mut *db.conn().await, &second, &json!("done"))
+        .await
+        .unwrap();
+    assert_eq!(turns(&db, &mut listener).await, ["k1-b", "k3-a"]);
+    assert!(matches!(claim(k1_later).await, Claim::Refused(_)));
+    assert!(matches!(claim(k3).await, Claim::Started(_)));
 }

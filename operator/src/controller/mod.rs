@@ -584,6 +584,7 @@ async fn run_controllers(
         ctx: ctx.clone(),
         flowruns: flowruns_cache.clone(),
     });
+    let schedules_runs = flowruns_cache.clone();
     let sweeper = tokio::spawn(janitor::sweep(
         ctx.clone(),
         scope.clone(),
@@ -659,6 +660,12 @@ async fn run_controllers(
         namespace = scope.as_deref().unwrap_or("(all)"),
         "controllers started"
     );
+    // Schedules decide from their runs' phases: not before the FlowRuns are all listed.
+    let flowschedules = async move {
+        if schedules_runs.wait_until_ready().await.is_ok() {
+            flowschedules.await;
+        }
+    };
     futures::future::join3(flowruns, flowevents, flowschedules).await;
     sweeper.abort();
 }

@@ -16,6 +16,8 @@ const ON_FLOW: &[&str] = &[
     "ProfileNotFound",
     "ProfileNotAllowed",
     "InvalidProfile",
+    "InvalidConcurrencyKey",
+    "ConcurrencyLimit",
 ];
 /// The reasons a ResourceProfile being written can lift.
 const ON_PROFILE: &[&str] = &["ProfileNotFound", "ProfileNotAllowed", "InvalidProfile"];

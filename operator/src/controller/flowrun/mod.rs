@@ -135,6 +135,20 @@ async fn apply(run: &FlowRun, scope: &Scope) -> Result<Action, Error> {
             return report_invalid(ctx, run, &invalid, look_again).await;
         }
     };
+    // A key is computed once: only a run not yet in the engine is stopped by a bad one.
+    let key_error = resolved
+        .concurrency
+        .as_ref()
+        .and_then(|c| c.key_error.as_ref());
+    if let Some(invalid) = key_error.filter(|_| {
+        run.status
+            .as_ref()
+            .and_then(|s| s.run_id.as_ref())
+            .is_none()
+    }) {
+        ctx.warn(run, invalid.reason, &invalid.message).await;
+        return report_invalid(ctx, run, invalid, Action::requeue(Duration::from_secs(60))).await;
+    }
     let synced = match engine_sync::sync(ctx, run, &resolved)
         .await
         .at(Stage::SyncEngine)?

@@ -43,6 +43,9 @@ pub struct Resolved {
 pub struct RunConcurrency {
     pub group: String,
     pub key: Option<String>,
+    /// Why the key cannot be computed: a new run does not start; one the engine has already
+    /// keeps the key it was given (a Flow's key edited later must not stop runs under way).
+    pub key_error: Option<Invalid>,
     pub max: Option<i32>,
     pub max_per_key: Option<i32>,
 }
@@ -184,42 +187,33 @@ pub fn resolve(
             .or(template.and_then(|t| t.budget.as_ref()))
             .and_then(|b| b.usd()),
         concurrency: match (&spec.flow_ref, template) {
-            (Some(name), Some(flow)) => run_concurrency(name, flow, spec)?,
+            (Some(name), Some(flow)) => run_concurrency(name, flow, spec),
             _ => None,
         },
     })
 }
 
 /// The limits of Flow `name` that the run is held to, with its key from its input.
-fn run_concurrency(
-    name: &str,
-    flow: &FlowSpec,
-    spec: &FlowRunSpec,
-) -> Result<Option<RunConcurrency>, Invalid> {
-    let Some(limits) = &flow.concurrency else {
-        return Ok(None);
-    };
-    let key = match &limits.key {
-        None => None,
-        Some(source) => {
-            let input = spec.input.clone().unwrap_or(serde_json::Value::Null);
-            let key = Expression::compile(source)
-                .and_then(|expression| expression.eval_key(&[("input", &input)]))
-                .map_err(|why| Invalid {
-                    reason: "InvalidConcurrencyKey",
-                    message: format!(
-                        "Flow \"{name}\": the run's concurrency key (spec.concurrency.key) cannot be computed from its input: {why}; fix the input, or the Flow's key"
-                    ),
-                })?;
-            Some(key)
-        }
-    };
-    Ok(Some(RunConcurrency {
+fn run_concurrency(name: &str, flow: &FlowSpec, spec: &FlowRunSpec) -> Option<RunConcurrency> {
+    let limits = flow.concurrency.as_ref()?;
+    let key = limits.key.as_ref().map(|source| {
+        let input = spec.input.clone().unwrap_or(serde_json::Value::Null);
+        Expression::compile(source)
+            .and_then(|expression| expression.eval_key(&[("input", &input)]))
+            .map_err(|why| Invalid {
+                reason: "InvalidConcurrencyKey",
+                message: format!(
+                    "Flow \"{name}\": the run's concurrency key (spec.concurrency.key) cannot be computed from its input: {why}; fix the input, or the Flow's key"
+                ),
+            })
+    });
+    Some(RunConcurrency {
         group: name.to_owned(),
-        key,
+        key: key.clone().and_then(Result::ok),
+        key_error: key.and_then(Result::err),
         max: limits.max,
         max_per_key: limits.max_per_key,
-    }))
+    })
 }
 
 /// A profile restricted to some namespaces (`spec.namespaces`) serves only their runs.

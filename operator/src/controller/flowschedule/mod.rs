@@ -52,7 +52,17 @@ pub async fn reconcile(fs: Arc<FlowSchedule>, scope: Arc<Scope>) -> Result<Actio
     };
     let (active, finished) = runs_of(&fs, &scope.flowruns);
     let now = Timestamp::now();
-    let mut plan = plan::plan(&fs, &schedule, &names(&active), now);
+    let newest_started = active
+        .iter()
+        .chain(&finished)
+        .filter_map(|run| {
+            run.annotations()
+                .get(ANNOTATION_SCHEDULED_TIME)?
+                .parse()
+                .ok()
+        })
+        .max();
+    let mut plan = plan::plan(&fs, &schedule, &names(&active), newest_started, now);
     // Those cancelled by an earlier slot are on their way out already.
     plan.cancel.retain(|name| {
         !active

@@ -35,11 +35,20 @@ pub struct Plan {
     pub last_trigger: Option<String>,
 }
 
-pub fn plan(fs: &FlowSchedule, schedule: &Schedule, active: &[String], now: Timestamp) -> Plan {
+/// `newest_started`: the latest slot among the schedule's runs (their annotation), which a
+/// status not yet seen since they were made may lack.
+pub fn plan(
+    fs: &FlowSchedule,
+    schedule: &Schedule,
+    active: &[String],
+    newest_started: Option<Timestamp>,
+    now: Timestamp,
+) -> Plan {
     let status = fs.status.clone().unwrap_or_default();
     let name = fs.name_any();
+    let recorded = status.last_schedule_time.map(|t| t.0);
     let mut plan = Plan {
-        last_schedule_time: status.last_schedule_time.map(|t| t.0),
+        last_schedule_time: recorded.max(newest_started),
         last_trigger: status.last_trigger.clone(),
         ..Plan::default()
     };
@@ -58,16 +67,17 @@ pub fn plan(fs: &FlowSchedule, schedule: &Schedule, active: &[String], now: Time
     }
     let created = fs.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
     let mut since = plan.last_schedule_time.unwrap_or(created).max(created);
-    // Slots passed while suspended are not caught up.
+    // Slots passed while suspended are not caught up: passed over for good.
     if status.suspended_at.is_some() {
         since = since.max(now);
+        plan.last_schedule_time = plan.last_schedule_time.max(schedule.at_or_before(now));
     }
     let deadline = fs
         .spec
         .starting_deadline_seconds
         .map(|s| Duration::from_secs(s.max(0) as u64));
-    let catch_up = fs.spec.catch_up.unwrap_or(1).clamp(0, 100) as usize;
-    let mut due = schedule.due(since, now, deadline, catch_up);
+    let catch_up = fs.spec.catch_up.unwrap_or(1).clamp(1, 100) as usize;
+    let mut due = schedule.due(since, now, deadline, catch_up.max(1));
     plan.missed = due.missed;
     plan.next_schedule_time = due.next;
     let max_jitter = Duration::from_secs(fs.spec.jitter_seconds.unwrap_or(0).max(0) as u64);
@@ -84,6 +94,9 @@ pub fn plan(fs: &FlowSchedule, schedule: &Schedule, active: &[String], now: Time
     {
         due.slots.pop();
         plan.look_again = Some(start_of(latest));
+    } else {
+        // Slots missed (past the deadline or the catch-up) are passed over once, not again.
+        plan.last_schedule_time = plan.last_schedule_time.max(due.latest);
     }
     if plan.look_again.is_none() {
         plan.look_again = due.next.map(start_of);
@@ -98,7 +111,8 @@ pub fn plan(fs: &FlowSchedule, schedule: &Schedule, active: &[String], now: Time
         ConcurrencyPolicy::Forbid if !active.is_empty() => Vec::new(),
         ConcurrencyPolicy::Forbid => vec![latest],
         ConcurrencyPolicy::Replace => {
-            plan.cancel = active.to_vec();
+            let new = run_name(&name, Some(latest), "");
+            plan.cancel = active.iter().filter(|a| **a != new).cloned().collect();
             vec![latest]
         }
     };
@@ -155,14 +169,18 @@ mod tests {
     fn a_due_slot_starts_once_under_its_own_name() {
         let fs = nightly(ConcurrencyPolicy::Allow, Some("2026-01-01T01:00:00Z"));
         let now = at("2026-01-01T02:00:10Z");
-        let plan = plan(&fs, &hourly(), &[], now);
+        let plan = plan(&fs, &hourly(), &[], None, now);
         assert_eq!(names(&plan), ["nightly-1767232800"]);
         assert_eq!(plan.last_schedule_time, Some(at("2026-01-01T02:00:00Z")));
         assert_eq!(plan.look_again, Some(at("2026-01-01T03:00:00Z")));
         // Once recorded, the same slot is not due again.
         let mut done = fs.clone();
         done.status.as_mut().unwrap().last_schedule_time = Some(Time(at("2026-01-01T02:00:00Z")));
-        assert!(super::plan(&done, &hourly(), &[], now).start.is_empty());
+        assert!(
+            super::plan(&done, &hourly(), &[], None, now)
+                .start
+                .is_empty()
+        );
     }
 
     #[test]
@@ -170,31 +188,40 @@ mod tests {
         let now = at("2026-01-01T02:00:10Z");
         let busy = ["nightly-1767229200".to_owned()];
         let forbid = nightly(ConcurrencyPolicy::Forbid, Some("2026-01-01T01:00:00Z"));
-        let skipped = plan(&forbid, &hourly(), &busy, now);
+        let skipped = plan(&forbid, &hourly(), &busy, None, now);
         assert!(skipped.start.is_empty());
         assert_eq!(skipped.skipped, 1);
         // The slot is passed over for good, not started when the run ends.
         assert_eq!(skipped.last_schedule_time, Some(at("2026-01-01T02:00:00Z")));
         assert_eq!(
-            names(&plan(&forbid, &hourly(), &[], now)),
+            names(&plan(&forbid, &hourly(), &[], None, now)),
             ["nightly-1767232800"]
         );
         let replace = nightly(ConcurrencyPolicy::Replace, Some("2026-01-01T01:00:00Z"));
-        let replaced = plan(&replace, &hourly(), &busy, now);
+        let replaced = plan(&replace, &hourly(), &busy, None, now);
         assert_eq!(replaced.cancel, busy);
         assert_eq!(names(&replaced), ["nightly-1767232800"]);
+        // A look before the status says the slot started: its run, already made, is neither
+        // cancelled nor made again.
+        let made = ["nightly-1767232800".to_owned()];
+        let newest = Some(at("2026-01-01T02:00:00Z"));
+        let again = plan(&replace, &hourly(), &made, newest, now);
+        assert!(
+            again.start.is_empty() && again.cancel.is_empty(),
+            "{again:?}"
+        );
     }
 
     #[test]
     fn after_a_gap_the_latest_slot_starts_and_the_rest_are_counted() {
         let mut fs = nightly(ConcurrencyPolicy::Allow, Some("2026-01-01T01:00:00Z"));
         let now = at("2026-01-01T05:30:00Z");
-        let plan1 = plan(&fs, &hourly(), &[], now);
+        let plan1 = plan(&fs, &hourly(), &[], None, now);
         assert_eq!(names(&plan1), ["nightly-1767243600"]);
         assert_eq!(plan1.missed, 3);
         fs.spec.catch_up = Some(2);
         fs.spec.starting_deadline_seconds = Some(7200);
-        let plan2 = plan(&fs, &hourly(), &[], now);
+        let plan2 = plan(&fs, &hourly(), &[], None, now);
         assert_eq!(names(&plan2), ["nightly-1767240000", "nightly-1767243600"]);
     }
 
@@ -203,15 +230,24 @@ mod tests {
         let mut fs = nightly(ConcurrencyPolicy::Allow, Some("2026-01-01T01:00:00Z"));
         fs.spec.suspend = true;
         let now = at("2026-01-01T05:30:00Z");
-        let held = plan(&fs, &hourly(), &[], now);
+        let held = plan(&fs, &hourly(), &[], None, now);
         assert!(held.start.is_empty() && held.look_again.is_none());
         assert_eq!(held.suspended_at, Some(now));
         fs.spec.suspend = false;
         fs.status.as_mut().unwrap().suspended_at = Some(Time(now));
-        let resumed = plan(&fs, &hourly(), &[], at("2026-01-01T05:30:05Z"));
+        let resumed = plan(&fs, &hourly(), &[], None, at("2026-01-01T05:30:05Z"));
         assert!(resumed.start.is_empty(), "{resumed:?}");
         assert_eq!(resumed.suspended_at, None);
         assert_eq!(resumed.look_again, Some(at("2026-01-01T06:00:00Z")));
+        // The status it writes keeps them passed over at the next look too.
+        let status = fs.status.as_mut().unwrap();
+        status.suspended_at = None;
+        status.last_schedule_time = resumed.last_schedule_time.map(Time);
+        let next_look = plan(&fs, &hourly(), &[], None, at("2026-01-01T05:30:10Z"));
+        assert!(
+            next_look.start.is_empty() && next_look.missed == 0,
+            "{next_look:?}"
+        );
     }
 
     #[test]
@@ -221,19 +257,19 @@ mod tests {
             .insert(TRIGGER_ANNOTATION.into(), "t1".into());
         let busy = ["nightly-1767232800".to_owned()];
         let now = at("2026-01-01T02:30:00Z");
-        let triggered = plan(&fs, &hourly(), &busy, now);
+        let triggered = plan(&fs, &hourly(), &busy, None, now);
         assert_eq!(triggered.start.len(), 1);
         assert!(triggered.start[0].name.starts_with("nightly-manual-"));
         assert_eq!(triggered.last_trigger.as_deref(), Some("t1"));
         fs.status.as_mut().unwrap().last_trigger = Some("t1".into());
-        assert!(plan(&fs, &hourly(), &busy, now).start.is_empty());
+        assert!(plan(&fs, &hourly(), &busy, None, now).start.is_empty());
 
         fs.spec.jitter_seconds = Some(600);
-        let early = plan(&fs, &hourly(), &[], at("2026-01-01T03:00:00Z"));
+        let early = plan(&fs, &hourly(), &[], None, at("2026-01-01T03:00:00Z"));
         let start = early.look_again.unwrap();
         assert!(early.start.is_empty() || start > at("2026-01-01T03:00:00Z"));
         assert!(start < at("2026-01-01T03:10:00Z"), "{start}");
-        let later = plan(&fs, &hourly(), &[], start);
+        let later = plan(&fs, &hourly(), &[], None, start);
         assert_eq!(names(&later), ["nightly-1767236400"]);
     }
 }
