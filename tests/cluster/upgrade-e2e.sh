@@ -214,7 +214,9 @@ name="helm upgrade to this tree applies the new migrations; the new operator tak
 old_pod=$(kubectl -n "$SYS_NS" get pods -l "app.kubernetes.io/component=operator" -o jsonpath='{.items[0].metadata.name}')
 t0="$EPOCHREALTIME"
 upgraded_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-if out=$(helm upgrade "$REL" "$REPO_ROOT/charts/cairn" -n "$SYS_NS" "${release[@]}" \
+# --take-ownership, as for the install: a CRD this tree adds (FlowSchedule) may have been applied
+# by another test or kept from another release.
+if out=$(helm upgrade "$REL" "$REPO_ROOT/charts/cairn" -n "$SYS_NS" --take-ownership "${release[@]}" \
     --set image.repository="${NEW_OPERATOR%:*}" --set image.tag="${NEW_OPERATOR##*:}" 2>&1) &&
     kubectl -n "$SYS_NS" wait "pod/$old_pod" --for=delete --timeout=90s >/dev/null 2>&1 &&
     new_pod=$(kubectl -n "$SYS_NS" get pods -l "app.kubernetes.io/component=operator" -o jsonpath='{.items[0].metadata.name}') &&
