@@ -18,25 +18,34 @@ pub async fn patch_status(
     }
     let api: Api<FlowRun> =
         Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
-    // A merge patch of what changed since the status last seen: the API server applies it
-    // for a fraction of a server-side apply's CPU, which counts when thousands of runs change
-    // at once. Only this operator writes the status.
-    let seen = serde_json::to_value(&run.status).map_err(kube::Error::SerdeError)?;
-    let wanted = serde_json::to_value(status).map_err(kube::Error::SerdeError)?;
-    let patch = json!({ "status": merge_patch(&seen, &wanted) });
-    api.patch_status(
-        &run.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
+    patch_changes(&api, &run.name_any(), &run.status, status).await?;
     ctx.written_status.wrote(run, status);
+    Ok(())
+}
+
+/// Writes object `name`'s status `wanted` as a JSON merge patch of what changed since `seen`:
+/// the API server applies it for a fraction of a server-side apply's CPU, which counts when
+/// thousands of runs change at once. Only this operator writes Cairn's statuses.
+pub(crate) async fn patch_changes<K>(
+    api: &Api<K>,
+    name: &str,
+    seen: &impl serde::Serialize,
+    wanted: &impl serde::Serialize,
+) -> Result<(), kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let seen = serde_json::to_value(seen).map_err(kube::Error::SerdeError)?;
+    let wanted = serde_json::to_value(wanted).map_err(kube::Error::SerdeError)?;
+    let patch = json!({ "status": merge_patch(&seen, &wanted) });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     Ok(())
 }
 
 /// The JSON merge patch (RFC 7386) that turns `from` into `to`: changed values, `null` for
 /// removed keys, objects compared key by key (arrays are replaced whole).
-pub(crate) fn merge_patch(from: &serde_json::Value, to: &serde_json::Value) -> serde_json::Value {
+fn merge_patch(from: &serde_json::Value, to: &serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
     match (from, to) {
         (Value::Object(from), Value::Object(to)) => {

@@ -291,16 +291,7 @@ async fn write_status(
     }
     let api: Api<FlowSchedule> =
         Api::namespaced(ctx.client.clone(), &fs.namespace().unwrap_or_default());
-    let seen = serde_json::to_value(&fs.status).map_err(kube::Error::SerdeError)?;
-    let wanted = serde_json::to_value(&status).map_err(kube::Error::SerdeError)?;
-    let patch = json!({ "status": super::flowrun::patch::merge_patch(&seen, &wanted) });
-    api.patch_status(
-        &fs.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
+    super::flowrun::patch::patch_changes(&api, &fs.name_any(), &fs.status, &status).await
 }
 
 fn describe(at: Option<Timestamp>) -> String {
